@@ -1,0 +1,126 @@
+"""Ignite/MONAI trainer and evaluator for MultiCheXNet's dict outputs and partially labelled batches.
+
+Both follow MONAI's ``SupervisedTrainer``/``SupervisedEvaluator`` (handlers, events, AMP, key metrics) and
+change only the iteration: the network returns a dict of head outputs, the loss returns a dict of per-task
+terms, and batches are never decollated (boxes are per-item lists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from monai_mcx.engines.utils import prepare_cxr_batch
+
+__all__ = ["MultiTaskTrainer", "MultiTaskEvaluator"]
+
+
+def _autocast(device: torch.device | str, enabled: bool, amp_kwargs: dict):
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    return torch.autocast(dev.type, enabled=enabled and dev.type == "cuda", **amp_kwargs)
+
+
+class MultiTaskTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` for a dict-output network and a dict-output loss.
+
+    ``loss_function(pred: dict, targets: dict) -> dict`` must return ``loss`` (the scalar to optimise) and
+    any number of per-task terms. ``engine.state.output`` then holds ``image``, ``label`` (the targets
+    dict), ``pred`` (the head outputs), ``loss`` and ``losses`` (``{task: float}``), which
+    :func:`monai_mcx.engines.loss_items` turns into scalars for StatsHandler/TensorBoard.
+
+    AMP (``amp=True``) is used on CUDA only; on CPU it is ignored. Gradient clipping by ``clip_grad_norm``.
+    """
+
+    def __init__(self, *args: Any, prepare_batch: Callable = prepare_cxr_batch, clip_grad_norm: float | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("decollate", False)
+        device = kwargs.get("device", args[0] if args else "cpu")
+        if kwargs.get("amp") and torch.device(device).type != "cuda":
+            kwargs["amp"] = False
+        super().__init__(*args, prepare_batch=prepare_batch, **kwargs)
+        self.clip_grad_norm = clip_grad_norm
+
+    def _iteration(self, engine: MultiTaskTrainer, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        use_amp = bool(engine.amp and engine.scaler is not None)
+        with _autocast(engine.state.device, use_amp, engine.amp_kwargs):
+            pred = engine.inferer(inputs, engine.network)
+            engine.state.output[Keys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            losses = engine.loss_function(pred, targets)
+        loss = losses["loss"]
+        engine.state.output[Keys.LOSS] = loss
+        engine.state.output["losses"] = {
+            k: float(v.detach()) for k, v in losses.items() if k != "loss" and not k.startswith("n_")
+        }
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if use_amp:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if self.clip_grad_norm:
+                engine.scaler.unscale_(engine.optimizer)
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.clip_grad_norm)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if self.clip_grad_norm:
+                torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.clip_grad_norm)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+class MultiTaskEvaluator(SupervisedEvaluator):
+    """``SupervisedEvaluator`` for a dict-output network.
+
+    After the forward pass, ``box_decoder`` (e.g. :class:`monai_mcx.networks.BoxDecoder`), when given and
+    when the network has a localization head, adds ``pred["detections"]``: one
+    ``{"boxes" (M, 4), "scores" (M,), "labels" (M,)}`` dict per image, in the network input's pixels.
+    ``pred["class_probs"]`` (sigmoid of ``class_logits``) and ``pred["seg_probs"]`` are added too.
+    """
+
+    def __init__(
+        self,
+        device: torch.device | str,
+        val_data_loader: Iterable,
+        network: torch.nn.Module,
+        box_decoder: Callable | None = None,
+        prepare_batch: Callable = prepare_cxr_batch,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("decollate", False)
+        if kwargs.get("amp") and torch.device(device).type != "cuda":
+            kwargs["amp"] = False
+        super().__init__(device=device, val_data_loader=val_data_loader, network=network, prepare_batch=prepare_batch, **kwargs)
+        self.box_decoder = box_decoder
+
+    def _iteration(self, engine: MultiTaskEvaluator, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        with engine.mode(engine.network), torch.no_grad():
+            with _autocast(engine.state.device, bool(engine.amp), engine.amp_kwargs):
+                pred = dict(engine.inferer(inputs, engine.network))
+            pred = {k: ([t.float() for t in v] if isinstance(v, list) else v.float()) for k, v in pred.items()}
+            if "class_logits" in pred:
+                pred["class_probs"] = torch.sigmoid(pred["class_logits"])
+            if "seg_logits" in pred:
+                pred["seg_probs"] = torch.sigmoid(pred["seg_logits"])
+            if self.box_decoder is not None and "box_cls_logits" in pred:
+                pred["detections"] = self.box_decoder(pred, inputs)
+        engine.state.output[Keys.PRED] = pred
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,179 @@
+"""Dictionary transforms that turn a datalist item's (possibly missing) annotations into tensors plus
+availability flags, and move boxes with the image through resizing.
+
+Unknown (``null``) is not negative: an unknown mask becomes an all-zero mask with ``has_mask = 0`` and an
+unknown box list becomes an empty ``(0, 4)`` tensor with ``has_boxes = 0``; the losses and metrics skip
+them. A known-empty box list (``[]``) keeps ``has_boxes = 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.apps.detection.transforms.box_ops import resize_boxes
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, MapTransform, Resize
+from monai.utils import ensure_tuple, ensure_tuple_rep
+
+from monai_mcx.data.errors import DataError
+
+__all__ = ["AnnotationError", "PrepareAnnotationsd", "ResizeWithBoxesd"]
+
+
+class AnnotationError(DataError):
+    """An annotation does not fit its image. The message names the file(s) and the problem."""
+
+
+def _name(d: Mapping, key: str) -> str:
+    v = d.get(key)
+    if isinstance(v, MetaTensor):
+        return str(v.meta.get("filename_or_obj", "<image>"))
+    return str(v)
+
+
+class PrepareAnnotationsd(MapTransform):
+    """Load the mask (if any), turn ``label``/``mask``/``boxes`` into tensors and add availability flags.
+
+    Input (after the image was loaded channel-first as ``(1, W, H)``): ``label`` list or None,
+    ``mask`` path or None, ``boxes`` list of ``[x1, y1, x2, y2]`` (StandardMode, x = spatial dim 0) or None.
+
+    Output keys: ``label`` ``(K,)`` float, ``has_label``; ``mask`` ``(1, W, H)`` float 0/1, ``has_mask``;
+    ``boxes`` ``(N, 4)`` float, ``has_boxes``; ``positive`` (ground-truth positivity for teacher forcing:
+    any class if the label is known, else a non-empty mask, else a non-empty box list).
+
+    Args:
+        num_classes: length of the class vector K.
+        box_tolerance: boxes may exceed the image by this many pixels (then they are clipped); beyond it
+            an :class:`AnnotationError` names the image.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_key: str = "image",
+        label_key: str = "label",
+        mask_key: str = "mask",
+        box_key: str = "boxes",
+        box_tolerance: float = 2.0,
+    ) -> None:
+        super().__init__(keys=[image_key], allow_missing_keys=False)
+        self.num_classes = int(num_classes)
+        self.image_key, self.label_key, self.mask_key, self.box_key = image_key, label_key, mask_key, box_key
+        self.box_tolerance = float(box_tolerance)
+        self._load_mask = LoadImage(image_only=True, ensure_channel_first=True)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        image = d[self.image_key]
+        spatial = tuple(int(s) for s in image.shape[1:])
+        name = _name(d, self.image_key)
+
+        label = d.get(self.label_key)
+        if label is None:
+            d[self.label_key] = torch.zeros(self.num_classes, dtype=torch.float32)
+            d["has_label"] = torch.tensor(0.0)
+        else:
+            t = torch.as_tensor(np.asarray(label, dtype=np.float32)).reshape(-1)
+            if t.numel() != self.num_classes:
+                raise AnnotationError(f"{name}: label has {t.numel()} values, expected {self.num_classes}")
+            d[self.label_key] = t
+            d["has_label"] = torch.tensor(1.0)
+
+        mask = d.get(self.mask_key)
+        if mask is None:
+            d[self.mask_key] = MetaTensor(torch.zeros((1, *spatial), dtype=torch.float32), meta=dict(getattr(image, "meta", {})))
+            d["has_mask"] = torch.tensor(0.0)
+        else:
+            if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
+                try:
+                    m = self._load_mask(mask)
+                except Exception as e:  # MONAI raises several types; re-raise with the file named
+                    raise AnnotationError(f"{mask}: cannot read mask for {name}: {e}") from e
+            else:
+                m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+            if m.ndim == len(spatial):
+                m = m[None]
+            if m.shape[0] > 1:  # RGB(A) mask: any channel set
+                m = m.amax(dim=0, keepdim=True)
+            if tuple(m.shape[1:]) != spatial:
+                raise AnnotationError(
+                    f"{mask}: mask size {tuple(m.shape[1:])} differs from its image {name} size {spatial} (W, H)"
+                )
+            m = (m > 0).float()
+            if not isinstance(m, MetaTensor):
+                m = MetaTensor(m, meta=dict(getattr(image, "meta", {})))
+            d[self.mask_key] = m
+            d["has_mask"] = torch.tensor(1.0)
+
+        boxes = d.get(self.box_key)
+        if boxes is None:
+            d[self.box_key] = torch.zeros((0, 4), dtype=torch.float32)
+            d["has_boxes"] = torch.tensor(0.0)
+        else:
+            b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+            if b.numel():
+                if bool(((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])).any()):
+                    raise AnnotationError(f"{name}: a box has x2 <= x1 or y2 <= y1: {b.tolist()}")
+                tol = self.box_tolerance
+                hi = torch.tensor([spatial[0], spatial[1], spatial[0], spatial[1]], dtype=torch.float32)
+                if bool(((b < -tol) | (b > hi + tol)).any()):
+                    raise AnnotationError(
+                        f"{name}: boxes {b.tolist()} fall outside the image of size (W, H) = {spatial}"
+                    )
+                b = torch.minimum(torch.clamp(b, min=0.0), hi)
+            d[self.box_key] = b
+            d["has_boxes"] = torch.tensor(1.0)
+
+        if d["has_label"] > 0:
+            positive = bool(d[self.label_key].max() > 0.5)
+        elif d["has_mask"] > 0:
+            positive = bool(d[self.mask_key].any())
+        elif d["has_boxes"] > 0:
+            positive = d[self.box_key].shape[0] > 0
+        else:
+            positive = False
+        d["positive"] = torch.tensor(float(positive))
+        return d
+
+
+class ResizeWithBoxesd(MapTransform):
+    """Resize images/masks to ``spatial_size`` and scale the boxes with them.
+
+    MONAI has box-aware zoom/flip/crop transforms (``ZoomBoxd``, ``RandFlipBoxd`` ...) but no box-aware
+    resize to a fixed size; this wraps MONAI's ``Resize`` and ``resize_boxes``.
+
+    Args:
+        keys: image-like keys, ``(C, W, H)``.
+        spatial_size: target ``(W, H)``.
+        box_keys: ``(N, 4)`` StandardMode boxes attached to ``box_ref_image_key``.
+        mode: interpolation per key (``area`` for images, ``nearest`` for masks).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int] | int,
+        box_keys: KeysCollection = ("boxes",),
+        box_ref_image_key: str = "image",
+        mode: Sequence[str] | str = "area",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = ensure_tuple_rep(spatial_size, 2)
+        self.box_keys = ensure_tuple(box_keys)
+        self.box_ref_image_key = box_ref_image_key
+        self.mode = ensure_tuple_rep(mode, len(self.keys))
+        self.resizers = {m: Resize(spatial_size=self.spatial_size, mode=m) for m in set(self.mode)}
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        src = tuple(int(s) for s in d[self.box_ref_image_key].shape[1:])
+        for key, mode in self.key_iterator(d, self.mode):
+            d[key] = self.resizers[mode](d[key])
+        for key in self.box_keys:
+            if key in d and torch.as_tensor(d[key]).numel():
+                d[key] = resize_boxes(torch.as_tensor(d[key], dtype=torch.float32), src, self.spatial_size)
+        return d
