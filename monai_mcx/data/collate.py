@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from monai.data.utils import list_data_collate
 
@@ -19,6 +20,10 @@ def collate_cxr(batch: Sequence[dict]) -> dict:
     Fixed-size entries (``image``, ``mask``, ``label``, ``has_*`` flags, ...) are stacked by MONAI's
     ``list_data_collate``; ``boxes`` (``(N_i, 4)`` per item, ``N_i`` varies) stays a list of tensors.
     Items produced by a multi-sample transform (a list per item) are flattened first.
+
+    When ``image`` is a MetaTensor, the batch also gets ``image_path`` (list of source file names) and
+    ``original_size`` (list of the loaded images' ``(W, H)`` before any resizing), so that predictions can
+    be mapped back to the original pixels.
     """
     flat: list[dict] = []
     for item in batch:
@@ -27,4 +32,8 @@ def collate_cxr(batch: Sequence[dict]) -> dict:
     rest = [{k: v for k, v in d.items() if k not in lists} for d in flat]
     out = list_data_collate(rest)
     out.update(lists)
+    metas = [getattr(d.get("image"), "meta", None) for d in flat]
+    if all(m is not None for m in metas):
+        out["image_path"] = [str(m.get("filename_or_obj", "")) for m in metas]
+        out["original_size"] = [[int(v) for v in np.asarray(m.get("spatial_shape", []))[:2]] for m in metas]
     return out

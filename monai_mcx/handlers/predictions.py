@@ -40,19 +40,6 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
         raise
 
 
-def _meta_list(meta: dict, key: str, n: int) -> list:
-    value = meta.get(key)
-    if value is None:
-        return [None] * n
-    if torch.is_tensor(value):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)) and len(value) == n and not (n == 2 and not isinstance(value[0], (list, tuple, str))):
-        return list(value)
-    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)) and len(value[0]) == n:
-        return [list(v) for v in zip(*value)]  # collated per-dimension lists
-    return [value] * n
-
-
 class PredictionWriter:
     """Write per-image predictions of a :class:`~monai_mcx.engines.MultiTaskEvaluator` run.
 
@@ -79,15 +66,14 @@ class PredictionWriter:
 
     def write_batch(self, engine: Engine) -> None:
         pred = engine.state.output["pred"]
-        image = engine.state.batch["image"]
-        n = int(image.shape[0])
-        in_size = [int(s) for s in image.shape[2:]]
-        meta = getattr(image, "meta", {}) or {}
-        names = _meta_list(meta, "filename_or_obj", n)
-        shapes = _meta_list(meta, "spatial_shape", n)
+        batch = engine.state.batch
+        n = int(batch["image"].shape[0])
+        in_size = [int(s) for s in batch["image"].shape[2:]]
+        names = batch.get("image_path") or [f"image_{len(self.rows) + i:05d}" for i in range(n)]
+        sizes = batch.get("original_size") or [in_size] * n
         for i in range(n):
-            src = str(names[i]) if names[i] is not None else f"image_{len(self.rows):05d}"
-            orig = [int(s) for s in shapes[i]][:2] if shapes[i] is not None else in_size
+            src = names[i]
+            orig = list(sizes[i]) if len(sizes[i]) == 2 else in_size
             scale = [o / s for o, s in zip(orig, in_size)]
             record: dict = {"image": src, "size_wh": orig}
             positive = True

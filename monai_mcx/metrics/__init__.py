@@ -1,0 +1,29 @@
+"""Evaluation metrics: classification (AUC, thresholds, ECE), lesion segmentation (Dice) and lesion boxes
+(COCO AP / mAP, RSNA score). Each ``*_metrics`` function returns the flat ``<task>/<metric>[/<variant>]`` keys
+written to ``metrics.json``."""
+
+from .classification import choose_threshold, classification_metrics, expected_calibration_error, roc_auc
+from .detection import (
+    RSNA_THRESHOLDS,
+    average_precision,
+    box_iou_float64,
+    coco_map,
+    detection_metrics,
+    rsna_metric,
+)
+from .segmentation import dice_per_image, segmentation_metrics
+
+__all__ = [
+    "roc_auc",
+    "choose_threshold",
+    "expected_calibration_error",
+    "classification_metrics",
+    "dice_per_image",
+    "segmentation_metrics",
+    "box_iou_float64",
+    "average_precision",
+    "coco_map",
+    "rsna_metric",
+    "detection_metrics",
+    "RSNA_THRESHOLDS",
+]

@@ -1,0 +1,64 @@
+"""Shared fixtures: one small synthetic demo data set and one short bundle training run per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
+SHARED = Path(os.environ.get("MCX_SHARED", REPO.parent / "shared"))
+
+#: overrides that make the bundle small enough for 2 CPU cores (64 px, tiny DenseNet, 2 epochs)
+SMALL = {
+    "demo_num_images": 60,
+    "demo_image_size": 64,
+    "spatial_size": [64, 64],
+    "encoder": "densenet-tiny",
+    "epochs": 2,
+    "batch_size": 8,
+    "base_anchor_shapes": [[8, 8], [12, 12], [16, 10]],
+}
+
+
+def bundle_overrides(root: Path, **extra) -> dict:
+    """Overrides that point every output of the bundle into ``root``."""
+    return {
+        "bundle_root": str(BUNDLE),
+        "dataset_dir": str(root / "demo_data"),
+        "output_dir": str(root / "eval"),
+        "ckpt_dir": str(root / "models"),
+        **SMALL,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def demo_datalist(tmp_path_factory) -> Path:
+    from monai_mcx.data import generate_demo_data
+
+    root = tmp_path_factory.mktemp("demo")
+    return Path(generate_demo_data(root / "demo_data", num_images=SMALL["demo_num_images"], image_size=SMALL["demo_image_size"], seed=0))
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, demo_datalist):
+    """Train the bundle once (ConfigWorkflow, 2 epochs at 64 px); return (root, overrides)."""
+    from monai.bundle import ConfigWorkflow
+
+    root = tmp_path_factory.mktemp("bundle_run")
+    overrides = bundle_overrides(root, dataset_dir=str(demo_datalist.parent))
+    wf = ConfigWorkflow(
+        workflow_type="train",
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return root, overrides
