@@ -1,0 +1,561 @@
+"""The evaluation report: ``report.md`` with every metric (ungated and gated side by side), plots and a gallery.
+
+:class:`EvaluationReport` is an Ignite handler for the evaluator of ``bundle/configs/evaluate.json``. During the
+epoch it keeps what the plots need (class probabilities and labels, per-image Dice, per-image box quality, and
+only the ``num_cases`` best and worst cases with their images, so memory stays small on large splits); when the
+epoch completes it writes under ``output_dir``:
+
+- ``report.md``: the table of ``engine.state.metrics`` (the same numbers as ``metrics.json``, 4 decimals), the
+  ``/gated`` variant beside each metric, the number of images per task, the thresholds, links to the plots;
+- ``plots/roc_<class>.png``, ``plots/pr_<class>.png``: ROC and precision-recall curves per class;
+- ``plots/dice_hist.png``: Dice of the images with a non-empty true mask (ungated and gated);
+- ``plots/gallery.png``: the best and worst cases (by Dice where the image has a true mask, else by the
+  per-image box IoU of :func:`box_quality`) with the X-ray, true (green) and predicted (red) mask contours and
+  boxes (predicted ones with their scores).
+
+:class:`ThresholdsWriter` saves the classification thresholds used (chosen on the validation split, see
+:class:`~monai_mcx.handlers.MultiTaskMetrics` ``threshold="youden"``) as ``thresholds.json`` for inference.
+
+Plots use matplotlib's object API with the Agg canvas (no pyplot state, no display). Geometry: tensors are
+``(C, W, H)`` (x = dim 0); :func:`draw_case` transposes once for ``imshow`` and draws boxes with x along the
+columns, in pixel-edge coordinates (``extent=(0, W, H, 0)``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from monai_mcx.handlers.metrics import write_json_atomic
+from monai_mcx.metrics import box_iou_float64, dice_per_image
+
+__all__ = [
+    "EvaluationReport",
+    "ThresholdsWriter",
+    "load_thresholds",
+    "draw_case",
+    "render_case",
+    "roc_curve",
+    "pr_curve",
+    "box_quality",
+    "format_value",
+]
+
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.asarray(x)
+
+
+def format_value(v: Any) -> str:
+    """How ``report.md`` prints a metric: 4 decimals, ``n/a`` for undefined (``None``/NaN)."""
+    if v is None:
+        return "n/a"
+    f = float(v)
+    return "n/a" if math.isnan(f) else f"{f:.4f}"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "class"
+
+
+# ----------------------------------------------------------------------------------------------- curves
+def _sorted_counts(probs: Any, labels: Any):
+    p = _np(probs).astype(np.float64).reshape(-1)
+    y = _np(labels).astype(np.float64).reshape(-1)
+    order = np.argsort(-p, kind="mergesort")
+    p, y = p[order], y[order]
+    last = np.r_[np.nonzero(np.diff(p))[0], p.size - 1] if p.size else np.zeros(0, dtype=int)
+    tps = np.cumsum(y)[last] if p.size else np.zeros(0)
+    fps = np.cumsum(1 - y)[last] if p.size else np.zeros(0)
+    return tps, fps, p[last] if p.size else np.zeros(0)
+
+
+def roc_curve(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of the ROC curve, one point per distinct score (as ``sklearn.metrics.roc_curve`` with
+    ``drop_intermediate=False``), starting at ``(0, 0)``. Needs both label values."""
+    tps, fps, _ = _sorted_counts(probs, labels)
+    n_pos, n_neg = (tps[-1], fps[-1]) if tps.size else (0.0, 0.0)
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_curve needs positive and negative labels.")
+    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
+
+
+def pr_curve(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(recall, precision)`` one point per distinct score, highest score first. Needs a positive label."""
+    tps, fps, _ = _sorted_counts(probs, labels)
+    if not tps.size or tps[-1] == 0:
+        raise ValueError("pr_curve needs positive labels.")
+    return tps / tps[-1], tps / (tps + fps)
+
+
+def box_quality(pred_boxes: Any, true_boxes: Any) -> float:
+    """Per-image box quality used to rank the gallery: greedy one-to-one matching by IoU (highest first),
+    ``sum(matched IoU) / max(#pred, #true)``; so misses and false positives both lower it. 1 when both are
+    empty."""
+    pb = _np(pred_boxes).reshape(-1, 4)
+    tb = _np(true_boxes).reshape(-1, 4)
+    if len(pb) == 0 and len(tb) == 0:
+        return 1.0
+    if len(pb) == 0 or len(tb) == 0:
+        return 0.0
+    iou = box_iou_float64(pb, tb)
+    total = 0.0
+    while iou.size and iou.max() > 0:
+        i, j = np.unravel_index(int(np.argmax(iou)), iou.shape)
+        total += float(iou[i, j])
+        iou[i, :] = -1
+        iou[:, j] = -1
+    return total / max(len(pb), len(tb))
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+def draw_case(ax, case: dict, show_scores: bool = True, linewidth: float = 1.5) -> None:
+    """Draw one case on a matplotlib ``Axes``.
+
+    ``case`` keys: ``image`` ``(W, H)``; optional ``true_mask``/``pred_mask`` ``(W, H)`` (bool or probabilities,
+    ``> 0.5`` inside), ``true_boxes``/``pred_boxes`` ``(N, 4)`` xyxy in image pixels (x along dim 0),
+    ``pred_scores`` ``(N,)``, ``title``. The image is shown transposed (rows = y) with ``extent=(0, W, H, 0)``
+    so a box ``[x1, y1, x2, y2]`` is the rectangle of columns ``x1..x2`` and rows ``y1..y2``. Truth green,
+    prediction red.
+    """
+    from matplotlib.patches import Rectangle
+
+    img = _np(case["image"]).astype(np.float32)
+    w, h = img.shape
+    ax.imshow(img.T, cmap="gray", extent=(0, w, h, 0), interpolation="nearest", vmin=float(img.min()),
+              vmax=float(img.max()) if img.max() > img.min() else float(img.min()) + 1)
+    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
+    for key, colour in (("true_mask", "#00ff00"), ("pred_mask", "#ff0000")):
+        m = case.get(key)
+        if m is None:
+            continue
+        m = _np(m) > 0.5
+        if m.any() and not m.all():
+            ax.contour(xs, ys, m.T.astype(np.float32), levels=[0.5], colors=colour, linewidths=linewidth)
+    for key, colour in (("true_boxes", "#00ff00"), ("pred_boxes", "#ff0000")):
+        boxes = case.get(key)
+        if boxes is None:
+            continue
+        boxes = _np(boxes).reshape(-1, 4)
+        scores = _np(case.get("pred_scores", np.zeros(len(boxes)))).reshape(-1) if key == "pred_boxes" else None
+        for k, (x1, y1, x2, y2) in enumerate(boxes):
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=linewidth))
+            if show_scores and scores is not None and k < len(scores):
+                ax.text(x1, max(y1 - 1, 0), f"{scores[k]:.2f}", color=colour, fontsize=6, va="bottom", ha="left")
+    ax.set_xlim(0, w)
+    ax.set_ylim(h, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if case.get("title"):
+        ax.set_title(case["title"], fontsize=7)
+
+
+def _canvas(fig):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return FigureCanvasAgg(fig)
+
+
+def render_case(case: dict, scale: int = 4, show_scores: bool = False, linewidth: float = 1.0) -> np.ndarray:
+    """Render one case with :func:`draw_case` to an RGB array ``(H * scale, W * scale, 3)`` (the axes fill the
+    figure, so image pixel ``(x, y)`` covers output rows ``y*scale..`` and columns ``x*scale..``)."""
+    from matplotlib.figure import Figure
+
+    w, h = _np(case["image"]).shape
+    dpi = 100
+    fig = Figure(figsize=(w * scale / dpi, h * scale / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, 1))
+    draw_case(ax, dict(case, title=None), show_scores=show_scores, linewidth=linewidth)
+    ax.set_axis_off()
+    canvas = _canvas(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _save(fig, path: Path, dpi: int = 100) -> None:
+    """Save a figure as PNG atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+    try:
+        _canvas(fig)
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------- thresholds
+def load_thresholds(path: str | os.PathLike, default: float | None = 0.5) -> dict:
+    """Read a ``thresholds.json`` written by :class:`ThresholdsWriter`:
+    ``{"class_thresholds": {name: t}, "gate_threshold": g, ...}``. A missing file gives
+    ``{"class_thresholds": {}, "gate_threshold": default}`` when ``default`` is not None."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        if default is None:
+            raise FileNotFoundError(f"{path}: thresholds file not found (written by the evaluate config)")
+        return {"class_thresholds": {}, "gate_threshold": float(default)}
+    return json.loads(path.read_text())
+
+
+class ThresholdsWriter:
+    """Write the classification thresholds the evaluation used (``classification/threshold/<class>`` of
+    ``engine.state.metrics``) to each of ``paths`` (atomically) when the epoch completes::
+
+        {"class_thresholds": {"pneumonia": 0.41}, "gate_threshold": 0.41, "method": "...", "split": "validation"}
+
+    ``gate_threshold`` is the smallest class threshold: the inference gate ``max_k p_k >= gate_threshold`` then
+    lets through every image that any class calls positive. ``enabled=False`` makes it a no-op (e.g. when
+    evaluating the test split with thresholds read from the file).
+    """
+
+    def __init__(self, paths: str | Sequence[str], class_names: Sequence[str], method: str = "youden",
+                 split: str | None = None, enabled: bool = True) -> None:
+        self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        self.class_names = list(class_names)
+        self.method = method
+        self.split = split
+        self.enabled = bool(enabled)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        table = {}
+        for name in self.class_names:
+            v = engine.state.metrics.get(f"classification/threshold/{name}")
+            if v is not None and not math.isnan(float(v)):
+                table[name] = float(v)
+        if not table:
+            return
+        obj = {"class_thresholds": table, "gate_threshold": min(table.values()), "method": self.method}
+        if self.split:
+            obj["split"] = self.split
+        for p in self.paths:
+            write_json_atomic(obj, p)
+
+
+# ----------------------------------------------------------------------------------------------- report
+class EvaluationReport:
+    """Write ``report.md`` and the plots under ``output_dir`` when the evaluator's epoch completes.
+
+    Attach after :class:`~monai_mcx.handlers.MultiTaskMetrics` (the evaluator's key metric, whose values it
+    tabulates from ``engine.state.metrics``) and :class:`~monai_mcx.handlers.MetricsJSONWriter`.
+
+    Args:
+        output_dir: where ``report.md`` and ``plots/`` go.
+        class_names: the bundle's class names.
+        gate_threshold: the classifier gate of the ``/gated`` metrics (as ``MultiTaskMetrics``).
+        seg_threshold: probability threshold of the predicted mask.
+        box_score_threshold: minimum score of a predicted box drawn in the gallery and used by :func:`box_quality`.
+        num_cases: number of best and of worst cases in the gallery.
+        metrics_file: the metrics file name (linked from the report).
+        threshold_note: how the classification thresholds were obtained (printed in the report).
+        title: the report's heading.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        class_names: Sequence[str],
+        gate_threshold: float = 0.5,
+        seg_threshold: float = 0.5,
+        box_score_threshold: float = 0.3,
+        num_cases: int = 4,
+        metrics_file: str = "metrics.json",
+        report_file: str = "report.md",
+        threshold_note: str = "",
+        title: str = "MultiCheXNet evaluation report",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.class_names = list(class_names)
+        self.gate_threshold = float(gate_threshold)
+        self.seg_threshold = float(seg_threshold)
+        self.box_score_threshold = float(box_score_threshold)
+        self.num_cases = int(num_cases)
+        self.metrics_file = metrics_file
+        self.report_file = report_file
+        self.threshold_note = threshold_note
+        self.title = title
+        self.plot_files: list[str] = []
+        self.reset()
+
+    # -- collection
+    def reset(self, engine: Engine | None = None) -> None:
+        self._probs: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._dice: list[float] = []  # images with a non-empty true mask
+        self._dice_gated: list[float] = []
+        self._counts = {"images": 0, "gated_out": 0, "label": 0, "mask": 0, "mask_positive": 0, "boxes": 0,
+                        "boxes_positive": 0, "true_boxes": 0}
+        self._pos_per_class = np.zeros(len(self.class_names))
+        self._cases: list[tuple[float, int, dict]] = []
+        self._index = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        pred, targets, images = out["pred"], out["label"], out["image"]
+        probs = _np(pred["class_probs"]) if "class_probs" in pred else None
+        for i in range(images.shape[0]):
+            idx = self._index
+            self._index += 1
+            self._counts["images"] += 1
+            gate_p = float(probs[i].max()) if probs is not None else None
+            gate = True if gate_p is None else gate_p >= self.gate_threshold
+            self._counts["gated_out"] += int(not gate)
+            if probs is not None and float(targets["has_label"][i]) > 0.5:
+                y = _np(targets["label"][i]).reshape(-1)
+                self._probs.append(probs[i].reshape(-1))
+                self._labels.append(y)
+                self._pos_per_class += y > 0.5
+                self._counts["label"] += 1
+            rank, kind = None, None
+            case = {"index": idx, "gate_prob": gate_p}
+            if "seg_probs" in pred and float(targets["has_mask"][i]) > 0.5:
+                pm = _np(pred["seg_probs"][i, 0]) >= self.seg_threshold
+                tm = _np(targets["mask"][i, 0]) > 0.5
+                self._counts["mask"] += 1
+                case.update(true_mask=tm, pred_mask=pm)
+                if tm.any():
+                    self._counts["mask_positive"] += 1
+                    d = float(dice_per_image(pm[None], tm[None])[0])
+                    dg = d if gate else float(dice_per_image(np.zeros_like(pm)[None], tm[None])[0])
+                    self._dice.append(d)
+                    self._dice_gated.append(dg)
+                    rank, kind = d, "Dice"
+            if "detections" in pred and float(targets["has_boxes"][i]) > 0.5:
+                tb = _np(targets["boxes"][i]).reshape(-1, 4)
+                det = pred["detections"][i]
+                ps = _np(det["scores"]).reshape(-1)
+                keep = ps >= self.box_score_threshold
+                pb = _np(det["boxes"]).reshape(-1, 4)[keep]
+                self._counts["boxes"] += 1
+                self._counts["true_boxes"] += len(tb)
+                case.update(true_boxes=tb, pred_boxes=pb, pred_scores=ps[keep])
+                if len(tb):
+                    self._counts["boxes_positive"] += 1
+                    if rank is None:
+                        rank, kind = box_quality(pb, tb), "box IoU"
+            if rank is None:
+                continue
+            case["image"] = _np(images[i, 0]).astype(np.float32)
+            case["rank"], case["rank_kind"] = rank, kind
+            self._cases.append((rank, idx, case))
+        self._prune()
+
+    def _prune(self) -> None:
+        k = self.num_cases
+        if len(self._cases) <= 2 * k:
+            return
+        self._cases.sort(key=lambda t: (t[0], t[1]))
+        self._cases = self._cases[:k] + self._cases[-k:]
+
+    # -- output
+    def __call__(self, engine: Engine) -> None:
+        metrics = {}
+        for key, v in engine.state.metrics.items():
+            if isinstance(v, (int, float, np.floating, np.integer)) or (torch.is_tensor(v) and v.numel() == 1):
+                f = float(v)
+                metrics[key] = None if math.isnan(f) else f
+        self.write(metrics)
+
+    def write(self, metrics: dict[str, float | None]) -> Path:
+        """Write the plots and ``report.md`` for the collected data and the given flat ``metrics``."""
+        plots_dir = self.output_dir / "plots"
+        self.plot_files = []
+        curve_links = self._plot_curves(plots_dir, metrics)
+        dice_link = self._plot_dice(plots_dir)
+        gallery_link = self._plot_gallery(plots_dir)
+        text = self._markdown(metrics, curve_links, dice_link, gallery_link)
+        path = self.output_dir / self.report_file
+        _write_text_atomic(text, path)
+        return path
+
+    def _plot_curves(self, plots_dir: Path, metrics: dict) -> list[tuple[str, str, str]]:
+        from matplotlib.figure import Figure
+
+        links = []
+        if not self._probs:
+            return links
+        probs, labels = np.stack(self._probs), np.stack(self._labels)
+        for c, name in enumerate(self.class_names):
+            y = labels[:, c] > 0.5
+            if y.all() or not y.any():
+                continue
+            fpr, tpr = roc_curve(probs[:, c], y)
+            rec, prec = pr_curve(probs[:, c], y)
+            thr = metrics.get(f"classification/threshold/{name}")
+            auc = metrics.get(f"classification/auc/{name}")
+            fig = Figure(figsize=(4, 4))
+            ax = fig.add_subplot(1, 1, 1)
+            ax.plot(fpr, tpr, color="C0", label=f"AUC {format_value(auc)}")
+            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+            if thr is not None:
+                sens, spec = np.mean(probs[y, c] >= thr), np.mean(probs[~y, c] < thr)
+                ax.plot([1 - spec], [sens], "o", color="C3", label=f"threshold {format_value(thr)}")
+            ax.set_xlabel("1 - specificity")
+            ax.set_ylabel("sensitivity")
+            ax.set_title(f"ROC: {name} (n={len(y)}, {int(y.sum())} positive)", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.01)
+            ax.legend(loc="lower right", fontsize=8)
+            fig.tight_layout()
+            roc_name = f"plots/roc_{_safe(name)}.png"
+            _save(fig, self.output_dir / roc_name)
+            fig = Figure(figsize=(4, 4))
+            ax = fig.add_subplot(1, 1, 1)
+            ax.step(np.r_[0.0, rec], np.r_[prec[0], prec], where="post", color="C0")
+            ax.axhline(float(y.mean()), color="grey", linestyle=":", linewidth=1, label=f"prevalence {y.mean():.3f}")
+            ax.set_xlabel("recall (sensitivity)")
+            ax.set_ylabel("precision")
+            ax.set_title(f"Precision-recall: {name}", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.01)
+            ax.legend(loc="lower left", fontsize=8)
+            fig.tight_layout()
+            pr_name = f"plots/pr_{_safe(name)}.png"
+            _save(fig, self.output_dir / pr_name)
+            self.plot_files += [roc_name, pr_name]
+            links.append((name, roc_name, pr_name))
+        return links
+
+    def _plot_dice(self, plots_dir: Path) -> str | None:
+        from matplotlib.figure import Figure
+
+        if not self._dice:
+            return None
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.add_subplot(1, 1, 1)
+        bins = np.linspace(0, 1, 21)
+        ax.hist(self._dice, bins=bins, color="C0", alpha=0.7, label=f"ungated (mean {np.mean(self._dice):.3f})")
+        ax.hist(self._dice_gated, bins=bins, histtype="step", color="C3", linewidth=1.5,
+                label=f"gated (mean {np.mean(self._dice_gated):.3f})")
+        ax.set_xlabel("Dice (images with a lesion in the true mask)")
+        ax.set_ylabel("images")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = "plots/dice_hist.png"
+        _save(fig, self.output_dir / name)
+        self.plot_files.append(name)
+        return name
+
+    def gallery_cases(self) -> tuple[list[dict], list[dict]]:
+        """``(best, worst)``: up to ``num_cases`` each, best first / worst first, disjoint."""
+        ordered = sorted(self._cases, key=lambda t: (t[0], t[1]))
+        k = self.num_cases
+        worst = [c for _, _, c in ordered[:k]]
+        rest = ordered[k:]
+        best = [c for _, _, c in reversed(rest[-k:])] if rest else []
+        return best, worst
+
+    def _plot_gallery(self, plots_dir: Path) -> str | None:
+        from matplotlib.figure import Figure
+
+        best, worst = self.gallery_cases()
+        if not best and not worst:
+            return None
+        ncol = max(len(best), len(worst))
+        rows = [(label, cases) for label, cases in (("best", best), ("worst", worst)) if cases]
+        fig = Figure(figsize=(2.3 * ncol, 2.5 * len(rows)))
+        for r, (label, cases) in enumerate(rows):
+            for c, case in enumerate(cases):
+                ax = fig.add_subplot(len(rows), ncol, r * ncol + c + 1)
+                gate = "" if case.get("gate_prob") is None else f", p={case['gate_prob']:.2f}"
+                draw_case(ax, dict(case, title=f"{label} #{c + 1}: {case['rank_kind']} {case['rank']:.2f}{gate}"))
+        fig.suptitle("truth green, prediction red (box scores); p = max class probability", fontsize=8)
+        fig.tight_layout()
+        name = "plots/gallery.png"
+        _save(fig, self.output_dir / name)
+        self.plot_files.append(name)
+        return name
+
+    def _markdown(self, metrics: dict, curve_links, dice_link, gallery_link) -> str:
+        lines = [f"# {self.title}", ""]
+        lines += [f"All numbers are those of [`{self.metrics_file}`]({self.metrics_file}), rounded to 4 decimals "
+                  "(`n/a`: undefined on this data, `null` in the JSON). *Gated*: the classifier gates the other heads "
+                  f"(an image whose highest class probability is below {self.gate_threshold:g} gets an empty mask and "
+                  "no boxes).", ""]
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            lines += [f"*Distributed evaluation: the metrics cover the whole split; the counts, curves and gallery below "
+                      f"cover rank {torch.distributed.get_rank()}'s shard only.*", ""]
+        c = self._counts
+        lines += ["## Images", "", "| task | images evaluated | with lesion / positive | note |", "| --- | ---: | ---: | --- |"]
+        lines.append(f"| all | {c['images']} | | {c['gated_out']} gated out by the classifier |")
+        pos = ", ".join(f"{n}: {int(p)}" for n, p in zip(self.class_names, self._pos_per_class))
+        lines.append(f"| classification | {c['label']} | {pos} | images with a known class label |")
+        lines.append(f"| segmentation | {c['mask']} | {c['mask_positive']} | images with a known mask |")
+        lines.append(f"| localization | {c['boxes']} | {c['boxes_positive']} | images with known boxes; {c['true_boxes']} true boxes |")
+        lines.append("")
+        thr = [(n, metrics.get(f"classification/threshold/{n}")) for n in self.class_names]
+        if any(v is not None for _, v in thr):
+            lines += ["## Thresholds", ""]
+            note = f" ({self.threshold_note})" if self.threshold_note else ""
+            lines += [f"- classification decision threshold{note}: " + ", ".join(f"{n} {format_value(v)}" for n, v in thr)]
+            lines += [f"- gate: highest class probability >= {self.gate_threshold:g}",
+                      f"- predicted mask: probability >= {self.seg_threshold:g}",
+                      f"- boxes drawn and ranked in the gallery: score >= {self.box_score_threshold:g}", ""]
+        lines += ["## Metrics", "", "| metric | ungated | gated |", "| --- | ---: | ---: |"]
+        keys = sorted(k for k in metrics if not k.endswith("/gated"))
+        for k in keys:
+            g = f"{k}/gated"
+            lines.append(f"| `{k}` | {format_value(metrics[k])} | {format_value(metrics[g]) if g in metrics else ''} |")
+        if any(not k.startswith(("classification/", "segmentation/", "localization/")) for k in keys):
+            lines.append("")
+            lines.append("Keys outside a task (e.g. the evaluator's key metric) are the checkpoint-selection score, "
+                         "the mean of `classification/auc`, `segmentation/dice_positive` and `localization/ap50`.")
+        for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len('/gated')] not in metrics):
+            lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |")
+        lines.append("")
+        lines += ["## Plots", ""]
+        if curve_links:
+            lines += ["| class | ROC | precision-recall |", "| --- | --- | --- |"]
+            lines += [f"| {n} | [{roc}]({roc}) | [{pr}]({pr}) |" for n, roc, pr in curve_links]
+            lines.append("")
+            for n, roc, pr in curve_links:
+                lines += [f"![ROC {n}]({roc}) ![PR {n}]({pr})", ""]
+        else:
+            lines += ["No ROC/PR curves: no class with both positive and negative labels.", ""]
+        if dice_link:
+            lines += [f"Dice of the images with a lesion: [{dice_link}]({dice_link})", "", f"![Dice histogram]({dice_link})", ""]
+        if gallery_link:
+            lines += [f"Best and worst cases (by Dice where a true mask exists, else by box IoU): [{gallery_link}]({gallery_link})",
+                      "", f"![gallery]({gallery_link})", ""]
+        return "\n".join(lines)

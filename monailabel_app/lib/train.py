@@ -1,0 +1,168 @@
+"""MONAI Label train task: fine-tune MultiCheXNet's segmentation head (+ encoder) on the annotators' masks.
+
+MONAI Label's datastore hands the task ``{"image", "label"}`` file pairs (the ``final`` labels saved from
+OHIF / 3D Slicer or ``PUT /datastore/label``). The task
+
+* builds the bundle's MultiCheXNet and starts from ``<bundle>/models/model.pt`` (``pretrained``);
+* trains the encoder and the segmentation head; the classification and localization heads are frozen
+  (the datastore has no class labels or boxes, so nothing could train them);
+* uses the mcx multi-task loss (:class:`monai_mcx.losses.MultiCheXNetLoss`, segmentation term only) with
+  teacher forcing: every pair is an annotated mask (``has_mask = 1``) and its ground-truth positivity is
+  "the mask is non-empty". With ``teacher_forcing="positive_only"`` (default) empty masks contribute no
+  loss; ``"all"`` trains on them as negatives too;
+* publishes the best checkpoint (key metric: mean Dice) back to ``<bundle>/models/model.pt``, which the
+  infer task reloads on its next request.
+
+Training runs and checkpoints go to ``<bundle>/models/monailabel/<name>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from ignite.metrics import Metric
+from monai.handlers import MeanDice, from_engine
+from monai.inferers import Inferer
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    EnsureTyped,
+    RandScaleIntensityd,
+    Resized,
+    ScaleIntensityd,
+    SelectItemsd,
+)
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from .bundle import BundleSpec
+
+logger = logging.getLogger(__name__)
+
+TRAINABLE = ("encoder", "segmentation_head")
+
+
+class SegLogitsInferer(Inferer):
+    """Run the whole network and return its ``seg_logits`` ``(B, 1, W, H)`` (what the loss and Dice see)."""
+
+    def __call__(self, inputs, network, *args, **kwargs):
+        return network(inputs, *args, **kwargs)["seg_logits"]
+
+
+class TeacherForcedSegLoss(torch.nn.Module):
+    """``loss(seg_logits, mask)`` for SupervisedTrainer, computed by ``MultiCheXNetLoss`` on the seg term.
+
+    Every sample has an annotated mask; ``positive`` = the mask is non-empty (teacher forcing).
+    """
+
+    def __init__(self, teacher_forcing: str = "positive_only"):
+        super().__init__()
+        from monai_mcx.losses import MultiCheXNetLoss
+
+        self.loss = MultiCheXNetLoss(teacher_forcing=teacher_forcing)
+
+    def forward(self, seg_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = (torch.as_tensor(mask) > 0.5).float()
+        b = mask.shape[0]
+        targets = {
+            "mask": mask,
+            "has_mask": torch.ones(b, device=mask.device),
+            "positive": (mask.reshape(b, -1).amax(dim=1) > 0).float(),
+        }
+        return self.loss({"seg_logits": torch.as_tensor(seg_logits)}, targets)["loss"]
+
+
+class MultiCheXNetSegTrain(BasicTrainTask):
+    """Segmentation fine-tuning of the bundle's MultiCheXNet from MONAI Label's image/label pairs.
+
+    Args:
+        spec: the parsed bundle; ``spec.model_path`` is both the starting point and where the best model is published.
+        model_dir: run folder (``<bundle>/models/monailabel`` by default).
+        teacher_forcing: ``positive_only`` | ``all`` | ``balanced`` (see ``MultiCheXNetLoss``).
+        kwargs: ``BasicTrainTask`` arguments.
+    """
+
+    def __init__(self, spec: BundleSpec, model_dir: str | None = None, teacher_forcing: str = "positive_only",
+                 description: str = "Fine-tune MultiCheXNet's segmentation head + encoder on the annotated lesion masks",
+                 **kwargs):
+        self.spec = spec
+        self.teacher_forcing = teacher_forcing
+        model_dir = model_dir or os.path.join(spec.bundle_dir, "models", "monailabel")
+        config = {
+            "max_epochs": 10,
+            "train_batch_size": 2,
+            "val_batch_size": 2,
+            "val_split": 0.2,
+            "learning_rate": 1e-4,
+            "teacher_forcing": ["positive_only", "all", "balanced"],
+            "dataset": ["CacheDataset", "Dataset"],
+            "dataloader": ["DataLoader", "ThreadDataLoader"],
+            # experiment tracking off by default: MONAI Label's mlflow default (a file store) is refused by
+            # current MLflow; pick "mlflow" with a "tracking_uri" such as sqlite:///<path>/mlruns.db
+            "tracking": ["None", "mlflow"],
+        }
+        kwargs.setdefault("amp", torch.cuda.is_available())
+        kwargs.setdefault("tracking", None)
+        kwargs.setdefault("load_strict", True)
+        super().__init__(
+            model_dir,
+            description,
+            config=config,
+            load_path=spec.model_path,
+            publish_path=spec.model_path,
+            labels={"lesion": 1},
+            **kwargs,
+        )
+
+    def network(self, context: Context):
+        net = self.spec.build_network()
+        for name, p in net.named_parameters():
+            p.requires_grad = name.split(".")[0] in TRAINABLE
+        return net
+
+    def optimizer(self, context: Context):
+        params = [p for p in context.network.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=float(context.request.get("learning_rate", 1e-4)), weight_decay=1e-4)
+
+    def loss_function(self, context: Context):
+        mode = context.request.get("teacher_forcing", self.teacher_forcing)
+        mode = mode[0] if isinstance(mode, (list, tuple)) else mode
+        return TeacherForcedSegLoss(teacher_forcing=mode)
+
+    def lr_scheduler_handler(self, context: Context):
+        return None
+
+    def train_pre_transforms(self, context: Context):
+        from monai_mcx.transforms.io import LoadCXRd
+
+        return [
+            SelectItemsd(keys=["image", "label"]),  # the datastore's items may carry other (None) fields
+            LoadCXRd(keys="image", mask_keys="label"),  # mask size is checked against its image
+            ScaleIntensityd(keys="image"),  # as the bundle's preprocessing
+            Resized(keys=["image", "label"], spatial_size=self.spec.spatial_size, mode=["area", "nearest"]),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            # plain tensors: the loader's metadata holds None values (e.g. pixel_spacing of a PNG) that do not collate
+            EnsureTyped(keys=["image", "label"], dtype=torch.float32, track_meta=False),
+        ]
+
+    def val_pre_transforms(self, context: Context):
+        return [t for t in self.train_pre_transforms(context) if not isinstance(t, RandScaleIntensityd)]
+
+    def train_post_transforms(self, context: Context):
+        return [
+            Activationsd(keys="pred", sigmoid=True),
+            AsDiscreted(keys="pred", threshold=0.5),
+        ]
+
+    def train_inferer(self, context: Context):
+        return SegLogitsInferer()
+
+    def val_inferer(self, context: Context):
+        return SegLogitsInferer()
+
+    def train_key_metric(self, context: Context) -> dict[str, Metric]:
+        return {self.TRAIN_METRIC_MEAN_DICE: MeanDice(output_transform=from_engine(["pred", "label"]), include_background=True)}
+
+    def val_key_metric(self, context: Context) -> dict[str, Metric]:
+        return {self.VAL_METRIC_MEAN_DICE: MeanDice(output_transform=from_engine(["pred", "label"]), include_background=True)}

@@ -1,0 +1,106 @@
+"""MONAI Label app serving the monai_mcx MultiCheXNet bundle from a local folder.
+
+Start (see README.md beside this file)::
+
+    MONAI_LABEL_DATASTORE_FILE_EXT='["*.png","*.jpg","*.dcm","*.nii.gz"]' \\
+    .venv-monailabel/bin/python -m monailabel.main start_server --app monailabel_app --studies <images dir> \\
+        --conf zoo_source github --conf sam2 false --host 127.0.0.1 --port 8000 \\
+        [--conf bundle <bundle dir>] [--conf overrides '{"encoder": "densenet-tiny"}'] [--conf skip_trainers true]
+
+``--conf`` keys read here:
+
+* ``bundle``: bundle folder (default ``<repo>/bundle``); ``configs/inference.json`` builds the network,
+  ``models/model.pt`` holds the weights.
+* ``overrides``: JSON object (or a JSON file) of bundle config overrides, e.g. the encoder or ``spatial_size``
+  the checkpoint was trained with.
+* ``model_name``: the task name in ``/info`` and ``/infer/<name>`` (default ``multichexnet``).
+* ``skip_trainers``: ``true`` to serve inference only.
+* ``teacher_forcing``: default teacher-forcing mode of the train task (``positive_only``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.generic import strtobool
+
+from lib.bundle import BundleSpec, parse_overrides
+from lib.compat import install_pydicom_pixels_shim
+
+logger = logging.getLogger(__name__)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+install_pydicom_pixels_shim()  # MONAI Label runs on pydicom 2; monai_mcx.transforms.io expects pydicom 3's API
+
+
+class MultiCheXNetApp(MONAILabelApp):
+    """One infer task (lesion mask + class probabilities + gate + boxes) and one train task (segmentation)."""
+
+    def __init__(self, app_dir, studies, conf):
+        bundle_dir = conf.get("bundle") or os.path.join(REPO, "bundle")
+        self.spec = BundleSpec(bundle_dir, parse_overrides(conf.get("overrides")))
+        self.model_name = conf.get("model_name", "multichexnet")
+        logger.info(f"MultiCheXNet bundle: {self.spec.info()}; weights: {self.spec.model_path}")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="monai_mcx MultiCheXNet",
+            description="Chest X-ray lesion segmentation with class probabilities, classifier gate and boxes",
+            version="0.1",
+            labels={"lesion": 1},
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        from lib.infer import MultiCheXNetInfer
+
+        if not self.spec.has_weights():
+            logger.warning(f"no weights at {self.spec.model_path}: the infer task is not available")
+            return {}
+        preload = strtobool(self.conf.get("preload", "false"))
+        return {self.model_name: MultiCheXNetInfer(self.spec, preload=preload)}
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        if strtobool(self.conf.get("skip_trainers", "false")):
+            return {}
+        from lib.train import MultiCheXNetSegTrain
+
+        return {self.model_name: MultiCheXNetSegTrain(self.spec, teacher_forcing=self.conf.get("teacher_forcing", "positive_only"))}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        return {"random": Random(), "first": First()}
+
+    # -- clean errors for bad requests ----------------------------------------------------------------
+    def _check_image(self, request) -> None:
+        image = request.get("image")
+        if not isinstance(image, str):
+            return
+        if os.path.isfile(image):
+            # uploads (POST /infer with a file) land in the temp folder; any other server path is refused
+            allowed = [os.path.realpath(self.studies), os.path.realpath(tempfile.gettempdir())]
+            real = os.path.realpath(image)
+            if not any(real == a or real.startswith(a + os.sep) for a in allowed):
+                raise HTTPException(status_code=403, detail=f"image path outside the studies folder: {image}")
+            return
+        if image not in self.datastore().list_images():
+            raise HTTPException(status_code=404, detail=f"unknown image id {image!r} (see GET /datastore/?output=all)")
+
+    def infer(self, request, datastore=None):
+        from monai_mcx.data.errors import DataError
+
+        self._check_image(request)
+        try:
+            return super().infer(request, datastore)
+        except DataError as e:  # unreadable / corrupt study: names the file and the problem
+            logger.error(f"bad study: {e}")
+            raise HTTPException(status_code=422, detail=f"cannot read the study: {e}") from None
