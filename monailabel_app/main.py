@@ -34,13 +34,11 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 from lib.bundle import BundleSpec, parse_overrides
-from lib.compat import install_pydicom_pixels_shim
 
 logger = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-install_pydicom_pixels_shim()  # MONAI Label runs on pydicom 2; monai_mcx.transforms.io expects pydicom 3's API
 
 
 class MultiCheXNetApp(MONAILabelApp):

@@ -22,6 +22,10 @@ whose findings do not reach every class name gets ``label: null`` (not annotated
 becomes negative. Default: ``class_names = ["pneumonia"]`` with RSNA Target 1 ("Lung Opacity"),
 NIH "Pneumonia", Kermany PNEUMONIA, COVID-19 findings and QU viral pneumonia as positives.
 
+``covid_lungs`` / ``qu_viral_lungs`` masks and boxes outline the LUNGS, not lesions: by default their items
+get ``mask: null, boxes: null`` (classification only); ``--lung-annotations`` keeps them (e.g. to check
+the data flow, or with a class map and bundle set up for lung segmentation).
+
 ``--on-error skip`` leaves out bad items (missing image, bad CSV row, RLE overrun, bad box...) and writes
 every one of them to ``<output stem>_skipped.json``; ``raise`` (default) stops at the first.
 """
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -70,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kermany", metavar="DIR", help="Kermany pediatric pneumonia: folders with NORMAL/ and PNEUMONIA/")
     g.add_argument("--covid-lungs", metavar="DIR", help="COVID lung set: images/, masks/, labels.csv, annotations.csv")
     g.add_argument("--qu-viral-lungs", metavar="DIR", help="QU viral pneumonia lungs: images/, masks/, labels.csv")
+    p.add_argument("--lung-annotations", action="store_true",
+                   help="keep the LUNG masks/boxes of --covid-lungs / --qu-viral-lungs as 'mask'/'boxes'. Off by default: "
+                        "those keys train the lesion heads, and a lung outline is not a lesion (the items then get "
+                        "mask/boxes null = not annotated, and still train the classifier)")
     p.add_argument("--class-map", metavar="JSON", help='{"class_names": [...], "sources": {source: {finding: class}}}')
     p.add_argument("--output", "-o", metavar="JSON", default="datalist.json", help="datalist to write (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of patients for validation (default: %(default)s)")
@@ -164,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[dict] = []
     for name, root in chosen.items():
         kwargs = {"class_map": class_map, "on_error": args.on_error, "check_files": not args.no_check_files}
+        if name in ("covid_lungs", "qu_viral_lungs"):
+            kwargs["lung_annotations"] = args.lung_annotations
         if name == "siim":
             kwargs["mask_dir"] = args.siim_mask_dir or out_dir / "siim_masks"
         adapter = ADAPTERS[name](root, **kwargs)
@@ -184,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     splits = split_by_patient(items, args.val_fraction, args.test_fraction, args.seed)
     check_patient_splits(splits, file=output)
     datalist = {"class_names": list(class_map.class_names)}
+    rng = random.Random(args.seed)
     for s in SPLIT_NAMES:
-        datalist[s] = [_relative(it, out_dir, args.keep_info) for it in splits[s]]
+        split_items = list(splits[s])
+        rng.shuffle(split_items)  # sources interleaved, so that the first items (``max_items``) are a mix
+        datalist[s] = [_relative(it, out_dir, args.keep_info) for it in split_items]
     _atomic_json(output, datalist)
     if args.on_error == "skip":
         report = output.with_name(f"{output.stem}_skipped.json")

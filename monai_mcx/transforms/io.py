@@ -76,10 +76,34 @@ def _spacing(ds) -> tuple[float, float] | None:
     return None
 
 
+def _missing_decoder(ts, path: Path) -> str | None:
+    """``None`` when pydicom can decode transfer syntax ``ts``, else what is missing (pydicom 2 and 3)."""
+    try:  # pydicom >= 3
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2: the handler list
+        import pydicom
+
+        handlers = pydicom.config.pixel_data_handlers
+        if any(h.is_available() and h.supports_transfer_syntax(ts) for h in handlers):
+            return None
+        return "a pixel data handler for this transfer syntax"
+    try:
+        decoder = get_decoder(ts)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"pydicom has no decoder for the transfer syntax {ts.name} ({ts})", path) from e
+    if decoder.is_available:
+        return None
+    return "; ".join(decoder.missing_dependencies) or "a pixel data plugin"
+
+
 def _read_dicom(path: Path, apply_voi: bool, invert: bool, scale: str, as_mask: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom 2 (MONAI Label 0.8.5's environment)
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -94,14 +118,8 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, scale: str, as_mask: 
         raise DataError(f"BitsStored={bits} is not supported (1..16)", path)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and ts.is_compressed:
-        from pydicom.pixels import get_decoder
-
-        try:
-            decoder = get_decoder(ts)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"pydicom has no decoder for the transfer syntax {ts.name} ({ts})", path) from e
-        if not decoder.is_available:
-            missing = "; ".join(decoder.missing_dependencies) or "a pixel data plugin"
+        missing = _missing_decoder(ts, path)
+        if missing is not None:
             raise DataError(
                 f"pixel data is compressed ({ts.name}) and no pydicom pixel plugin that decodes it is installed: "
                 f"{missing}. Install one, e.g. {PLUGIN_HINT}",
@@ -233,14 +251,30 @@ def read_cxr(
     return arr, meta
 
 
+#: metadata every loaded image carries (defaults where the format has no such field)
+_META_DEFAULTS = {
+    "source_format": "", "photometric_interpretation": "", "bits_stored": 0, "transfer_syntax": "",
+    "modality": "", "view_position": "", "voi_applied": False, "inverted": False, "pil_mode": "",
+}
+
+
 def _to_metatensor(arr: np.ndarray, meta: dict, dtype) -> MetaTensor:
-    """(rows, cols) numpy -> (1, W, H) MetaTensor with an affine carrying the pixel spacing."""
+    """(rows, cols) numpy -> (1, W, H) MetaTensor with an affine carrying the pixel spacing.
+
+    ``meta["pixel_spacing"]`` is ``(x, y)`` mm, ``(1.0, 1.0)`` when the file gives none
+    (``meta["pixel_spacing_known"]`` tells which).
+    """
     sx, sy = meta.get("pixel_spacing") or (1.0, 1.0)
     affine = torch.diag(torch.tensor([sx, sy, 1.0, 1.0], dtype=torch.float64))
     data = torch.as_tensor(np.ascontiguousarray(arr.T)[None], dtype=dtype)
-    m = dict(meta)
+    # one key set with no None values whatever the format, so that MetaTensors of DICOM, PNG and JPEG
+    # items collate together (default_collate refuses None and needs the same keys in every item)
+    m = {k: v for k, v in _META_DEFAULTS.items()}
+    m.update({k: v for k, v in meta.items() if v is not None})
+    m["pixel_spacing_known"] = meta.get("pixel_spacing") is not None
+    m["pixel_spacing"] = (float(sx), float(sy))
     m["spatial_shape"] = np.asarray(data.shape[1:])
-    m["original_channel_dim"] = "no_channel"
+    m["original_channel_dim"] = float("nan")  # as MONAI LoadImage(ensure_channel_first) leaves it for 2D (masks mix in)
     m["space"] = "RAS"
     m["original_affine"] = affine.clone()
     return MetaTensor(data, affine=affine, meta=m)
