@@ -12,3 +12,13 @@ from .encoders import (
 )
 from .heads import ClassificationHead, LocalizationHead, SegmentationDecoder
 from .multichexnet import TASKS, MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
+from .merge import (
+    MergeError,
+    MergeWeights,
+    freeze_encoder,
+    init_network,
+    load_compatible,
+    merge_multichexnet,
+    trainable_parameters,
+)
+from .pretrained import load_pretrained_encoder
