@@ -102,7 +102,8 @@ def test_evaluate_and_infer_through_cli(trained_bundle):
     assert (out / "metrics.json").is_file()
 
     pred_dir = root / "predictions"
-    infer = {k: overrides[k] for k in ("bundle_root", "dataset_dir", "ckpt_dir", "spatial_size", "encoder", "base_anchor_shapes")}
+    # anchors and the gate threshold come from the files training/evaluation wrote next to model.pt
+    infer = {k: overrides[k] for k in ("bundle_root", "dataset_dir", "ckpt_dir", "spatial_size", "encoder")}
     _cli("run", "--config_file", str(CONFIGS / "inference.json"), *_flags(dict(infer, output_dir=str(pred_dir))))
     test_items = json.loads((Path(overrides["dataset_dir"]) / "datalist.json").read_text())["test"]
     records = sorted(pred_dir.glob("*.json"))

@@ -2,3 +2,4 @@
 
 from monai_mcx.engines.utils import TARGET_KEYS, loss_items, prepare_cxr_batch
 from monai_mcx.engines.workflows import MultiTaskEvaluator, MultiTaskTrainer
+from monai_mcx.engines.checkpoint import CheckpointError, LastCheckpoint, SafeCheckpointLoader, load_checkpoint, save_checkpoint

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
 from monai_mcx.metrics import classification_metrics, detection_metrics, segmentation_metrics
 
-__all__ = ["MultiTaskMetrics", "MetricsJSONWriter", "write_json_atomic", "SCORE_KEYS"]
+__all__ = ["MultiTaskMetrics", "MetricsJSONWriter", "write_json_atomic", "resolve_class_thresholds", "SCORE_KEYS"]
 
 #: metrics averaged into the single key metric used for best-checkpoint selection
 SCORE_KEYS = ("classification/auc", "segmentation/dice_positive", "localization/ap50")
@@ -57,9 +58,19 @@ class MultiTaskMetrics(Metric):
     the targets dict with availability flags. Samples without a task's annotation are left out of that
     task's metrics (unknown is not negative).
 
+    In a ``torch.distributed`` run (a ``DistributedSampler`` giving each rank a shard of the validation set),
+    ``compute()`` first gathers every rank's samples, so all ranks report the metrics of the whole set.
+
     ``compute()`` returns the flat dict of metrics plus ``score``: the mean of the available
     :data:`SCORE_KEYS`. Attached to an engine, each key is stored in ``engine.state.metrics`` and the
     metric's own name holds ``score`` (a scalar, so it can be a MONAI key metric).
+
+    ``threshold``: the classification decision threshold(s) for sensitivity/specificity/F1 — a number, one per
+    class, ``"youden"``/``"f1"`` (chosen on the evaluated data, i.e. "chosen on validation" when evaluating the
+    validation split) or the path of a ``thresholds.json``; see :func:`resolve_class_thresholds`. The values
+    used are reported as ``classification/threshold/<class>`` and kept in ``class_thresholds``.
+    The gate of the ``/gated`` variants is ``max_k class_probs >= gate_threshold``, computed for every image
+    whether or not its class label is known.
     """
 
     def __init__(
@@ -69,13 +80,18 @@ class MultiTaskMetrics(Metric):
         seg_threshold: float = 0.5,
         output_transform: Callable = _from_engine_output,
         device: str | torch.device = "cpu",
+        threshold: float | Sequence[float] | str = 0.5,
     ) -> None:
         self.class_names = list(class_names)
         self.gate_threshold = float(gate_threshold)
         self.seg_threshold = float(seg_threshold)
+        self.threshold = threshold
+        #: per-class classification thresholds used by the last ``compute()``
+        self.class_thresholds: list[float] | None = None
         super().__init__(output_transform=output_transform, device=device)
 
     def reset(self) -> None:
+        self._gathered = False
         self._cls_probs: list[np.ndarray] = []
         self._cls_labels: list[np.ndarray] = []
         self._seg_pred: list[np.ndarray] = []
@@ -84,6 +100,7 @@ class MultiTaskMetrics(Metric):
         self._det_pred: list[dict] = []
         self._det_true: list[np.ndarray] = []
         self._det_gate: list[bool] = []
+        self._have_gate = False
 
     def update(self, output: tuple[dict, dict]) -> None:
         pred, targets = output
@@ -91,6 +108,7 @@ class MultiTaskMetrics(Metric):
         if "class_probs" in pred:
             probs = pred["class_probs"].detach().float().cpu()
             gate = (probs.max(dim=1).values >= self.gate_threshold).numpy()
+            self._have_gate = True
             has = targets["has_label"].reshape(-1).cpu() > 0.5
             if has.any():
                 self._cls_probs.append(probs[has].numpy())
@@ -114,13 +132,31 @@ class MultiTaskMetrics(Metric):
                 self._det_true.append(targets["boxes"][i].detach().float().cpu().numpy().reshape(-1, 4))
                 self._det_gate.append(True if gate is None else bool(gate[i]))
 
+    _STATE = ("_cls_probs", "_cls_labels", "_seg_pred", "_seg_true", "_seg_gate", "_det_pred", "_det_true", "_det_gate")
+
+    def _gather_ranks(self) -> None:
+        """Under ``torch.distributed`` (each rank evaluated its shard of the data), replace the per-sample lists
+        by the concatenation of every rank's, so that every rank computes the metrics of the whole set — the
+        same numbers as a one-process evaluation. Collective: every rank must call :meth:`compute`."""
+        if getattr(self, "_gathered", False) or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        self._gathered = True
+        mine = {k: getattr(self, k) for k in self._STATE}
+        mine["_have_gate"] = bool(getattr(self, "_have_gate", False))
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, mine)
+        for k in self._STATE:
+            setattr(self, k, [item for part in parts for item in part[k]])
+        self._have_gate = any(part["_have_gate"] for part in parts)
+
     def compute(self) -> dict[str, float]:
+        self._gather_ranks()
         out: dict[str, float] = {}
         if self._cls_probs:
-            out.update(
-                classification_metrics(np.concatenate(self._cls_probs), np.concatenate(self._cls_labels), self.class_names)
-            )
-        gated_available = bool(self._cls_probs) or any(not g for g in self._seg_gate + self._det_gate)
+            probs, labels = np.concatenate(self._cls_probs), np.concatenate(self._cls_labels)
+            self.class_thresholds = resolve_class_thresholds(self.threshold, probs, labels, self.class_names)
+            out.update(classification_metrics(probs, labels, self.class_names, threshold=self.class_thresholds))
+        gated_available = self._have_gate or bool(self._cls_probs) or any(not g for g in self._seg_gate + self._det_gate)
         if self._seg_pred:
             pred = np.stack(self._seg_pred)
             true = np.stack(self._seg_true)
@@ -145,6 +181,43 @@ class MultiTaskMetrics(Metric):
             if key != "score":
                 engine.state.metrics[key] = value
         engine.state.metrics[name] = result["score"]
+
+
+def resolve_class_thresholds(
+    threshold: float | Sequence[float] | str, probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> list[float]:
+    """Per-class decision thresholds from ``MultiTaskMetrics(threshold=...)``.
+
+    - a number or one number per class: used as given;
+    - ``"youden"`` / ``"f1"`` (or ``"choose"`` = ``"youden"``): chosen on ``probs``/``labels`` (the data being
+      evaluated, i.e. the validation split) with :func:`monai_mcx.metrics.choose_threshold`;
+    - a path to a ``thresholds.json`` (see :class:`monai_mcx.handlers.report.ThresholdsWriter`): its
+      ``class_thresholds``; a missing file falls back to 0.5 with a warning.
+    """
+    from monai_mcx.metrics import choose_threshold
+
+    k = len(class_names)
+    if isinstance(threshold, str):
+        if threshold in ("youden", "f1", "choose"):
+            method = "youden" if threshold == "choose" else threshold
+            return [float(choose_threshold(probs[:, c], labels[:, c], method=method)) for c in range(k)]
+        path = Path(threshold)
+        if not path.is_file():
+            import warnings
+
+            warnings.warn(f"{path}: thresholds file not found; using 0.5 for every class.", stacklevel=2)
+            return [0.5] * k
+        table = json.loads(path.read_text()).get("class_thresholds", {})
+        missing = [n for n in class_names if n not in table]
+        if missing:
+            raise ValueError(f"{path}: no threshold for the classes {missing}.")
+        return [float(table[n]) for n in class_names]
+    thr = np.asarray(threshold, dtype=np.float64).reshape(-1)
+    if thr.size == 1:
+        return [float(thr[0])] * k
+    if thr.size != k:
+        raise ValueError(f"{thr.size} thresholds for {k} classes.")
+    return [float(t) for t in thr]
 
 
 class MetricsJSONWriter:

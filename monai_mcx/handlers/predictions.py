@@ -1,32 +1,57 @@
-"""Per-image prediction files written during inference.
+"""Per-image prediction files written during inference, and the guard that keeps unreadable files from
+stopping a run.
 
-For each image: ``<stem>.json`` (class probabilities, the gate decision, boxes with scores in the ORIGINAL
-image's pixel coordinates ``[x1, y1, x2, y2]`` with x = column) and ``<stem>_mask.png`` (the lesion mask at
-the original size, 0/255, rows × columns). At the end of the run ``predictions.csv`` summarises all images.
+For each readable image (``<stem>`` = file name without its extensions; a repeated stem gets the extension
+appended, e.g. ``a_dcm``):
+
+- ``<stem>.json``: class probabilities, the gate decision, boxes with scores in the ORIGINAL image's pixel
+  coordinates ``[x1, y1, x2, y2]`` (x = column, pixel edges, MONAI ``StandardMode``), the mask area;
+- ``<stem>_mask.nii.gz``: the lesion mask at the original size, uint8 0/1, array ``(W, H)`` (MONAI order,
+  x first) with the image's pixel spacing in the affine;
+- ``<stem>_mask.png``: the same mask as a PNG, 0/255, rows x columns;
+- ``<stem>_overlay.png``: the X-ray at its original size in gray, the mask tinted red and the boxes drawn
+  (yellow, with their scores).
+
+At the end of the run ``predictions.csv`` summarises all images, one row per input file; a file that could
+not be read has a row whose ``error`` column names the file and the problem (and no other output).
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written file.
+
+Unreadable files: :class:`GuardLoadd` wraps the preprocessing; when it raises for an item, the guard returns
+a placeholder item (a zero image of the network's input size) with ``error`` set, so the batch still
+collates and the run goes on. :class:`PredictionWriter` skips placeholders and reports them. (MONAI's
+``Dataset`` has no per-item error handling, hence this wrapper.)
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
-from PIL import Image
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+from PIL import Image, ImageDraw
 
 from monai_mcx.handlers.metrics import write_json_atomic
 
-__all__ = ["PredictionWriter", "write_bytes_atomic"]
+__all__ = ["PredictionWriter", "GuardLoadd", "write_bytes_atomic", "overlay_image", "ERROR_KEY"]
+
+logger = logging.getLogger(__name__)
+
+#: item / batch key holding the read error ("" when the item was read)
+ERROR_KEY = "error"
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to a temporary file in the target folder, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -40,8 +65,108 @@ def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
         raise
 
 
+def _root_cause(e: BaseException) -> BaseException:
+    """The ``DataError`` behind ``e`` (MONAI's ``Compose`` wraps errors in ``RuntimeError("applying
+    transform ...")``), else the innermost cause."""
+    from monai_mcx.data.errors import DataError
+
+    seen, cur = [], e
+    while cur is not None and cur not in seen:
+        if isinstance(cur, DataError):
+            return cur
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen[-1] if seen else e
+
+
+class GuardLoadd(MapTransform):
+    """Run ``transform`` on an item; if it raises, return a placeholder item carrying the error instead.
+
+    The output item always has the same keys and types, so ``monai_mcx.data.collate_cxr`` stacks good and
+    failed items alike:
+
+    - ``image``: a ``(1, *spatial_size)`` float MetaTensor (zeros for a failed item) whose meta holds only
+      ``filename_or_obj``, ``spatial_shape`` (the ORIGINAL ``(W, H)``, the network input size for a failed
+      item) and ``pixel_spacing`` (``(x, y)`` mm, ``(1, 1)`` when unknown). Other metadata is dropped: it
+      differs between DICOM/PNG/NIfTI and would not collate.
+    - ``error``: ``""`` or ``"<file>: <problem>"`` (``DataError`` messages already name the file).
+
+    Args:
+        transform: the preprocessing (e.g. a ``Compose`` starting with ``LoadCXRd``).
+        spatial_size: ``(W, H)`` of the network input (size of the placeholder image).
+        keys: the image key.
+        catch: exception types turned into placeholders (default: every ``Exception``).
+    """
+
+    def __init__(self, transform: Callable, spatial_size: Sequence[int], keys: str = "image",
+                 catch: tuple[type[BaseException], ...] = (Exception,)) -> None:
+        super().__init__(keys)
+        self.transform = transform
+        self.spatial_size = [int(s) for s in spatial_size]
+        self.catch = tuple(catch)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        key = self.keys[0]
+        src = str(data.get(key, "")) if not isinstance(data.get(key), torch.Tensor) else ""
+        try:
+            out = dict(self.transform(dict(data)))
+            image = out[key]
+            meta = getattr(image, "meta", {}) or {}
+            src = str(meta.get("filename_or_obj", src))
+            orig = [int(v) for v in np.asarray(meta.get("spatial_shape", image.shape[1:]))[:2]]
+            spacing = meta.get("pixel_spacing") or (1.0, 1.0)
+            error = ""
+            tensor = torch.as_tensor(image).float()
+        except self.catch as e:  # noqa: PERF203 - the point of this transform
+            root = _root_cause(e)
+            msg = str(root)
+            error = msg if (src and src in msg) else f"{src}: {type(root).__name__}: {msg}"
+            logger.warning("skipping unreadable input: %s", error)
+            out = {k: v for k, v in dict(data).items() if k != key}
+            orig, spacing = list(self.spatial_size), (1.0, 1.0)
+            tensor = torch.zeros([1, *self.spatial_size], dtype=torch.float32)
+        out[key] = MetaTensor(
+            tensor.as_subclass(torch.Tensor) if isinstance(tensor, MetaTensor) else tensor,
+            meta={"filename_or_obj": src, "spatial_shape": np.asarray(orig),
+                  "pixel_spacing": np.asarray([float(s) for s in spacing], dtype=np.float64)},
+        )
+        out[ERROR_KEY] = error
+        return out
+
+
+def overlay_image(gray: np.ndarray, mask: np.ndarray | None, boxes: Sequence[Sequence[float]] = (),
+                  scores: Sequence[float] = (), alpha: float = 0.4) -> Image.Image:
+    """RGB overlay: ``gray`` ``(rows, cols)`` in [0, 1], ``mask`` ``(rows, cols)`` bool tinted red, ``boxes``
+    ``[x1, y1, x2, y2]`` (x = column, pixel edges) drawn in yellow with their ``scores``."""
+    g = (np.clip(np.nan_to_num(gray), 0, 1) * 255).astype(np.uint8)
+    rgb = np.repeat(g[..., None], 3, axis=-1).astype(np.float32)
+    if mask is not None and mask.any():
+        tint = np.array([255.0, 0.0, 0.0], dtype=np.float32)
+        rgb[mask] = (1 - alpha) * rgb[mask] + alpha * tint
+    im = Image.fromarray(rgb.round().astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(im)
+    width = max(1, round(min(im.size) / 256))
+    for i, b in enumerate(boxes):
+        x1, y1, x2, y2 = (float(v) for v in b)
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 255, 0), width=width)
+        if i < len(scores):
+            draw.text((x1 + 2, y1 + 1), f"{float(scores[i]):.2f}", fill=(255, 255, 0))
+    return im
+
+
+def _nifti_bytes(mask_wh: np.ndarray, spacing: Sequence[float]) -> bytes:
+    import gzip
+
+    import nibabel as nib
+
+    affine = np.diag([float(spacing[0]), float(spacing[1]), 1.0, 1.0])
+    img = nib.Nifti1Image(mask_wh.astype(np.uint8), affine)
+    img.header.set_data_dtype(np.uint8)
+    return gzip.compress(img.to_bytes(), compresslevel=6)
+
+
 class PredictionWriter:
-    """Write per-image predictions of a :class:`~monai_mcx.engines.MultiTaskEvaluator` run.
+    """Write per-image predictions of a :class:`~monai_mcx.engines.MultiTaskEvaluator` run (module docstring).
 
     Args:
         output_dir: folder for the files.
@@ -50,31 +175,86 @@ class PredictionWriter:
             is written empty and its boxes are dropped (``gate.positive = false``); the ungated boxes are kept
             under ``boxes_ungated``.
         seg_threshold: probability threshold for the mask.
+        write_nifti, write_overlay, write_mask_png: which mask files to write.
+        overlay_reader: ``path -> (rows, cols)`` array in [0, 1] for the overlay background (default: re-read
+            the file with :func:`monai_mcx.transforms.io.read_cxr`); when it fails, the network input is
+            resized to the original size instead.
+
+    Batch keys used: ``image`` ``(B, 1, W, H)``, and from ``collate_cxr`` ``image_path`` and
+    ``original_size`` (``(W, H)`` per item); ``error`` (from :class:`GuardLoadd`) marks unreadable items.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str], gate_threshold: float = 0.5, seg_threshold: float = 0.5) -> None:
+    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str], gate_threshold: float = 0.5,
+                 seg_threshold: float = 0.5, write_nifti: bool = True, write_overlay: bool = True,
+                 write_mask_png: bool = True, overlay_reader: Callable[[str], np.ndarray] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.gate_threshold = float(gate_threshold)
         self.seg_threshold = float(seg_threshold)
+        self.write_nifti = bool(write_nifti)
+        self.write_overlay = bool(write_overlay)
+        self.write_mask_png = bool(write_mask_png)
+        self.overlay_reader = overlay_reader
         self.rows: list[dict] = []
+        self._stems: set[str] = set()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
         engine.add_event_handler(Events.COMPLETED, self.write_summary)
+
+    def _reset(self, engine: Engine | None = None) -> None:
+        self.rows.clear()
+        self._stems.clear()
+
+    def _stem(self, src: str) -> str:
+        name = Path(src).name
+        parts = name.split(".")
+        stem = parts[0] or name
+        if stem in self._stems:
+            stem = "_".join(p for p in parts if p) or f"image_{len(self._stems):05d}"
+            base, k = stem, 1
+            while stem in self._stems:
+                stem, k = f"{base}_{k}", k + 1
+        self._stems.add(stem)
+        return stem
+
+    def _background(self, src: str, fallback: torch.Tensor, orig: list[int]) -> np.ndarray:
+        try:
+            if self.overlay_reader is not None:
+                gray = np.asarray(self.overlay_reader(src), dtype=np.float32)
+            else:
+                from monai_mcx.transforms.io import read_cxr
+
+                gray, _ = read_cxr(src)
+            if tuple(gray.shape) == (orig[1], orig[0]):
+                return gray
+        except Exception as e:  # noqa: BLE001 - the overlay is best effort; predictions are already written
+            logger.debug("overlay background for %s re-read failed (%s); using the network input", src, e)
+        img = F.interpolate(fallback[None].float(), size=orig, mode="bilinear", align_corners=False)[0, 0]
+        return img.numpy().T
 
     def write_batch(self, engine: Engine) -> None:
         pred = engine.state.output["pred"]
         batch = engine.state.batch
-        n = int(batch["image"].shape[0])
-        in_size = [int(s) for s in batch["image"].shape[2:]]
+        images = batch["image"]
+        n = int(images.shape[0])
+        in_size = [int(s) for s in images.shape[2:]]
         names = batch.get("image_path") or [f"image_{len(self.rows) + i:05d}" for i in range(n)]
         sizes = batch.get("original_size") or [in_size] * n
+        errors = batch.get(ERROR_KEY) or [""] * n
+        spacings = None
+        meta = getattr(images, "meta", None)
+        if isinstance(meta, Mapping) and "pixel_spacing" in meta:
+            spacings = torch.as_tensor(np.asarray(meta["pixel_spacing"])).reshape(n, -1).tolist()
         for i in range(n):
-            src = names[i]
-            orig = list(sizes[i]) if len(sizes[i]) == 2 else in_size
+            src = str(names[i])
+            if errors[i]:
+                self.rows.append({"image": src, "error": str(errors[i])})
+                continue
+            orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             scale = [o / s for o, s in zip(orig, in_size)]
+            stem = self._stem(src)
             record: dict = {"image": src, "size_wh": orig}
             positive = True
             if "class_probs" in pred:
@@ -82,35 +262,62 @@ class PredictionWriter:
                 record["class_probabilities"] = dict(zip(self.class_names, probs))
                 positive = max(probs) >= self.gate_threshold
                 record["gate"] = {"threshold": self.gate_threshold, "positive": bool(positive)}
-            stem = Path(src).name.split(".")[0]
+            boxes_np, scores_np = np.zeros((0, 4)), np.zeros((0,))
             if "detections" in pred:
                 det = pred["detections"][i]
-                boxes = det["boxes"].detach().float().cpu().numpy().reshape(-1, 4) * np.array(scale * 2)
-                scores = det["scores"].detach().float().cpu().numpy().reshape(-1)
-                found = [{"box": [round(float(v), 2) for v in b], "score": float(s)} for b, s in zip(boxes, scores)]
+                boxes_np = det["boxes"].detach().float().cpu().numpy().reshape(-1, 4) * np.array(scale * 2)
+                boxes_np = np.clip(boxes_np, 0, np.array(orig * 2, dtype=np.float64))
+                scores_np = det["scores"].detach().float().cpu().numpy().reshape(-1)
+                found = [{"box": [round(float(v), 2) for v in b], "score": float(s)} for b, s in zip(boxes_np, scores_np)]
                 record["boxes_ungated"] = found
                 record["boxes"] = found if positive else []
+                if not positive:
+                    boxes_np, scores_np = boxes_np[:0], scores_np[:0]
+            mask_wh = None
             if "seg_probs" in pred:
                 prob = pred["seg_probs"][i : i + 1].detach().float().cpu()
                 prob = F.interpolate(prob, size=orig, mode="bilinear", align_corners=False)[0, 0]
-                mask = (prob >= self.seg_threshold).numpy() & bool(positive)
+                mask_wh = (prob >= self.seg_threshold).numpy() & bool(positive)  # (W, H)
+                if self.write_mask_png:
+                    buf = io.BytesIO()
+                    Image.fromarray((mask_wh.T * 255).astype(np.uint8)).save(buf, format="PNG")  # rows x cols
+                    write_bytes_atomic(buf.getvalue(), self.output_dir / f"{stem}_mask.png")
+                    record["mask"] = f"{stem}_mask.png"
+                if self.write_nifti:
+                    spacing = spacings[i] if spacings else (1.0, 1.0)
+                    write_bytes_atomic(_nifti_bytes(mask_wh, spacing), self.output_dir / f"{stem}_mask.nii.gz")
+                    record["mask_nifti"] = f"{stem}_mask.nii.gz"
+                record["mask_area_px"] = int(mask_wh.sum())
+            if self.write_overlay:
+                gray = self._background(src, images[i].detach().cpu(), orig)
+                im = overlay_image(gray, None if mask_wh is None else mask_wh.T, boxes_np.tolist(), scores_np.tolist())
                 buf = io.BytesIO()
-                Image.fromarray((mask.T * 255).astype(np.uint8)).save(buf, format="PNG")  # (W, H) -> rows x cols
-                write_bytes_atomic(buf.getvalue(), self.output_dir / f"{stem}_mask.png")
-                record["mask"] = f"{stem}_mask.png"
-                record["mask_area_px"] = int(mask.sum())
+                im.save(buf, format="PNG")
+                write_bytes_atomic(buf.getvalue(), self.output_dir / f"{stem}_overlay.png")
+                record["overlay"] = f"{stem}_overlay.png"
             write_json_atomic(record, self.output_dir / f"{stem}.json")
+            record["json"] = f"{stem}.json"
             self.rows.append(record)
 
     def write_summary(self, engine: Engine) -> None:
         buf = io.StringIO()
-        fields = ["image", "gate_positive", *[f"p_{c}" for c in self.class_names], "n_boxes", "max_box_score", "mask_area_px"]
+        fields = ["image", "gate_positive", *[f"p_{c}" for c in self.class_names], "n_boxes", "max_box_score",
+                  "mask_area_px", "json", "mask_nifti", "overlay", "error"]
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
         for r in self.rows:
+            if r.get("error"):
+                w.writerow({"image": r["image"], "error": r["error"]})
+                continue
             row = {"image": r["image"], "gate_positive": r.get("gate", {}).get("positive", ""), "n_boxes": len(r.get("boxes", [])),
-                   "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""), "mask_area_px": r.get("mask_area_px", "")}
+                   "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""),
+                   "mask_area_px": r.get("mask_area_px", ""), "json": r.get("json", ""),
+                   "mask_nifti": r.get("mask_nifti", ""), "overlay": r.get("overlay", ""), "error": ""}
             for c, p in r.get("class_probabilities", {}).items():
                 row[f"p_{c}"] = round(p, 6)
             w.writerow(row)
         write_bytes_atomic(buf.getvalue().encode(), self.output_dir / "predictions.csv")
+        n_err = sum(1 for r in self.rows if r.get("error"))
+        if n_err:
+            logger.warning("%d of %d inputs could not be read; see the 'error' column of %s", n_err, len(self.rows),
+                           self.output_dir / "predictions.csv")

@@ -1,0 +1,225 @@
+"""Helpers for ``torchrun`` / ``torch.distributed`` runs of the bundle (``multi_gpu_train.json``).
+
+PyTorch's own engine does the work (``init_process_group``, ``DistributedDataParallel``,
+``monai.data.DistributedSampler``); these functions only make the JSON configs short:
+
+* :func:`init_process_group` / :func:`destroy_process_group` for ``initialize`` / ``finalize``;
+* :func:`local_device`: ``cuda:$LOCAL_RANK`` (and ``torch.cuda.set_device``) when CUDA is there, else CPU;
+* :func:`wrap_ddp`: ``DistributedDataParallel`` around the network;
+* :func:`rank0_handlers`: drops logging, TensorBoard and file-writing handlers on ranks > 0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "local_device",
+    "init_process_group",
+    "destroy_process_group",
+    "wrap_ddp",
+    "unwrap",
+    "rank0_handlers",
+    "SyncBuffers",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else int(os.environ.get("RANK", 0))
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def local_device() -> torch.device:
+    """``cuda:<LOCAL_RANK>`` (made the current CUDA device) when CUDA is available, else ``cpu``."""
+    if torch.cuda.is_available():
+        index = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(backend: str | None = None, timeout_s: float = 1800.0) -> int:
+    """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``) and return this rank. Without torchrun's variables it starts a
+    one-process group (with a warning), so the multi-GPU config also runs as ``python -m monai.bundle run``.
+    Does nothing when a group already exists."""
+    if is_distributed():
+        return dist.get_rank()
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        warnings.warn("RANK/WORLD_SIZE not set (not launched by torchrun): starting a one-process group")
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"})
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if backend == "nccl" and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    logger.info(f"process group: backend={backend} rank={dist.get_rank()}/{dist.get_world_size()}")
+    return dist.get_rank()
+
+
+def destroy_process_group() -> None:
+    """Wait for every rank (so rank 0 finishes its writes) and destroy the default process group."""
+    if is_distributed():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def wrap_ddp(
+    network: nn.Module,
+    device: torch.device | str | None = None,
+    find_unused_parameters: bool = False,
+    sync_batchnorm: bool = False,
+    broadcast_buffers: bool = True,
+) -> nn.Module:
+    """``DistributedDataParallel(network)``; the network unchanged when no process group exists.
+
+    ``find_unused_parameters`` can stay ``False`` for MultiCheXNet: every head is in every forward pass, and
+    :class:`monai_mcx.losses.MultiCheXNetLoss` keeps a task absent from a batch in the graph as
+    ``0 * logits.sum()``, so every parameter receives a (possibly zero) gradient in every iteration.
+    Set it ``True`` for a custom loss that drops heads. ``sync_batchnorm`` (CUDA only) converts BatchNorm to
+    ``SyncBatchNorm``.
+    """
+    if not is_distributed():
+        return network
+    device = torch.device(device) if device is not None else next(network.parameters()).device
+    if sync_batchnorm and device.type == "cuda":
+        network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    if device.type == "cuda":
+        return nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index], output_device=device.index,
+            find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers,
+        )
+    return nn.parallel.DistributedDataParallel(
+        network, find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers
+    )
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel``/``DataParallel`` (evaluation runs on each rank's replica:
+    no gradient, no collective per batch, so uneven validation shards cannot hang)."""
+    while isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        network = network.module
+    return network
+
+
+class SyncBuffers:
+    """Broadcast rank 0's buffers (BatchNorm running statistics) to every rank when an evaluation starts.
+
+    DDP broadcasts buffers at the start of each training forward pass, so after the last iteration every
+    rank's BatchNorm statistics still hold its own last batch. Without this, each rank would validate its
+    shard with slightly different statistics and the gathered metrics would differ from a one-process
+    evaluation of the saved (rank 0) weights. Attach to the evaluator (every rank)."""
+
+    rank0_only = False
+
+    def __init__(self, network: nn.Module, src: int = 0) -> None:
+        self.network = network
+        self.src = src
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any = None) -> None:
+        if not is_distributed() or dist.get_world_size() == 1:
+            return
+        with torch.no_grad():
+            for buf in unwrap(self.network).buffers():
+                dist.broadcast(buf, self.src)
+
+
+def _rank0_only_types() -> tuple[type, ...]:
+    from monai import handlers as mh
+
+    names = ("StatsHandler", "TensorBoardHandler", "CheckpointSaver", "MetricsSaver", "ClassificationSaver",
+             "MLFlowHandler", "ClearMLHandler")
+    return tuple(getattr(mh, n) for n in names if hasattr(mh, n))
+
+
+#: class-name fragments of handlers that log or write files (monai_mcx's own and most third-party ones)
+RANK0_NAME_PARTS = ("Writer", "Saver", "TensorBoard", "Stats", "Report", "Progress", "Logger", "MLFlow", "ClearML")
+
+
+def _summary_writers(handler: Any) -> list:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return [v for v in vars(handler).values() if isinstance(v, SummaryWriter)] if hasattr(handler, "__dict__") else []
+
+
+def _discard_tensorboard_file(handler: Any) -> None:
+    """TensorBoard handlers may open their event file when built; on a rank > 0 close and remove it."""
+    for writer in _summary_writers(handler):
+        names = []
+        for fw in (getattr(writer, "all_writers", None) or {}).values():
+            name = getattr(getattr(fw, "event_writer", None), "_file_name", None)
+            if name:
+                names.append(name)
+        try:
+            writer.close()
+        except Exception:
+            pass
+        for name in names:
+            try:
+                os.remove(name)
+            except OSError:
+                pass
+
+
+def rank0_handlers(handlers: Sequence[Any] | None, rank: int | None = None) -> list:
+    """``handlers`` on rank 0; on other ranks without the ones that log or write files: MONAI's StatsHandler,
+    TensorBoard handlers, CheckpointSaver, MetricsSaver..., and any handler whose class name contains one of
+    :data:`RANK0_NAME_PARTS` (``Writer``, ``Saver``, ``TensorBoard``, ``Report``, ``Progress``...). A handler
+    class can decide for itself with a ``rank0_only`` attribute (``True``: rank 0 only; ``False``: every rank).
+    Everything else (LR scheduler, ValidationHandler, early stopping — every rank computes the same reduced metrics, so every rank stops together — checkpoint
+    loading, :class:`~monai_mcx.engines.checkpoint.LastCheckpoint`) runs on every rank."""
+    handlers = list(handlers or [])
+    rank = get_rank() if rank is None else rank
+    if rank == 0:
+        return handlers
+    drop = _rank0_only_types()
+    kept = []
+    for h in handlers:
+        rank0_only = getattr(h, "rank0_only", None)
+        if rank0_only is None:
+            rank0_only = isinstance(h, drop) or any(part in type(h).__name__ for part in RANK0_NAME_PARTS)
+        if rank0_only:
+            _discard_tensorboard_file(h)
+            continue
+        kept.append(h)
+    return kept

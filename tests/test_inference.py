@@ -1,0 +1,189 @@
+"""Inference through bundle/configs/inference.json: a folder of DICOM/PNG/JPEG/NIfTI plus one corrupt file.
+
+Non-square images of different sizes catch W/H swaps: NIfTI masks are ``(W, H)`` (MONAI order), PNGs are
+rows x columns, so PIL's ``size`` is ``(W, H)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import BUNDLE, CONFIGS
+
+#: name -> (W, H) of the readable test images
+SIZES = {"a_png.png": (70, 50), "b_dicom.dcm": (90, 40), "c_jpeg.jpg": (60, 80), "d_nifti.nii.gz": (55, 45)}
+ANCHORS = [[8, 8], [12, 12], [16, 10]]
+
+
+def _write_dicom(path: Path, pixels: np.ndarray) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = ["0.5", "0.25"]
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def _make_inputs(folder: Path) -> None:
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    w, h = SIZES["a_png.png"]
+    Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(folder / "a_png.png")
+    w, h = SIZES["b_dicom.dcm"]
+    _write_dicom(folder / "b_dicom.dcm", rng.integers(0, 4096, (h, w)))
+    w, h = SIZES["c_jpeg.jpg"]
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / "c_jpeg.jpg")
+    w, h = SIZES["d_nifti.nii.gz"]
+    nib.save(nib.Nifti1Image(rng.random((w, h)).astype(np.float32), np.diag([0.7, 0.7, 1, 1])), str(folder / "d_nifti.nii.gz"))
+    (folder / "e_broken.png").write_bytes(b"this is not an image \x00\x01\x02" * 10)
+
+
+@pytest.fixture(scope="module")
+def inference_run(tmp_path_factory):
+    """Run the inference bundle (ConfigWorkflow) once on a fresh tiny network's checkpoint."""
+    from monai.bundle import ConfigWorkflow
+
+    from monai_mcx.networks import MultiCheXNet
+
+    root = tmp_path_factory.mktemp("infer")
+    _make_inputs(root / "inputs")
+    torch.manual_seed(0)
+    net = MultiCheXNet(encoder="densenet-tiny", num_anchors=len(ANCHORS))
+    (root / "models").mkdir()
+    torch.save(net.state_dict(), root / "models" / "model.pt")
+    out = root / "predictions"
+    wf = ConfigWorkflow(
+        workflow_type="infer",
+        config_file=str(CONFIGS / "inference.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        bundle_root=str(BUNDLE),
+        input=str(root / "inputs"),
+        ckpt_dir=str(root / "models"),
+        output_dir=str(out),
+        spatial_size=[64, 64],
+        encoder="densenet-tiny",
+        base_anchor_shapes=ANCHORS,
+        batch_size=2,  # the corrupt file shares a batch with a good one
+        gate_threshold=0.0,  # gate always positive: boxes and masks are written
+        seg_threshold=0.5,
+        **{"box_decoder#score_thresh": 0.0},
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return root, out
+
+
+def test_summary_has_a_row_per_file_and_names_the_corrupt_one(inference_run):
+    root, out = inference_run
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert sorted(Path(r["image"]).name for r in rows) == sorted([*SIZES, "e_broken.png"])
+    for r in rows:
+        name = Path(r["image"]).name
+        if name == "e_broken.png":
+            assert "e_broken.png" in r["error"] and "not an image" in r["error"], r
+            assert r["json"] == ""
+        else:
+            assert r["error"] == "", r
+            assert 0.0 <= float(r["p_pneumonia"]) <= 1.0
+    assert not (out / "e_broken.json").exists() and not list(out.glob("e_broken*"))
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_outputs_at_original_size(inference_run, name):
+    import nibabel as nib
+
+    _, out = inference_run
+    w, h = SIZES[name]
+    stem = name.split(".")[0]
+    rec = json.loads((out / f"{stem}.json").read_text())
+    assert rec["size_wh"] == [w, h]
+    assert rec["gate"]["positive"] is True and set(rec["class_probabilities"]) == {"pneumonia"}
+    assert rec["boxes"], "score_thresh=0 must give boxes"
+    for b in rec["boxes"]:
+        x1, y1, x2, y2 = b["box"]
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h, (b, w, h)
+        assert 0.0 <= b["score"] <= 1.0
+    mask = nib.load(str(out / rec["mask_nifti"]))
+    assert mask.shape == (w, h) and mask.get_data_dtype() == np.uint8
+    data = np.asarray(mask.dataobj)
+    assert set(np.unique(data)) <= {0, 1} and int(data.sum()) == rec["mask_area_px"]
+    png = np.asarray(Image.open(out / rec["mask"]))
+    assert png.shape == (h, w) and np.array_equal(png > 0, data.T > 0)
+    overlay = Image.open(out / rec["overlay"])
+    assert overlay.size == (w, h) and overlay.mode == "RGB"
+
+
+def test_dicom_spacing_in_nifti_affine(inference_run):
+    import nibabel as nib
+
+    _, out = inference_run
+    aff = nib.load(str(out / "b_dicom_mask.nii.gz")).affine
+    # PixelSpacing = [row spacing 0.5, column spacing 0.25] -> x (columns) 0.25, y (rows) 0.5
+    assert np.allclose(np.diag(aff)[:2], [0.25, 0.5])
+
+
+def test_guard_collates_good_and_failed_items(tmp_path):
+    from monai.transforms import Compose, Resized
+
+    from monai_mcx.data import collate_cxr
+    from monai_mcx.handlers.predictions import GuardLoadd
+    from monai_mcx.transforms.io import LoadCXRd
+
+    Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "ok.png")
+    guard = GuardLoadd(Compose([LoadCXRd("image"), Resized("image", (32, 32))]), spatial_size=(32, 32))
+    items = [guard({"image": str(tmp_path / "ok.png")}), guard({"image": str(tmp_path / "missing.png")})]
+    batch = collate_cxr(items)
+    assert batch["image"].shape == (2, 1, 32, 32)
+    assert batch["error"][0] == "" and "missing.png" in batch["error"][1] and "not found" in batch["error"][1]
+    assert batch["original_size"][0] == [20, 30]
+
+
+def test_benchmark_quick_writes_records_with_the_schema(tmp_path):
+    """``scripts/benchmark.py --quick`` at a tiny size: the JSON records' schema (no timing is checked)."""
+    import importlib.util
+    import json as _json
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("mcx_benchmark", REPO / "scripts" / "benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    bench.main(["--quick", "--sizes", "32", "--encoder", "densenet-tiny", "--no-memory", "--no-xrv", "--device", "cpu",
+                "--out-json", str(out_json), "--out-md", str(out_md)])
+    payload = _json.loads(out_json.read_text())
+    variants = [r["variant"] for r in payload["records"]]
+    assert variants == ["multichexnet", "single_classification", "single_segmentation", "single_localization", "sum_single_task"]
+    for r in payload["records"]:
+        for key in ("variant", "size", "batch", "device", "median_latency_ms", "throughput_img_s", "flops", "parameters", "peak_memory_mb"):
+            assert key in r, (key, r)
+        assert r["size"] == 32 and r["batch"] == 1 and r["device"] == "cpu"
+        assert r["median_latency_ms"] > 0 and r["flops"] > 0 and r["parameters"] > 0
+    by = {r["variant"]: r for r in payload["records"]}
+    assert by["sum_single_task"]["parameters"] == sum(by[v]["parameters"] for v in variants[1:4])
+    assert {"ratio_vs_sum_single", "holds_vs_sum_single", "ratio_vs_classification_only"} <= set(payload["targets"][0])
+    assert "torch" in payload["machine"] and "load_average_start" in payload
+    assert "MultiCheXNet latency" in out_md.read_text()
