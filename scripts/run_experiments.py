@@ -241,7 +241,7 @@ def _fmt(v, digits=3):
 
 
 def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
-    from monai_mcx.handlers.metrics import write_json_atomic
+    from monai_mcx.utils import write_json_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic({**header, "records": records}, out_dir / "results.json")

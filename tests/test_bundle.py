@@ -124,3 +124,12 @@ def test_cli_train_from_scratch_one_epoch(tmp_path, demo_datalist):
     proc = _cli("run", "--config_file", str(CONFIGS / "train.json"), *_flags(overrides))
     assert (tmp_path / "models" / "model.pt").is_file()
     assert "tensorboard --logdir" in proc.stdout
+
+
+def test_train_and_inference_configs_agree_on_the_network():
+    """inference.json is a separate file: the network it builds must be the one train.json trains."""
+    train = json.loads((CONFIGS / "train.json").read_text())
+    infer = json.loads((CONFIGS / "inference.json").read_text())
+    for key in ("spatial_size", "encoder", "class_names", "tasks", "network_def"):
+        assert train[key] == infer[key], key
+    assert train["anchor_generator"]["feature_map_scales"] == infer["anchor_generator"]["feature_map_scales"]

@@ -50,10 +50,17 @@ def _evaluate_single_process(overrides: dict, ckpt_dir: Path, out: Path) -> dict
 def _assert_same_metrics(ddp: dict, single: dict) -> None:
     common = sorted(set(ddp) & set(single) - {"val_score"})
     assert "classification/auc" in common and "segmentation/dice_positive" in common and "localization/ap50" in common, common
+    diffs = {k: abs(ddp[k] - single[k]) for k in common if isinstance(ddp[k], float) and isinstance(single[k], float)}
+    print("DDP vs single-process metric differences:", {k: v for k, v in diffs.items() if v})
     for key in common:
         a, b = ddp[key], single[key]
         if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
             assert a == b or (a is None and b is None), (key, a, b)
+        elif key.split("/")[1] in ("ece", "dice_positive", "dice_empty_aware", "sensitivity", "specificity", "f1"):
+            # hard thresholds (ECE bins, mask pixels at 0.5, class decisions): a probability that differs in the last
+            # float32 bits between a batch of the whole split and a batch of one rank's shard can cross the
+            # threshold (seen: a few mask pixels, Dice 1e-3). The ranking metrics (AUC, AP, mAP, RSNA) agree to 1e-6.
+            assert abs(a - b) <= 3e-3, (key, a, b)
         else:
             assert abs(a - b) <= 1e-6, (key, a, b)
 

@@ -61,12 +61,12 @@ def _workflow(tmp_path, demo_datalist, **extra):
 def test_finetune_frozen_encoder_carries_weights_and_trains_only_the_new_head(tmp_path, demo_datalist):
     src_path, src = _source(tmp_path)
     wf = _workflow(tmp_path, demo_datalist, pretrained_ckpt=str(src_path), freeze_encoder=True)
-    wf.initialize()
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append  # logging.conf replaces the root handlers (and caplog's) at initialize
+    handler.emit = records.append  # logging.conf replaces the root handlers (and caplog's) when the workflow is made
     logging.getLogger("monai_mcx.networks.merge").addHandler(handler)
     try:
+        wf.initialize()  # train.json's initialize builds @network (MergeWeights), which loads the checkpoint
         net = wf.parser.get_parsed_content("network")
     finally:
         logging.getLogger("monai_mcx.networks.merge").removeHandler(handler)

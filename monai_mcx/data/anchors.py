@@ -26,6 +26,7 @@ import numpy as np
 
 from monai_mcx.data.datalist import load_datalist
 from monai_mcx.data.errors import DataError
+from monai_mcx.utils import is_dicom_file, write_json_atomic
 
 __all__ = [
     "image_size_wh",
@@ -60,7 +61,7 @@ def image_size_wh(path: str | os.PathLike) -> tuple[int, int]:
             if len(shape) < 2:
                 raise DataError(f"expected a 2D NIfTI image, got shape {tuple(shape)}", path)
             return shape[0], shape[1]  # NIfTI arrays are indexed (x, y)
-        if name.endswith(_DICOM_SUFFIXES) or _looks_like_dicom(path):
+        if name.endswith(_DICOM_SUFFIXES) or is_dicom_file(path):
             import pydicom
 
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
@@ -75,15 +76,6 @@ def image_size_wh(path: str | os.PathLike) -> tuple[int, int]:
         raise DataError("file not found", path) from e
     except Exception as e:  # noqa: BLE001
         raise DataError(f"cannot read the image size from the header ({type(e).__name__}: {e})", path) from e
-
-
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def training_boxes(
@@ -181,7 +173,6 @@ def save_anchor_shapes(
 ) -> str:
     """Write ``{"base_anchor_shapes": ..., ...}`` to ``path`` atomically (e.g. ``<ckpt_dir>/anchors.json``);
     returns ``path``."""
-    from monai_mcx.handlers.metrics import write_json_atomic
 
     obj: dict = {"base_anchor_shapes": [[float(v) for v in s] for s in base_anchor_shapes]}
     if feature_map_scales is not None:

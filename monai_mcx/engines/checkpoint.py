@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,6 +39,8 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.data import DistributedSampler
 from torch import nn
+
+from monai_mcx.utils import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -80,26 +81,8 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
     then renamed over ``path``. Until the rename the previous ``path`` is untouched, so a crash or a kill at
     any point leaves either the old or the new checkpoint, never a partial one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
     return path
 
 

@@ -7,7 +7,7 @@ terms, and batches are never decollated (boxes are per-item lists).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch

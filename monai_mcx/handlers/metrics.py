@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,29 +20,13 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
+from monai_mcx.utils import write_json_atomic
 from monai_mcx.metrics import classification_metrics, detection_metrics, segmentation_metrics
 
-__all__ = ["MultiTaskMetrics", "MetricsJSONWriter", "write_json_atomic", "resolve_class_thresholds", "SCORE_KEYS"]
+__all__ = ["MultiTaskMetrics", "MetricsJSONWriter", "resolve_class_thresholds", "SCORE_KEYS"]
 
 #: metrics averaged into the single key metric used for best-checkpoint selection
 SCORE_KEYS = ("classification/auc", "segmentation/dice_positive", "localization/ap50")
-
-
-def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _from_engine_output(output: dict) -> tuple[dict, dict]:

@@ -28,7 +28,6 @@ import csv
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -40,29 +39,14 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from PIL import Image, ImageDraw
 
-from monai_mcx.handlers.metrics import write_json_atomic
+from monai_mcx.utils import write_bytes_atomic, write_json_atomic
 
-__all__ = ["PredictionWriter", "GuardLoadd", "write_bytes_atomic", "overlay_image", "ERROR_KEY"]
+__all__ = ["PredictionWriter", "GuardLoadd", "overlay_image", "ERROR_KEY"]
 
 logger = logging.getLogger(__name__)
 
 #: item / batch key holding the read error ("" when the item was read)
 ERROR_KEY = "error"
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to a temporary file in the target folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _root_cause(e: BaseException) -> BaseException:

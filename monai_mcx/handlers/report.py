@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from monai_mcx.handlers.metrics import write_json_atomic
+from monai_mcx.utils import write_json_atomic, write_text_atomic
 from monai_mcx.metrics import box_iou_float64, dice_per_image
 
 __all__ = [
@@ -192,20 +192,6 @@ def _save(fig, path: Path, dpi: int = 100) -> None:
     try:
         _canvas(fig)
         fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o644)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -405,7 +391,7 @@ class EvaluationReport:
         gallery_link = self._plot_gallery(plots_dir)
         text = self._markdown(metrics, curve_links, dice_link, gallery_link)
         path = self.output_dir / self.report_file
-        _write_text_atomic(text, path)
+        write_text_atomic(text, path)
         return path
 
     def _plot_curves(self, plots_dir: Path, metrics: dict) -> list[tuple[str, str, str]]:

@@ -14,7 +14,7 @@ state dict; a file may hold the state dict itself (``model.pt`` written by the b
 Key prefixes of a :class:`~monai_mcx.networks.MultiCheXNet` state dict (:data:`PART_PREFIXES`):
 ``encoder.``, ``classification_head.``, ``segmentation_head.``, ``localization_head.``.
 
-Bundle use (``train.json`` ``initialize`` list; see ``docs/experiments.md``)::
+Bundle use (``train.json`` ``initialize`` list; see the README section on merging sub-models)::
 
     {"_target_": "monai_mcx.networks.merge.MergeWeights", "network": "@network",
      "encoder_from": "models/cls/model.pt",

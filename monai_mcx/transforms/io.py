@@ -36,6 +36,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 
 from monai_mcx.data.errors import DataError
+from monai_mcx.utils import is_dicom_file
 
 __all__ = ["LoadCXR", "LoadCXRd", "read_cxr", "PLUGIN_HINT"]
 
@@ -55,15 +56,6 @@ def _minmax(a: np.ndarray) -> np.ndarray:
     if hi <= lo:
         return np.zeros_like(a, dtype=np.float32)
     return (a - lo) / (hi - lo)
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def _spacing(ds) -> tuple[float, float] | None:
@@ -236,7 +228,7 @@ def read_cxr(
     try:
         if name.endswith(_NIFTI_SUFFIXES):
             arr, spacing, meta = _read_nifti(path, scale, as_mask)
-        elif name.endswith(_DICOM_SUFFIXES) or (not name.endswith(_PIL_SUFFIXES) and _is_dicom(path)):
+        elif name.endswith(_DICOM_SUFFIXES) or (not name.endswith(_PIL_SUFFIXES) and is_dicom_file(path)):
             arr, spacing, meta = _read_dicom(path, apply_voi, invert_monochrome1, scale, as_mask)
         else:
             arr, spacing, meta = _read_pil(path, scale, as_mask)

@@ -1,0 +1,69 @@
+"""Small shared helpers: atomic file writes and file-type sniffing."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "is_dicom_file"]
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    Until the rename the previous ``path`` is untouched, so a crash or a kill at any point leaves either the
+    old or the new file, never a partial one. On an exception the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """True when the file carries the DICOM preamble magic (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        return len(head) == 132 and head[128:132] == b"DICM"
+    except OSError:
+        return False
