@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundle"
@@ -44,16 +45,15 @@ def demo_datalist(tmp_path_factory) -> Path:
     return Path(generate_demo_data(root / "demo_data", num_images=SMALL["demo_num_images"], image_size=SMALL["demo_image_size"], seed=0))
 
 
-@pytest.fixture(scope="session")
-def trained_bundle(tmp_path_factory, demo_datalist):
-    """Train the bundle once (ConfigWorkflow, 2 epochs at 64 px); return (root, overrides)."""
+def run_bundle(configs, workflow_type: str = "train", **overrides):
+    """Run ``initialize -> run -> finalize`` of the bundle configs (names in ``bundle/configs``, merged in
+    order) through MONAI's ``ConfigWorkflow`` with ``overrides``; return the workflow."""
     from monai.bundle import ConfigWorkflow
 
-    root = tmp_path_factory.mktemp("bundle_run")
-    overrides = bundle_overrides(root, dataset_dir=str(demo_datalist.parent))
+    files = [str(CONFIGS / c) for c in ([configs] if isinstance(configs, str) else configs)]
     wf = ConfigWorkflow(
-        workflow_type="train",
-        config_file=str(CONFIGS / "train.json"),
+        workflow_type=workflow_type,
+        config_file=files if len(files) > 1 else files[0],
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=str(CONFIGS / "logging.conf"),
         **overrides,
@@ -61,4 +61,32 @@ def trained_bundle(tmp_path_factory, demo_datalist):
     wf.initialize()
     wf.run()
     wf.finalize()
+    return wf
+
+
+@pytest.fixture
+def single_thread():
+    """The CI/dev machines are small and shared: intra-op threads only add contention at tiny sizes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory, demo_datalist):
+    """Train the bundle once (ConfigWorkflow, 2 epochs at 64 px); return (root, overrides)."""
+    root = tmp_path_factory.mktemp("bundle_run")
+    overrides = bundle_overrides(root, dataset_dir=str(demo_datalist.parent))
+    run_bundle("train.json", **overrides)
     return root, overrides
+
+
+@pytest.fixture(scope="session")
+def evaluated_bundle(trained_bundle):
+    """Evaluate the trained bundle once (train.json + evaluate.json, validation split) into
+    ``<root>/eval_cw``; return (root, overrides, output folder)."""
+    root, overrides = trained_bundle
+    out = root / "eval_cw"
+    run_bundle(["train.json", "evaluate.json"], **dict(overrides, output_dir=str(out)))
+    return root, overrides, out

@@ -28,13 +28,7 @@ IMAGE = (96, 64)  # W != H
 GRIDS = [(12, 8), (6, 4), (3, 2)]  # strides 8, 16, 32
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The CI/dev machines are small and shared: intra-op threads only add contention at these sizes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _unflatten(flat: torch.Tensor, grids, num_anchors: int) -> list[torch.Tensor]:

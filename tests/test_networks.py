@@ -27,13 +27,7 @@ SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(TASKS, r)]
 SIZES = [(64, 64), (72, 64)]  # the second is not a multiple of 32 and has W != H
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """The CI/dev machines are small and shared: intra-op threads only add contention at these sizes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _encoder_sizes(net, size):

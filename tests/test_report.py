@@ -11,7 +11,7 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from conftest import CONFIGS, SMALL
+from conftest import SMALL
 from monai_mcx.handlers import MultiTaskMetrics
 from monai_mcx.handlers.report import EvaluationReport, ThresholdsWriter, format_value, render_case
 from monai_mcx.handlers.tensorboard import overlay_rgb
@@ -25,21 +25,8 @@ def _table(report: str) -> dict[str, tuple[str, str]]:
 
 # --------------------------------------------------------------------------------------------- bundle evaluate
 @pytest.mark.slow
-def test_evaluate_writes_report_plots_and_thresholds(trained_bundle):
-    from monai.bundle import ConfigWorkflow
-
-    root, overrides = trained_bundle
-    out = root / "eval_report"
-    wf = ConfigWorkflow(
-        workflow_type="train",
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        **dict(overrides, output_dir=str(out)),
-    )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+def test_evaluate_writes_report_plots_and_thresholds(evaluated_bundle):
+    root, overrides, out = evaluated_bundle
     metrics = json.loads((out / "metrics.json").read_text())
     report = (out / "report.md").read_text()
     # every plot the report links exists, and the expected ones are linked
