@@ -97,7 +97,7 @@ class SegmentationDecoder(nn.Module):
     def __init__(
         self,
         encoder_channels: Sequence[int],
-        decoder_channels: Sequence[int] = (96, 64, 48),
+        decoder_channels: Sequence[int] = (64, 48, 24),
         out_channels: int = 1,
         act: str | tuple = "relu",
         norm: str | tuple = "batch",
@@ -175,7 +175,7 @@ class LocalizationHead(nn.Module):
         self,
         encoder_channels: Sequence[int],
         feature_levels: Sequence[int] = (1, 2, 3),
-        fpn_channels: int = 64,
+        fpn_channels: int = 48,
         num_anchors: int = 3,
         num_classes: int = 1,
         num_convs: int = 2,

@@ -58,9 +58,9 @@ class MultiCheXNet(nn.Module):
         tasks: Sequence[str] = TASKS,
         encoder_kwargs: dict | None = None,
         dropout: float = 0.2,
-        seg_decoder_channels: Sequence[int] = (96, 64, 48),
+        seg_decoder_channels: Sequence[int] = (64, 48, 24),
         loc_feature_levels: Sequence[int] = (1, 2, 3),
-        loc_fpn_channels: int = 64,
+        loc_fpn_channels: int = 48,
         num_anchors: int = 3,
         loc_num_convs: int = 2,
     ) -> None:
