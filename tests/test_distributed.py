@@ -56,17 +56,17 @@ def _assert_same_metrics(ddp: dict, single: dict) -> None:
         a, b = ddp[key], single[key]
         if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
             assert a == b or (a is None and b is None), (key, a, b)
-        elif key.split("/")[1] in ("ece", "dice_positive", "dice_empty_aware", "sensitivity", "specificity", "f1"):
-            # hard thresholds (ECE bins, mask pixels at 0.5, class decisions): a probability that differs in the last
-            # float32 bits between a batch of the whole split and a batch of one rank's shard can cross the
-            # threshold (seen: a few mask pixels, Dice 1e-3). The ranking metrics (AUC, AP, mAP, RSNA) agree to 1e-6.
-            assert abs(a - b) <= 3e-3, (key, a, b)
         else:
             assert abs(a - b) <= 1e-6, (key, a, b)
 
 
-def test_torchrun_two_processes_gloo(tmp_path, demo_datalist):
+def test_torchrun_two_processes_gloo(tmp_path, demo_datalist, single_thread):
+    # Validation with batch size 1 and one thread on both sides (torchrun sets OMP_NUM_THREADS=1; the
+    # single-process evaluation runs here under `single_thread`): each image then goes through the same kernels
+    # in both runs. With other batch shapes the per-image probabilities differ in the last float32 bits, and a
+    # 2-epoch model's nearly tied probabilities reorder, which moved AUC by up to 0.1.
     overrides = bundle_overrides(tmp_path, dataset_dir=str(demo_datalist.parent), ckpt_interval_iters=0)
+    overrides["validate#dataloader#batch_size"] = 1
     _torchrun(["train.json", "multi_gpu_train.json"], overrides)
 
     models = tmp_path / "models"

@@ -105,8 +105,12 @@ def wrap_ddp(
     find_unused_parameters: bool = False,
     sync_batchnorm: bool = False,
     broadcast_buffers: bool = True,
+    backend: str | None = None,
 ) -> nn.Module:
-    """``DistributedDataParallel(network)``; the network unchanged when no process group exists.
+    """``DistributedDataParallel(network)``, initialising the process group first (:func:`init_process_group`
+    with ``backend``) if none exists yet: the network may be built before the config's ``initialize`` list
+    reaches its own ``init_process_group`` (e.g. when an earlier ``initialize`` item uses ``@network``), and
+    an unwrapped network would silently train each rank on its own.
 
     ``find_unused_parameters`` can stay ``False`` for MultiCheXNet: every head is in every forward pass, and
     :class:`monai_mcx.losses.MultiCheXNetLoss` keeps a task absent from a batch in the graph as
@@ -114,8 +118,7 @@ def wrap_ddp(
     Set it ``True`` for a custom loss that drops heads. ``sync_batchnorm`` (CUDA only) converts BatchNorm to
     ``SyncBatchNorm``.
     """
-    if not is_distributed():
-        return network
+    init_process_group(backend)
     device = torch.device(device) if device is not None else next(network.parameters()).device
     if sync_batchnorm and device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
