@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, bundle_overrides
+from conftest import CONFIGS, REPO, bundle_overrides, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +36,7 @@ def _torchrun(config_files: list[str], overrides: dict, timeout: int = 420) -> s
 
 
 def _evaluate_single_process(overrides: dict, ckpt_dir: Path, out: Path) -> dict:
-    from monai.bundle import ConfigWorkflow
-
-    wf = ConfigWorkflow(workflow_type="train", config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
-                        meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
-                        **dict(overrides, ckpt_dir=str(ckpt_dir), output_dir=str(out), class_threshold=0.5))
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    run_bundle(["train.json", "evaluate.json"], **dict(overrides, ckpt_dir=str(ckpt_dir), output_dir=str(out), class_threshold=0.5))
     return json.loads((out / "metrics.json").read_text())
 
 

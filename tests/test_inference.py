@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BUNDLE, CONFIGS
+from conftest import BUNDLE, run_bundle
 
 #: name -> (W, H) of the readable test images
 SIZES = {"a_png.png": (70, 50), "b_dicom.dcm": (90, 40), "c_jpeg.jpg": (60, 80), "d_nifti.nii.gz": (55, 45)}
@@ -62,8 +62,6 @@ def _make_inputs(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def inference_run(tmp_path_factory):
     """Run the inference bundle (ConfigWorkflow) once on a fresh tiny network's checkpoint."""
-    from monai.bundle import ConfigWorkflow
-
     from monai_mcx.networks import MultiCheXNet
 
     root = tmp_path_factory.mktemp("infer")
@@ -73,11 +71,9 @@ def inference_run(tmp_path_factory):
     (root / "models").mkdir()
     torch.save(net.state_dict(), root / "models" / "model.pt")
     out = root / "predictions"
-    wf = ConfigWorkflow(
+    run_bundle(
+        "inference.json",
         workflow_type="infer",
-        config_file=str(CONFIGS / "inference.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
         bundle_root=str(BUNDLE),
         input=str(root / "inputs"),
         ckpt_dir=str(root / "models"),
@@ -90,9 +86,6 @@ def inference_run(tmp_path_factory):
         seg_threshold=0.5,
         **{"box_decoder#score_thresh": 0.0},
     )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
     return root, out
 
 
@@ -149,7 +142,7 @@ def test_guard_collates_good_and_failed_items(tmp_path):
     from monai.transforms import Compose, Resized
 
     from monai_mcx.data import collate_cxr
-    from monai_mcx.handlers.predictions import GuardLoadd
+    from monai_mcx.transforms import GuardLoadd
     from monai_mcx.transforms.io import LoadCXRd
 
     Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "ok.png")

@@ -366,7 +366,6 @@ def test_train_one_epoch_publishes_weights(server):
     assert stats.get("total_epochs") == 1, stats
     after = model_pt.read_bytes()
     assert after != before, "the train task did not publish new weights to <bundle>/models/model.pt"
-    from monai_mcx.networks import MultiCheXNet  # noqa: F401  (the checkpoint loads into the bundle's network)
 
     _, net = _build_network()
     state = torch.load(model_pt, map_location="cpu", weights_only=True)

@@ -20,6 +20,13 @@ from monai_mcx.engines.utils import prepare_cxr_batch
 __all__ = ["MultiTaskTrainer", "MultiTaskEvaluator"]
 
 
+def _amp_on_cuda_only(device: torch.device | str, kwargs: dict) -> dict:
+    """Turn ``amp`` off for a non-CUDA device (MONAI's engines would build a CUDA GradScaler/autocast)."""
+    if kwargs.get("amp") and torch.device(device).type != "cuda":
+        kwargs["amp"] = False
+    return kwargs
+
+
 def _autocast(device: torch.device | str, enabled: bool, amp_kwargs: dict):
     dev = torch.device(device) if not isinstance(device, torch.device) else device
     return torch.autocast(dev.type, enabled=enabled and dev.type == "cuda", **amp_kwargs)
@@ -39,9 +46,7 @@ class MultiTaskTrainer(SupervisedTrainer):
     def __init__(self, *args: Any, prepare_batch: Callable = prepare_cxr_batch, clip_grad_norm: float | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("decollate", False)
         device = kwargs.get("device", args[0] if args else "cpu")
-        if kwargs.get("amp") and torch.device(device).type != "cuda":
-            kwargs["amp"] = False
-        super().__init__(*args, prepare_batch=prepare_batch, **kwargs)
+        super().__init__(*args, prepare_batch=prepare_batch, **_amp_on_cuda_only(device, kwargs))
         self.clip_grad_norm = clip_grad_norm
 
     def _iteration(self, engine: MultiTaskTrainer, batchdata: dict) -> dict:
@@ -100,8 +105,7 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("decollate", False)
-        if kwargs.get("amp") and torch.device(device).type != "cuda":
-            kwargs["amp"] = False
+        _amp_on_cuda_only(device, kwargs)
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, prepare_batch=prepare_batch, **kwargs)
         self.box_decoder = box_decoder
 

@@ -1,5 +1,4 @@
-"""Per-image prediction files written during inference, and the guard that keeps unreadable files from
-stopping a run.
+"""Per-image prediction files written during inference.
 
 For each readable image (``<stem>`` = file name without its extensions; a repeated stem gets the extension
 appended, e.g. ``a_dcm``):
@@ -16,10 +15,8 @@ At the end of the run ``predictions.csv`` summarises all images, one row per inp
 not be read has a row whose ``error`` column names the file and the problem (and no other output).
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written file.
 
-Unreadable files: :class:`GuardLoadd` wraps the preprocessing; when it raises for an item, the guard returns
-a placeholder item (a zero image of the network's input size) with ``error`` set, so the batch still
-collates and the run goes on. :class:`PredictionWriter` skips placeholders and reports them. (MONAI's
-``Dataset`` has no per-item error handling, hence this wrapper.)
+Unreadable files: :class:`monai_mcx.transforms.GuardLoadd` wraps the preprocessing and turns an item that
+fails into a placeholder with ``error`` set; :class:`PredictionWriter` skips placeholders and reports them.
 """
 
 from __future__ import annotations
@@ -28,95 +25,21 @@ import csv
 import io
 import logging
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
-from monai.data import MetaTensor
-from monai.transforms import MapTransform
 from PIL import Image, ImageDraw
 
+from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import write_bytes_atomic, write_json_atomic
 
-__all__ = ["PredictionWriter", "GuardLoadd", "overlay_image", "ERROR_KEY"]
+__all__ = ["PredictionWriter", "overlay_image"]
 
 logger = logging.getLogger(__name__)
-
-#: item / batch key holding the read error ("" when the item was read)
-ERROR_KEY = "error"
-
-
-def _root_cause(e: BaseException) -> BaseException:
-    """The ``DataError`` behind ``e`` (MONAI's ``Compose`` wraps errors in ``RuntimeError("applying
-    transform ...")``), else the innermost cause."""
-    from monai_mcx.data.errors import DataError
-
-    seen, cur = [], e
-    while cur is not None and cur not in seen:
-        if isinstance(cur, DataError):
-            return cur
-        seen.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return seen[-1] if seen else e
-
-
-class GuardLoadd(MapTransform):
-    """Run ``transform`` on an item; if it raises, return a placeholder item carrying the error instead.
-
-    The output item always has the same keys and types, so ``monai_mcx.data.collate_cxr`` stacks good and
-    failed items alike:
-
-    - ``image``: a ``(1, *spatial_size)`` float MetaTensor (zeros for a failed item) whose meta holds only
-      ``filename_or_obj``, ``spatial_shape`` (the ORIGINAL ``(W, H)``, the network input size for a failed
-      item) and ``pixel_spacing`` (``(x, y)`` mm, ``(1, 1)`` when unknown). Other metadata is dropped: it
-      differs between DICOM/PNG/NIfTI and would not collate.
-    - ``error``: ``""`` or ``"<file>: <problem>"`` (``DataError`` messages already name the file).
-
-    Args:
-        transform: the preprocessing (e.g. a ``Compose`` starting with ``LoadCXRd``).
-        spatial_size: ``(W, H)`` of the network input (size of the placeholder image).
-        keys: the image key.
-        catch: exception types turned into placeholders (default: every ``Exception``).
-    """
-
-    def __init__(self, transform: Callable, spatial_size: Sequence[int], keys: str = "image",
-                 catch: tuple[type[BaseException], ...] = (Exception,)) -> None:
-        super().__init__(keys)
-        self.transform = transform
-        self.spatial_size = [int(s) for s in spatial_size]
-        self.catch = tuple(catch)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        key = self.keys[0]
-        src = str(data.get(key, "")) if not isinstance(data.get(key), torch.Tensor) else ""
-        try:
-            out = dict(self.transform(dict(data)))
-            image = out[key]
-            meta = getattr(image, "meta", {}) or {}
-            src = str(meta.get("filename_or_obj", src))
-            orig = [int(v) for v in np.asarray(meta.get("spatial_shape", image.shape[1:]))[:2]]
-            spacing = meta.get("pixel_spacing") or (1.0, 1.0)
-            error = ""
-            tensor = torch.as_tensor(image).float()
-        except self.catch as e:  # noqa: PERF203 - the point of this transform
-            root = _root_cause(e)
-            msg = str(root)
-            error = msg if (src and src in msg) else f"{src}: {type(root).__name__}: {msg}"
-            logger.warning("skipping unreadable input: %s", error)
-            out = {k: v for k, v in dict(data).items() if k != key}
-            orig, spacing = list(self.spatial_size), (1.0, 1.0)
-            tensor = torch.zeros([1, *self.spatial_size], dtype=torch.float32)
-        out[key] = MetaTensor(
-            tensor.as_subclass(torch.Tensor) if isinstance(tensor, MetaTensor) else tensor,
-            meta={"filename_or_obj": src, "spatial_shape": np.asarray(orig),
-                  "pixel_spacing": np.asarray([float(s) for s in spacing], dtype=np.float64)},
-        )
-        out[ERROR_KEY] = error
-        return out
-
 
 def overlay_image(gray: np.ndarray, mask: np.ndarray | None, boxes: Sequence[Sequence[float]] = (),
                   scores: Sequence[float] = (), alpha: float = 0.4) -> Image.Image:
