@@ -322,7 +322,9 @@ def test_ap_edge_cases():
     box = np.array([[10.0, 10, 30, 40]])
     # no truths and no predictions anywhere: undefined
     assert math.isnan(average_precision([empty, empty], [np.zeros((0, 4))] * 2))
-    assert all(math.isnan(v) for v in detection_metrics([empty], [np.zeros((0, 4))]).values())
+    out = detection_metrics([empty], [np.zeros((0, 4))])
+    assert out.pop("localization/boxes_per_negative") == 0.0  # one negative image, no box on it
+    assert all(math.isnan(v) for v in out.values())
     # predictions but no truths: 0
     assert average_precision([{"boxes": box, "scores": np.array([0.9])}], [np.zeros((0, 4))]) == 0.0
     assert coco_map([{"boxes": box, "scores": np.array([0.9])}], [np.zeros((0, 4))])["localization/map"] == 0.0
@@ -332,8 +334,10 @@ def test_ap_edge_cases():
     # one perfect prediction (torch input)
     perfect = [{"boxes": torch.tensor(box), "scores": torch.tensor([0.3])}]
     assert average_precision(perfect, [torch.tensor(box)]) == pytest.approx(1.0, abs=1e-12)  # 1/(1+eps)
-    assert detection_metrics(perfect, [box]) == pytest.approx(
-        {"localization/ap50": 1.0, "localization/map": 1.0, "localization/rsna": 1.0}, abs=1e-12)
+    out = detection_metrics(perfect, [box])
+    assert math.isnan(out.pop("localization/boxes_per_negative"))  # no negative image
+    assert out == pytest.approx({"localization/ap50": 1.0, "localization/map": 1.0, "localization/rsna": 1.0,
+                                 "localization/sensitivity50": 1.0}, abs=1e-12)
     # tied scores across and within images: ranking img0 TP, img1 FP, img1 TP
     b2 = np.array([[50.0, 50, 70, 80]])
     preds = [{"boxes": box, "scores": np.array([0.5])},
@@ -414,3 +418,82 @@ def test_rsna_greedy_by_score():
     truths = np.array([[0.0, 0, 10, 10], [20.0, 20, 30, 30]])
     preds = {"boxes": np.array([[20.0, 20, 30, 30], [0.0, 0, 10, 10]]), "scores": np.array([0.5, 0.5])}
     assert rsna_metric([preds], [truths]) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------- operating point
+def _brute_force_box_threshold(preds, truths):
+    """Independent: RSNA metric of the boxes above every candidate threshold, by :func:`rsna_metric` itself."""
+    scores = sorted({float(s) for p in preds for s in np.asarray(p["scores"]).reshape(-1)}, reverse=True)
+    best_t, best = None, -1.0
+    for t in [2.0, *scores]:  # 2.0: no box at all
+        kept = [{"boxes": np.asarray(p["boxes"]).reshape(-1, 4)[np.asarray(p["scores"]) >= t],
+                 "scores": np.asarray(p["scores"])[np.asarray(p["scores"]) >= t]} for p in preds]
+        v = rsna_metric(kept, truths)
+        v = -1.0 if math.isnan(v) else v
+        if v > best + 1e-12:  # strictly better only: the highest threshold wins ties
+            best_t, best = t, v
+    return best_t, best
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_choose_box_threshold_matches_brute_force(seed):
+    from monai_mcx.metrics import NO_BOX_THRESHOLD, choose_box_threshold
+
+    rng = np.random.default_rng(seed)
+    preds, truths = [], []
+    for _ in range(int(rng.integers(1, 6))):
+        g = int(rng.integers(0, 3))
+        xy = rng.uniform(0, 60, (g, 2))
+        gt = np.concatenate([xy, xy + rng.uniform(5, 30, (g, 2))], 1)
+        n = int(rng.integers(0, 6))
+        base = gt[rng.integers(0, g, n)] if g else rng.uniform(0, 60, (n, 4))
+        pb = base + rng.normal(0, 4, (n, 4))
+        pb = np.concatenate([np.minimum(pb[:, :2], pb[:, 2:]), np.maximum(pb[:, :2], pb[:, 2:]) + 1], 1)
+        preds.append({"boxes": pb, "scores": rng.choice([0.2, 0.5, 0.9, rng.random()], n)})
+        truths.append(gt)
+    t, v = choose_box_threshold(preds, truths)
+    bt, bv = _brute_force_box_threshold(preds, truths)
+    if bv < 0:  # neither truths nor predictions
+        assert t == NO_BOX_THRESHOLD and math.isnan(v)
+        return
+    assert v == pytest.approx(bv, abs=1e-12)
+    assert t == (NO_BOX_THRESHOLD if bt == 2.0 else pytest.approx(bt, abs=0))
+    kept = [{"boxes": np.asarray(p["boxes"])[np.asarray(p["scores"]) >= t], "scores": np.asarray(p["scores"])[np.asarray(p["scores"]) >= t]}
+            for p in preds]
+    assert rsna_metric(kept, truths) == pytest.approx(v, abs=1e-12) if sum(len(k["boxes"]) for k in kept) or sum(map(len, truths)) else True
+
+
+def test_choose_box_threshold_drops_false_positives():
+    from monai_mcx.metrics import choose_box_threshold
+
+    truth = np.array([[10.0, 10, 30, 30]])
+    # one good box (0.8), then a false positive at 0.6 and one on a negative image at 0.7
+    preds = [{"boxes": np.array([[10.0, 10, 30, 30], [40, 40, 50, 50]]), "scores": np.array([0.8, 0.6])},
+             {"boxes": np.array([[5.0, 5, 15, 15]]), "scores": np.array([0.7])}]
+    truths = [truth, np.zeros((0, 4))]
+    t, v = choose_box_threshold(preds, truths)
+    assert t == 0.8 and v == pytest.approx(1.0)
+    # the negative image's box scores above the true box: keeping the good one costs the negative image
+    preds[1]["scores"] = np.array([0.9])
+    t, v = choose_box_threshold(preds, truths)
+    assert t == 0.8 and v == pytest.approx(0.5)  # (1 + 0) / 2 beats no box (0), 0.9 (0) and 0.6 ((1/2 + 0) / 2)
+
+
+def test_operating_point_metrics_hand_computed():
+    from monai_mcx.metrics import operating_point_metrics
+
+    truths = [np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]]), np.zeros((0, 4)), np.zeros((0, 4))]
+    preds = [{"boxes": np.array([[0.0, 0, 10, 10], [21, 21, 31, 31], [50, 50, 60, 60]]), "scores": np.array([0.9, 0.4, 0.2])},
+             {"boxes": np.array([[0.0, 0, 5, 5], [1, 1, 6, 6]]), "scores": np.array([0.5, 0.1])},
+             {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}]
+    # IoU([21,21,31,31], [20,20,30,30]) = 81 / 119 = 0.68 >= 0.5
+    m = operating_point_metrics(preds, truths, 0.3)
+    assert m["localization/sensitivity50"] == 1.0
+    assert m["localization/boxes_per_negative"] == pytest.approx(1 / 2)  # image 1: one box >= 0.3, image 2: none
+    m = operating_point_metrics(preds, truths, 0.5)
+    assert m["localization/sensitivity50"] == 0.5 and m["localization/boxes_per_negative"] == 0.5
+    m = operating_point_metrics(preds, truths, 0.0)
+    assert m["localization/boxes_per_negative"] == 1.0
+    # RSNA at 0.5: image 0 TP=1 FN=1 at every threshold -> 1/2; image 1 one FP -> 0; image 2 skipped
+    assert operating_point_metrics(preds, truths, 0.5)["localization/rsna"] == pytest.approx((0.5 + 0.0) / 2)

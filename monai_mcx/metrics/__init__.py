@@ -4,8 +4,13 @@ written to ``metrics.json``."""
 
 from .classification import choose_threshold, classification_metrics, expected_calibration_error, roc_auc
 from .detection import (
+    NO_BOX_THRESHOLD,
     RSNA_THRESHOLDS,
     average_precision,
+    box_sensitivity,
+    boxes_per_negative_image,
+    choose_box_threshold,
+    operating_point_metrics,
     box_iou_float64,
     coco_map,
     detection_metrics,
@@ -25,5 +30,10 @@ __all__ = [
     "coco_map",
     "rsna_metric",
     "detection_metrics",
+    "box_sensitivity",
+    "boxes_per_negative_image",
+    "operating_point_metrics",
+    "choose_box_threshold",
+    "NO_BOX_THRESHOLD",
     "RSNA_THRESHOLDS",
 ]

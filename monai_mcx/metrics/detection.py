@@ -34,10 +34,17 @@ __all__ = [
     "coco_map",
     "rsna_metric",
     "detection_metrics",
+    "box_sensitivity",
+    "boxes_per_negative_image",
+    "operating_point_metrics",
+    "choose_box_threshold",
+    "NO_BOX_THRESHOLD",
     "RSNA_THRESHOLDS",
 ]
 
 RSNA_THRESHOLDS = np.arange(0.40, 0.751, 0.05)
+#: the box threshold that lets no box through (every score is a probability <= 1)
+NO_BOX_THRESHOLD = float(np.nextafter(1.0, 2.0))
 _RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 _COCO_IOUS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 
@@ -299,14 +306,132 @@ def rsna_metric(
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def detection_metrics(
-    preds: Sequence[Mapping[str, Any]], truths: Sequence[Any], max_detections: int = 100
+def box_sensitivity(preds: Sequence[Mapping[str, Any]], truths: Sequence[Any], iou_threshold: float = 0.5) -> float:
+    """Fraction of the true boxes found: predictions, in descending score order, are matched one-to-one to the
+    still unmatched truth box of highest IoU with ``IoU >= iou_threshold`` (COCO's matching, every prediction
+    kept). ``NaN`` without any truth box."""
+    pboxes, pscores, gboxes = _prepare(preds, truths)
+    n_gt = int(sum(len(g) for g in gboxes))
+    if n_gt == 0:
+        return float("nan")
+    thr = np.asarray([iou_threshold], dtype=np.float64)
+    found = sum(int(_coco_match_image(pb, ps, gb, thr, max(len(pb), 1))[1].sum()) for pb, ps, gb in zip(pboxes, pscores, gboxes))
+    return found / n_gt
+
+
+def boxes_per_negative_image(preds: Sequence[Mapping[str, Any]], truths: Sequence[Any]) -> float:
+    """Mean number of predicted boxes on the images without a true box (``NaN`` if there is none)."""
+    pboxes, _, gboxes = _prepare(preds, truths)
+    counts = [len(pb) for pb, gb in zip(pboxes, gboxes) if len(gb) == 0]
+    return float(np.mean(counts)) if counts else float("nan")
+
+
+def _above(preds: Sequence[Mapping[str, Any]], score_threshold: float) -> list[dict[str, np.ndarray]]:
+    out = []
+    for i, p in enumerate(preds):
+        b = _as_boxes(p["boxes"], f"preds[{i}]")
+        s = _to_numpy(p["scores"]).reshape(-1)
+        keep = s >= float(score_threshold)
+        out.append({"boxes": b[keep], "scores": s[keep]})
+    return out
+
+
+def operating_point_metrics(
+    preds: Sequence[Mapping[str, Any]], truths: Sequence[Any], score_threshold: float = 0.0
 ) -> dict[str, float]:
-    """``{"localization/ap50", "localization/map", "localization/rsna"}`` for one lesion class (see
-    :func:`coco_map` and :func:`rsna_metric`)."""
+    """Metrics of the boxes a user gets at one operating point (``score >= score_threshold``):
+
+    ``localization/rsna`` (:func:`rsna_metric`), ``localization/boxes_per_negative``
+    (:func:`boxes_per_negative_image`) and ``localization/sensitivity50`` (:func:`box_sensitivity` at IoU 0.5).
+    """
+    kept = _above(preds, score_threshold)
+    return {
+        "localization/rsna": rsna_metric(kept, truths),
+        "localization/boxes_per_negative": boxes_per_negative_image(kept, truths),
+        "localization/sensitivity50": box_sensitivity(kept, truths, 0.5),
+    }
+
+
+def _rsna_prefix_scores(pb: np.ndarray, ps: np.ndarray, gb: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """RSNA image score of the top-``k`` predictions for every ``k = 0..M`` (``(M + 1,)``), by one greedy pass:
+    the matching of :func:`_rsna_image` is sequential in score order, so the first ``k`` steps are the
+    matching of the top ``k`` alone."""
+    n_p, n_g = len(pb), len(gb)
+    out = np.zeros(n_p + 1)
+    if n_p == 0 or n_g == 0:
+        return out
+    order = np.argsort(-ps, kind="mergesort")
+    ious = box_iou_float64(pb[order], gb)
+    k = np.arange(1, n_p + 1, dtype=np.float64)
+    total = np.zeros(n_p)
+    for t in thresholds:
+        matched = np.zeros(n_g, dtype=bool)
+        tp = np.zeros(n_p)
+        count = 0
+        for d in range(n_p):
+            cand = np.where(~matched & (ious[d] > t), ious[d], -1.0)
+            g = int(np.argmax(cand))
+            if cand[g] > t:
+                matched[g] = True
+                count += 1
+            tp[d] = count
+        total += tp / (k + n_g - tp)
+    out[1:] = total / len(thresholds)
+    return out
+
+
+def choose_box_threshold(
+    preds: Sequence[Mapping[str, Any]], truths: Sequence[Any], thresholds: Sequence[float] = RSNA_THRESHOLDS
+) -> tuple[float, float]:
+    """The box operating point: the score threshold ``t`` maximising :func:`rsna_metric` of the boxes with
+    ``score >= t``.
+
+    Candidates are every distinct predicted score and :data:`NO_BOX_THRESHOLD` (no box at all); among equal
+    scores the highest threshold wins (the fewest boxes). The RSNA metric is chosen because it is the
+    challenge's own and, unlike AP, it charges every false positive box, on negative images too.
+
+    Args:
+        preds, truths: as :func:`rsna_metric` (in evaluation: the gated boxes of the validation split, i.e. what
+            the deployed model would output at each threshold).
+        thresholds: the RSNA IoU thresholds.
+
+    Returns:
+        ``(threshold, rsna)``; ``(NO_BOX_THRESHOLD, NaN)`` when there is neither a truth box nor a prediction.
+    """
+    pboxes, pscores, gboxes = _prepare(preds, truths)
+    thr = np.round(np.asarray(thresholds, dtype=np.float64).reshape(-1), 6)
+    all_scores = np.concatenate(pscores) if pscores else np.zeros(0)
+    cands = np.r_[NO_BOX_THRESHOLD, np.unique(all_scores)[::-1]]  # highest first
+    total = np.zeros(len(cands))
+    count = np.zeros(len(cands))
+    for pb, ps, gb in zip(pboxes, pscores, gboxes):
+        prefix = _rsna_prefix_scores(pb, ps, gb, thr)
+        k = np.searchsorted(np.sort(-ps), -cands, side="right")  # boxes with score >= candidate
+        used = (k > 0) | (len(gb) > 0)
+        total += np.where(used, prefix[k], 0.0)
+        count += used
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    if np.all(np.isnan(score)):
+        return NO_BOX_THRESHOLD, float("nan")
+    best = np.nanmax(score)
+    i = int(np.nonzero(score >= best - 1e-12)[0][0])  # candidates are sorted high to low: the highest threshold
+    return float(cands[i]), float(score[i])
+
+
+def detection_metrics(
+    preds: Sequence[Mapping[str, Any]], truths: Sequence[Any], max_detections: int = 100, score_threshold: float = 0.0
+) -> dict[str, float]:
+    """The lesion-box metrics of ``metrics.json``.
+
+    - over ALL the predicted boxes (a ranking metric: the operating point does not enter):
+      ``localization/ap50``, ``localization/map`` (:func:`coco_map`);
+    - at the operating point ``score >= score_threshold`` (what a user gets): ``localization/rsna``,
+      ``localization/boxes_per_negative``, ``localization/sensitivity50`` (:func:`operating_point_metrics`).
+    """
     coco = coco_map(preds, truths, max_detections=max_detections)
     return {
         "localization/ap50": coco["localization/ap50"],
         "localization/map": coco["localization/map"],
-        "localization/rsna": rsna_metric(preds, truths),
+        **operating_point_metrics(preds, truths, score_threshold),
     }
