@@ -82,7 +82,8 @@ def inference_run(tmp_path_factory):
         encoder="densenet-tiny",
         base_anchor_shapes=ANCHORS,
         batch_size=2,  # the corrupt file shares a batch with a good one
-        gate_threshold=0.0,  # gate always positive: boxes and masks are written
+        class_thresholds=0.0,  # gate always positive: boxes and masks are written
+        box_score_threshold=0.0,
         seg_threshold=0.5,
         **{"box_decoder#score_thresh": 0.0},
     )

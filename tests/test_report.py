@@ -135,7 +135,7 @@ def _hand_made_batches():
         {"boxes": boxes[1].clone(), "scores": torch.tensor([0.8]), "labels": torch.zeros(1)},
         {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)},
     ]
-    pred = {"class_probs": torch.tensor([[0.2], [0.9], [0.8]]), "seg_probs": seg, "detections": dets}
+    pred = {"class_probs": torch.tensor([[0.2], [0.9], [0.8]]), "seg_mask": seg > 0.5, "detections": dets}
     ones = torch.ones(n)
     label = {"image": torch.rand(n, 1, size, size), "label": torch.tensor([[1.0], [1.0], [0.0]]), "has_label": ones,
              "mask": mask, "has_mask": ones, "boxes": boxes, "has_boxes": ones}
@@ -144,11 +144,12 @@ def _hand_made_batches():
 
 def test_gated_metrics_on_a_hand_made_case(tmp_path):
     engine = Engine(lambda e, batch: batch)
-    MultiTaskMetrics(class_names=["pneumonia"], gate_threshold=0.5, threshold="youden").attach(engine, "score")
-    report = EvaluationReport(tmp_path, ["pneumonia"], gate_threshold=0.5, num_cases=1)
+    MultiTaskMetrics(class_names=["pneumonia"], threshold="youden").attach(engine, "score")
+    report = EvaluationReport(tmp_path, ["pneumonia"], num_cases=1)
     report.attach(engine)
     ThresholdsWriter([str(tmp_path / "thresholds.json")], ["pneumonia"], split="validation").attach(engine)
     m = engine.run(_hand_made_batches()).metrics
+    # the gate uses the threshold chosen here (0.9, below): images 0 (0.2) and 2 (0.8) are gated out
     # image 0 is gated out although it has a lesion: Dice 1 ungated, 0 gated; image 1: Dice 2*8/(8+16) = 2/3
     assert m["segmentation/dice_positive"] == pytest.approx((1 + 2 / 3) / 2)
     assert m["segmentation/dice_positive/gated"] == pytest.approx((0 + 2 / 3) / 2)
@@ -165,7 +166,8 @@ def test_gated_metrics_on_a_hand_made_case(tmp_path):
     text = (tmp_path / "report.md").read_text()
     table = _table(text)
     assert table["segmentation/dice_positive"] == (format_value(m["segmentation/dice_positive"]), format_value(m["segmentation/dice_positive/gated"]))
-    assert "| all | 3 | | 1 gated out by the classifier |" in text
+    assert "| all | 3 | | 2 gated out by the classifier |" in text
+    assert "pneumonia 0.9" in text and "some class reaches its own threshold" in text
     best, worst = report.gallery_cases()
     assert best[0]["index"] == 0 and worst[0]["index"] == 1  # ranked by Dice (1 vs 2/3)
     for name in ("roc_pneumonia.png", "pr_pneumonia.png", "dice_hist.png", "gallery.png"):

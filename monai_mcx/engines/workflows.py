@@ -7,7 +7,7 @@ terms, and batches are never decollated (boxes are per-item lists).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -16,6 +16,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
 from monai_mcx.engines.utils import prepare_cxr_batch
+from monai_mcx.keys import PredKeys
 
 __all__ = ["MultiTaskTrainer", "MultiTaskEvaluator"]
 
@@ -87,12 +88,13 @@ class MultiTaskTrainer(SupervisedTrainer):
 
 
 class MultiTaskEvaluator(SupervisedEvaluator):
-    """``SupervisedEvaluator`` for a dict-output network.
+    """``SupervisedEvaluator`` for a dict-output network whose ``inferer`` post-processes.
 
-    After the forward pass, ``box_decoder`` (e.g. :class:`monai_mcx.networks.BoxDecoder`), when given and
-    when the network has a localization head, adds ``pred["detections"]``: one
-    ``{"boxes" (M, 4), "scores" (M,), "labels" (M,)}`` dict per image, in the network input's pixels.
-    ``pred["class_probs"]`` (sigmoid of ``class_logits``) and ``pred["seg_probs"]`` are added too.
+    The ``inferer`` must be a :class:`monai_mcx.inferers.MultiCheXNetInferer` (or return what it returns): the
+    network's head outputs plus ``class_probs``, ``gate``, ``seg_probs`` / ``seg_mask`` / ``seg_mask_gated`` and
+    ``detections`` / ``detections_op`` / ``detections_gated`` in the network input's pixels, from the ONE
+    post-processing component every consumer (metrics, report, overlays, prediction writer) reads.
+    ``engine.state.output["pred"]`` is that dict.
     """
 
     def __init__(
@@ -100,14 +102,12 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         device: torch.device | str,
         val_data_loader: Iterable,
         network: torch.nn.Module,
-        box_decoder: Callable | None = None,
         prepare_batch: Callable = prepare_cxr_batch,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("decollate", False)
         _amp_on_cuda_only(device, kwargs)
         super().__init__(device=device, val_data_loader=val_data_loader, network=network, prepare_batch=prepare_batch, **kwargs)
-        self.box_decoder = box_decoder
 
     def _iteration(self, engine: MultiTaskEvaluator, batchdata: dict) -> dict:
         if batchdata is None:
@@ -116,15 +116,13 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         with engine.mode(engine.network), torch.no_grad():
             with _autocast(engine.state.device, bool(engine.amp), engine.amp_kwargs):
-                pred = dict(engine.inferer(inputs, engine.network))
-            pred = {k: ([t.float() for t in v] if isinstance(v, list) else v.float()) for k, v in pred.items()}
-            if "class_logits" in pred:
-                pred["class_probs"] = torch.sigmoid(pred["class_logits"])
-            if "seg_logits" in pred:
-                pred["seg_probs"] = torch.sigmoid(pred["seg_logits"])
-            if self.box_decoder is not None and "box_cls_logits" in pred:
-                pred["detections"] = self.box_decoder(pred, inputs)
-        engine.state.output[Keys.PRED] = pred
+                pred = engine.inferer(inputs, engine.network)
+        if not isinstance(pred, Mapping) or PredKeys.GATE not in pred:
+            raise TypeError(
+                "MultiTaskEvaluator: the inferer must return post-processed predictions (a dict with "
+                f"'{PredKeys.GATE}'); use monai_mcx.inferers.MultiCheXNetInferer, got {type(engine.inferer).__name__}."
+            )
+        engine.state.output[Keys.PRED] = dict(pred)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output

@@ -1,9 +1,12 @@
 """Ignite metric and writer that evaluate all three heads at once and save ``metrics.json``.
 
 Keys follow ``<task>/<metric>[/<variant>]`` (see DESIGN.md): ``classification/auc``,
-``classification/auc/<class>``, ``segmentation/dice_positive``, ``segmentation/dice_empty_aware``,
-``localization/ap50``, ``localization/map``, ``localization/rsna``, and ``.../gated`` for the variants where
-the classifier gates the other heads (below ``gate_threshold`` an image gets an empty mask and no boxes).
+``classification/auc/<class>``, ``classification/threshold/<class>``, ``segmentation/dice_positive``,
+``segmentation/dice_empty_aware``, ``localization/ap50``, ``localization/map`` (over all boxes),
+``localization/rsna``, ``localization/boxes_per_negative``, ``localization/sensitivity50`` (at the box operating
+point ``localization/box_threshold``), and ``.../gated`` for the variants where the classifier gates the other heads
+with exactly the deployed rule and thresholds (:func:`monai_mcx.inferers.gate_decision`: an image is positive when
+some class reaches its own threshold; a negative image gets an empty mask and no boxes).
 """
 
 from __future__ import annotations
@@ -20,13 +23,28 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
+from monai_mcx.inferers import MultiCheXNetPostprocessor, select_detections
+from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
+from monai_mcx.metrics import (
+    choose_box_threshold,
+    classification_metrics,
+    detection_metrics,
+    segmentation_metrics,
+)
 from monai_mcx.utils import write_json_atomic
-from monai_mcx.metrics import classification_metrics, detection_metrics, segmentation_metrics
 
-__all__ = ["MultiTaskMetrics", "MetricsJSONWriter", "resolve_class_thresholds", "SCORE_KEYS"]
+__all__ = ["MultiTaskMetrics", "MetricsJSONWriter", "resolve_class_thresholds", "SCORE_KEYS", "BOX_THRESHOLD_KEY",
+           "class_threshold_key"]
 
 #: metrics averaged into the single key metric used for best-checkpoint selection
 SCORE_KEYS = ("classification/auc", "segmentation/dice_positive", "localization/ap50")
+#: the ``metrics.json`` key of the box operating point used by the thresholded box metrics
+BOX_THRESHOLD_KEY = "localization/box_threshold"
+
+
+def class_threshold_key(name: str) -> str:
+    """The ``metrics.json`` key of one class's decision / gate threshold."""
+    return f"classification/threshold/{name}"
 
 
 def _from_engine_output(output: dict) -> tuple[dict, dict]:
@@ -36,10 +54,18 @@ def _from_engine_output(output: dict) -> tuple[dict, dict]:
 class MultiTaskMetrics(Metric):
     """Accumulate the evaluator's outputs over an epoch and compute every task's metrics.
 
-    ``update((pred, targets))`` takes the :class:`~monai_mcx.engines.MultiTaskEvaluator` output: ``pred``
-    with ``class_probs`` ``(B, K)``, ``seg_probs`` ``(B, 1, W, H)``, ``detections`` (list of dicts) and
-    the targets dict with availability flags. Samples without a task's annotation are left out of that
-    task's metrics (unknown is not negative).
+    ``update((pred, targets))`` takes the :class:`~monai_mcx.engines.MultiTaskEvaluator` output: ``pred`` from
+    :class:`~monai_mcx.inferers.MultiCheXNetPostprocessor` (``class_probs`` ``(B, K)``, ``seg_mask`` ``(B, 1, W, H)``
+    ungated, ``detections``: every decoded box, ungated) and the targets dict with availability flags. Samples
+    without a task's annotation are left out of that task's metrics (unknown is not negative); every image
+    counts for the gate.
+
+    The gate and the thresholded metrics use the post-processor's own functions with the thresholds resolved at
+    ``compute()``: the class thresholds (``threshold``) first, then the gate :meth:`MultiCheXNetPostprocessor.gate`
+    on every image, then the box operating point (``box_threshold``), chosen on the GATED boxes when asked to,
+    so that the ``/gated`` numbers are those of the model as deployed with these thresholds. The values used are
+    reported as ``classification/threshold/<class>`` and ``localization/box_threshold`` and kept in
+    :attr:`deployed` (the post-processor with them).
 
     In a ``torch.distributed`` run (a ``DistributedSampler`` giving each rank a shard of the validation set),
     ``compute()`` first gathers every rank's samples, so all ranks report the metrics of the whole set.
@@ -48,111 +74,149 @@ class MultiTaskMetrics(Metric):
     :data:`SCORE_KEYS`. Attached to an engine, each key is stored in ``engine.state.metrics`` and the
     metric's own name holds ``score`` (a scalar, so it can be a MONAI key metric).
 
-    ``threshold``: the classification decision threshold(s) for sensitivity/specificity/F1 — a number, one per
-    class, ``"youden"``/``"f1"`` (chosen on the evaluated data, i.e. "chosen on validation" when evaluating the
-    validation split) or the path of a ``thresholds.json``; see :func:`resolve_class_thresholds`. The values
-    used are reported as ``classification/threshold/<class>`` and kept in ``class_thresholds``.
-    The gate of the ``/gated`` variants is ``max_k class_probs >= gate_threshold``, computed for every image
-    whether or not its class label is known.
+    Args:
+        class_names: the classifier's class names.
+        postprocessor: the deployed post-processing (its class thresholds, gate rule, box operating point); by
+            default ``MultiCheXNetPostprocessor(class_names)`` (0.5 per class, every box).
+        threshold: the class thresholds: None (the post-processor's), a number or one per class, ``"youden"`` /
+            ``"f1"`` (chosen on the evaluated data, i.e. "chosen on validation" when evaluating the validation
+            split; see :func:`resolve_class_thresholds`).
+        box_threshold: the box operating point: None (the post-processor's), a number, or ``"rsna"`` (chosen on
+            the evaluated data with :func:`monai_mcx.metrics.choose_box_threshold`: maximises the RSNA challenge
+            metric of the gated boxes).
+        max_detections: boxes per image counted by AP (COCO's 100).
     """
 
     def __init__(
         self,
         class_names: Sequence[str],
-        gate_threshold: float = 0.5,
-        seg_threshold: float = 0.5,
+        postprocessor: MultiCheXNetPostprocessor | None = None,
+        threshold: float | Sequence[float] | str | None = None,
+        box_threshold: float | str | None = None,
         output_transform: Callable = _from_engine_output,
         device: str | torch.device = "cpu",
-        threshold: float | Sequence[float] | str = 0.5,
+        max_detections: int = 100,
     ) -> None:
         self.class_names = list(class_names)
-        self.gate_threshold = float(gate_threshold)
-        self.seg_threshold = float(seg_threshold)
+        self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
+        if list(self.postprocessor.class_names) != self.class_names:
+            raise ValueError(f"MultiTaskMetrics class_names {self.class_names} differ from the post-processor's "
+                             f"{self.postprocessor.class_names}.")
+        if isinstance(box_threshold, str) and box_threshold not in ("rsna", "choose"):
+            raise ValueError(f"box_threshold must be a number, None or 'rsna', got {box_threshold!r}.")
         self.threshold = threshold
+        self.box_threshold = box_threshold
+        self.max_detections = int(max_detections)
         #: per-class classification thresholds used by the last ``compute()``
         self.class_thresholds: list[float] | None = None
+        #: the post-processor with the thresholds of the last ``compute()`` (what evaluation deploys)
+        self.deployed: MultiCheXNetPostprocessor = self.postprocessor
         super().__init__(output_transform=output_transform, device=device)
 
     def reset(self) -> None:
         self._gathered = False
-        self._cls_probs: list[np.ndarray] = []
-        self._cls_labels: list[np.ndarray] = []
-        self._seg_pred: list[np.ndarray] = []
-        self._seg_true: list[np.ndarray] = []
-        self._seg_gate: list[bool] = []
-        self._det_pred: list[dict] = []
-        self._det_true: list[np.ndarray] = []
-        self._det_gate: list[bool] = []
-        self._have_gate = False
+        self._probs: list[np.ndarray] = []  # every image, (K,)
+        self._labels: list[np.ndarray | None] = []  # every image: (K,) or None when unknown
+        self._seg: list[tuple[int, np.ndarray, np.ndarray]] = []  # (image index, pred mask, true mask)
+        self._det: list[tuple[int, dict, np.ndarray]] = []  # (image index, all detections, true boxes)
+        self._n = 0
 
     def update(self, output: tuple[dict, dict]) -> None:
         pred, targets = output
-        gate = None
-        if "class_probs" in pred:
-            probs = pred["class_probs"].detach().float().cpu()
-            gate = (probs.max(dim=1).values >= self.gate_threshold).numpy()
-            self._have_gate = True
-            has = targets["has_label"].reshape(-1).cpu() > 0.5
-            if has.any():
-                self._cls_probs.append(probs[has].numpy())
-                self._cls_labels.append(targets["label"].detach().float().cpu()[has].numpy())
-        if "seg_probs" in pred:
-            has = (targets["has_mask"].reshape(-1).cpu() > 0.5).numpy()
-            seg = (pred["seg_probs"].detach().float().cpu() >= self.seg_threshold).numpy()
-            true = (targets["mask"].detach().float().cpu() > 0.5).numpy()
+        n = int(targets[BatchKeys.IMAGE].shape[0]) if BatchKeys.IMAGE in targets else None
+        probs = None
+        if PredKeys.CLASS_PROBS in pred:
+            probs = pred[PredKeys.CLASS_PROBS].detach().float().cpu().numpy()
+            n = probs.shape[0]
+        if n is None:
+            n = len(next(v for v in pred.values() if isinstance(v, (list, torch.Tensor))))
+        base = self._n
+        self._n += n
+        has_label = targets.get(BatchKeys.HAS_LABEL)
+        for i in range(n if probs is not None else 0):
+            self._probs.append(probs[i])
+            known = has_label is not None and float(has_label.reshape(-1)[i]) > 0.5
+            self._labels.append(targets[BatchKeys.LABEL][i].detach().float().cpu().numpy() if known else None)
+        if PredKeys.SEG_MASK in pred and BatchKeys.HAS_MASK in targets:
+            has = (targets[BatchKeys.HAS_MASK].reshape(-1).cpu() > 0.5).numpy()
+            seg = pred[PredKeys.SEG_MASK].detach().cpu().numpy().astype(bool)
+            true = (targets[BatchKeys.MASK].detach().float().cpu() > 0.5).numpy()
             for i in np.nonzero(has)[0]:
-                self._seg_pred.append(seg[i, 0])
-                self._seg_true.append(true[i, 0])
-                self._seg_gate.append(True if gate is None else bool(gate[i]))
-        if "detections" in pred:
-            has = (targets["has_boxes"].reshape(-1).cpu() > 0.5).numpy()
+                self._seg.append((base + int(i), seg[i, 0], true[i, 0]))
+        if PredKeys.DETECTIONS in pred and BatchKeys.HAS_BOXES in targets:
+            has = (targets[BatchKeys.HAS_BOXES].reshape(-1).cpu() > 0.5).numpy()
             for i in np.nonzero(has)[0]:
-                det = pred["detections"][i]
-                self._det_pred.append(
-                    {"boxes": det["boxes"].detach().float().cpu().numpy().reshape(-1, 4),
-                     "scores": det["scores"].detach().float().cpu().numpy().reshape(-1)}
-                )
-                self._det_true.append(targets["boxes"][i].detach().float().cpu().numpy().reshape(-1, 4))
-                self._det_gate.append(True if gate is None else bool(gate[i]))
+                det = pred[PredKeys.DETECTIONS][i]
+                det = {DetKeys.BOXES.value: det[DetKeys.BOXES].detach().float().cpu().reshape(-1, 4),
+                       DetKeys.SCORES.value: det[DetKeys.SCORES].detach().float().cpu().reshape(-1)}
+                truth = targets[BatchKeys.BOXES][i].detach().float().cpu().numpy().reshape(-1, 4)
+                self._det.append((base + int(i), det, truth))
 
-    _STATE = ("_cls_probs", "_cls_labels", "_seg_pred", "_seg_true", "_seg_gate", "_det_pred", "_det_true", "_det_gate")
+    _STATE = ("_probs", "_labels", "_seg", "_det")
 
     def _gather_ranks(self) -> None:
         """Under ``torch.distributed`` (each rank evaluated its shard of the data), replace the per-sample lists
-        by the concatenation of every rank's, so that every rank computes the metrics of the whole set — the
-        same numbers as a one-process evaluation. Collective: every rank must call :meth:`compute`."""
+        by the concatenation of every rank's (image indices shifted), so that every rank computes the metrics of
+        the whole set — the same numbers as a one-process evaluation. Collective: every rank must call
+        :meth:`compute`."""
         if getattr(self, "_gathered", False) or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         self._gathered = True
         mine = {k: getattr(self, k) for k in self._STATE}
-        mine["_have_gate"] = bool(getattr(self, "_have_gate", False))
+        mine["_n"] = self._n
         parts: list = [None] * dist.get_world_size()
         dist.all_gather_object(parts, mine)
+        offset = 0
+        merged: dict[str, list] = {k: [] for k in self._STATE}
+        for part in parts:
+            merged["_probs"] += part["_probs"]
+            merged["_labels"] += part["_labels"]
+            merged["_seg"] += [(offset + j, p, t) for j, p, t in part["_seg"]]
+            merged["_det"] += [(offset + j, d, t) for j, d, t in part["_det"]]
+            offset += part["_n"]
         for k in self._STATE:
-            setattr(self, k, [item for part in parts for item in part[k]])
-        self._have_gate = any(part["_have_gate"] for part in parts)
+            setattr(self, k, merged[k])
+        self._n = offset
 
     def compute(self) -> dict[str, float]:
         self._gather_ranks()
         out: dict[str, float] = {}
-        if self._cls_probs:
-            probs, labels = np.concatenate(self._cls_probs), np.concatenate(self._cls_labels)
-            self.class_thresholds = resolve_class_thresholds(self.threshold, probs, labels, self.class_names)
-            out.update(classification_metrics(probs, labels, self.class_names, threshold=self.class_thresholds))
-        gated_available = self._have_gate or bool(self._cls_probs) or any(not g for g in self._seg_gate + self._det_gate)
-        if self._seg_pred:
-            pred = np.stack(self._seg_pred)
-            true = np.stack(self._seg_true)
+        deployed = self.postprocessor
+        gate = None
+        if self._probs:
+            probs = np.stack(self._probs)
+            known = [i for i, y in enumerate(self._labels) if y is not None]
+            if known:
+                labels = np.stack([self._labels[i] for i in known])
+                if self.threshold is not None:
+                    deployed = deployed.with_settings(
+                        class_thresholds=resolve_class_thresholds(self.threshold, probs[known], labels, self.class_names))
+                out.update(classification_metrics(probs[known], labels, self.class_names, threshold=deployed.class_thresholds))
+            out.update({class_threshold_key(c): t for c, t in zip(self.class_names, deployed.class_thresholds)})
+            gate = deployed.gate(torch.as_tensor(probs)).numpy()
+        self.class_thresholds = list(deployed.class_thresholds)
+        gated = gate is not None
+        if self._seg:
+            idx = np.asarray([j for j, _, _ in self._seg])
+            pred = np.stack([p for _, p, _ in self._seg])
+            true = np.stack([t for _, _, t in self._seg])
             out.update(segmentation_metrics(pred, true))
-            if gated_available:
-                keep = np.asarray(self._seg_gate, dtype=bool)[:, None, None]
-                out.update({f"{k}/gated": v for k, v in segmentation_metrics(pred & keep, true).items()})
-        if self._det_pred:
-            out.update(detection_metrics(self._det_pred, self._det_true))
-            if gated_available:
-                empty = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32)}
-                gated = [p if g else empty for p, g in zip(self._det_pred, self._det_gate)]
-                out.update({f"{k}/gated": v for k, v in detection_metrics(gated, self._det_true).items()})
+            if gated:
+                out.update({f"{k}/gated": v for k, v in segmentation_metrics(pred & gate[idx][:, None, None], true).items()})
+        if self._det:
+            dets = [d for _, d, _ in self._det]
+            truths = [t for _, _, t in self._det]
+            keep = [True if gate is None else bool(gate[j]) for j, _, _ in self._det]
+            dets_gated = [select_detections(d, 0.0, keep=k) for d, k in zip(dets, keep)]
+            if self.box_threshold is not None:
+                t = choose_box_threshold(dets_gated, truths)[0] if isinstance(self.box_threshold, str) else self.box_threshold
+                deployed = deployed.with_settings(box_score_threshold=float(t))
+            t = deployed.box_score_threshold
+            out[BOX_THRESHOLD_KEY] = t
+            out.update(detection_metrics(dets, truths, self.max_detections, score_threshold=t))
+            if gated:
+                out.update({f"{k}/gated": v for k, v in detection_metrics(dets_gated, truths, self.max_detections, t).items()})
+        self.deployed = deployed
         out = {k: float(v) for k, v in out.items()}
         parts = [out[k] for k in SCORE_KEYS if k in out and not math.isnan(out[k])]
         out["score"] = float(np.mean(parts)) if parts else 0.0

@@ -3,8 +3,9 @@
 For each readable image (``<stem>`` = file name without its extensions; a repeated stem gets the extension
 appended, e.g. ``a_dcm``):
 
-- ``<stem>.json``: class probabilities, the gate decision, boxes with scores in the ORIGINAL image's pixel
-  coordinates ``[x1, y1, x2, y2]`` (x = column, pixel edges, MONAI ``StandardMode``), the mask area;
+- ``<stem>.json``: class probabilities, the gate decision (rule and per-class thresholds), the boxes at the
+  operating point with scores in the ORIGINAL image's pixel coordinates ``[x1, y1, x2, y2]`` (x = column, pixel
+  edges, MONAI ``StandardMode``; ``boxes`` gated, ``boxes_ungated`` not), the mask area;
 - ``<stem>_mask.nii.gz``: the lesion mask at the original size, uint8 0/1, array ``(W, H)`` (MONAI order,
   x first) with the image's pixel spacing in the affine;
 - ``<stem>_mask.png``: the same mask as a PNG, 0/255, rows x columns;
@@ -14,6 +15,10 @@ appended, e.g. ``a_dcm``):
 At the end of the run ``predictions.csv`` summarises all images, one row per input file; a file that could
 not be read has a row whose ``error`` column names the file and the problem (and no other output).
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written file.
+
+Everything comes from the evaluator's post-processing (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`),
+mapped to the original pixels by :func:`monai_mcx.inferers.to_original`; nothing is thresholded, gated or
+resized here.
 
 Unreadable files: :class:`monai_mcx.transforms.GuardLoadd` wraps the preprocessing and turns an item that
 fails into a placeholder with ``error`` set; :class:`PredictionWriter` skips placeholders and reports them.
@@ -34,6 +39,8 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from PIL import Image, ImageDraw
 
+from monai_mcx.inferers import MultiCheXNetPostprocessor
+from monai_mcx.keys import BatchKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import write_bytes_atomic, write_json_atomic
 
@@ -78,10 +85,8 @@ class PredictionWriter:
     Args:
         output_dir: folder for the files.
         class_names: names of the classifier's outputs.
-        gate_threshold: an image whose highest class probability is below it is called negative: its mask
-            is written empty and its boxes are dropped (``gate.positive = false``); the ungated boxes are kept
-            under ``boxes_ungated``.
-        seg_threshold: probability threshold for the mask.
+        postprocessor: the evaluator's post-processor (its mask threshold maps the mask back; its thresholds are
+            recorded in the JSON). Default: ``MultiCheXNetPostprocessor(class_names)``.
         write_nifti, write_overlay, write_mask_png: which mask files to write.
         overlay_reader: ``path -> (rows, cols)`` array in [0, 1] for the overlay background (default: re-read
             the file with :func:`monai_mcx.transforms.io.read_cxr`); when it fails, the network input is
@@ -91,13 +96,13 @@ class PredictionWriter:
     ``original_size`` (``(W, H)`` per item); ``error`` (from :class:`GuardLoadd`) marks unreadable items.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str], gate_threshold: float = 0.5,
-                 seg_threshold: float = 0.5, write_nifti: bool = True, write_overlay: bool = True,
-                 write_mask_png: bool = True, overlay_reader: Callable[[str], np.ndarray] | None = None) -> None:
+    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str],
+                 postprocessor: MultiCheXNetPostprocessor | None = None, write_nifti: bool = True,
+                 write_overlay: bool = True, write_mask_png: bool = True,
+                 overlay_reader: Callable[[str], np.ndarray] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
-        self.gate_threshold = float(gate_threshold)
-        self.seg_threshold = float(seg_threshold)
+        self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
         self.write_nifti = bool(write_nifti)
         self.write_overlay = bool(write_overlay)
         self.write_mask_png = bool(write_mask_png)
@@ -144,47 +149,38 @@ class PredictionWriter:
     def write_batch(self, engine: Engine) -> None:
         pred = engine.state.output["pred"]
         batch = engine.state.batch
-        images = batch["image"]
+        images = batch[BatchKeys.IMAGE]
         n = int(images.shape[0])
         in_size = [int(s) for s in images.shape[2:]]
-        names = batch.get("image_path") or [f"image_{len(self.rows) + i:05d}" for i in range(n)]
-        sizes = batch.get("original_size") or [in_size] * n
+        names = batch.get(BatchKeys.IMAGE_PATH) or [f"image_{len(self.rows) + i:05d}" for i in range(n)]
+        sizes = batch.get(BatchKeys.ORIGINAL_SIZE) or [in_size] * n
         errors = batch.get(ERROR_KEY) or [""] * n
         spacings = None
         meta = getattr(images, "meta", None)
         if isinstance(meta, Mapping) and "pixel_spacing" in meta:
             spacings = torch.as_tensor(np.asarray(meta["pixel_spacing"])).reshape(n, -1).tolist()
+        pp = self.postprocessor
         for i in range(n):
             src = str(names[i])
             if errors[i]:
                 self.rows.append({"image": src, "error": str(errors[i])})
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
-            scale = [o / s for o, s in zip(orig, in_size)]
             stem = self._stem(src)
+            res = pp.to_original(pred, i, orig)
             record: dict = {"image": src, "size_wh": orig}
-            positive = True
-            if "class_probs" in pred:
-                probs = pred["class_probs"][i].detach().float().cpu().tolist()
-                record["class_probabilities"] = dict(zip(self.class_names, probs))
-                positive = max(probs) >= self.gate_threshold
-                record["gate"] = {"threshold": self.gate_threshold, "positive": bool(positive)}
-            boxes_np, scores_np = np.zeros((0, 4)), np.zeros((0,))
-            if "detections" in pred:
-                det = pred["detections"][i]
-                boxes_np = det["boxes"].detach().float().cpu().numpy().reshape(-1, 4) * np.array(scale * 2)
-                boxes_np = np.clip(boxes_np, 0, np.array(orig * 2, dtype=np.float64))
-                scores_np = det["scores"].detach().float().cpu().numpy().reshape(-1)
-                found = [{"box": [round(float(v), 2) for v in b], "score": float(s)} for b, s in zip(boxes_np, scores_np)]
-                record["boxes_ungated"] = found
-                record["boxes"] = found if positive else []
-                if not positive:
-                    boxes_np, scores_np = boxes_np[:0], scores_np[:0]
-            mask_wh = None
-            if "seg_probs" in pred:
-                prob = pred["seg_probs"][i : i + 1].detach().float().cpu()
-                prob = F.interpolate(prob, size=orig, mode="bilinear", align_corners=False)[0, 0]
-                mask_wh = (prob >= self.seg_threshold).numpy() & bool(positive)  # (W, H)
+            if res["class_probs"] is not None:
+                record["class_probabilities"] = dict(zip(self.class_names, (float(p) for p in res["class_probs"])))
+                record["gate"] = {"rule": pp.gate_rule, "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
+                                  "positive": bool(res["gate"])}
+            if res["has_boxes"]:
+                record["box_score_threshold"] = pp.box_score_threshold
+                for key in ("boxes", "boxes_ungated"):
+                    suffix = key[len("boxes"):]
+                    record[key] = [{"box": [round(float(v), 2) for v in b], "score": float(sc)}
+                                   for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])]
+            mask_wh = res["mask"]  # (W, H), gated
+            if mask_wh is not None:
                 if self.write_mask_png:
                     buf = io.BytesIO()
                     Image.fromarray((mask_wh.T * 255).astype(np.uint8)).save(buf, format="PNG")  # rows x cols
@@ -197,7 +193,7 @@ class PredictionWriter:
                 record["mask_area_px"] = int(mask_wh.sum())
             if self.write_overlay:
                 gray = self._background(src, images[i].detach().cpu(), orig)
-                im = overlay_image(gray, None if mask_wh is None else mask_wh.T, boxes_np.tolist(), scores_np.tolist())
+                im = overlay_image(gray, None if mask_wh is None else mask_wh.T, res["boxes"].tolist(), res["scores"].tolist())
                 buf = io.BytesIO()
                 im.save(buf, format="PNG")
                 write_bytes_atomic(buf.getvalue(), self.output_dir / f"{stem}_overlay.png")

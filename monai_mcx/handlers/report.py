@@ -202,73 +202,97 @@ def _save(fig, path: Path, dpi: int = 100) -> None:
 # ----------------------------------------------------------------------------------------------- thresholds
 def load_thresholds(path: str | os.PathLike, default: float | None = 0.5) -> dict:
     """Read a ``thresholds.json`` written by :class:`ThresholdsWriter`:
-    ``{"class_thresholds": {name: t}, "gate_threshold": g, ...}``. A missing file gives
-    ``{"class_thresholds": {}, "gate_threshold": default}`` when ``default`` is not None."""
+    ``{"class_thresholds": {name: t}, "gate_rule": "any_class", "box_score_threshold": b, ...}``. A missing file
+    gives ``{"class_thresholds": default, "box_score_threshold": 0.0}`` when ``default`` is not None."""
     import json
 
     path = Path(path)
     if not path.is_file():
         if default is None:
             raise FileNotFoundError(f"{path}: thresholds file not found (written by the evaluate config)")
-        return {"class_thresholds": {}, "gate_threshold": float(default)}
-    return json.loads(path.read_text())
+        return {"class_thresholds": float(default), "box_score_threshold": 0.0}
+    obj = json.loads(path.read_text())
+    obj.setdefault("box_score_threshold", 0.0)
+    return obj
 
 
 class ThresholdsWriter:
-    """Write the classification thresholds the evaluation used (``classification/threshold/<class>`` of
-    ``engine.state.metrics``) to each of ``paths`` (atomically) when the epoch completes::
+    """Write the thresholds the evaluation used (``classification/threshold/<class>`` and
+    ``localization/box_threshold`` of ``engine.state.metrics``) to each of ``paths`` (atomically) when the epoch
+    completes::
 
-        {"class_thresholds": {"pneumonia": 0.41}, "gate_threshold": 0.41, "method": "...", "split": "validation"}
+        {"class_thresholds": {"pneumonia": 0.41}, "gate_rule": "any_class", "box_score_threshold": 0.62,
+         "method": "youden", "box_method": "rsna", "split": "validation"}
 
-    ``gate_threshold`` is the smallest class threshold: the inference gate ``max_k p_k >= gate_threshold`` then
-    lets through every image that any class calls positive. ``enabled=False`` makes it a no-op (e.g. when
-    evaluating the test split with thresholds read from the file).
+    The gate rule (:func:`monai_mcx.inferers.gate_decision`): an image is positive when some class reaches its own
+    threshold. ``enabled=False`` makes it a no-op (e.g. when evaluating the test split with fixed thresholds).
     """
 
     def __init__(self, paths: str | Sequence[str], class_names: Sequence[str], method: str = "youden",
-                 split: str | None = None, enabled: bool = True) -> None:
+                 split: str | None = None, enabled: bool = True, box_method: str = "rsna") -> None:
         self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self.class_names = list(class_names)
         self.method = method
+        self.box_method = box_method
         self.split = split
         self.enabled = bool(enabled)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
-    def __call__(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
+    def thresholds(self, metrics: dict) -> dict | None:
+        """The object written, from flat ``metrics``; None when they hold no class threshold."""
+        from monai_mcx.handlers.metrics import BOX_THRESHOLD_KEY, class_threshold_key
+        from monai_mcx.inferers import GATE_RULE
+
         table = {}
         for name in self.class_names:
-            v = engine.state.metrics.get(f"classification/threshold/{name}")
+            v = metrics.get(class_threshold_key(name))
             if v is not None and not math.isnan(float(v)):
                 table[name] = float(v)
         if not table:
-            return
-        obj = {"class_thresholds": table, "gate_threshold": min(table.values()), "method": self.method}
+            return None
+        obj: dict = {"class_thresholds": table, "gate_rule": GATE_RULE, "method": self.method}
+        box = metrics.get(BOX_THRESHOLD_KEY)
+        if box is not None and not math.isnan(float(box)):
+            obj["box_score_threshold"] = float(box)
+            obj["box_method"] = self.box_method
         if self.split:
             obj["split"] = self.split
+        return obj
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        obj = self.thresholds(engine.state.metrics)
+        if obj is None:
+            return
         for p in self.paths:
             write_json_atomic(obj, p)
 
 
 # ----------------------------------------------------------------------------------------------- report
 class EvaluationReport:
-    """Write ``report.md`` and the plots under ``output_dir`` when the evaluator's epoch completes.
+    """Write ``report.md``, ``per_image.csv`` and the plots under ``output_dir`` when the evaluator's epoch completes.
 
     Attach after :class:`~monai_mcx.handlers.MultiTaskMetrics` (the evaluator's key metric, whose values it
     tabulates from ``engine.state.metrics``) and :class:`~monai_mcx.handlers.MetricsJSONWriter`.
 
+    The gate, the mask and the boxes shown are those of the post-processor with the thresholds the metrics used
+    (``classification/threshold/<class>`` and ``localization/box_threshold`` of ``engine.state.metrics``, so the
+    ones chosen on validation when evaluation chose them): the deployed model's. ``per_image.csv`` lists, per
+    evaluated image, the class probabilities, the gate decision and the number of gated boxes at the operating
+    point (what inference outputs for the same image).
+
     Args:
         output_dir: where ``report.md`` and ``plots/`` go.
         class_names: the bundle's class names.
-        gate_threshold: the classifier gate of the ``/gated`` metrics (as ``MultiTaskMetrics``).
-        seg_threshold: probability threshold of the predicted mask.
-        box_score_threshold: minimum score of a predicted box drawn in the gallery and used by :func:`box_quality`.
+        postprocessor: the deployed post-processing (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`); its
+            thresholds are replaced by those of ``engine.state.metrics`` when present.
         num_cases: number of best and of worst cases in the gallery.
         metrics_file: the metrics file name (linked from the report).
         threshold_note: how the classification thresholds were obtained (printed in the report).
+        box_threshold_note: how the box operating point was obtained (printed in the report).
         title: the report's heading.
     """
 
@@ -276,36 +300,38 @@ class EvaluationReport:
         self,
         output_dir: str | os.PathLike,
         class_names: Sequence[str],
-        gate_threshold: float = 0.5,
-        seg_threshold: float = 0.5,
-        box_score_threshold: float = 0.3,
+        postprocessor: Any | None = None,
         num_cases: int = 4,
         metrics_file: str = "metrics.json",
         report_file: str = "report.md",
         threshold_note: str = "",
+        box_threshold_note: str = "",
         title: str = "MultiCheXNet evaluation report",
     ) -> None:
+        from monai_mcx.inferers import MultiCheXNetPostprocessor
+
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
-        self.gate_threshold = float(gate_threshold)
-        self.seg_threshold = float(seg_threshold)
-        self.box_score_threshold = float(box_score_threshold)
+        self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
+        self.deployed = self.postprocessor
         self.num_cases = int(num_cases)
         self.metrics_file = metrics_file
         self.report_file = report_file
         self.threshold_note = threshold_note
+        self.box_threshold_note = box_threshold_note
         self.title = title
         self.plot_files: list[str] = []
         self.reset()
 
     # -- collection
     def reset(self, engine: Engine | None = None) -> None:
-        self._probs: list[np.ndarray] = []
+        self._probs: list[np.ndarray] = []  # images with a known label
         self._labels: list[np.ndarray] = []
-        self._dice: list[float] = []  # images with a non-empty true mask
-        self._dice_gated: list[float] = []
-        self._counts = {"images": 0, "gated_out": 0, "label": 0, "mask": 0, "mask_positive": 0, "boxes": 0,
-                        "boxes_positive": 0, "true_boxes": 0}
+        self._all_probs: list[np.ndarray] = []  # every image (for the gate)
+        self._images: list[dict] = []  # every image: path, box scores
+        self._dice: list[tuple[int, float]] = []  # (image index, ungated Dice) for images with a non-empty true mask
+        self._counts = {"images": 0, "label": 0, "mask": 0, "mask_positive": 0, "boxes": 0, "boxes_positive": 0,
+                        "true_boxes": 0}
         self._pos_per_class = np.zeros(len(self.class_names))
         self._cases: list[tuple[float, int, dict]] = []
         self._index = 0
@@ -316,49 +342,55 @@ class EvaluationReport:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _collect(self, engine: Engine) -> None:
+        from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
+
         out = engine.state.output
         pred, targets, images = out["pred"], out["label"], out["image"]
-        probs = _np(pred["class_probs"]) if "class_probs" in pred else None
+        batch = getattr(engine.state, "batch", None) or {}
+        paths = batch.get(BatchKeys.IMAGE_PATH) if isinstance(batch, dict) else None
+        probs = _np(pred[PredKeys.CLASS_PROBS]) if PredKeys.CLASS_PROBS in pred else None
         for i in range(images.shape[0]):
             idx = self._index
             self._index += 1
             self._counts["images"] += 1
-            gate_p = float(probs[i].max()) if probs is not None else None
-            gate = True if gate_p is None else gate_p >= self.gate_threshold
-            self._counts["gated_out"] += int(not gate)
-            if probs is not None and float(targets["has_label"][i]) > 0.5:
-                y = _np(targets["label"][i]).reshape(-1)
+            info: dict = {"image": str(paths[i]) if paths else f"#{idx}"}
+            if probs is not None:
+                self._all_probs.append(probs[i].reshape(-1))
+            if probs is not None and float(targets[BatchKeys.HAS_LABEL][i]) > 0.5:
+                y = _np(targets[BatchKeys.LABEL][i]).reshape(-1)
                 self._probs.append(probs[i].reshape(-1))
                 self._labels.append(y)
                 self._pos_per_class += y > 0.5
                 self._counts["label"] += 1
             rank, kind = None, None
-            case = {"index": idx, "gate_prob": gate_p}
-            if "seg_probs" in pred and float(targets["has_mask"][i]) > 0.5:
-                pm = _np(pred["seg_probs"][i, 0]) >= self.seg_threshold
-                tm = _np(targets["mask"][i, 0]) > 0.5
+            case = {"index": idx}
+            if PredKeys.SEG_MASK in pred:
+                info["mask_area_px_input"] = int(_np(pred[PredKeys.SEG_MASK][i, 0]).sum())
+            if PredKeys.SEG_MASK in pred and float(targets[BatchKeys.HAS_MASK][i]) > 0.5:
+                pm = _np(pred[PredKeys.SEG_MASK][i, 0]) > 0.5
+                tm = _np(targets[BatchKeys.MASK][i, 0]) > 0.5
                 self._counts["mask"] += 1
                 case.update(true_mask=tm, pred_mask=pm)
                 if tm.any():
                     self._counts["mask_positive"] += 1
                     d = float(dice_per_image(pm[None], tm[None])[0])
-                    dg = d if gate else float(dice_per_image(np.zeros_like(pm)[None], tm[None])[0])
-                    self._dice.append(d)
-                    self._dice_gated.append(dg)
+                    self._dice.append((idx, d))
                     rank, kind = d, "Dice"
-            if "detections" in pred and float(targets["has_boxes"][i]) > 0.5:
-                tb = _np(targets["boxes"][i]).reshape(-1, 4)
-                det = pred["detections"][i]
-                ps = _np(det["scores"]).reshape(-1)
-                keep = ps >= self.box_score_threshold
-                pb = _np(det["boxes"]).reshape(-1, 4)[keep]
-                self._counts["boxes"] += 1
-                self._counts["true_boxes"] += len(tb)
-                case.update(true_boxes=tb, pred_boxes=pb, pred_scores=ps[keep])
-                if len(tb):
-                    self._counts["boxes_positive"] += 1
-                    if rank is None:
-                        rank, kind = box_quality(pb, tb), "box IoU"
+            if PredKeys.DETECTIONS in pred:
+                det = pred[PredKeys.DETECTIONS][i]
+                info["scores"] = _np(det[DetKeys.SCORES]).reshape(-1)
+                if float(targets[BatchKeys.HAS_BOXES][i]) > 0.5:
+                    tb = _np(targets[BatchKeys.BOXES][i]).reshape(-1, 4)
+                    ps = info["scores"]
+                    pb = _np(det[DetKeys.BOXES]).reshape(-1, 4)
+                    self._counts["boxes"] += 1
+                    self._counts["true_boxes"] += len(tb)
+                    case.update(true_boxes=tb, all_boxes=pb, all_scores=ps)
+                    if len(tb):
+                        self._counts["boxes_positive"] += 1
+                        if rank is None:  # ranked at the post-processor's operating point (the final one is unknown yet)
+                            rank, kind = box_quality(pb[ps >= self.postprocessor.box_score_threshold], tb), "box IoU"
+            self._images.append(info)
             if rank is None:
                 continue
             case["image"] = _np(images[i, 0]).astype(np.float32)
@@ -382,17 +414,70 @@ class EvaluationReport:
                 metrics[key] = None if math.isnan(f) else f
         self.write(metrics)
 
+    def _deployed(self, metrics: dict) -> Any:
+        """The post-processor with the thresholds the metrics used (when reported)."""
+        from monai_mcx.handlers.metrics import BOX_THRESHOLD_KEY, class_threshold_key
+
+        thr = [metrics.get(class_threshold_key(c)) for c in self.class_names]
+        box = metrics.get(BOX_THRESHOLD_KEY)
+        return self.postprocessor.with_settings(
+            class_thresholds=thr if all(t is not None for t in thr) else None,
+            box_score_threshold=box,
+        )
+
+    def _gates(self) -> np.ndarray:
+        """The deployed gate of every collected image (all True without a classifier)."""
+        if not self._all_probs:
+            return np.ones(self._index, dtype=bool)
+        return self.deployed.gate(torch.as_tensor(np.stack(self._all_probs))).numpy()
+
     def write(self, metrics: dict[str, float | None]) -> Path:
-        """Write the plots and ``report.md`` for the collected data and the given flat ``metrics``."""
+        """Write the plots, ``per_image.csv`` and ``report.md`` for the collected data and the given flat ``metrics``."""
+        self.deployed = self._deployed(metrics)
+        gates = self._gates()
         plots_dir = self.output_dir / "plots"
         self.plot_files = []
         curve_links = self._plot_curves(plots_dir, metrics)
-        dice_link = self._plot_dice(plots_dir)
-        gallery_link = self._plot_gallery(plots_dir)
-        text = self._markdown(metrics, curve_links, dice_link, gallery_link)
+        dice_link = self._plot_dice(plots_dir, gates)
+        gallery_link = self._plot_gallery(plots_dir, gates)
+        self._write_per_image(gates)
+        text = self._markdown(metrics, curve_links, dice_link, gallery_link, gates)
         path = self.output_dir / self.report_file
         write_text_atomic(text, path)
         return path
+
+    def per_image_rows(self, gates: np.ndarray | None = None) -> list[dict]:
+        """One row per evaluated image: ``image``, ``gate_positive``, ``p_<class>``, ``n_boxes`` (gated, at the
+        operating point), ``max_box_score`` (of those) and ``mask_area_px_input`` (gated, network geometry)."""
+        gates = self._gates() if gates is None else gates
+        rows = []
+        t = self.deployed.box_score_threshold
+        for j, info in enumerate(self._images):
+            g = bool(gates[j])
+            row = {"image": info["image"], "gate_positive": g}
+            if self._all_probs:
+                row.update({f"p_{c}": round(float(p), 6) for c, p in zip(self.class_names, self._all_probs[j])})
+            if "scores" in info:
+                kept = info["scores"][info["scores"] >= t] if g else info["scores"][:0]
+                row["n_boxes"] = len(kept)
+                row["max_box_score"] = float(kept.max()) if len(kept) else ""
+            if "mask_area_px_input" in info:
+                row["mask_area_px_input"] = info["mask_area_px_input"] if g else 0
+            rows.append(row)
+        return rows
+
+    def _write_per_image(self, gates: np.ndarray) -> None:
+        import csv
+        import io
+
+        rows = self.per_image_rows(gates)
+        fields = ["image", "gate_positive", *[f"p_{c}" for c in self.class_names], "n_boxes", "max_box_score",
+                  "mask_area_px_input"]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        write_text_atomic(buf.getvalue(), self.output_dir / "per_image.csv")
 
     def _plot_curves(self, plots_dir: Path, metrics: dict) -> list[tuple[str, str, str]]:
         from matplotlib.figure import Figure
@@ -442,17 +527,19 @@ class EvaluationReport:
             links.append((name, roc_name, pr_name))
         return links
 
-    def _plot_dice(self, plots_dir: Path) -> str | None:
+    def _plot_dice(self, plots_dir: Path, gates: np.ndarray) -> str | None:
         from matplotlib.figure import Figure
 
         if not self._dice:
             return None
+        dice = [d for _, d in self._dice]
+        dice_gated = [d if gates[j] else 0.0 for j, d in self._dice]  # gated out: empty mask, Dice 0
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot(1, 1, 1)
         bins = np.linspace(0, 1, 21)
-        ax.hist(self._dice, bins=bins, color="C0", alpha=0.7, label=f"ungated (mean {np.mean(self._dice):.3f})")
-        ax.hist(self._dice_gated, bins=bins, histtype="step", color="C3", linewidth=1.5,
-                label=f"gated (mean {np.mean(self._dice_gated):.3f})")
+        ax.hist(dice, bins=bins, color="C0", alpha=0.7, label=f"ungated (mean {np.mean(dice):.3f})")
+        ax.hist(dice_gated, bins=bins, histtype="step", color="C3", linewidth=1.5,
+                label=f"gated (mean {np.mean(dice_gated):.3f})")
         ax.set_xlabel("Dice (images with a lesion in the true mask)")
         ax.set_ylabel("images")
         ax.set_xlim(0, 1)
@@ -472,7 +559,17 @@ class EvaluationReport:
         best = [c for _, _, c in reversed(rest[-k:])] if rest else []
         return best, worst
 
-    def _plot_gallery(self, plots_dir: Path) -> str | None:
+    def _deployed_case(self, case: dict, gate: bool) -> dict:
+        """A gallery case with the deployed output: gated mask, gated boxes at the operating point."""
+        out = {k: v for k, v in case.items() if k not in ("all_boxes", "all_scores")}
+        if "pred_mask" in case and not gate:
+            out["pred_mask"] = np.zeros_like(case["pred_mask"])
+        if "all_boxes" in case:
+            keep = (case["all_scores"] >= self.deployed.box_score_threshold) & bool(gate)
+            out["pred_boxes"], out["pred_scores"] = case["all_boxes"][keep], case["all_scores"][keep]
+        return out
+
+    def _plot_gallery(self, plots_dir: Path, gates: np.ndarray) -> str | None:
         from matplotlib.figure import Figure
 
         best, worst = self.gallery_cases()
@@ -484,40 +581,54 @@ class EvaluationReport:
         for r, (label, cases) in enumerate(rows):
             for c, case in enumerate(cases):
                 ax = fig.add_subplot(len(rows), ncol, r * ncol + c + 1)
-                gate = "" if case.get("gate_prob") is None else f", p={case['gate_prob']:.2f}"
-                draw_case(ax, dict(case, title=f"{label} #{c + 1}: {case['rank_kind']} {case['rank']:.2f}{gate}"))
-        fig.suptitle("truth green, prediction red (box scores); p = max class probability", fontsize=8)
+                gate = bool(gates[case["index"]])
+                title = f"{label} #{c + 1}: {case['rank_kind']} {case['rank']:.2f}" + ("" if gate else ", gated out")
+                draw_case(ax, dict(self._deployed_case(case, gate), title=title))
+        fig.suptitle(f"truth green, deployed prediction red (gated; boxes with score >= "
+                     f"{self.deployed.box_score_threshold:.3g}); ranked by ungated Dice / box IoU", fontsize=8)
         fig.tight_layout()
         name = "plots/gallery.png"
         _save(fig, self.output_dir / name)
         self.plot_files.append(name)
         return name
 
-    def _markdown(self, metrics: dict, curve_links, dice_link, gallery_link) -> str:
+    def _markdown(self, metrics: dict, curve_links, dice_link, gallery_link, gates: np.ndarray) -> str:
+        from monai_mcx.inferers import GATE_RULE_TEXT
+
+        d = self.deployed
+        thr_text = ", ".join(f"{n} {t:.4g}" for n, t in zip(d.class_names, d.class_thresholds))
         lines = [f"# {self.title}", ""]
         lines += [f"All numbers are those of [`{self.metrics_file}`]({self.metrics_file}), rounded to 4 decimals "
                   "(`n/a`: undefined on this data, `null` in the JSON). *Gated*: the classifier gates the other heads "
-                  f"(an image whose highest class probability is below {self.gate_threshold:g} gets an empty mask and "
-                  "no boxes).", ""]
+                  f"with the deployed rule and thresholds ({GATE_RULE_TEXT}; thresholds {thr_text}); a negative image "
+                  "gets an empty mask and no boxes. AP / mAP rank all the decoded boxes; the RSNA metric, boxes per "
+                  f"negative image and sensitivity at IoU 0.5 count the boxes at the operating point "
+                  f"(score >= {d.box_score_threshold:.4g}).", ""]
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             lines += [f"*Distributed evaluation: the metrics cover the whole split; the counts, curves and gallery below "
                       f"cover rank {torch.distributed.get_rank()}'s shard only.*", ""]
         c = self._counts
+        gated_out = int((~gates).sum()) if self._all_probs else 0
         lines += ["## Images", "", "| task | images evaluated | with lesion / positive | note |", "| --- | ---: | ---: | --- |"]
-        lines.append(f"| all | {c['images']} | | {c['gated_out']} gated out by the classifier |")
+        lines.append(f"| all | {c['images']} | | {gated_out} gated out by the classifier |")
         pos = ", ".join(f"{n}: {int(p)}" for n, p in zip(self.class_names, self._pos_per_class))
         lines.append(f"| classification | {c['label']} | {pos} | images with a known class label |")
         lines.append(f"| segmentation | {c['mask']} | {c['mask_positive']} | images with a known mask |")
         lines.append(f"| localization | {c['boxes']} | {c['boxes_positive']} | images with known boxes; {c['true_boxes']} true boxes |")
         lines.append("")
-        thr = [(n, metrics.get(f"classification/threshold/{n}")) for n in self.class_names]
-        if any(v is not None for _, v in thr):
-            lines += ["## Thresholds", ""]
-            note = f" ({self.threshold_note})" if self.threshold_note else ""
-            lines += [f"- classification decision threshold{note}: " + ", ".join(f"{n} {format_value(v)}" for n, v in thr)]
-            lines += [f"- gate: highest class probability >= {self.gate_threshold:g}",
-                      f"- predicted mask: probability >= {self.seg_threshold:g}",
-                      f"- boxes drawn and ranked in the gallery: score >= {self.box_score_threshold:g}", ""]
+        lines += ["## Thresholds (the deployed model's)", ""]
+        note = f" ({self.threshold_note})" if self.threshold_note else ""
+        if self._all_probs:
+            lines += [f"- class thresholds{note}: {thr_text}",
+                      f"- gate (`{d.gate_rule}`): {GATE_RULE_TEXT}"]
+        else:
+            lines += ["- gate: none (no classifier: every image goes through)"]
+        lines += [f"- predicted mask: probability >= {d.seg_threshold:g}"]
+        if any(k.startswith("localization/") for k in metrics):
+            bnote = f" ({self.box_threshold_note})" if self.box_threshold_note else ""
+            lines += [f"- box operating point{bnote}: score >= {d.box_score_threshold:.4g} (inference, MONAI Label and "
+                      "the gallery output these boxes)"]
+        lines += ["- per-image decisions: [`per_image.csv`](per_image.csv)", ""]
         lines += ["## Metrics", "", "| metric | ungated | gated |", "| --- | ---: | ---: |"]
         keys = sorted(k for k in metrics if not k.endswith("/gated"))
         for k in keys:

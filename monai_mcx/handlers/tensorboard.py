@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
+
 __all__ = ["overlay_rgb", "TensorBoardOverlayHandler", "TRUE_RGB", "PRED_RGB"]
 
 TRUE_RGB = (0, 255, 0)
@@ -120,16 +122,15 @@ class TensorBoardOverlayHandler:
     """Log ``num_images`` validation cases as TensorBoard images each time the evaluator runs.
 
     Attach to the evaluator (``validate#handlers``). The first ``num_images`` samples of each run are drawn
-    with :func:`overlay_rgb`: true mask and boxes in green, the prediction (``seg_probs >= seg_threshold``,
-    boxes with ``score >= box_score_threshold``) in red. Tags are ``<tag>/<i>``; the step is the
+    with :func:`overlay_rgb`: true mask and boxes in green, the prediction of the evaluator's post-processing
+    (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`: ``seg_mask`` and the boxes at the operating point,
+    ``detections_op``; both ungated, to show the heads themselves) in red. Tags are ``<tag>/<i>``; the step is the
     evaluator's epoch, which MONAI's ``ValidationHandler`` sets to the trainer's epoch.
 
     Args:
         log_dir: TensorBoard folder (the bundle's ``tensorboard_dir``); ignored when ``summary_writer`` is given.
         num_images: how many validation images to show.
         tag: tag prefix.
-        seg_threshold: probability threshold of the predicted mask.
-        box_score_threshold: minimum score of a drawn predicted box.
         upscale: magnification; default makes the longer side at least 256 px.
         summary_writer: an existing ``SummaryWriter``.
     """
@@ -139,16 +140,12 @@ class TensorBoardOverlayHandler:
         log_dir: str | os.PathLike = "./runs",
         num_images: int = 4,
         tag: str = "validation/overlay",
-        seg_threshold: float = 0.5,
-        box_score_threshold: float = 0.3,
         upscale: int | None = None,
         summary_writer: Any | None = None,
     ) -> None:
         self.log_dir = str(log_dir)
         self.num_images = int(num_images)
         self.tag = tag
-        self.seg_threshold = float(seg_threshold)
-        self.box_score_threshold = float(box_score_threshold)
         self.upscale = upscale
         self._writer = summary_writer
         self._cases: list[dict] = []
@@ -178,16 +175,14 @@ class TensorBoardOverlayHandler:
             if len(self._cases) >= self.num_images:
                 break
             case = {"image": _np(images[i, 0])}
-            if "mask" in targets and float(targets["has_mask"][i]) > 0.5:
-                case["true_mask"] = _np(targets["mask"][i, 0])
-            if "seg_probs" in pred:
-                case["pred_mask"] = _np(pred["seg_probs"][i, 0]) >= self.seg_threshold
-            if "boxes" in targets and float(targets["has_boxes"][i]) > 0.5:
-                case["true_boxes"] = _np(targets["boxes"][i]).reshape(-1, 4)
-            if "detections" in pred:
-                det = pred["detections"][i]
-                keep = _np(det["scores"]).reshape(-1) >= self.box_score_threshold
-                case["pred_boxes"] = _np(det["boxes"]).reshape(-1, 4)[keep]
+            if BatchKeys.MASK in targets and float(targets[BatchKeys.HAS_MASK][i]) > 0.5:
+                case["true_mask"] = _np(targets[BatchKeys.MASK][i, 0])
+            if PredKeys.SEG_MASK in pred:
+                case["pred_mask"] = _np(pred[PredKeys.SEG_MASK][i, 0])
+            if BatchKeys.BOXES in targets and float(targets[BatchKeys.HAS_BOXES][i]) > 0.5:
+                case["true_boxes"] = _np(targets[BatchKeys.BOXES][i]).reshape(-1, 4)
+            if PredKeys.DETECTIONS_OP in pred:
+                case["pred_boxes"] = _np(pred[PredKeys.DETECTIONS_OP][i][DetKeys.BOXES]).reshape(-1, 4)
             self._cases.append(case)
 
     def _write(self, engine: Engine) -> None:
