@@ -51,8 +51,8 @@ __all__ = [
     "MultiCheXNetInferer",
 ]
 
-#: name of the gate rule, as saved in the model description
-GATE_RULE = "any_class"
+#: name of the gate rule, as saved in the model description (``monai_mcx.artifact.GATE_RULES``)
+GATE_RULE = "any_class_at_threshold"
 #: the gate rule in words (report.md, README)
 GATE_RULE_TEXT = "an image is positive when some class reaches its own threshold (any_k p_k >= t_k)"
 
@@ -224,6 +224,32 @@ class MultiCheXNetPostprocessor:
         if thr.size != k:
             raise ValueError(f"{thr.size} class thresholds for {k} classes {self.class_names}.")
         return [float(t) for t in thr]
+
+    @classmethod
+    def from_description(cls, description: Any, **overrides: Any) -> MultiCheXNetPostprocessor:
+        """The post-processing of a described model (:class:`monai_mcx.artifact.ModelDescription`, or the path of
+        its checkpoint / description file): class names and per-class thresholds, gate rule, mask threshold, box
+        operating point (None in the description: every candidate box) and the candidate box decoder (anchors,
+        NMS, detections per image). ``overrides`` (``class_thresholds``, ``seg_threshold``,
+        ``box_score_threshold``) replace single settings, e.g. for an explicit what-if.
+        """
+        if isinstance(description, (str, bytes)) or hasattr(description, "__fspath__"):
+            from monai_mcx.artifact import load_description
+
+            description = load_description(description)
+        pp = description.post_processing()
+        if pp["gate_rule"] != GATE_RULE:
+            where = getattr(description, "path", None) or "the model description"
+            raise ValueError(f"{where}: gate_rule {pp['gate_rule']!r} is not implemented (only {GATE_RULE!r}).")
+        box_t = pp["box_score_threshold"]
+        out = cls(
+            class_names=pp["class_names"],
+            class_thresholds=pp["class_thresholds"],
+            seg_threshold=pp["mask_threshold"],
+            box_score_threshold=0.0 if box_t is None else box_t,
+            box_decoder=description.build_box_decoder(),
+        )
+        return out.with_settings(**overrides) if overrides else out
 
     # -- settings ----------------------------------------------------------------------------------------
     def with_settings(
