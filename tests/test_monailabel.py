@@ -300,7 +300,7 @@ def test_infer_mask_and_json(server, image_id):
     probs = result["class_probabilities"]
     assert set(probs) == {"pneumonia"} and all(0.0 <= p <= 1.0 for p in probs.values())
     gate = result["gate"]
-    assert gate["positive"] is True and gate["threshold"] == 0.5 and gate["probability"] == pytest.approx(max(probs.values()))
+    assert gate["positive"] is True and gate["thresholds"] == {"pneumonia": 0.5} and gate["rule"] == "any_class_at_threshold"
     assert isinstance(result["boxes"], list) and result["boxes"] == result["boxes_ungated"]
     assert result["boxes"], "a random localization head with score_thresh 0.05 gives boxes"
     for b in result["boxes"]:
@@ -314,9 +314,9 @@ def test_infer_mask_and_json(server, image_id):
 
 
 def test_gate_closed_empties_mask_and_boxes(server):
-    status, result, label = _infer(server["base"], "cxr_b", gate_threshold=1.01, seg_threshold=0.0)
+    status, result, label = _infer(server["base"], "cxr_b", class_thresholds=1.01, seg_threshold=0.0)
     assert status == 200, result
-    assert result["gate"] == {"threshold": 1.01, "positive": False, "probability": result["gate"]["probability"]}
+    assert result["gate"]["thresholds"] == {"pneumonia": 1.01} and result["gate"]["positive"] is False
     assert result["boxes"] == [] and len(result["boxes_ungated"]) > 0
     mask = _png(label)
     assert mask.shape == PNG_SHAPES["cxr_b"] and mask.sum() == 0

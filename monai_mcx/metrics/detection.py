@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 RSNA_THRESHOLDS = np.arange(0.40, 0.751, 0.05)
-#: the box threshold that lets no box through (every score is a probability <= 1)
-NO_BOX_THRESHOLD = float(np.nextafter(1.0, 2.0))
+#: the box threshold chosen when no box helps: 1.0 (scores are sigmoid probabilities, so only a saturated score of
+#: exactly 1.0 passes; kept inside [0, 1] so that it is a valid model-description value)
+NO_BOX_THRESHOLD = 1.0
 _RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 _COCO_IOUS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 
@@ -401,7 +402,7 @@ def choose_box_threshold(
     pboxes, pscores, gboxes = _prepare(preds, truths)
     thr = np.round(np.asarray(thresholds, dtype=np.float64).reshape(-1), 6)
     all_scores = np.concatenate(pscores) if pscores else np.zeros(0)
-    cands = np.r_[NO_BOX_THRESHOLD, np.unique(all_scores)[::-1]]  # highest first
+    cands = np.unique(np.r_[NO_BOX_THRESHOLD, all_scores])[::-1]  # highest first
     total = np.zeros(len(cands))
     count = np.zeros(len(cands))
     for pb, ps, gb in zip(pboxes, pscores, gboxes):

@@ -1,10 +1,11 @@
 """Reading the MultiCheXNet bundle from a local folder (nothing is downloaded from a model zoo).
 
-The network, the anchors/box decoder and the inference settings come from
-``<bundle>/configs/inference.json`` through MONAI's ``ConfigParser``, with the app's overrides applied
-(``--conf overrides '<json>'``, the same ``key`` / ``a#b`` ids as ``python -m monai.bundle run``).
-Weights: ``<bundle>/models/model.pt`` (a ``state_dict`` or ``{"model": state_dict}``), loaded with
-``torch.load(..., weights_only=True)``.
+The network and the post-processing (class thresholds and gate rule, mask threshold, box operating point,
+anchors / box decoder) come from the model description ``<bundle>/models/model.json`` saved with the weights
+``<bundle>/models/model.pt`` (:mod:`monai_mcx.artifact`), read as one pair by :func:`.publish.load_published`.
+Without a description (an older bundle) they come from ``<bundle>/configs/inference.json`` through MONAI's
+``ConfigParser``, with the app's overrides applied (``--conf overrides '<json>'``, the same ``key`` / ``a#b`` ids
+as ``python -m monai.bundle run``), and a warning.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleSpec", "parse_overrides", "load_state_dict"]
+__all__ = ["BundleSpec", "parse_overrides"]
 
 
 def parse_overrides(value: Any) -> dict:
@@ -40,16 +41,6 @@ def parse_overrides(value: Any) -> dict:
     if not isinstance(out, dict):
         raise ValueError(f"--conf overrides must be a JSON object, got {type(out).__name__}")
     return out
-
-
-def load_state_dict(path: str, map_location="cpu") -> dict:
-    """A ``state_dict`` from ``path`` (plain or under ``"model"``), read with ``weights_only=True``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(ckpt, Mapping) and "model" in ckpt and isinstance(ckpt["model"], Mapping):
-        ckpt = ckpt["model"]
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path}: expected a state_dict, got {type(ckpt).__name__}")
-    return dict(ckpt)
 
 
 @dataclass
@@ -81,20 +72,38 @@ class BundleSpec:
         self.spatial_size = [int(s) for s in parser.get_parsed_content("spatial_size")]
         self.class_names = [str(c) for c in parser.get_parsed_content("class_names")]
         self.tasks = list(parser.get_parsed_content("tasks"))
-        self.gate_threshold = float(parser.get_parsed_content("gate_threshold", default=0.5))
-        self.seg_threshold = float(parser.get_parsed_content("seg_threshold", default=0.5))
+        desc = self.description()
+        if desc is not None:
+            self.spatial_size, self.class_names, self.tasks = list(desc.spatial_size), list(desc.class_names), list(desc.tasks)
         if "segmentation" not in self.tasks:
             raise ValueError(f"the MONAI Label app needs a segmentation head; the bundle builds tasks={self.tasks}")
 
-    def build_network(self) -> torch.nn.Module:
-        """A new MultiCheXNet from ``network_def`` (random weights)."""
+    def description(self):
+        """The published model's description (checked against its weights), or None without one."""
+        if not os.path.isfile(self.model_path):
+            return None
+        from .publish import load_published
+
+        return load_published(self.model_path)[0]
+
+    def build_network(self, description=None) -> torch.nn.Module:
+        """A new MultiCheXNet (random weights) from ``description`` (default: the published model's), else from
+        the config's ``network_def``."""
+        desc = description if description is not None else self.description()
+        if desc is not None:
+            return desc.build_network()
+        logger.warning(f"{self.model_path}: no model description; the network comes from {self.config_file}")
         return self.parser.get_parsed_content("network_def", instantiate=True, lazy=False)
 
-    def build_box_decoder(self):
-        """The bundle's ``BoxDecoder`` (its anchor settings), or None without a localization head."""
-        if "localization" not in self.tasks or "box_decoder" not in self.parser:
-            return None
-        return self.parser.get_parsed_content("box_decoder", instantiate=True, lazy=False)
+    def build_postprocessor(self, description=None):
+        """The :class:`monai_mcx.inferers.MultiCheXNetPostprocessor` of the published model (its description),
+        else the config's ``postprocessing``."""
+        from monai_mcx.inferers import MultiCheXNetPostprocessor
+
+        desc = description if description is not None else self.description()
+        if desc is not None:
+            return MultiCheXNetPostprocessor.from_description(desc)
+        return self.parser.get_parsed_content("postprocessing", instantiate=True, lazy=False)
 
     def has_weights(self) -> bool:
         return os.path.isfile(self.model_path)
@@ -105,6 +114,5 @@ class BundleSpec:
             "class_names": self.class_names,
             "tasks": self.tasks,
             "spatial_size": self.spatial_size,
-            "gate_threshold": self.gate_threshold,
-            "seg_threshold": self.seg_threshold,
+            "postprocessing": self.build_postprocessor().settings() if self.has_weights() or "postprocessing" in self.parser else {},
         }

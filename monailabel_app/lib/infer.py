@@ -2,16 +2,17 @@
 the gate decision and the boxes (in the result JSON).
 
 Pipeline (``BasicInferTask.__call__``): pre = ``LoadCXRd`` (PNG/JPEG and single-frame DICOM, one channel
-in [0, 1], ``(1, W, H)``) + ``ScaleIntensityd`` + ``Resized`` to the bundle's ``spatial_size`` -> :meth:`MultiCheXNetInfer.run_inferer`
-(network once; sigmoid class probabilities; the classifier gates mask and boxes below ``gate_threshold``;
-the seg probabilities are resized back to the ORIGINAL ``(W, H)`` and thresholded; boxes decoded with the
-bundle's ``BoxDecoder`` and scaled to original pixels) -> writer. The label handed to the writer is a 2-D
+in [0, 1], ``(1, W, H)``) + ``ScaleIntensityd`` + ``Resized`` to the model's ``spatial_size`` -> :meth:`MultiCheXNetInfer.run_inferer`
+(the bundle's one post-processing, :class:`monai_mcx.inferers.MultiCheXNetInferer`, built from the model
+description: class probabilities, the per-class gate, the mask, the boxes at the operating point; then
+:func:`monai_mcx.inferers.to_original` maps mask and boxes to the ORIGINAL ``(W, H)``) -> writer. The label handed to the writer is a 2-D
 ``uint8`` ``(W, H)`` array (no channel, no ``Restored``), so PNG labels come back ``rows x cols`` like the study.
 
 Result JSON (``data["result"]``, plain Python types), the same fields as the bundle's ``PredictionWriter``:
-``class_probabilities`` {class: p}, ``gate`` {"threshold", "positive", "probability"}, ``boxes`` (gated)
-and ``boxes_ungated``: lists of {"box": [x1, y1, x2, y2] (original pixels, x = column), "score", "label"},
-``mask_area_px``, ``size_wh``.
+``class_probabilities`` {class: p}, ``gate`` {"rule", "thresholds" {class: t}, "positive"}, ``boxes`` (gated,
+at the operating point) and ``boxes_ungated``: lists of {"box": [x1, y1, x2, y2] (original pixels, x = column),
+"score", "label"}, ``box_score_threshold``, ``mask_area_px``, ``size_wh``. A request may override
+``class_thresholds`` (one number or one per class), ``seg_threshold`` and ``box_score_threshold``.
 """
 
 from __future__ import annotations
@@ -20,15 +21,14 @@ import logging
 import os
 from collections.abc import Hashable, Mapping
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import EnsureTyped, MapTransform, Resized, ScaleIntensityd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from .bundle import BundleSpec, load_state_dict
+from .bundle import BundleSpec
+from .publish import load_published
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class MultiCheXNetInfer(BasicInferTask):
     def __init__(self, spec: BundleSpec, description: str = "MultiCheXNet: lesion mask + class probabilities + boxes",
                  result_extension: str = ".png", **kwargs):
         self.spec = spec
-        self.box_decoder = spec.build_box_decoder()
+        self.postprocessor = spec.build_postprocessor()
         super().__init__(
             path=spec.model_path,
             network=spec.build_network(),
@@ -73,8 +73,9 @@ class MultiCheXNetInfer(BasicInferTask):
             config={
                 "result_extension": result_extension,
                 "result_dtype": "uint8",
-                "gate_threshold": spec.gate_threshold,
-                "seg_threshold": spec.seg_threshold,
+                "class_thresholds": self.postprocessor.class_thresholds,
+                "seg_threshold": self.postprocessor.seg_threshold,
+                "box_score_threshold": self.postprocessor.box_score_threshold,
             },
             load_strict=True,
             **kwargs,
@@ -82,22 +83,27 @@ class MultiCheXNetInfer(BasicInferTask):
 
     # -- model -----------------------------------------------------------------------------------------
     def _get_network(self, device, data):
-        """The network with ``models/model.pt`` (``weights_only=True``); reloaded when the file changes
-        (e.g. after the train task published new weights)."""
+        """The network and post-processor of ``models/model.pt`` + ``models/model.json`` (read as one pair,
+        ``weights_only=True``); reloaded when either file changes (e.g. after the train task published)."""
+        from monai_mcx.networks.weights import load_weights
+
         path = self.get_path()
         if not path:
             raise FileNotFoundError(f"no weights at {self.spec.model_path}")
-        mtime = os.stat(path).st_mtime
-        cached = self._networks.get(device)
-        if cached and cached[1] == mtime:
-            return cached[0]
-        import copy
+        from monai_mcx.artifact import description_path
 
-        network = copy.deepcopy(self.network)
-        network.load_state_dict(load_state_dict(path, map_location="cpu"), strict=self.load_strict)
+        dpath = description_path(path)
+        stamp = (os.stat(path).st_mtime_ns, os.stat(dpath).st_mtime_ns if dpath.is_file() else None)
+        cached = self._networks.get(device)
+        if cached and cached[1] == stamp:
+            return cached[0]
+        desc, state = load_published(path)
+        network = self.spec.build_network(desc)
+        load_weights(network, state, strict=self.load_strict)
         network.to(torch.device(device)).eval()
-        self._networks[device] = (network, mtime)
-        logger.info(f"MultiCheXNet weights loaded from {path}")
+        self.postprocessor = self.spec.build_postprocessor(desc)
+        self._networks[device] = (network, stamp)
+        logger.info(f"MultiCheXNet weights loaded from {path}" + (f" with its description {dpath}" if desc else ""))
         return network
 
     # -- pipeline --------------------------------------------------------------------------------------
@@ -119,45 +125,31 @@ class MultiCheXNetInfer(BasicInferTask):
         return []
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        from monai_mcx.inferers import MultiCheXNetInferer
+
         network = self._get_network(device, data)
         image = data["image"]
         x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
         x = x[None].float().to(torch.device(device))  # (1, 1, w, h)
+        orig = data.get(ORIGINAL_SIZE) or [int(s) for s in x.shape[2:]]
+        overrides = {k: data[k] for k in ("class_thresholds", "seg_threshold", "box_score_threshold")
+                     if data.get(k) is not None}
+        pp = self.postprocessor.with_settings(**overrides)
         with torch.no_grad():
-            out = network(x)
-        orig_w, orig_h = data.get(ORIGINAL_SIZE) or [int(s) for s in x.shape[2:]]
-        in_w, in_h = (int(s) for s in x.shape[2:])
-
-        gate_t = float(data.get("gate_threshold", self.spec.gate_threshold))
-        seg_t = float(data.get("seg_threshold", self.spec.seg_threshold))
-        result: dict = {"size_wh": [orig_w, orig_h]}
-        positive = True
-        if "class_logits" in out:
-            probs = torch.sigmoid(out["class_logits"][0].float()).cpu().tolist()
-            result["class_probabilities"] = {c: float(p) for c, p in zip(self.spec.class_names, probs)}
-            top = max(probs) if probs else 0.0
-            positive = bool(top >= gate_t)
-            result["gate"] = {"threshold": gate_t, "positive": positive, "probability": float(top)}
-        else:
-            result["gate"] = {"threshold": gate_t, "positive": True, "probability": None}
-
-        # mask: probabilities back to the ORIGINAL (W, H), threshold, gate; 2-D uint8 (W, H)
-        seg = torch.sigmoid(out["seg_logits"][:1].float())
-        seg = F.interpolate(seg, size=(orig_w, orig_h), mode="bilinear", align_corners=False)[0, 0]
-        mask = ((seg >= seg_t) & positive).to(torch.uint8).cpu().numpy()
+            pred = MultiCheXNetInferer(pp)(x, network)
+        res = pp.to_original(pred, 0, orig)
+        result: dict = {"size_wh": res["size_wh"]}
+        if res["class_probs"] is not None:
+            result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res["class_probs"])}
+        result["gate"] = {"rule": pp.gate_rule, "thresholds": dict(zip(pp.class_names, pp.class_thresholds)),
+                          "positive": bool(res["gate"])}
+        result["box_score_threshold"] = pp.box_score_threshold
+        for key in ("boxes", "boxes_ungated"):
+            suffix = key[len("boxes"):]
+            result[key] = [{"box": [round(float(v), 2) for v in b], "score": float(sc), "label": LESION}
+                           for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])]
+        mask = res["mask"].astype("uint8")  # (W, H), gated
         result["mask_area_px"] = int(mask.sum())
-
-        boxes_ungated: list = []
-        if self.box_decoder is not None and "box_cls_logits" in out:
-            det = self.box_decoder(out, x)[0]
-            scale = np.array([orig_w / in_w, orig_h / in_h] * 2, dtype=np.float64)
-            b = det["boxes"].detach().float().cpu().numpy().reshape(-1, 4) * scale
-            b = np.clip(b, 0, np.array([orig_w, orig_h] * 2, dtype=np.float64))
-            for box, score in zip(b, det["scores"].detach().float().cpu().numpy().reshape(-1)):
-                boxes_ungated.append({"box": [round(float(v), 2) for v in box], "score": float(score), "label": LESION})
-        result["boxes_ungated"] = boxes_ungated
-        result["boxes"] = boxes_ungated if positive else []
-
         data[self.output_label_key] = mask  # (W, H) uint8: the writer transposes to rows x cols
         data[self.output_json_key] = result
         return data

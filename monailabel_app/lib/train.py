@@ -4,14 +4,21 @@ MONAI Label's datastore hands the task ``{"image", "label"}`` file pairs (the ``
 OHIF / 3D Slicer or ``PUT /datastore/label``). The task
 
 * builds the bundle's MultiCheXNet and starts from ``<bundle>/models/model.pt`` (``pretrained``);
-* trains the encoder and the segmentation head; the classification and localization heads are frozen
-  (the datastore has no class labels or boxes, so nothing could train them);
+* trains the segmentation head only, by default: the classification and localization heads AND the shared
+  encoder are frozen, BatchNorm statistics included (:func:`.publish.freeze_for_segmentation`), so the published
+  model's class probabilities, gate and boxes are exactly those its description's thresholds were chosen for.
+  ``train_encoder=true`` (request / ``--conf``) also trains the encoder's weights (BatchNorm statistics stay
+  frozen); the classifier then moves, and its drift is measured;
 * uses the mcx multi-task loss (:class:`monai_mcx.losses.MultiCheXNetLoss`, segmentation term only) with
   teacher forcing: every pair is an annotated mask (``has_mask = 1``) and its ground-truth positivity is
   "the mask is non-empty". With ``teacher_forcing="positive_only"`` (default) empty masks contribute no
   loss; ``"all"`` trains on them as negatives too;
-* publishes the best checkpoint (key metric: mean Dice) back to ``<bundle>/models/model.pt``, which the
-  infer task reloads on its next request.
+* measures the classifier's drift on the annotated images (:func:`.publish.classifier_drift`: mean and max
+  change of the class probabilities; 0 with the encoder frozen) and publishes the best checkpoint (key metric:
+  mean Dice) together with its description (new weights hash, the fine-tuning and the drift under
+  ``training["monailabel"]``) to ``<bundle>/models/model.pt`` + ``model.json`` (:func:`.publish.publish_model`),
+  unless the drift exceeds ``max_drift`` (default 0.05), in which case nothing is published and the train stats
+  say why. The infer task reloads the pair on its next request.
 
 Training runs and checkpoints go to ``<bundle>/models/monailabel/<name>/``.
 """
@@ -37,10 +44,10 @@ from monai.transforms import (
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from .bundle import BundleSpec
+from .publish import classifier_drift, freeze_for_segmentation, load_published, publish_model
 
 logger = logging.getLogger(__name__)
 
-TRAINABLE = ("encoder", "segmentation_head")
 
 
 class SegLogitsInferer(Inferer):
@@ -96,6 +103,8 @@ class MultiCheXNetSegTrain(BasicTrainTask):
             "val_split": 0.2,
             "learning_rate": 1e-4,
             "teacher_forcing": ["positive_only", "all", "balanced"],
+            "train_encoder": False,
+            "max_drift": 0.05,
             "dataset": ["CacheDataset", "Dataset"],
             "dataloader": ["DataLoader", "ThreadDataLoader"],
             # experiment tracking off by default: MONAI Label's mlflow default (a file store) is refused by
@@ -110,19 +119,65 @@ class MultiCheXNetSegTrain(BasicTrainTask):
             description,
             config=config,
             load_path=spec.model_path,
-            publish_path=spec.model_path,
+            publish_path=None,  # published with its description by _publish (not copied by MONAI Label)
             labels={"lesion": 1},
             **kwargs,
         )
 
+    @staticmethod
+    def _flag(context: Context, name: str, default):
+        v = context.request.get(name, default)
+        return str(v).lower() in ("1", "true", "yes") if isinstance(v, str) else bool(v)
+
     def network(self, context: Context):
         net = self.spec.build_network()
-        for name, p in net.named_parameters():
-            p.requires_grad = name.split(".")[0] in TRAINABLE
+        freeze_for_segmentation(net, train_encoder=self._flag(context, "train_encoder", False))
         return net
 
+    def finalize(self, context: Context):
+        super().finalize(context)
+        if context.local_rank == 0:
+            from ignite.engine import Events
+
+            context.trainer.add_event_handler(Events.COMPLETED, lambda engine: self._publish(context))
+
+    def _publish(self, context: Context) -> dict:
+        """Publish the best weights with their description, after measuring the classifier's drift."""
+        from monai.transforms import Compose
+
+        from monai_mcx.networks.weights import load_weights, read_state_dict, unwrap_module
+
+        best = os.path.join(context.output_dir, self._key_metric_filename)
+        if os.path.isfile(best):
+            state, _ = read_state_dict(best)
+        else:
+            state = unwrap_module(context.network).state_dict()
+        desc, old_state = load_published(self.spec.model_path) if os.path.isfile(self.spec.model_path) else (None, None)
+        new_net = self.spec.build_network()
+        load_weights(new_net, state)
+        drift = {"images": 0, "mean_abs": 0.0, "max_abs": 0.0}
+        if old_state is not None:
+            old_net = self.spec.build_network()
+            load_weights(old_net, old_state)
+            pre = Compose(self.val_pre_transforms(context))
+            images = [pre(dict(item))["image"][None].float() for item in context.datalist]
+            drift = classifier_drift(old_net, new_net, images)
+        note = {"pairs": len(context.datalist), "epochs": int(context.trainer.state.epoch),
+                "train_encoder": self._flag(context, "train_encoder", False), "classifier_drift": drift}
+        max_drift = float(context.request.get("max_drift", 0.05))
+        if drift["max_abs"] > max_drift:
+            logger.warning(f"not published: the classifier moved by up to {drift['max_abs']:.4f} (> max_drift "
+                           f"{max_drift}) on the {drift['images']} annotated images; its thresholds would not hold")
+            note["published"] = False
+        else:
+            publish_model(state, self.spec.model_path, desc, note)
+            note["published"] = True
+            logger.info(f"published {self.spec.model_path} with its description; classifier drift {drift}")
+        self.last_publish = note
+        return note
+
     def optimizer(self, context: Context):
-        params = [p for p in context.network.parameters() if p.requires_grad]
+        params = [p for p in context.network.parameters() if p.requires_grad]  # frozen: see freeze_for_segmentation
         return torch.optim.AdamW(params, lr=float(context.request.get("learning_rate", 1e-4)), weight_decay=1e-4)
 
     def loss_function(self, context: Context):
