@@ -130,7 +130,7 @@ def to_original(
         raise ValueError(f"original_size must be a positive (W, H), got {original_size}.")
     out: dict[str, Any] = {"size_wh": orig}
     probs = pred.get(PredKeys.CLASS_PROBS)
-    out["class_probs"] = None if probs is None else _np(probs[index]).reshape(-1)
+    out[PredKeys.CLASS_PROBS.value] = None if probs is None else _np(probs[index]).reshape(-1)
     gate = pred.get(PredKeys.GATE)
     positive = True if gate is None else bool(gate[index])
     out["gate"] = positive

@@ -158,3 +158,26 @@ def test_evaluator_refuses_a_plain_inferer():
     ev = MultiTaskEvaluator("cpu", [batch], net, inferer=SimpleInferer())
     with pytest.raises(TypeError, match="MultiCheXNetInferer"):
         ev.run()
+
+
+def test_prediction_keys_have_one_home():
+    """The post-processed prediction keys are spelled only in monai_mcx/keys.py (issue 11 item 7)."""
+    import re
+
+    from conftest import REPO
+
+    names = [k.value for k in PredKeys if k not in (PredKeys.CLASS_LOGITS, PredKeys.SEG_LOGITS, PredKeys.BOX_CLS_LOGITS,
+                                                     PredKeys.BOX_REGRESSION, PredKeys.GATE)]
+    pattern = re.compile(r"[\"'](" + "|".join(names) + r")[\"']")
+    found = []
+    for folder in ("monai_mcx", "monailabel_app", "scripts"):
+        for path in (REPO / folder).rglob("*.py"):
+            if path.name == "keys.py":
+                continue
+            found += [f"{path.relative_to(REPO)}:{i + 1}" for i, line in enumerate(path.read_text().splitlines())
+                      if pattern.search(line)]
+    assert not found, found
+    from monai_mcx.data.collate import LIST_KEYS
+    from monai_mcx.engines import TARGET_KEYS
+
+    assert set(TARGET_KEYS) | set(LIST_KEYS) <= {k.value for k in BatchKeys}

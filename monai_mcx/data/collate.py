@@ -8,10 +8,12 @@ import numpy as np
 import torch
 from monai.data.utils import list_data_collate
 
+from monai_mcx.keys import BatchKeys
+
 __all__ = ["collate_cxr", "LIST_KEYS"]
 
 #: keys kept as per-item lists instead of being stacked (variable length)
-LIST_KEYS = ("boxes", "box_labels")
+LIST_KEYS = (BatchKeys.BOXES.value, BatchKeys.BOX_LABELS.value)
 
 
 def collate_cxr(batch: Sequence[dict]) -> dict:
@@ -32,8 +34,8 @@ def collate_cxr(batch: Sequence[dict]) -> dict:
     rest = [{k: v for k, v in d.items() if k not in lists} for d in flat]
     out = list_data_collate(rest)
     out.update(lists)
-    metas = [getattr(d.get("image"), "meta", None) for d in flat]
+    metas = [getattr(d.get(BatchKeys.IMAGE), "meta", None) for d in flat]
     if all(m is not None for m in metas):
-        out["image_path"] = [str(m.get("filename_or_obj", "")) for m in metas]
-        out["original_size"] = [[int(v) for v in np.asarray(m.get("spatial_shape", []))[:2]] for m in metas]
+        out[BatchKeys.IMAGE_PATH.value] = [str(m.get("filename_or_obj", "")) for m in metas]
+        out[BatchKeys.ORIGINAL_SIZE.value] = [[int(v) for v in np.asarray(m.get("spatial_shape", []))[:2]] for m in metas]
     return out

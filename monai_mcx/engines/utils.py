@@ -6,10 +6,12 @@ from collections.abc import Mapping
 
 import torch
 
+from monai_mcx.keys import BatchKeys as K
+
 __all__ = ["prepare_cxr_batch", "TARGET_KEYS", "loss_items"]
 
 #: batch keys moved to the device and handed to the loss / metrics as ``targets``
-TARGET_KEYS = ("label", "has_label", "mask", "has_mask", "boxes", "has_boxes", "positive")
+TARGET_KEYS = tuple(k.value for k in (K.LABEL, K.HAS_LABEL, K.MASK, K.HAS_MASK, K.BOXES, K.HAS_BOXES, K.POSITIVE))
 
 
 def prepare_cxr_batch(
@@ -21,9 +23,9 @@ def prepare_cxr_batch(
     list of ``(N_i, 4)`` tensors) plus ``image`` (the same inputs, for anchor generation). Missing keys are
     skipped, so an inference batch without annotations works too.
     """
-    image = batchdata["image"]
+    image = batchdata[K.IMAGE]
     inputs = torch.as_tensor(image).to(device=device, non_blocking=non_blocking, **kwargs)
-    targets: dict = {"image": inputs}
+    targets: dict = {K.IMAGE.value: inputs}
     for key in TARGET_KEYS:
         if key not in batchdata:
             continue

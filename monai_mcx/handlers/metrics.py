@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
+from monai.utils.enums import CommonKeys
 
 from monai_mcx.inferers import MultiCheXNetPostprocessor, select_detections
 from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
@@ -48,7 +49,7 @@ def class_threshold_key(name: str) -> str:
 
 
 def _from_engine_output(output: dict) -> tuple[dict, dict]:
-    return output["pred"], output["label"]
+    return output[CommonKeys.PRED], output[CommonKeys.LABEL]
 
 
 class MultiTaskMetrics(Metric):

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
+from monai.utils.enums import CommonKeys
 from PIL import Image, ImageDraw
 
 from monai_mcx.inferers import MultiCheXNetPostprocessor
-from monai_mcx.keys import BatchKeys
+from monai_mcx.keys import BatchKeys, PredKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import write_bytes_atomic, write_json_atomic
 
@@ -147,7 +148,7 @@ class PredictionWriter:
         return img.numpy().T
 
     def write_batch(self, engine: Engine) -> None:
-        pred = engine.state.output["pred"]
+        pred = engine.state.output[CommonKeys.PRED]
         batch = engine.state.batch
         images = batch[BatchKeys.IMAGE]
         n = int(images.shape[0])
@@ -169,8 +170,8 @@ class PredictionWriter:
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
             record: dict = {"image": src, "size_wh": orig}
-            if res["class_probs"] is not None:
-                record["class_probabilities"] = dict(zip(self.class_names, (float(p) for p in res["class_probs"])))
+            if res[PredKeys.CLASS_PROBS] is not None:
+                record["class_probabilities"] = dict(zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS])))
                 record["gate"] = {"rule": pp.gate_rule, "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
                                   "positive": bool(res["gate"])}
             if res["has_boxes"]:

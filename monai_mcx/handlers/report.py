@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.utils.enums import CommonKeys
 
 from monai_mcx.utils import write_json_atomic, write_text_atomic
 from monai_mcx.metrics import box_iou_float64, dice_per_image
@@ -345,7 +346,7 @@ class EvaluationReport:
         from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
 
         out = engine.state.output
-        pred, targets, images = out["pred"], out["label"], out["image"]
+        pred, targets, images = out[CommonKeys.PRED], out[CommonKeys.LABEL], out[CommonKeys.IMAGE]
         batch = getattr(engine.state, "batch", None) or {}
         paths = batch.get(BatchKeys.IMAGE_PATH) if isinstance(batch, dict) else None
         probs = _np(pred[PredKeys.CLASS_PROBS]) if PredKeys.CLASS_PROBS in pred else None

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.utils.enums import CommonKeys
 
 from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
 
@@ -170,7 +171,7 @@ class TensorBoardOverlayHandler:
         if len(self._cases) >= self.num_images:
             return
         out = engine.state.output
-        pred, targets, images = out["pred"], out["label"], out["image"]
+        pred, targets, images = out[CommonKeys.PRED], out[CommonKeys.LABEL], out[CommonKeys.IMAGE]
         for i in range(images.shape[0]):
             if len(self._cases) >= self.num_images:
                 break

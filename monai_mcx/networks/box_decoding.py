@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.apps.detection.utils.box_selector import BoxSelector
 
+from monai_mcx.keys import DetKeys, PredKeys
+
 __all__ = ["flatten_head_maps", "num_anchors_per_location", "decode_boxes", "BoxDecoder"]
 
 
@@ -99,7 +101,7 @@ def decode_boxes(
         ]
         logits_list = [c[b] for c in cls_levels]
         boxes, scores, labels = box_selector.select_boxes_per_image(boxes_list, logits_list, size)
-        results.append({"boxes": boxes.float(), "scores": scores, "labels": labels.long()})
+        results.append({DetKeys.BOXES.value: boxes.float(), DetKeys.SCORES.value: scores, DetKeys.LABELS.value: labels.long()})
     return results
 
 
@@ -138,8 +140,8 @@ class BoxDecoder:
         )
 
     def __call__(self, outputs: dict, images: Tensor) -> list[dict[str, Tensor]]:
-        cls_maps = list(outputs["box_cls_logits"])
-        reg_maps = list(outputs["box_regression"])
+        cls_maps = list(outputs[PredKeys.BOX_CLS_LOGITS])
+        reg_maps = list(outputs[PredKeys.BOX_REGRESSION])
         with torch.no_grad():
             anchors = self.anchor_generator(images, cls_maps)
             return decode_boxes(

@@ -13,12 +13,14 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from monai_mcx.keys import BatchKeys
+
 __all__ = ["GuardLoadd", "ERROR_KEY"]
 
 logger = logging.getLogger(__name__)
 
 #: item / batch key holding the read error ("" when the item was read)
-ERROR_KEY = "error"
+ERROR_KEY = BatchKeys.ERROR.value
 
 
 def _root_cause(e: BaseException) -> BaseException:

@@ -126,6 +126,7 @@ class MultiCheXNetInfer(BasicInferTask):
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         from monai_mcx.inferers import MultiCheXNetInferer
+        from monai_mcx.keys import PredKeys
 
         network = self._get_network(device, data)
         image = data["image"]
@@ -139,8 +140,8 @@ class MultiCheXNetInfer(BasicInferTask):
             pred = MultiCheXNetInferer(pp)(x, network)
         res = pp.to_original(pred, 0, orig)
         result: dict = {"size_wh": res["size_wh"]}
-        if res["class_probs"] is not None:
-            result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res["class_probs"])}
+        if res[PredKeys.CLASS_PROBS] is not None:
+            result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res[PredKeys.CLASS_PROBS])}
         result["gate"] = {"rule": pp.gate_rule, "thresholds": dict(zip(pp.class_names, pp.class_thresholds)),
                           "positive": bool(res["gate"])}
         result["box_score_threshold"] = pp.box_score_threshold

@@ -42,6 +42,7 @@ from monai.transforms import (
     SelectItemsd,
 )
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monai_mcx.keys import BatchKeys, PredKeys
 
 from .bundle import BundleSpec
 from .publish import classifier_drift, freeze_for_segmentation, load_published, publish_model
@@ -54,7 +55,7 @@ class SegLogitsInferer(Inferer):
     """Run the whole network and return its ``seg_logits`` ``(B, 1, W, H)`` (what the loss and Dice see)."""
 
     def __call__(self, inputs, network, *args, **kwargs):
-        return network(inputs, *args, **kwargs)["seg_logits"]
+        return network(inputs, *args, **kwargs)[PredKeys.SEG_LOGITS]
 
 
 class TeacherForcedSegLoss(torch.nn.Module):
@@ -73,11 +74,11 @@ class TeacherForcedSegLoss(torch.nn.Module):
         mask = (torch.as_tensor(mask) > 0.5).float()
         b = mask.shape[0]
         targets = {
-            "mask": mask,
-            "has_mask": torch.ones(b, device=mask.device),
-            "positive": (mask.reshape(b, -1).amax(dim=1) > 0).float(),
+            BatchKeys.MASK.value: mask,
+            BatchKeys.HAS_MASK.value: torch.ones(b, device=mask.device),
+            BatchKeys.POSITIVE.value: (mask.reshape(b, -1).amax(dim=1) > 0).float(),
         }
-        return self.loss({"seg_logits": torch.as_tensor(seg_logits)}, targets)["loss"]
+        return self.loss({PredKeys.SEG_LOGITS.value: torch.as_tensor(seg_logits)}, targets)["loss"]
 
 
 class MultiCheXNetSegTrain(BasicTrainTask):
