@@ -1,12 +1,15 @@
 """Reading the MultiCheXNet bundle from a local folder (nothing is downloaded from a model zoo).
 
-The network, the anchors/box decoder and the inference settings come from
-``<bundle>/configs/inference.json`` through MONAI's ``ConfigParser``, with the app's overrides applied
-(``--conf overrides '<json>'``, the same ``key`` / ``a#b`` ids as ``python -m monai.bundle run``).
-Weights: ``<bundle>/models/model.pt`` (a ``state_dict`` or ``{"model": state_dict}``), loaded with
-``torch.load(..., weights_only=True)``.
-"""
+The model is ``<bundle>/models/model.pt`` with its model description ``<bundle>/models/model.json``
+(:mod:`monai_mcx.artifact`): ``<bundle>/configs/inference.json`` builds the network, the anchors/box decoder and the
+inference settings FROM the description (hash-verified against the weights), through MONAI's ``ConfigParser``, with
+the app's overrides applied (``--conf overrides '<json>'``, the same ``key`` / ``a#b`` ids as
+``python -m monai.bundle run``); an override contradicting the description is an error naming both values.
+Weights are read through the project's weights layer (:mod:`monai_mcx.networks.weights`: ``weights_only=True``, a
+truncated, pickled or foreign file is a ``WeightsError`` naming the file).
 
+Without ``model.pt`` (an app that will train its first model) the settings come from the overrides and the
+defaults of :func:`untrained_description` (a warning is logged).
 from __future__ import annotations
 
 import json
@@ -20,7 +23,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleSpec", "parse_overrides", "load_state_dict"]
+__all__ = ["BundleSpec", "parse_overrides", "load_state_dict", "untrained_description"]
 
 
 def parse_overrides(value: Any) -> dict:
@@ -43,13 +46,37 @@ def parse_overrides(value: Any) -> dict:
 
 
 def load_state_dict(path: str, map_location="cpu") -> dict:
-    """A ``state_dict`` from ``path`` (plain or under ``"model"``), read with ``weights_only=True``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(ckpt, Mapping) and "model" in ckpt and isinstance(ckpt["model"], Mapping):
-        ckpt = ckpt["model"]
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"{path}: expected a state_dict, got {type(ckpt).__name__}")
-    return dict(ckpt)
+    """A ``state_dict`` from ``path`` (plain, under ``"model"`` or ``"state_dict"``) through the weights layer.
+
+    Raises:
+        monai_mcx.networks.weights.WeightsError: missing, truncated, pickled or foreign file (names it).
+    """
+    from monai_mcx.networks.weights import read_state_dict
+
+    return read_state_dict(path, map_location)[0]
+
+
+#: settings of a model not trained yet (overridable with the app's overrides of the same ids)
+UNTRAINED_DEFAULTS = {
+    "class_names": ["pneumonia"],
+    "tasks": ["classification", "segmentation", "localization"],
+    "encoder": "densenet121",
+    "in_channels": 1,
+    "spatial_size": [64, 64],
+}
+
+
+def untrained_description(overrides: Mapping | None = None):
+    """A :class:`~monai_mcx.artifact.ModelDescription` for a bundle without weights: :data:`UNTRAINED_DEFAULTS`
+    updated with ``overrides`` of the same names (and ``base_anchor_shapes``; default: the 128-px defaults scaled to
+    ``spatial_size``)."""
+    from monai_mcx.artifact import ModelDescription
+    from monai_mcx.data.anchors import DEFAULT_ANCHOR_SHAPES
+
+    values = {k: (overrides or {}).get(k, v) for k, v in UNTRAINED_DEFAULTS.items()}
+    w, h = [float(s) for s in values["spatial_size"]]
+    anchors = (overrides or {}).get("base_anchor_shapes") or [[a * w / 128.0, b * h / 128.0] for a, b in DEFAULT_ANCHOR_SHAPES]
+    return ModelDescription(base_anchor_shapes=anchors, provenance="untrained (MONAI Label app defaults)", **values)
 
 
 @dataclass
@@ -76,8 +103,13 @@ class BundleSpec:
         parser.read_config(self.config_file)
         parser["bundle_root"] = self.bundle_dir
         parser["device"] = "$torch.device('cpu')"  # the task moves the network to the request's device
+        if not os.path.isfile(self.model_path):
+            logger.warning(f"no weights at {self.model_path}: using the settings of an untrained model "
+                           f"{ {k: self.overrides.get(k, v) for k, v in UNTRAINED_DEFAULTS.items()} }")
+            parser["model_description"] = untrained_description(self.overrides)
         parser.update(dict(self.overrides))
         self.parser = parser
+        self.description = parser.get_parsed_content("description")
         self.spatial_size = [int(s) for s in parser.get_parsed_content("spatial_size")]
         self.class_names = [str(c) for c in parser.get_parsed_content("class_names")]
         self.tasks = list(parser.get_parsed_content("tasks"))
@@ -107,4 +139,7 @@ class BundleSpec:
             "spatial_size": self.spatial_size,
             "gate_threshold": self.gate_threshold,
             "seg_threshold": self.seg_threshold,
+            "class_thresholds": self.description.class_threshold_list(),
+            "box_score_threshold": self.description.box_score_threshold,
+            "weights_sha256": self.description.weights_sha256,
         }
