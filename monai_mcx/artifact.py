@@ -64,6 +64,7 @@ __all__ = [
     "DescriptionConflictError",
     "ModelDescription",
     "description_path",
+    "root_cause",
     "checkpoint_sha256",
     "save_description",
     "save_model",
@@ -114,6 +115,20 @@ class StaleDescriptionError(DescriptionError):
 
 class DescriptionConflictError(DescriptionError):
     """A config value contradicts the model description (the message names both values and the file)."""
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The :class:`DescriptionError` / :class:`~monai_mcx.networks.weights.WeightsError` inside an exception chain
+    (MONAI's ``ConfigParser`` wraps errors of config expressions in ``RuntimeError("Failed to evaluate ...")``), or
+    ``error`` itself when there is none."""
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (DescriptionError, WeightsError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return error
 
 
 def _now() -> str:

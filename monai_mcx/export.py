@@ -159,7 +159,10 @@ def export_program(net: nn.Module, path: str | os.PathLike, input_shape: Sequenc
     from monai_mcx.utils import atomic_write
 
     model = export_wrapper(net).eval().cpu()
-    x = torch.rand(*[int(s) for s in input_shape])
+    shape = [int(s) for s in input_shape]
+    if dynamic_batch:  # an example batch of 1 would be specialised (torch.export's 0/1 rule)
+        shape[0] = max(shape[0], 2)
+    x = torch.rand(*shape)
     dynamic = {"image": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,6 +10,8 @@ truncated, pickled or foreign file is a ``WeightsError`` naming the file).
 
 Without ``model.pt`` (an app that will train its first model) the settings come from the overrides and the
 defaults of :func:`untrained_description` (a warning is logged).
+"""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleSpec", "parse_overrides", "load_state_dict", "untrained_description"]
+__all__ = ["BundleSpec", "parse_overrides", "load_state_dict", "load_weights", "untrained_description"]
 
 
 def parse_overrides(value: Any) -> dict:
@@ -54,6 +56,18 @@ def load_state_dict(path: str, map_location="cpu") -> dict:
     from monai_mcx.networks.weights import read_state_dict
 
     return read_state_dict(path, map_location)[0]
+
+
+def load_weights(network: torch.nn.Module, path: str, strict: bool = True) -> str:
+    """Load ``path`` into ``network`` through the weights layer (checked key by key and shape by shape before
+    anything is loaded); returns the weights' SHA-256 (compare with the description's ``weights_sha256``).
+
+    Raises:
+        monai_mcx.networks.weights.WeightsError: missing, truncated, pickled or foreign file (names it and the keys).
+    """
+    from monai_mcx.networks.weights import load_weights as _load
+
+    return _load(network, path, strict=strict)
 
 
 #: settings of a model not trained yet (overridable with the app's overrides of the same ids)
@@ -109,7 +123,15 @@ class BundleSpec:
             parser["model_description"] = untrained_description(self.overrides)
         parser.update(dict(self.overrides))
         self.parser = parser
-        self.description = parser.get_parsed_content("description")
+        from monai_mcx.artifact import root_cause
+
+        try:
+            self.description = parser.get_parsed_content("description")
+        except Exception as e:  # the description's own error (file, both values), not MONAI's expression wrapper
+            cause = root_cause(e)
+            if cause is e:
+                raise
+            raise cause from None
         self.spatial_size = [int(s) for s in parser.get_parsed_content("spatial_size")]
         self.class_names = [str(c) for c in parser.get_parsed_content("class_names")]
         self.tasks = list(parser.get_parsed_content("tasks"))
