@@ -64,8 +64,10 @@ __all__ = [
     "DescriptionConflictError",
     "ModelDescription",
     "description_path",
+    "root_cause",
     "checkpoint_sha256",
     "save_description",
+    "save_model",
     "load_description",
     "read_description",
     "training_summary",
@@ -113,6 +115,20 @@ class StaleDescriptionError(DescriptionError):
 
 class DescriptionConflictError(DescriptionError):
     """A config value contradicts the model description (the message names both values and the file)."""
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The :class:`DescriptionError` / :class:`~monai_mcx.networks.weights.WeightsError` inside an exception chain
+    (MONAI's ``ConfigParser`` wraps errors of config expressions in ``RuntimeError("Failed to evaluate ...")``), or
+    ``error`` itself when there is none."""
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (DescriptionError, WeightsError)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return error
 
 
 def _now() -> str:
@@ -348,15 +364,22 @@ class ModelDescription:
 
         return make_anchor_generator(self.base_anchor_shapes, feature_map_scales=self.feature_map_scales)
 
-    def build_box_decoder(self):
-        """The candidate :class:`~monai_mcx.networks.BoxDecoder` (``candidate_score_thresh``, NMS, cap); the box
-        operating point ``box_score_threshold`` is applied after it by the post-processing. None without boxes."""
+    def build_box_decoder(self, operating_point: bool = False):
+        """The :class:`~monai_mcx.networks.BoxDecoder` of the described anchors (None without boxes).
+
+        ``operating_point=False`` (evaluation: AP needs every candidate): scores from ``candidate_score_thresh``.
+        ``operating_point=True`` (deployment): from ``max(candidate_score_thresh, box_score_threshold)``, i.e. only
+        the boxes at the box operating point chosen on the validation split (all candidates when none was chosen).
+        """
         gen = self.build_anchor_generator()
         if gen is None:
             return None
         from monai_mcx.networks import BoxDecoder
 
-        return BoxDecoder(gen, score_thresh=self.candidate_score_thresh, nms_thresh=self.nms_thresh,
+        score = float(self.candidate_score_thresh)
+        if operating_point and self.box_score_threshold is not None:
+            score = max(score, float(self.box_score_threshold))
+        return BoxDecoder(gen, score_thresh=score, nms_thresh=self.nms_thresh,
                           detections_per_img=self.detections_per_img)
 
     def post_processing(self) -> dict:
@@ -498,6 +521,22 @@ def save_description(desc: ModelDescription, path: str | os.PathLike) -> Path:
     desc.validate(str(path))
     write_json_atomic(desc.to_dict(), path)
     return path
+
+
+def save_model(network: Any, description: ModelDescription, ckpt: str | os.PathLike) -> ModelDescription:
+    """Save ``network``'s state dict as ``ckpt`` (atomically, a plain state dict) and its description beside it, with
+    ``weights_sha256``, ``weights_file`` set; checks first that the weights fit the described network. Returns the
+    saved description. (The two files are two renames: a crash between them leaves a pair whose hashes differ,
+    which :func:`load_description` refuses.)"""
+    from monai_mcx.engines.checkpoint import save_checkpoint
+    from monai_mcx.networks.weights import check_state_dict, unwrap_module
+
+    state = {k: v.detach().cpu() for k, v in unwrap_module(network).state_dict().items()}
+    check_state_dict(description.build_network(), state, str(ckpt), what="described network")
+    desc = description.replace(weights_sha256=state_dict_sha256(state), weights_file=Path(ckpt).name, weights_key=None)
+    save_checkpoint(state, ckpt)
+    save_description(desc, ckpt)
+    return desc
 
 
 def read_description(path: str | os.PathLike) -> ModelDescription:

@@ -1,4 +1,10 @@
-"""ONNX export of MultiCheXNet (single tensor per head) and parity checks against eager PyTorch.
+"""Export of MultiCheXNet (single tensor per head) to ONNX, TorchScript and ``torch.export``, with parity checks.
+
+Every export is built from the checkpoint's model description (:mod:`monai_mcx.artifact`, ``model.json`` beside
+``model.pt``): the network is :meth:`~monai_mcx.artifact.ModelDescription.build_network`, the weights are loaded
+through the weights layer (:mod:`monai_mcx.networks.weights`, clean errors naming the file), the example input is
+``(1, in_channels, *spatial_size)``, and the description's JSON is embedded in the exported file (ONNX
+``metadata_props["model_description"]``, TorchScript / ``torch.export`` extra file ``model.json``).
 
 The exported graph is :class:`monai_mcx.networks.MultiCheXNetExport` (or a :class:`MultiCheXNetHead`):
 input ``image`` ``(B, 1, W, H)`` float32; outputs ``class_logits`` ``(B, K)``, ``seg_logits``
@@ -6,17 +12,25 @@ input ``image`` ``(B, 1, W, H)`` float32; outputs ``class_logits`` ``(B, K)``, `
 order of MONAI's anchor generator, see :func:`monai_mcx.networks.box_decoding.flatten_head_maps`). The
 batch axis is dynamic; the spatial size is fixed to ``input_shape`` (re-export for another size).
 
-TorchScript export is MONAI's own ``python -m monai.bundle ckpt_export --net_id network_export ...``
-(``network_export`` in ``bundle/configs/inference.json`` wraps the network in ``MultiCheXNetExport``);
-:func:`torchscript_parity` checks such a file against eager.
+Formats (``--format``, default ``onnx``):
+
+* ``onnx``: :func:`export_onnx` (TorchScript-based exporter), checked with onnxruntime (:func:`onnx_parity`).
+* ``torchscript``: ``torch.jit.script`` (``--trace``: ``torch.jit.trace``), checked with :func:`torchscript_parity`.
+  TorchScript is deprecated in recent PyTorch; MONAI's ``python -m monai.bundle ckpt_export --net_id network_export``
+  produces the same file from ``inference.json`` (which builds ``network_def`` from the description).
+* ``torch_export``: ``torch.export.export`` with a dynamic batch dimension, saved with ``torch.export.save``
+  (``.pt2``), checked with :func:`export_program_parity`.
 
 Command line::
 
-    python -m monai_mcx.export --config bundle/configs/inference.json --ckpt bundle/models/model.pt \\
-        --out bundle/models/model.onnx [--input_shape 1 1 128 128] [--opset 17] [--set encoder=densenet-tiny]
+    python -m monai_mcx.export --ckpt bundle/models/model.pt --out bundle/models/model.onnx [--format onnx]
+        [--input_shape 1 1 128 128] [--opset 17] [--head all]
 
-It exports, then runs onnxruntime (CPU) on random inputs and prints the max abs difference per output
-(non-zero exit status when above ``--atol``, default 1e-4).
+It exports, then runs the exported file on random inputs and prints the max abs difference per output (non-zero
+exit status when above ``--atol``, default 1e-4). A checkpoint without a description is exported only through the
+explicit legacy path ``--config bundle/configs/train.json [--set id=value ...]`` (with a warning), or describe it
+first (``python -m monai_mcx.artifact describe``). ``--set`` with a description may only repeat its values
+(``spatial_size=[64,64]``); a contradicting one is an error naming both values.
 """
 
 from __future__ import annotations
@@ -35,7 +49,22 @@ from torch import nn
 
 from monai_mcx.networks import MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
 
-__all__ = ["EXPORT_OUTPUT_NAMES", "export_wrapper", "export_onnx", "onnx_parity", "torchscript_parity", "main"]
+__all__ = [
+    "EXPORT_OUTPUT_NAMES",
+    "FORMATS",
+    "export_wrapper",
+    "export_onnx",
+    "export_torchscript",
+    "export_program",
+    "onnx_parity",
+    "torchscript_parity",
+    "export_program_parity",
+    "load_network",
+    "main",
+]
+
+#: ``--format`` values and their default file suffix
+FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "torch_export": ".pt2"}
 
 #: output names of :class:`MultiCheXNetExport` in the ONNX graph
 EXPORT_OUTPUT_NAMES = ("class_logits", "seg_logits", "box_cls_logits", "box_regression")
@@ -61,7 +90,7 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
 
 
 def export_onnx(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int] = (1, 1, 128, 128),
-                opset: int = 17, dynamic_batch: bool = True) -> Path:
+                opset: int = 17, dynamic_batch: bool = True, description: dict | None = None) -> Path:
     """Export ``net`` (a MultiCheXNet, wrapped in :class:`MultiCheXNetExport`, or a wrapper) to ONNX.
 
     Uses the TorchScript-based exporter (``dynamo=False``): it handles the DenseNet encoder and the
@@ -73,6 +102,8 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[i
         input_shape: ``(B, C, W, H)`` of the example input; ``W, H`` are fixed in the graph.
         opset: ONNX opset version.
         dynamic_batch: make the batch axis dynamic.
+        description: a model description (``ModelDescription.to_dict()``) stored as the ONNX metadata property
+            ``model_description`` (JSON).
 
     Returns:
         the written path.
@@ -89,10 +120,57 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[i
             warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic, deprecation notes
             torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=names, opset_version=int(opset),
                               dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
+        if description is not None:
+            import onnx
+
+            proto = onnx.load(str(tmp))
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = "model_description", json.dumps(description, sort_keys=True)
+            onnx.save(proto, str(tmp))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+    return path
+
+
+def export_torchscript(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int] = (1, 1, 128, 128),
+                       trace: bool = False, description: dict | None = None) -> Path:
+    """``torch.jit.script`` (or ``trace``) ``net`` (wrapped in :class:`MultiCheXNetExport`) and save it atomically,
+    with ``description`` as the extra file ``model.json``. Returns the path."""
+    from monai_mcx.utils import atomic_write
+
+    model = export_wrapper(net).eval().cpu()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ts = torch.jit.trace(model, torch.rand(*[int(s) for s in input_shape])) if trace else torch.jit.script(model)
+    extra = {"model.json": json.dumps(description, sort_keys=True)} if description is not None else {}
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        torch.jit.save(ts, f, _extra_files=extra)
+    return path
+
+
+def export_program(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int] = (1, 1, 128, 128),
+                   dynamic_batch: bool = True, description: dict | None = None) -> Path:
+    """``torch.export.export`` ``net`` (wrapped in :class:`MultiCheXNetExport`; the successor of TorchScript) with a
+    dynamic batch dimension and ``torch.export.save`` it atomically (``.pt2``), with ``description`` as the extra
+    file ``model.json``. Load with ``torch.export.load(path).module()``. Returns the path."""
+    from monai_mcx.utils import atomic_write
+
+    model = export_wrapper(net).eval().cpu()
+    shape = [int(s) for s in input_shape]
+    if dynamic_batch:  # an example batch of 1 would be specialised (torch.export's 0/1 rule)
+        shape[0] = max(shape[0], 2)
+    x = torch.rand(*shape)
+    dynamic = {"image": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
+    extra = {"model.json": json.dumps(description, sort_keys=True)} if description is not None else {}
+    path = Path(path)
+    with atomic_write(path, "wb") as f:
+        torch.export.save(program, f, extra_files=extra)
     return path
 
 
@@ -148,6 +226,24 @@ def torchscript_parity(net: nn.Module, ts_path: str | os.PathLike, input_shape: 
     return worst
 
 
+def export_program_parity(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], trials: int = 2,
+                          seed: int = 0) -> dict[str, float]:
+    """Max abs difference per output between eager ``net`` and a ``torch.export`` file (``torch.export.load``)."""
+    model = export_wrapper(net).eval().cpu()
+    names = _output_names(model)
+    program = torch.export.load(str(path)).module()
+    g = torch.Generator().manual_seed(seed)
+    worst = dict.fromkeys(names, 0.0)
+    for _ in range(trials):
+        x = torch.rand(*[int(s) for s in input_shape], generator=g)
+        with torch.no_grad():
+            ref = _as_tuple(model(x))
+            got = _as_tuple(program(x))
+        for k, v in _max_abs_diffs(ref, got, names).items():
+            worst[k] = max(worst[k], v)
+    return worst
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -155,9 +251,35 @@ def _parse_value(text: str):
         return text
 
 
-def load_network(config: str | Sequence[str], ckpt: str | os.PathLike | None, net_id: str = "network_def",
-                 overrides: dict | None = None, key_in_ckpt: str | None = None) -> nn.Module:
-    """Build ``net_id`` from bundle config file(s) (with ``overrides``) and load the checkpoint (strict)."""
+def load_network(ckpt: str | os.PathLike | None, config: str | Sequence[str] | None = None,
+                 net_id: str = "network_def", overrides: dict | None = None, key_in_ckpt: str | None = None):
+    """``(network, description)``: the network built from the checkpoint's model description with its weights loaded.
+
+    * ``ckpt`` with a description (``model.json``): :func:`monai_mcx.artifact.load_description` (hash verified),
+      ``overrides`` reconciled with it (a contradiction is an error naming both values), the network built from it
+      and the weights loaded through the weights layer (strict).
+    * ``ckpt`` without a description: the explicit legacy path -- ``config`` is required; ``net_id`` is built from it
+      (with ``overrides``) and the weights loaded, with a warning; ``description`` is None.
+    * ``ckpt`` None: random weights, from the config.
+
+    Raises:
+        monai_mcx.networks.weights.WeightsError: the checkpoint is missing, truncated, pickled or does not fit
+            (names the file).
+        monai_mcx.artifact.DescriptionError: no description and no config, a stale description, or a conflict.
+    """
+    from monai_mcx.artifact import DescriptionError, description_path, load_description
+    from monai_mcx.networks.weights import load_weights
+
+    if ckpt and description_path(ckpt).is_file():
+        desc = load_description(ckpt)
+        desc = desc.reconcile(overrides or {})
+        net = desc.build_network()
+        load_weights(net, ckpt, strict=True, key=key_in_ckpt or desc.weights_key)
+        return net.eval().cpu(), desc
+    if config is None:
+        if ckpt:
+            load_description(ckpt)  # raises the "no model description" error with the legacy instructions
+        raise DescriptionError("without a checkpoint, give --config to build the network")
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -166,30 +288,40 @@ def load_network(config: str | Sequence[str], ckpt: str | os.PathLike | None, ne
         parser[k] = v
     net = parser.get_parsed_content(net_id)
     if ckpt:
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-        if key_in_ckpt:
-            state = state[key_in_ckpt]
-        net.load_state_dict(state, strict=True)
-    return net.eval().cpu()
+        warnings.warn(f"{ckpt}: no model description; exporting it as a legacy checkpoint with the network of {config} "
+                      "(describe it once with python -m monai_mcx.artifact describe)", stacklevel=2)
+        load_weights(net, ckpt, strict=True, key=key_in_ckpt)
+    return net.eval().cpu(), None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m monai_mcx.export", description="Export MultiCheXNet to ONNX and check parity with onnxruntime.")
-    p.add_argument("--config", nargs="+", default=["bundle/configs/inference.json"], help="bundle config file(s)")
-    p.add_argument("--ckpt", default=None, help="checkpoint (state dict of the network); omit for random weights")
+    p = argparse.ArgumentParser(prog="python -m monai_mcx.export",
+                                description="Export MultiCheXNet (built from its model description) to ONNX, TorchScript "
+                                            "or torch.export, and check parity with eager PyTorch.")
+    p.add_argument("--ckpt", default=None, help="checkpoint (model.pt with its model.json); omit for random weights")
+    p.add_argument("--config", nargs="+", default=None,
+                   help="legacy path only: bundle config file(s) building the network of a checkpoint without a "
+                        "description (or of random weights)")
     p.add_argument("--key_in_ckpt", default=None, help="key of the weights in a nested checkpoint")
-    p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--net_id", default="network_def", help="config id of the network (a MultiCheXNet)")
+    p.add_argument("--out", required=True, help="output file (.onnx, .ts, .pt2)")
+    p.add_argument("--format", choices=sorted(FORMATS), default=None,
+                   help="default: from the suffix of --out (.ts torchscript, .pt2 torch_export), else onnx")
+    p.add_argument("--trace", action="store_true", help="torchscript: torch.jit.trace instead of torch.jit.script")
+    p.add_argument("--net_id", default="network_def", help="legacy path: config id of the network (a MultiCheXNet)")
     p.add_argument("--head", choices=["all", "classification", "segmentation"], default="all",
                    help="export all outputs (MultiCheXNetExport) or one head (MultiCheXNetHead)")
     p.add_argument("--input_shape", type=int, nargs=4, default=None, metavar=("B", "C", "W", "H"),
-                   help="example input; default (1, 1, *spatial_size) from the config")
+                   help="example input; default (1, in_channels, *spatial_size) from the description")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID=VALUE",
-                   help="config override, VALUE parsed as JSON when possible (repeatable)")
+                   help="with a description: a description field that must agree with it; legacy path: a config "
+                        "override; VALUE parsed as JSON when possible (repeatable)")
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (max abs difference)")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check")
     args = p.parse_args(argv)
+
+    from monai_mcx.artifact import DescriptionError
+    from monai_mcx.networks.weights import WeightsError
 
     overrides = {}
     for item in args.overrides:
@@ -197,26 +329,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"--set expects ID=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         overrides[k] = _parse_value(v)
-    config = args.config if len(args.config) > 1 else args.config[0]
-    net = load_network(config, args.ckpt, args.net_id, overrides, args.key_in_ckpt)
+    config = None if not args.config else (args.config if len(args.config) > 1 else args.config[0])
+    fmt = args.format or next((f for f, suf in FORMATS.items() if str(args.out).endswith(suf)), "onnx")
+    try:
+        net, desc = load_network(args.ckpt, config, args.net_id, overrides, args.key_in_ckpt)
+    except (WeightsError, DescriptionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model = export_wrapper(net) if args.head == "all" else MultiCheXNetHead(net, args.head)
     if args.input_shape is None:
-        from monai.bundle import ConfigParser
+        if desc is not None:
+            args.input_shape = [1, desc.in_channels, *desc.spatial_size]
+        else:
+            from monai.bundle import ConfigParser
 
-        parser = ConfigParser()
-        parser.read_config(config)
-        for k, v in overrides.items():
-            parser[k] = v
-        spatial = parser.get_parsed_content("spatial_size") if "spatial_size" in parser else [128, 128]
-        args.input_shape = [1, 1, *[int(s) for s in spatial]]
-    out = export_onnx(model, args.out, args.input_shape, args.opset)
-    print(f"wrote {out} (input image {list(args.input_shape)}, dynamic batch, opset {args.opset})")
+            parser = ConfigParser()
+            parser.read_config(config)
+            for k, v in overrides.items():
+                parser[k] = v
+            spatial = parser.get_parsed_content("spatial_size") if "spatial_size" in parser else [128, 128]
+            args.input_shape = [1, 1, *[int(s) for s in spatial]]
+    meta = desc.to_dict() if desc is not None else None
+    if fmt == "onnx":
+        out = export_onnx(model, args.out, args.input_shape, args.opset, description=meta)
+        what = f"opset {args.opset}"
+    elif fmt == "torchscript":
+        out = export_torchscript(model, args.out, args.input_shape, trace=args.trace, description=meta)
+        what = "torch.jit." + ("trace" if args.trace else "script")
+    else:
+        out = export_program(model, args.out, args.input_shape, description=meta)
+        what = "torch.export"
+    print(f"wrote {out} ({fmt}, {what}, input image {list(args.input_shape)}, dynamic batch"
+          + (", model description embedded)" if meta else ", no model description)"))
     if args.no_check:
         return 0
     shape = [2, *args.input_shape[1:]]
-    diffs = onnx_parity(model, out, shape)
+    check = {"onnx": onnx_parity, "torchscript": torchscript_parity, "torch_export": export_program_parity}[fmt]
+    diffs = check(model, out, shape)
     worst = max(diffs.values()) if diffs else 0.0
-    print("onnxruntime parity (max abs diff): " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
+    print(f"{fmt} parity (max abs diff): " + ", ".join(f"{k}={v:.2e}" for k, v in diffs.items()))
     if worst > args.atol:
         print(f"parity FAILED: {worst:.2e} > atol {args.atol:.0e}", file=sys.stderr)
         return 1

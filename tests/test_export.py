@@ -1,5 +1,5 @@
-"""Export: TorchScript through ``monai.bundle ckpt_export`` and ONNX through ``monai_mcx.export``, each
-matching eager PyTorch (max abs difference < 1e-4 on random inputs), for all heads and single heads."""
+"""Export: TorchScript through ``monai.bundle ckpt_export`` and ONNX through ``monai_mcx.export`` (both built from the
+checkpoint's model description; ``torch.export`` is covered in test_artifact.py), each matching eager PyTorch (max abs difference < 1e-4 on random inputs), for all heads and single heads."""
 
 from __future__ import annotations
 
@@ -22,17 +22,21 @@ def checkpoint(tmp_path_factory):
     """A freshly built tiny MultiCheXNet, its state dict saved as the bundle saves it."""
     from monai_mcx.networks import MultiCheXNet
 
+    from monai_mcx.artifact import ModelDescription, save_model
+
     torch.manual_seed(0)
     net = MultiCheXNet(encoder="densenet-tiny", num_anchors=len(ANCHORS)).eval()
     root = tmp_path_factory.mktemp("export")
-    torch.save(net.state_dict(), root / "model.pt")
+    desc = ModelDescription(class_names=["pneumonia"], tasks=list(net.tasks), encoder="densenet-tiny",
+                            spatial_size=[64, 48], base_anchor_shapes=ANCHORS)
+    save_model(net, desc, root / "model.pt")  # model.pt + its description model.json
     return root, net
 
 
 def _ckpt_export_args(root, name: str) -> list[str]:
     return ["--net_id", "network_export", "--filepath", str(root / name), "--ckpt_file", str(root / "model.pt"),
             "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-            "--encoder", "densenet-tiny", "--base_anchor_shapes", str(ANCHORS)]
+            "--ckpt_dir", str(root)]  # inference.json builds the network from <ckpt_dir>/model.json
 
 
 def test_ckpt_export_cli_torchscript_matches_eager(checkpoint):
@@ -60,7 +64,6 @@ def test_ckpt_export_trace_matches_eager(checkpoint):
     root, net = checkpoint
     args = _ckpt_export_args(root, "model_traced.ts")
     kwargs = {a.lstrip("-"): v for a, v in zip(args[::2], args[1::2])}
-    kwargs["base_anchor_shapes"] = ANCHORS
     ckpt_export(use_trace=True, input_shape=[1, 1, 64, 48], **kwargs)
     diffs = torchscript_parity(net, root / "model_traced.ts", SHAPE)
     assert max(diffs.values()) < ATOL, diffs
@@ -72,8 +75,7 @@ def test_onnx_cli_export_and_onnxruntime_parity(checkpoint, capsys):
 
     root, net = checkpoint
     out = root / "model.onnx"
-    rc = main(["--config", str(CONFIGS / "inference.json"), "--ckpt", str(root / "model.pt"), "--out", str(out),
-               "--input_shape", "1", "1", "64", "48", "--set", "encoder=densenet-tiny", "--set", f"base_anchor_shapes={ANCHORS}"])
+    rc = main(["--ckpt", str(root / "model.pt"), "--out", str(out), "--set", "encoder=densenet-tiny"])
     assert rc == 0, capsys.readouterr()
     assert "parity" in capsys.readouterr().out
     diffs = onnx_parity(net, out, (3, 1, 64, 48))  # dynamic batch: 3 != the export's 1

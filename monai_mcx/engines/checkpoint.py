@@ -5,7 +5,8 @@ MONAI's ``CheckpointSaver`` (ignite ``Checkpoint`` + ``DiskSaver(atomic=True)``)
 
 * :func:`save_checkpoint`: ``torch.save`` to a temporary file in the same folder, ``fsync``, atomic rename
   (``os.replace``), ``fsync`` of the folder. A kill during the save leaves the previous file intact.
-* :func:`load_checkpoint`: ``torch.load(weights_only=True)``; a missing, corrupt, truncated or mismatched
+* :func:`load_checkpoint`: ``torch.load(weights_only=True)`` through the weights layer
+  (:mod:`monai_mcx.networks.weights`); a missing, corrupt, truncated or mismatched
   checkpoint raises :class:`CheckpointError` naming the file and the missing / unexpected / shape-mismatched
   keys (MONAI's and ignite's loaders raise torch's bare errors, without the file name).
 * :class:`SafeCheckpointLoader`: a drop-in for ``monai.handlers.CheckpointLoader`` built on :func:`load_checkpoint`.
@@ -40,6 +41,7 @@ from ignite.engine import Engine, Events
 from monai.data import DistributedSampler
 from torch import nn
 
+from monai_mcx.networks.weights import WeightsError, load_weights_file, state_dict_problems, strip_module_prefix, unwrap_module
 from monai_mcx.utils import atomic_write
 
 __all__ = [
@@ -57,8 +59,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the objects it is loaded into (the message names the file)."""
+class CheckpointError(WeightsError):
+    """A checkpoint cannot be read or does not fit the objects it is loaded into (the message names the file).
+    A :class:`~monai_mcx.networks.weights.WeightsError`: one error family for every checkpoint entry point."""
 
 
 def _rank() -> int:
@@ -69,10 +72,7 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _unwrap(obj: Any) -> Any:
-    while isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        obj = obj.module
-    return obj
+_unwrap = unwrap_module
 
 
 # --------------------------------------------------------------------------------------------------- writing
@@ -96,39 +96,6 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- loading
-def _short(keys: list[str], limit: int = 10) -> str:
-    keys = sorted(keys)
-    text = ", ".join(keys[:limit])
-    return text + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def _module_mismatch(module: nn.Module, state: Mapping[str, Any], strict: bool) -> list[str]:
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-        for k in own
-        if k in state and torch.is_tensor(state[k]) and torch.is_tensor(own[k]) and state[k].shape != own[k].shape
-    ]
-    out = []
-    if strict and missing:
-        out.append(f"missing keys: {_short(missing)}")
-    if strict and unexpected:
-        out.append(f"unexpected keys: {_short(unexpected)}")
-    if shapes:
-        out.append(f"shape-mismatched keys: {_short(shapes)}")
-    return out
-
-
-def _strip_module_prefix(state: Mapping[str, Any], module: nn.Module) -> Mapping[str, Any]:
-    """Accept a state dict saved from a ``DistributedDataParallel``/``DataParallel`` wrapper."""
-    keys = list(state)
-    if keys and all(k.startswith("module.") for k in keys) and not any(k.startswith("module.") for k in module.state_dict()):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def load_checkpoint(
     path: str | os.PathLike,
     modules_dict: Mapping[str, Any] | None = None,
@@ -155,16 +122,7 @@ def load_checkpoint(
             names the file and the missing / unexpected / shape-mismatched keys.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, garbage bytes, pickled code refused by weights_only
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {str(path)!r} ({path.stat().st_size} bytes): it is corrupt, truncated or not a "
-            f"weights-only PyTorch checkpoint [{type(e).__name__}: {reason}]"
-        ) from e
+    ckpt = load_weights_file(path, map_location, error=CheckpointError)
     if not modules_dict:
         return ckpt
     if not isinstance(ckpt, Mapping):
@@ -189,8 +147,8 @@ def load_checkpoint(
             if not isinstance(state, Mapping):
                 problems.append(f"'{key}': expected a state dict, found {type(state).__name__}")
                 continue
-            state = _strip_module_prefix(state, obj)
-            problems += [f"'{key}' {p}" for p in _module_mismatch(obj, state, strict)]
+            state = strip_module_prefix(state, obj)
+            problems += [f"'{key}' {p}" for p in state_dict_problems(obj, state, strict)]
         states[key] = state
     if problems:
         raise CheckpointError(f"checkpoint {str(path)!r} does not match the objects it is loaded into:\n  " + "\n  ".join(problems))

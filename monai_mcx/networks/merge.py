@@ -7,7 +7,8 @@ it, optionally on a frozen encoder. MONAI's ``CheckpointLoader``/``copy_model_st
 dict into one model by name; what they lack, and this module adds, is loading *by module prefix from
 several files* with errors that name the file and the keys, and a report of which key came from where.
 
-Every checkpoint is read with ``torch.load(weights_only=True)``. A source may be a path or an in-memory
+Every checkpoint is read through the weights layer (:mod:`monai_mcx.networks.weights`,
+``torch.load(weights_only=True)``). A source may be a path or an in-memory
 state dict; a file may hold the state dict itself (``model.pt`` written by the bundle), or a dict with a
 ``"model"`` entry (``last.pt``) or ``"state_dict"`` entry. A ``module.`` prefix (DDP) is stripped.
 
@@ -25,14 +26,16 @@ Bundle use (``train.json`` ``initialize`` list; see the README section on mergin
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
+
+from monai_mcx.networks import weights
+from monai_mcx.networks.pretrained import load_pretrained_encoder
+from monai_mcx.networks.weights import MergeError, StateSource
 
 __all__ = [
     "PART_PREFIXES",
@@ -47,11 +50,11 @@ __all__ = [
     "freeze_encoder",
     "trainable_parameters",
     "transfer_network",
+    "check_source_descriptions",
 ]
 
 logger = logging.getLogger(__name__)
 
-StateSource = Union[str, os.PathLike, Mapping[str, Any]]
 
 #: part of a MultiCheXNet -> the prefix of its keys in the state dict
 PART_PREFIXES: dict[str, str] = {
@@ -62,57 +65,19 @@ PART_PREFIXES: dict[str, str] = {
 }
 
 
-class MergeError(ValueError):
-    """A checkpoint does not fit the part of the network it should fill; the message names the file and keys."""
+def read_state_dict(source: StateSource, map_location: Any = "cpu") -> tuple[dict[str, torch.Tensor], str]:
+    """``(state_dict, name)`` of ``source`` (a path or a state dict) through the weights layer
+    (:func:`monai_mcx.networks.weights.read_state_dict`): ``{"model": sd}`` / ``{"state_dict": sd}`` and a DDP
+    ``module.`` prefix unwrapped, non-tensor entries dropped; errors are :class:`MergeError` naming the file."""
+    return weights.read_state_dict(source, map_location, error=MergeError)
 
 
 def _short(keys: Iterable[str], limit: int = 8) -> str:
-    keys = list(keys)
-    text = ", ".join(keys[:limit])
-    return text + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return weights.short_keys(keys, limit)
 
 
 def _name(source: StateSource) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else "<in-memory state dict>"
-
-
-def read_state_dict(source: StateSource, map_location: Any = "cpu") -> tuple[dict[str, torch.Tensor], str]:
-    """``(state_dict, name)`` of ``source`` (a path or a state dict); ``name`` is the file for messages.
-
-    Unwraps ``{"model": sd}`` / ``{"state_dict": sd}`` and a DDP ``module.`` prefix; non-tensor entries are
-    dropped.
-
-    Raises:
-        MergeError: the file is missing, unreadable (not a weights-only checkpoint) or holds no tensors.
-    """
-    name = _name(source)
-    if isinstance(source, Mapping):
-        state: Any = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise MergeError(f"checkpoint {name!r} does not exist")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # corrupt, truncated, or a pickled module refused by weights_only
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MergeError(
-                f"cannot read checkpoint {name!r} with torch.load(weights_only=True): it is corrupt, truncated or "
-                f"not a state dict (a whole pickled model must be converted first: torch.save(model.state_dict(), "
-                f"path)) [{type(e).__name__}: {first}]"
-            ) from e
-    if not isinstance(state, Mapping):
-        raise MergeError(f"checkpoint {name!r} holds a {type(state).__name__}, expected a state dict")
-    for wrapper in ("model", "state_dict"):
-        if wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
-            break
-    out = {str(k): v for k, v in state.items() if torch.is_tensor(v)}
-    if out and all(k.startswith("module.") for k in out):
-        out = {k[len("module."):]: v for k, v in out.items()}
-    if not out:
-        raise MergeError(f"checkpoint {name!r} holds no tensors")
-    return out, name
+    return weights.source_name(source)
 
 
 def _part_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -124,26 +89,8 @@ def _prefixes(state: Mapping[str, Any]) -> list[str]:
 
 
 def _check_part(module: nn.Module, part_state: Mapping[str, torch.Tensor], prefix: str, file: str, part: str) -> None:
-    own = module.state_dict()
-    missing = [prefix + k for k in own if k not in part_state]
-    unexpected = [prefix + k for k in part_state if k not in own]
-    shapes = [
-        f"{prefix}{k} (checkpoint {tuple(v.shape)}, model {tuple(own[k].shape)})"
-        for k, v in part_state.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if shapes:
-        problems.append(f"shape-mismatched keys: {_short(shapes)}")
-    if missing:
-        problems.append(f"keys the model needs but the checkpoint lacks: {_short(missing)}")
-    if unexpected:
-        problems.append(f"keys the checkpoint has but the model lacks: {_short(unexpected)}")
-    if problems:
-        raise MergeError(
-            f"checkpoint {file!r} does not fit the {part} ({prefix}*) of the network "
-            f"(built with another encoder, class count or head settings?):\n  " + "\n  ".join(problems)
-        )
+    weights.check_state_dict(module, part_state, file, strict=True, what=f"{part} ({prefix}*) of the network",
+                             error=MergeError, prefix=prefix)
 
 
 @dataclass
@@ -233,12 +180,63 @@ def merge_multichexnet(
     return report
 
 
-def _apply_init(network, pretrained_encoder, encoder_from, heads_from, pretrained_kwargs) -> MergeReport | None:
+#: description fields a merged part must share with the target's description
+_PART_FIELDS = {
+    "encoder": ("encoder", "in_channels"),
+    "classification": ("encoder", "in_channels", "class_names"),
+    "segmentation": ("encoder", "in_channels"),
+    "localization": ("encoder", "in_channels", "base_anchor_shapes", "feature_map_scales"),
+}
+
+
+def check_source_descriptions(description: Any, encoder_from: StateSource | None = None,
+                              heads_from: Mapping[str, StateSource | None] | None = None) -> None:
+    """Check each source checkpoint's model description (when it has one) against the target's ``description``.
+
+    A source file with a sidecar description (``model.json``) is verified against its weights (hash) and must agree
+    with the target on the fields its part depends on (encoder and input channels; class names for the classifier;
+    anchors for the localization head); a source without one is read as a legacy checkpoint, with a warning.
+
+    Raises:
+        MergeError: naming the source file, the field and both values; or a stale / broken description.
+    """
+    from monai_mcx.artifact import DescriptionError, description_path, load_description
+
+    jobs = [("encoder", encoder_from)] + list(dict(heads_from or {}).items())
+    for part, src in jobs:
+        if not src or isinstance(src, Mapping) or part not in _PART_FIELDS:
+            continue
+        if not description_path(src).is_file():
+            logger.warning(f"merge: {src} has no model description ({description_path(src).name}); merging its "
+                           f"{part} as a legacy checkpoint, unchecked")
+            continue
+        try:
+            theirs = load_description(src)
+        except DescriptionError as e:
+            raise MergeError(f"merge source {str(src)!r}: {e}") from e
+        fields = _PART_FIELDS[part]
+        if part == "localization" and "localization" not in description.tasks:
+            continue
+        bad = [f"{f}: {theirs.field_value(f)!r} in {str(theirs.path)!r}, {description.field_value(f)!r} in the target"
+               for f in fields if not _same_value(theirs.field_value(f), description.field_value(f))]
+        if bad:
+            raise MergeError(f"cannot merge the {part} of {str(src)!r} into this network, the descriptions disagree:\n  "
+                             + "\n  ".join(bad))
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    from monai_mcx.artifact import _same
+
+    return _same(a, b)
+
+
+def _apply_init(network, pretrained_encoder, encoder_from, heads_from, pretrained_kwargs,
+                description: Any = None) -> MergeReport | None:
+    if description is not None:
+        check_source_descriptions(description, encoder_from, heads_from)
     if pretrained_encoder and encoder_from:
         raise ValueError("give either pretrained_encoder or encoder_from, not both: both would fill the encoder")
     if pretrained_encoder:
-        from monai_mcx.networks.pretrained import load_pretrained_encoder
-
         load_pretrained_encoder(network, pretrained_encoder, **dict(pretrained_kwargs or {}))
     if encoder_from or any(v for v in dict(heads_from or {}).values()):
         return merge_multichexnet(network, encoder_from or None, heads_from)
@@ -271,6 +269,8 @@ class MergeWeights:
         network: the bundle's ``@network``.
         encoder_from, heads_from, pretrained_encoder, pretrained_kwargs: as in :func:`init_network`;
             empty values do nothing, so the item can stay in ``train.json``.
+        description: the target's :class:`~monai_mcx.artifact.ModelDescription` (``@model_description``); source
+            files with a description are checked against it (:func:`check_source_descriptions`).
 
     Attributes: ``report`` (the :class:`MergeReport`, or None when no checkpoint was merged), ``network``.
     """
@@ -282,9 +282,10 @@ class MergeWeights:
         heads_from: Mapping[str, StateSource | None] | None = None,
         pretrained_encoder: StateSource | None = None,
         pretrained_kwargs: Mapping[str, Any] | None = None,
+        description: Any = None,
     ) -> None:
         self.network = network
-        self.report = _apply_init(network, pretrained_encoder, encoder_from, heads_from, pretrained_kwargs)
+        self.report = _apply_init(network, pretrained_encoder, encoder_from, heads_from, pretrained_kwargs, description)
 
 
 # ------------------------------------------------------------------------------------------ transfer
@@ -406,6 +407,7 @@ def transfer_network(
     pretrained_ckpt: StateSource | None,
     pretrained_class_names: Sequence[str] | None = None,
     freeze: bool = False,
+    pretrained_description: Any = None,
 ) -> nn.Module:
     """Prepare ``network`` (built for the new ``class_names``) for transfer; used by ``finetune.json``.
 
@@ -414,8 +416,18 @@ def transfer_network(
     class count and so the shapes are equal -- or when its shape differs. Then :func:`freeze_encoder` when
     ``freeze``. ``pretrained_ckpt`` empty -> random initialisation (the baseline). Returns ``network``; the
     :class:`LoadReport` is in ``network.transfer_report``.
+
+    ``pretrained_description``: the :class:`~monai_mcx.artifact.ModelDescription` of ``pretrained_ckpt``
+    (``finetune.json`` loads it, hash-verified); its ``class_names`` are the pretrained class names when
+    ``pretrained_class_names`` is not given, and they must agree when both are.
     """
     report = None
+    if pretrained_description is not None:
+        described = list(pretrained_description.class_names)
+        if pretrained_class_names is not None and list(pretrained_class_names) != described:
+            raise MergeError(f"pretrained_class_names {list(pretrained_class_names)} contradict the model description "
+                             f"of {pretrained_ckpt!r}, which says {described}")
+        pretrained_class_names = described
     if pretrained_ckpt:
         names = list(getattr(network, "class_names", []) or [])
         same = pretrained_class_names is not None and list(pretrained_class_names) == names

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from monai_mcx.networks.merge import MergeError, StateSource, read_state_dict
+from monai_mcx.networks.weights import MergeError, StateSource, read_state_dict
 
 __all__ = ["convert_densenet_state_dict", "load_pretrained_encoder", "PretrainedReport", "detect_layout"]
 
@@ -156,7 +156,7 @@ def load_pretrained_encoder(
         raise MergeError(
             f"load_pretrained_encoder supports DenseNet encoders; the target's encoder is {type(encoder).__name__}"
         )
-    state, file = read_state_dict(source)
+    state, file = read_state_dict(source, error=MergeError)
     layout = detect_layout(state)
     if layout == "unknown":
         raise MergeError(

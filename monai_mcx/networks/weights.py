@@ -33,6 +33,7 @@ from torch import nn
 
 __all__ = [
     "WeightsError",
+    "MergeError",
     "StateSource",
     "short_keys",
     "source_name",
@@ -58,6 +59,11 @@ class WeightsError(RuntimeError):
 
     The message names the file and, for a mismatch, the keys. ``engines.checkpoint.CheckpointError`` and
     ``networks.merge.MergeError`` are subclasses (one family: ``except WeightsError`` catches every case)."""
+
+
+class MergeError(WeightsError, ValueError):
+    """A checkpoint does not fit the part of the network it should fill (merging sub-models, pretrained encoders,
+    transfer); the message names the file and keys. Also a ``ValueError``, as before the weights layer existed."""
 
 
 def short_keys(keys: Iterable[str], limit: int = 10) -> str:
@@ -154,8 +160,8 @@ def unwrap_module(obj: Any) -> Any:
 
 def state_dict_problems(module: nn.Module, state: Mapping[str, Any], strict: bool = True, prefix: str = "",
                         limit: int = 10) -> list[str]:
-    """What keeps ``state`` from loading into ``module``: missing and unexpected keys (when ``strict``) and shape
-    mismatches (always). Keys in the messages carry ``prefix`` (for a part of a network, e.g. ``"encoder."``).
+    """What keeps ``state`` from loading into ``module``: missing keys (the model has them, the checkpoint not) and
+    unexpected keys (the other way round), when ``strict``, and shape mismatches (always). Keys in the messages carry ``prefix`` (for a part of a network, e.g. ``"encoder."``).
     An empty list means it fits."""
     own = unwrap_module(module).state_dict()
     missing = [prefix + k for k in own if k not in state]
@@ -166,12 +172,12 @@ def state_dict_problems(module: nn.Module, state: Mapping[str, Any], strict: boo
         if k in state and torch.is_tensor(state[k]) and torch.is_tensor(own[k]) and state[k].shape != own[k].shape
     ]
     out = []
-    if shapes:
-        out.append(f"shape-mismatched keys: {short_keys(shapes, limit)}")
     if strict and missing:
-        out.append(f"keys the model needs but the checkpoint lacks: {short_keys(missing, limit)}")
+        out.append(f"missing keys: {short_keys(sorted(missing), limit)}")
     if strict and unexpected:
-        out.append(f"keys the checkpoint has but the model lacks: {short_keys(unexpected, limit)}")
+        out.append(f"unexpected keys: {short_keys(sorted(unexpected), limit)}")
+    if shapes:
+        out.append(f"shape-mismatched keys: {short_keys(sorted(shapes), limit)}")
     return out
 
 

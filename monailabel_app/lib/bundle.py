@@ -1,11 +1,15 @@
 """Reading the MultiCheXNet bundle from a local folder (nothing is downloaded from a model zoo).
 
-The network and the post-processing (class thresholds and gate rule, mask threshold, box operating point,
-anchors / box decoder) come from the model description ``<bundle>/models/model.json`` saved with the weights
-``<bundle>/models/model.pt`` (:mod:`monai_mcx.artifact`), read as one pair by :func:`.publish.load_published`.
-Without a description (an older bundle) they come from ``<bundle>/configs/inference.json`` through MONAI's
-``ConfigParser``, with the app's overrides applied (``--conf overrides '<json>'``, the same ``key`` / ``a#b`` ids
-as ``python -m monai.bundle run``), and a warning.
+The model is ``<bundle>/models/model.pt`` with its model description ``<bundle>/models/model.json``
+(:mod:`monai_mcx.artifact`): ``<bundle>/configs/inference.json`` builds the network, the anchors/box decoder and the
+inference settings FROM the description (hash-verified against the weights), through MONAI's ``ConfigParser``, with
+the app's overrides applied (``--conf overrides '<json>'``, the same ``key`` / ``a#b`` ids as
+``python -m monai.bundle run``); an override contradicting the description is an error naming both values.
+Weights are read through the project's weights layer (:mod:`monai_mcx.networks.weights`: ``weights_only=True``, a
+truncated, pickled or foreign file is a ``WeightsError`` naming the file).
+
+Without ``model.pt`` (an app that will train its first model) the settings come from the overrides and the
+defaults of :func:`untrained_description` (a warning is logged).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BundleSpec", "parse_overrides"]
+__all__ = ["BundleSpec", "parse_overrides", "load_state_dict", "load_weights", "untrained_description"]
 
 
 def parse_overrides(value: Any) -> dict:
@@ -41,6 +45,52 @@ def parse_overrides(value: Any) -> dict:
     if not isinstance(out, dict):
         raise ValueError(f"--conf overrides must be a JSON object, got {type(out).__name__}")
     return out
+
+
+def load_state_dict(path: str, map_location="cpu") -> dict:
+    """A ``state_dict`` from ``path`` (plain, under ``"model"`` or ``"state_dict"``) through the weights layer.
+
+    Raises:
+        monai_mcx.networks.weights.WeightsError: missing, truncated, pickled or foreign file (names it).
+    """
+    from monai_mcx.networks.weights import read_state_dict
+
+    return read_state_dict(path, map_location)[0]
+
+
+def load_weights(network: torch.nn.Module, path: str, strict: bool = True) -> str:
+    """Load ``path`` into ``network`` through the weights layer (checked key by key and shape by shape before
+    anything is loaded); returns the weights' SHA-256 (compare with the description's ``weights_sha256``).
+
+    Raises:
+        monai_mcx.networks.weights.WeightsError: missing, truncated, pickled or foreign file (names it and the keys).
+    """
+    from monai_mcx.networks.weights import load_weights as _load
+
+    return _load(network, path, strict=strict)
+
+
+#: settings of a model not trained yet (overridable with the app's overrides of the same ids)
+UNTRAINED_DEFAULTS = {
+    "class_names": ["pneumonia"],
+    "tasks": ["classification", "segmentation", "localization"],
+    "encoder": "densenet121",
+    "in_channels": 1,
+    "spatial_size": [64, 64],
+}
+
+
+def untrained_description(overrides: Mapping | None = None):
+    """A :class:`~monai_mcx.artifact.ModelDescription` for a bundle without weights: :data:`UNTRAINED_DEFAULTS`
+    updated with ``overrides`` of the same names (and ``base_anchor_shapes``; default: the 128-px defaults scaled to
+    ``spatial_size``)."""
+    from monai_mcx.artifact import ModelDescription
+    from monai_mcx.data.anchors import DEFAULT_ANCHOR_SHAPES
+
+    values = {k: (overrides or {}).get(k, v) for k, v in UNTRAINED_DEFAULTS.items()}
+    w, h = [float(s) for s in values["spatial_size"]]
+    anchors = (overrides or {}).get("base_anchor_shapes") or [[a * w / 128.0, b * h / 128.0] for a, b in DEFAULT_ANCHOR_SHAPES]
+    return ModelDescription(base_anchor_shapes=anchors, provenance="untrained (MONAI Label app defaults)", **values)
 
 
 @dataclass
@@ -67,43 +117,40 @@ class BundleSpec:
         parser.read_config(self.config_file)
         parser["bundle_root"] = self.bundle_dir
         parser["device"] = "$torch.device('cpu')"  # the task moves the network to the request's device
+        if not os.path.isfile(self.model_path):
+            logger.warning(f"no weights at {self.model_path}: using the settings of an untrained model "
+                           f"{ {k: self.overrides.get(k, v) for k, v in UNTRAINED_DEFAULTS.items()} }")
+            parser["model_description"] = untrained_description(self.overrides)
         parser.update(dict(self.overrides))
         self.parser = parser
+        from monai_mcx.artifact import root_cause
+
+        try:
+            self.description = parser.get_parsed_content("description")
+        except Exception as e:  # the description's own error (file, both values), not MONAI's expression wrapper
+            cause = root_cause(e)
+            if cause is e:
+                raise
+            raise cause from None
         self.spatial_size = [int(s) for s in parser.get_parsed_content("spatial_size")]
         self.class_names = [str(c) for c in parser.get_parsed_content("class_names")]
         self.tasks = list(parser.get_parsed_content("tasks"))
-        desc = self.description()
-        if desc is not None:
-            self.spatial_size, self.class_names, self.tasks = list(desc.spatial_size), list(desc.class_names), list(desc.tasks)
         if "segmentation" not in self.tasks:
             raise ValueError(f"the MONAI Label app needs a segmentation head; the bundle builds tasks={self.tasks}")
 
-    def description(self):
-        """The published model's description (checked against its weights), or None without one."""
-        if not os.path.isfile(self.model_path):
-            return None
-        from .publish import load_published
-
-        return load_published(self.model_path)[0]
-
     def build_network(self, description=None) -> torch.nn.Module:
-        """A new MultiCheXNet (random weights) from ``description`` (default: the published model's), else from
-        the config's ``network_def``."""
-        desc = description if description is not None else self.description()
-        if desc is not None:
-            return desc.build_network()
-        logger.warning(f"{self.model_path}: no model description; the network comes from {self.config_file}")
+        """A new MultiCheXNet (random weights): from ``description`` when given (e.g. the pair just published by
+        the train task), else from the config's ``network_def`` (built from the bundle's description)."""
+        if description is not None:
+            return description.build_network()
         return self.parser.get_parsed_content("network_def", instantiate=True, lazy=False)
 
     def build_postprocessor(self, description=None):
-        """The :class:`monai_mcx.inferers.MultiCheXNetPostprocessor` of the published model (its description),
-        else the config's ``postprocessing``."""
+        """The :class:`monai_mcx.inferers.MultiCheXNetPostprocessor` of ``description`` (default: the bundle's
+        reconciled description): class thresholds, gate rule, mask threshold, box operating point, box decoder."""
         from monai_mcx.inferers import MultiCheXNetPostprocessor
 
-        desc = description if description is not None else self.description()
-        if desc is not None:
-            return MultiCheXNetPostprocessor.from_description(desc)
-        return self.parser.get_parsed_content("postprocessing", instantiate=True, lazy=False)
+        return MultiCheXNetPostprocessor.from_description(description if description is not None else self.description)
 
     def has_weights(self) -> bool:
         return os.path.isfile(self.model_path)
@@ -114,5 +161,6 @@ class BundleSpec:
             "class_names": self.class_names,
             "tasks": self.tasks,
             "spatial_size": self.spatial_size,
-            "postprocessing": self.build_postprocessor().settings() if self.has_weights() or "postprocessing" in self.parser else {},
+            "postprocessing": self.build_postprocessor().settings(),
+            "weights_sha256": self.description.weights_sha256,
         }
