@@ -132,7 +132,9 @@ def test_bare_inference_is_driven_by_the_description(trained48, demo_datalist, t
     desc = load_description(root / "models" / "model.pt")
     parsed = {k: wf.parser.get_parsed_content(k) for k in ("spatial_size", "encoder", "base_anchor_shapes", "class_names")}
     assert parsed == {"spatial_size": SIZE, "encoder": "densenet-tiny", "base_anchor_shapes": ANCHORS, "class_names": ["pneumonia"]}
-    assert wf.parser.get_parsed_content("gate_threshold") == pytest.approx(desc.class_thresholds["pneumonia"])
+    pp = wf.parser.get_parsed_content("postprocessing")
+    assert pp.class_thresholds == [pytest.approx(desc.class_thresholds["pneumonia"])]
+    assert pp.box_score_threshold == desc.box_score_threshold  # chosen on validation (RSNA metric) with the thresholds
     preds = sorted((tmp_path / "pred").glob("*.json"))
     assert preds, "no predictions written"
     from PIL import Image

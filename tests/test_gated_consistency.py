@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import BUNDLE, SMALL, run_bundle
+from conftest import BUNDLE, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,8 @@ def _infer(overrides: dict, root: Path, split: str, out: Path) -> Path:
         input_split=split,
         ckpt_dir=str(root / "models"),
         output_dir=str(out),
-        spatial_size=SMALL["spatial_size"],
-        encoder=SMALL["encoder"],
         batch_size=4,
-    )
+    )  # bare: the network and the post-processing come from the model description
     return out
 
 
@@ -44,9 +42,9 @@ def _rows(path: Path) -> dict[str, dict]:
 def test_inference_applies_the_thresholds_chosen_on_validation(evaluated_bundle):
     root, overrides, out = evaluated_bundle
     metrics = json.loads((out / "metrics.json").read_text())
-    saved = json.loads((root / "models" / "thresholds.json").read_text())
+    saved = json.loads((root / "models" / "model.json").read_text())  # the model description
     chosen = metrics["localization/box_threshold"]
-    assert saved["box_score_threshold"] == chosen and saved["box_method"] == "rsna"
+    assert saved["box_score_threshold"] == chosen and saved["box_threshold_method"] == "rsna"
     assert saved["class_thresholds"]["pneumonia"] == metrics["classification/threshold/pneumonia"]
     pred_dir = _infer(overrides, root, "validation", root / "infer_validation")
     evaluated = _rows(out / "per_image.csv")

@@ -13,7 +13,7 @@ from ignite.engine import Engine
 
 from conftest import SMALL
 from monai_mcx.handlers import MultiTaskMetrics
-from monai_mcx.handlers.report import EvaluationReport, ThresholdsWriter, format_value, render_case
+from monai_mcx.handlers.report import EvaluationReport, format_value, render_case
 from monai_mcx.handlers.tensorboard import overlay_rgb
 
 ROW = re.compile(r"^\| `([^`]+)` \| ([^|]*) \| ([^|]*) \|$")
@@ -42,17 +42,17 @@ def test_evaluate_writes_report_plots_and_thresholds(evaluated_bundle):
         assert table[base][1 if gated else 0] == format_value(value), (key, value, table[base])
     assert table["segmentation/dice_positive"][1] == format_value(metrics["segmentation/dice_positive/gated"])
     # thresholds chosen on validation, reported, and saved for inference next to the checkpoint
-    thr = json.loads((root / "models" / "thresholds.json").read_text())
-    assert thr["split"] == "validation" and set(thr["class_thresholds"]) == {"pneumonia"}
+    thr = json.loads((root / "models" / "model.json").read_text())  # the model description
+    assert thr["thresholds_split"] == "validation" and set(thr["class_thresholds"]) == {"pneumonia"}
     assert format_value(thr["class_thresholds"]["pneumonia"]) == format_value(metrics["classification/threshold/pneumonia"])
+    assert thr["box_score_threshold"] == metrics["localization/box_threshold"] and thr["box_threshold_method"] == "rsna"
     assert "chosen on the validation split" in report
     # counts per task
     n_val = len(json.loads((Path(overrides["dataset_dir"]) / "datalist.json").read_text())["validation"])
     m = re.search(r"^\| all \| (\d+) \|", report, re.M)
     assert m and int(m.group(1)) == n_val
-    # the anchors used by training were saved next to the checkpoint
-    anchors = json.loads((root / "models" / "anchors.json").read_text())
-    assert anchors["base_anchor_shapes"] == [[float(v) for v in s] for s in SMALL["base_anchor_shapes"]]
+    # the anchors used by training were saved in the description
+    assert thr["base_anchor_shapes"] == [[float(v) for v in s] for s in SMALL["base_anchor_shapes"]]
 
 
 @pytest.mark.slow
@@ -147,7 +147,6 @@ def test_gated_metrics_on_a_hand_made_case(tmp_path):
     MultiTaskMetrics(class_names=["pneumonia"], threshold="youden").attach(engine, "score")
     report = EvaluationReport(tmp_path, ["pneumonia"], num_cases=1)
     report.attach(engine)
-    ThresholdsWriter([str(tmp_path / "thresholds.json")], ["pneumonia"], split="validation").attach(engine)
     m = engine.run(_hand_made_batches()).metrics
     # the gate uses the threshold chosen here (0.9, below): images 0 (0.2) and 2 (0.8) are gated out
     # image 0 is gated out although it has a lesion: Dice 1 ungated, 0 gated; image 1: Dice 2*8/(8+16) = 2/3
@@ -161,7 +160,6 @@ def test_gated_metrics_on_a_hand_made_case(tmp_path):
     # threshold chosen on this (validation) data by Youden's J: positives 0.2, 0.9, negative 0.8 -> 0.9 (J = 0.5)
     assert m["classification/threshold/pneumonia"] == pytest.approx(0.9)
     assert m["classification/sensitivity"] == pytest.approx(0.5) and m["classification/specificity"] == pytest.approx(1.0)
-    assert json.loads((tmp_path / "thresholds.json").read_text())["class_thresholds"]["pneumonia"] == pytest.approx(0.9)
     # the report shows ungated and gated side by side, and counts the gated-out image
     text = (tmp_path / "report.md").read_text()
     table = _table(text)

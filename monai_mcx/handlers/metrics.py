@@ -239,8 +239,6 @@ def resolve_class_thresholds(
     - a number or one number per class: used as given;
     - ``"youden"`` / ``"f1"`` (or ``"choose"`` = ``"youden"``): chosen on ``probs``/``labels`` (the data being
       evaluated, i.e. the validation split) with :func:`monai_mcx.metrics.choose_threshold`;
-    - a path to a ``thresholds.json`` (see :class:`monai_mcx.handlers.report.ThresholdsWriter`): its
-      ``class_thresholds``; a missing file falls back to 0.5 with a warning.
     """
     from monai_mcx.metrics import choose_threshold
 
@@ -249,17 +247,7 @@ def resolve_class_thresholds(
         if threshold in ("youden", "f1", "choose"):
             method = "youden" if threshold == "choose" else threshold
             return [float(choose_threshold(probs[:, c], labels[:, c], method=method)) for c in range(k)]
-        path = Path(threshold)
-        if not path.is_file():
-            import warnings
-
-            warnings.warn(f"{path}: thresholds file not found; using 0.5 for every class.", stacklevel=2)
-            return [0.5] * k
-        table = json.loads(path.read_text()).get("class_thresholds", {})
-        missing = [n for n in class_names if n not in table]
-        if missing:
-            raise ValueError(f"{path}: no threshold for the classes {missing}.")
-        return [float(table[n]) for n in class_names]
+        raise ValueError(f"threshold must be a number, one per class, 'youden' or 'f1', got {threshold!r}.")
     thr = np.asarray(threshold, dtype=np.float64).reshape(-1)
     if thr.size == 1:
         return [float(thr[0])] * k

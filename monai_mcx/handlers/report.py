@@ -13,8 +13,9 @@ epoch completes it writes under ``output_dir``:
   per-image box IoU of :func:`box_quality`) with the X-ray, true (green) and predicted (red) mask contours and
   boxes (predicted ones with their scores).
 
-:class:`ThresholdsWriter` saves the classification thresholds used (chosen on the validation split, see
-:class:`~monai_mcx.handlers.MultiTaskMetrics` ``threshold="youden"``) as ``thresholds.json`` for inference.
+The thresholds chosen on the validation split (class thresholds, box operating point: see
+:class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
+:class:`monai_mcx.artifact.OperatingPointWriter`.
 
 Plots use matplotlib's object API with the Agg canvas (no pyplot state, no display). Geometry: tensors are
 ``(C, W, H)`` (x = dim 0); :func:`draw_case` transposes once for ``imshow`` and draws boxes with x along the
@@ -41,8 +42,6 @@ from monai_mcx.metrics import box_iou_float64, dice_per_image
 
 __all__ = [
     "EvaluationReport",
-    "ThresholdsWriter",
-    "load_thresholds",
     "draw_case",
     "render_case",
     "roc_curve",
@@ -201,77 +200,6 @@ def _save(fig, path: Path, dpi: int = 100) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- thresholds
-def load_thresholds(path: str | os.PathLike, default: float | None = 0.5) -> dict:
-    """Read a ``thresholds.json`` written by :class:`ThresholdsWriter`:
-    ``{"class_thresholds": {name: t}, "gate_rule": "any_class", "box_score_threshold": b, ...}``. A missing file
-    gives ``{"class_thresholds": default, "box_score_threshold": 0.0}`` when ``default`` is not None."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        if default is None:
-            raise FileNotFoundError(f"{path}: thresholds file not found (written by the evaluate config)")
-        return {"class_thresholds": float(default), "box_score_threshold": 0.0}
-    obj = json.loads(path.read_text())
-    obj.setdefault("box_score_threshold", 0.0)
-    return obj
-
-
-class ThresholdsWriter:
-    """Write the thresholds the evaluation used (``classification/threshold/<class>`` and
-    ``localization/box_threshold`` of ``engine.state.metrics``) to each of ``paths`` (atomically) when the epoch
-    completes::
-
-        {"class_thresholds": {"pneumonia": 0.41}, "gate_rule": "any_class", "box_score_threshold": 0.62,
-         "method": "youden", "box_method": "rsna", "split": "validation"}
-
-    The gate rule (:func:`monai_mcx.inferers.gate_decision`): an image is positive when some class reaches its own
-    threshold. ``enabled=False`` makes it a no-op (e.g. when evaluating the test split with fixed thresholds).
-    """
-
-    def __init__(self, paths: str | Sequence[str], class_names: Sequence[str], method: str = "youden",
-                 split: str | None = None, enabled: bool = True, box_method: str = "rsna") -> None:
-        self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        self.class_names = list(class_names)
-        self.method = method
-        self.box_method = box_method
-        self.split = split
-        self.enabled = bool(enabled)
-
-    def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-
-    def thresholds(self, metrics: dict) -> dict | None:
-        """The object written, from flat ``metrics``; None when they hold no class threshold."""
-        from monai_mcx.handlers.metrics import BOX_THRESHOLD_KEY, class_threshold_key
-        from monai_mcx.inferers import GATE_RULE
-
-        table = {}
-        for name in self.class_names:
-            v = metrics.get(class_threshold_key(name))
-            if v is not None and not math.isnan(float(v)):
-                table[name] = float(v)
-        if not table:
-            return None
-        obj: dict = {"class_thresholds": table, "gate_rule": GATE_RULE, "method": self.method}
-        box = metrics.get(BOX_THRESHOLD_KEY)
-        if box is not None and not math.isnan(float(box)):
-            obj["box_score_threshold"] = float(box)
-            obj["box_method"] = self.box_method
-        if self.split:
-            obj["split"] = self.split
-        return obj
-
-    def __call__(self, engine: Engine) -> None:
-        if not self.enabled:
-            return
-        obj = self.thresholds(engine.state.metrics)
-        if obj is None:
-            return
-        for p in self.paths:
-            write_json_atomic(obj, p)
-
-
 # ----------------------------------------------------------------------------------------------- report
 class EvaluationReport:
     """Write ``report.md``, ``per_image.csv`` and the plots under ``output_dir`` when the evaluator's epoch completes.
