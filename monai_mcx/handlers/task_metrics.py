@@ -30,7 +30,7 @@ class TaskMetric(MultiTaskMetrics):
     Args:
         key: the ``metrics.json`` key to report; an undefined value (``NaN``, or a key the data cannot produce)
             is reported as ``NaN``.
-        class_names, gate_threshold, seg_threshold, threshold: as :class:`MultiTaskMetrics`.
+        class_names, postprocessor, threshold, box_threshold: as :class:`MultiTaskMetrics`.
     """
 
     def __init__(self, key: str, class_names: Sequence[str] = ("lesion",), **kwargs: Any) -> None:
