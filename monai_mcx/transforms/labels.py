@@ -50,7 +50,7 @@ class PrepareAnnotationsd(MapTransform):
         num_classes: length of the class vector K.
         box_tolerance: boxes may exceed the image by this many pixels (then they are clipped); beyond it
             an :class:`AnnotationError` names the image. Boxes are checked by
-            :func:`monai_mcx.data.boxes.check_boxes` (NaN/Inf, ``x2 <= x1`` are errors too).
+            :func:`monai_mcx.data.boxes.check_boxes` (NaN/Inf and inverted boxes are errors too).
         grey_masks: a mask path is loaded by :class:`~monai_mcx.transforms.io.LoadCXR` (``as_mask``): ``"error"``
             refuses grey-level masks, ``"threshold"`` binarises them at half their maximum with a warning.
     """
