@@ -265,10 +265,11 @@ def test_exif_orientation_applied_to_image_and_mask(tmp_path):
     np.testing.assert_array_equal(x[0].numpy().T, viewer.astype(np.float32) / 255)
     assert image_size_wh(tmp_path / "photo.jpg") == (rows, cols)  # anchor fitting reads the same size
     # the mask turns with its image, through LoadCXRd and through PrepareAnnotationsd
-    out = LoadCXRd("image", mask_keys="mask")({"image": str(tmp_path / "photo.jpg"), "mask": str(tmp_path / "photo_mask.png")})
+    pair = {"image": str(tmp_path / "photo.jpg"), "mask": str(tmp_path / "photo_mask.png")}
+    out = LoadCXRd("image", mask_keys="mask")(pair)
     m = out["mask"][0].numpy()
     assert m.shape == (rows, cols) and float(out["image"][0].numpy()[m > 0].min()) > 0.8
-    d = PrepareAnnotationsd(num_classes=1)({"image": x, "label": None, "mask": str(tmp_path / "photo_mask.png"), "boxes": None})
+    d = PrepareAnnotationsd(num_classes=1)({"image": x, "label": None, "mask": pair["mask"], "boxes": None})
     np.testing.assert_array_equal(d["mask"][0].numpy(), m)
 
 

@@ -184,7 +184,7 @@ def test_guard_collates_good_and_failed_items(tmp_path):
     Image.fromarray(np.zeros((40, 36), np.uint8)).save(tmp_path / "ok.png")
     guard = GuardLoadd(Compose([LoadCXRd("image"), Resized("image", (32, 32))]), spatial_size=(32, 32))
     skipped = {"image": str(tmp_path / "loop"), "error": f"{tmp_path / 'loop'}: skipped: symlink loop"}
-    items = [guard({"image": str(tmp_path / "ok.png")}), guard({"image": str(tmp_path / "missing.png")}), guard(skipped)]
+    items = [guard({"image": str(tmp_path / n)}) for n in ("ok.png", "missing.png")] + [guard(skipped)]
     batch = collate_cxr(items)
     assert batch["image"].shape == (3, 1, 32, 32)
     assert batch["error"][0] == "" and "missing.png" in batch["error"][1] and "not found" in batch["error"][1]

@@ -220,7 +220,8 @@ def test_nan_box_refused_by_datalist_transforms_and_adapters(small_set, tmp_path
         PrepareAnnotationsd(num_classes=1)(_load(dict(item, boxes=[[30, 5, 10, 15]])))
     # an adapter (RSNA) reading a NaN coordinate names the CSV and its row
     (tmp_path / "rsna").mkdir()
-    (tmp_path / "rsna" / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\np1,10,nan,20,20,1\n")
+    csv_text = "patientId,x,y,width,height,Target\np1,10,nan,20,20,1\n"
+    (tmp_path / "rsna" / "stage_2_train_labels.csv").write_text(csv_text)
     with pytest.raises(DataError, match="stage_2_train_labels.csv, row 2: box .*NaN"):
         public.RSNAPneumonia(tmp_path / "rsna", detailed_csv=None).parse()
     # one function: every caller uses monai_mcx.data.boxes
@@ -249,7 +250,8 @@ def test_prepare_annotations_refuses_grey_level_mask(small_set, tmp_path):
     with pytest.raises(AnnotationError, match="grey_mask.png.*mask of .*a.png.*not a label mask"):
         PrepareAnnotationsd(num_classes=1)(_load(dict(item, mask=str(tmp_path / "grey_mask.png"))))
     with pytest.warns(UserWarning, match="grey_mask.png"):
-        d = PrepareAnnotationsd(num_classes=1, grey_masks="threshold")(_load(dict(item, mask=str(tmp_path / "grey_mask.png"))))
+        grey = _load(dict(item, mask=str(tmp_path / "grey_mask.png")))
+        d = PrepareAnnotationsd(num_classes=1, grey_masks="threshold")(grey)
     assert 0.3 < float(d["mask"].mean()) < 0.7  # half the maximum, not > 0 (which would be ~100 %)
 
 
@@ -284,7 +286,8 @@ def test_folder_listing_names_every_skipped_path_and_sniffs_dicom(small_set, tmp
     if os.geteuid() != 0:  # root reads everything
         (folder / "secret.png").write_bytes(b"x")
         os.chmod(folder / "secret.png", 0)
-        assert dict((p.name, r) for p, r in list_image_folder(folder)[1])["secret.png"] == "unreadable (permission denied)"
+        reasons = {p.name: r for p, r in list_image_folder(folder)[1]}
+        assert reasons["secret.png"] == "unreadable (permission denied)"
 
 
 def test_datalist_inference_with_a_missing_file_goes_on(small_set):

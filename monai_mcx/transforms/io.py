@@ -122,7 +122,8 @@ def _check_size(cols: int, rows: int, path: Path, min_size: int, max_pixels: int
 
 
 def _binary_mask(arr: np.ndarray, path: Path, grey_masks: str) -> np.ndarray:
-    """A label mask (0 and one foreground value) -> 0/1; a grey-level mask -> error or thresholded (module docstring)."""
+    """A label mask (0 and one foreground value) -> 0/1; a grey-level mask -> error or thresholded (module
+    docstring)."""
     arr = np.asarray(arr)
     if not np.all(np.isfinite(arr)):
         raise DataError("mask holds NaN or Inf values", path)

@@ -2,7 +2,8 @@
 the gate decision and the boxes (in the result JSON).
 
 Pipeline (``BasicInferTask.__call__``): pre = ``LoadCXRd`` (PNG/JPEG and single-frame DICOM, one channel
-in [0, 1] by its intensity pipeline, ``(1, W, H)``) + ``Resized`` to the bundle's ``spatial_size`` -> :meth:`MultiCheXNetInfer.run_inferer`
+in [0, 1] by its intensity pipeline, ``(1, W, H)``) + ``Resized`` to the bundle's ``spatial_size``
+-> :meth:`MultiCheXNetInfer.run_inferer`
 (network once; sigmoid class probabilities; the classifier gates mask and boxes below ``gate_threshold``;
 the seg probabilities are resized back to the ORIGINAL ``(W, H)`` and thresholded; boxes decoded with the
 bundle's ``BoxDecoder`` and scaled to original pixels) -> writer. The label handed to the writer is a 2-D
