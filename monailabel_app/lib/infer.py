@@ -2,10 +2,11 @@
 the gate decision and the boxes (in the result JSON).
 
 Pipeline (``BasicInferTask.__call__``): pre = ``LoadCXRd`` (PNG/JPEG and single-frame DICOM, one channel
-in [0, 1], ``(1, W, H)``) + ``ScaleIntensityd`` + ``Resized`` to the model's ``spatial_size`` -> :meth:`MultiCheXNetInfer.run_inferer`
-(the bundle's one post-processing, :class:`monai_mcx.inferers.MultiCheXNetInferer`, built from the model
-description: class probabilities, the per-class gate, the mask, the boxes at the operating point; then
-:func:`monai_mcx.inferers.to_original` maps mask and boxes to the ORIGINAL ``(W, H)``) -> writer. The label handed to the writer is a 2-D
+in [0, 1] by its intensity pipeline, ``(1, W, H)``) + ``Resized`` to the model's ``spatial_size``
+-> :meth:`MultiCheXNetInfer.run_inferer` (the bundle's one post-processing,
+:class:`monai_mcx.inferers.MultiCheXNetInferer`, built from the model description: class probabilities, the
+per-class gate, the mask, the boxes at the operating point; then :func:`monai_mcx.inferers.to_original` maps mask
+and boxes to the ORIGINAL ``(W, H)``) -> writer. The label handed to the writer is a 2-D
 ``uint8`` ``(W, H)`` array (no channel, no ``Restored``), so PNG labels come back ``rows x cols`` like the study.
 
 Result JSON (``data["result"]``, plain Python types), the same fields as the bundle's ``PredictionWriter``:
@@ -23,7 +24,7 @@ from collections.abc import Hashable, Mapping
 
 import torch
 from monai.data import MetaTensor
-from monai.transforms import EnsureTyped, MapTransform, Resized, ScaleIntensityd
+from monai.transforms import EnsureTyped, MapTransform, Resized
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
@@ -113,7 +114,6 @@ class MultiCheXNetInfer(BasicInferTask):
         return [
             LoadCXRd(keys="image"),
             RecordOriginalSized(keys="image"),
-            ScaleIntensityd(keys="image"),  # as the bundle's preprocessing (train.json / inference.json)
             Resized(keys="image", spatial_size=self.spec.spatial_size, mode="area"),
             EnsureTyped(keys="image", dtype=torch.float32),
         ]
