@@ -666,6 +666,14 @@ class DescriptionWriter:
         if stamp == self._seen and description_path(self.checkpoint).is_file():
             return None
         digest = checkpoint_sha256(self.checkpoint, key=self.weights_key)
+        self._seen = stamp
+        existing = description_path(self.checkpoint)
+        if existing.is_file():  # e.g. a resumed run whose model.pt did not change: keep its (evaluated) description
+            try:
+                if read_description(existing).weights_sha256 == digest:
+                    return None
+            except DescriptionError:
+                pass
         desc = self.description.replace(weights_sha256=digest, weights_file=self.checkpoint.name,
                                         weights_key=self.weights_key)
         if engine is not None and getattr(engine, "state", None) is not None:

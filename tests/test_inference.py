@@ -62,14 +62,19 @@ def _make_inputs(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def inference_run(tmp_path_factory):
     """Run the inference bundle (ConfigWorkflow) once on a fresh tiny network's checkpoint."""
+    from monai_mcx.artifact import ModelDescription, save_model
     from monai_mcx.networks import MultiCheXNet
 
     root = tmp_path_factory.mktemp("infer")
     _make_inputs(root / "inputs")
     torch.manual_seed(0)
     net = MultiCheXNet(encoder="densenet-tiny", num_anchors=len(ANCHORS))
-    (root / "models").mkdir()
-    torch.save(net.state_dict(), root / "models" / "model.pt")
+    # the model description drives inference: threshold 0 (gate always positive: boxes and masks are written) and
+    # candidate box score 0
+    desc = ModelDescription(class_names=["pneumonia"], tasks=list(net.tasks), encoder="densenet-tiny",
+                            spatial_size=[64, 64], base_anchor_shapes=ANCHORS, class_thresholds={"pneumonia": 0.0},
+                            candidate_score_thresh=0.0)
+    save_model(net, desc, root / "models" / "model.pt")
     out = root / "predictions"
     run_bundle(
         "inference.json",
@@ -78,13 +83,9 @@ def inference_run(tmp_path_factory):
         input=str(root / "inputs"),
         ckpt_dir=str(root / "models"),
         output_dir=str(out),
-        spatial_size=[64, 64],
+        spatial_size=[64, 64],  # agrees with the description (a contradicting value is an error)
         encoder="densenet-tiny",
-        base_anchor_shapes=ANCHORS,
         batch_size=2,  # the corrupt file shares a batch with a good one
-        gate_threshold=0.0,  # gate always positive: boxes and masks are written
-        seg_threshold=0.5,
-        **{"box_decoder#score_thresh": 0.0},
     )
     return root, out
 

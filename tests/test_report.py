@@ -42,16 +42,16 @@ def test_evaluate_writes_report_plots_and_thresholds(evaluated_bundle):
         assert table[base][1 if gated else 0] == format_value(value), (key, value, table[base])
     assert table["segmentation/dice_positive"][1] == format_value(metrics["segmentation/dice_positive/gated"])
     # thresholds chosen on validation, reported, and saved for inference next to the checkpoint
-    thr = json.loads((root / "models" / "thresholds.json").read_text())
-    assert thr["split"] == "validation" and set(thr["class_thresholds"]) == {"pneumonia"}
+    thr = json.loads((root / "models" / "model.json").read_text())  # written into the model description
+    assert thr["thresholds_split"] == "validation" and set(thr["class_thresholds"]) == {"pneumonia"}
     assert format_value(thr["class_thresholds"]["pneumonia"]) == format_value(metrics["classification/threshold/pneumonia"])
     assert "chosen on the validation split" in report
     # counts per task
     n_val = len(json.loads((Path(overrides["dataset_dir"]) / "datalist.json").read_text())["validation"])
     m = re.search(r"^\| all \| (\d+) \|", report, re.M)
     assert m and int(m.group(1)) == n_val
-    # the anchors used by training were saved next to the checkpoint
-    anchors = json.loads((root / "models" / "anchors.json").read_text())
+    # the anchors used by training were saved in the model description next to the checkpoint
+    anchors = json.loads((root / "models" / "model.json").read_text())
     assert anchors["base_anchor_shapes"] == [[float(v) for v in s] for s in SMALL["base_anchor_shapes"]]
 
 
