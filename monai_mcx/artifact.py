@@ -92,7 +92,7 @@ DEFAULT_INTENSITY = {
     "loader": "monai_mcx.transforms.io.LoadCXRd",
     "output_range": [0.0, 1.0],
     "rule": "8-bit PNG/JPEG: x / 255; DICOM: modality LUT, VOI window mapped to [0, 1] (else the stored-bits "
-            "range), MONOCHROME1 inverted",
+    "range), MONOCHROME1 inverted",
     "resize": "area interpolation to spatial_size",
 }
 
@@ -100,8 +100,17 @@ DEFAULT_INTENSITY = {
 #: weights' layout or meaning, the others the post-processing or the input
 ARCHITECTURE_FIELDS = ("encoder", "in_channels", "class_names", "tasks", "num_anchors", "network_kwargs")
 COMPARABLE_FIELDS = ARCHITECTURE_FIELDS + (
-    "spatial_size", "intensity", "base_anchor_shapes", "feature_map_scales", "class_thresholds", "mask_threshold",
-    "box_score_threshold", "nms_thresh", "detections_per_img", "candidate_score_thresh", "gate_rule",
+    "spatial_size",
+    "intensity",
+    "base_anchor_shapes",
+    "feature_map_scales",
+    "class_thresholds",
+    "mask_threshold",
+    "box_score_threshold",
+    "nms_thresh",
+    "detections_per_img",
+    "candidate_score_thresh",
+    "gate_rule",
 )
 
 
@@ -290,11 +299,14 @@ class ModelDescription:
             problems.append(f"spatial_size {self.spatial_size} must be two positive sizes [W, H]")
         if "localization" in self.tasks:
             if not self.base_anchor_shapes or any(len(s) != 2 or min(s) <= 0 for s in self.base_anchor_shapes):
-                problems.append(f"base_anchor_shapes {self.base_anchor_shapes} must be positive [w, h] pairs "
-                                "(the localization head is built)")
+                problems.append(
+                    f"base_anchor_shapes {self.base_anchor_shapes} must be positive [w, h] pairs "
+                    "(the localization head is built)"
+                )
         if set(self.class_thresholds) != set(self.class_names):
-            problems.append(f"class_thresholds has classes {sorted(self.class_thresholds)}, class_names are "
-                            f"{self.class_names}")
+            problems.append(
+                f"class_thresholds has classes {sorted(self.class_thresholds)}, class_names are {self.class_names}"
+            )
         for name, t in self.class_thresholds.items():
             if not 0.0 <= t <= 1.0:
                 problems.append(f"class threshold of {name!r} is {t}, outside [0, 1]")
@@ -321,8 +333,9 @@ class ModelDescription:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(obj) - names)
         if unknown:
-            raise DescriptionError(f"model description {where}: unknown fields {unknown} (written by a newer "
-                                   f"monai_mcx?)")
+            raise DescriptionError(
+                f"model description {where}: unknown fields {unknown} (written by a newer monai_mcx?)"
+            )
         try:
             desc = cls(**dict(obj))
         except TypeError as e:
@@ -337,7 +350,9 @@ class ModelDescription:
     @property
     def num_anchors(self) -> int:
         """A, anchors per location: ``len(base_anchor_shapes)`` (3 when there are none)."""
-        return len(self.base_anchor_shapes) if self.base_anchor_shapes else int(self.network_kwargs.get("num_anchors", 3))
+        return (
+            len(self.base_anchor_shapes) if self.base_anchor_shapes else int(self.network_kwargs.get("num_anchors", 3))
+        )
 
     def class_threshold_list(self) -> list[float]:
         """The per-class thresholds in ``class_names`` order."""
@@ -347,8 +362,14 @@ class ModelDescription:
         """Keyword arguments of :class:`~monai_mcx.networks.MultiCheXNet` for these weights."""
         kw = dict(self.network_kwargs)
         kw.pop("num_anchors", None)
-        return {"encoder": self.encoder, "in_channels": self.in_channels, "class_names": list(self.class_names),
-                "tasks": list(self.tasks), "num_anchors": self.num_anchors, **kw}
+        return {
+            "encoder": self.encoder,
+            "in_channels": self.in_channels,
+            "class_names": list(self.class_names),
+            "tasks": list(self.tasks),
+            "num_anchors": self.num_anchors,
+            **kw,
+        }
 
     def build_network(self, **extra):
         """A new :class:`~monai_mcx.networks.MultiCheXNet` (random weights) with the described architecture."""
@@ -379,15 +400,16 @@ class ModelDescription:
         score = float(self.candidate_score_thresh)
         if operating_point and self.box_score_threshold is not None:
             score = max(score, float(self.box_score_threshold))
-        return BoxDecoder(gen, score_thresh=score, nms_thresh=self.nms_thresh,
-                          detections_per_img=self.detections_per_img)
+        return BoxDecoder(
+            gen, score_thresh=score, nms_thresh=self.nms_thresh, detections_per_img=self.detections_per_img
+        )
 
     def post_processing(self) -> dict:
         """The settings of the post-processing component, plain values::
 
-            {"class_names", "class_thresholds" (list, class order), "gate_rule", "mask_threshold",
-             "box_score_threshold" (None: keep every candidate), "candidate_score_thresh", "nms_thresh",
-             "detections_per_img", "spatial_size", "calibration", "saliency"}
+        {"class_names", "class_thresholds" (list, class order), "gate_rule", "mask_threshold",
+         "box_score_threshold" (None: keep every candidate), "candidate_score_thresh", "nms_thresh",
+         "detections_per_img", "spatial_size", "calibration", "saliency"}
         """
         return {
             "class_names": list(self.class_names),
@@ -411,8 +433,9 @@ class ModelDescription:
             return dict(self.class_thresholds)
         return getattr(self, name)
 
-    def reconcile(self, values: Mapping[str, Any] | None = None, opt_out: Sequence[str] = (),
-                  where: str | None = None) -> ModelDescription:
+    def reconcile(
+        self, values: Mapping[str, Any] | None = None, opt_out: Sequence[str] = (), where: str | None = None
+    ) -> ModelDescription:
         """Compare config values with the description; a difference is an error naming both values.
 
         Args:
@@ -434,14 +457,18 @@ class ModelDescription:
         bad_opt = [f for f in opt_out if f not in COMPARABLE_FIELDS]
         unknown = [f for f in dict(values or {}) if f not in COMPARABLE_FIELDS]
         if bad_opt or unknown:
-            raise DescriptionConflictError(f"unknown description fields {bad_opt + unknown}; valid: {list(COMPARABLE_FIELDS)}")
+            raise DescriptionConflictError(
+                f"unknown description fields {bad_opt + unknown}; valid: {list(COMPARABLE_FIELDS)}"
+            )
         conflicts, changes = [], {}
         for name, value in dict(values or {}).items():
             if value is None:
                 continue
             ours = self.field_value(name)
             if name == "class_thresholds" and not isinstance(value, Mapping):
-                vals = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * len(self.class_names))]
+                vals = [
+                    float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * len(self.class_names))
+                ]
                 value = dict(zip(self.class_names, vals)) if len(vals) == len(self.class_names) else vals
             if name == "intensity" and isinstance(value, str):
                 ours = self.intensity.get("name")
@@ -452,19 +479,25 @@ class ModelDescription:
             if _same(ours, value):
                 continue
             if name in opt_out:
-                warnings.warn(f"{name}: the config's {_jsonable(value)} replaces the model description's "
-                              f"{_jsonable(ours)} ({where}; listed in description_opt_out)", stacklevel=2)
+                warnings.warn(
+                    f"{name}: the config's {_jsonable(value)} replaces the model description's "
+                    f"{_jsonable(ours)} ({where}; listed in description_opt_out)",
+                    stacklevel=2,
+                )
                 if name == "num_anchors":
                     continue
                 changes[name] = value
             else:
-                conflicts.append(f"{name}: the model description {where} says {_jsonable(ours)!r}, the config says "
-                                 f"{_jsonable(value)!r}")
+                conflicts.append(
+                    f"{name}: the model description {where} says {_jsonable(ours)!r}, the config says "
+                    f"{_jsonable(value)!r}"
+                )
         if conflicts:
             raise DescriptionConflictError(
                 "the configuration contradicts the model description (drop the override, use a checkpoint described "
                 "with these settings, or list the field in description_opt_out to override it deliberately):\n  "
-                + "\n  ".join(conflicts))
+                + "\n  ".join(conflicts)
+            )
         if not changes:
             return self
         if "intensity" in changes and isinstance(changes["intensity"], str):
@@ -484,34 +517,46 @@ class ModelDescription:
         state, name = read_state_dict(ckpt, key=self.weights_key)
         digest = state_dict_sha256(state)
         if self.weights_sha256 is None:
-            raise StaleDescriptionError(f"model description {where} records no weights_sha256; it cannot be matched "
-                                        f"with {name!r} (describe it again: python -m monai_mcx.artifact describe)")
+            raise StaleDescriptionError(
+                f"model description {where} records no weights_sha256; it cannot be matched "
+                f"with {name!r} (describe it again: python -m monai_mcx.artifact describe)"
+            )
         if digest != self.weights_sha256:
             raise StaleDescriptionError(
                 f"model description {where} belongs to other weights than {name!r}: it records weights_sha256 "
                 f"{self.weights_sha256[:16]}..., the checkpoint holds {digest[:16]}.... Its thresholds, anchors and "
-                "settings are stale (left from an earlier model, or the weights were replaced). Re-run evaluate.json on "
-                "the validation split after training, or describe the checkpoint: python -m monai_mcx.artifact describe")
+                "settings are stale (left from an earlier model, or the weights were replaced). Re-run evaluate.json "
+                "on "
+                "the validation split after training, or describe the checkpoint: python -m monai_mcx.artifact describe"
+            )
         problems = state_dict_problems(self.build_network(), state)
         if problems:
-            raise DescriptionError(f"checkpoint {name!r} does not fit the network its description {where} builds:\n  "
-                                   + "\n  ".join(problems))
+            raise DescriptionError(
+                f"checkpoint {name!r} does not fit the network its description {where} builds:\n  "
+                + "\n  ".join(problems)
+            )
         return digest
 
     # ------------------------------------------------------------------ updates by evaluation
-    def with_thresholds(self, class_thresholds: Mapping[str, float] | Sequence[float], method: str,
-                        split: str | None) -> ModelDescription:
+    def with_thresholds(
+        self, class_thresholds: Mapping[str, float] | Sequence[float], method: str, split: str | None
+    ) -> ModelDescription:
         """A copy with new per-class thresholds (a mapping or a list in class order) and how they were chosen."""
         if not isinstance(class_thresholds, Mapping):
             class_thresholds = dict(zip(self.class_names, [float(t) for t in class_thresholds]))
         table = {**self.class_thresholds, **{str(k): float(v) for k, v in class_thresholds.items()}}
-        return self.replace(class_thresholds=table, thresholds_method=str(method), thresholds_split=split,
-                            thresholds_date=_now())
+        return self.replace(
+            class_thresholds=table, thresholds_method=str(method), thresholds_split=split, thresholds_date=_now()
+        )
 
     def with_box_threshold(self, score: float, method: str, split: str | None) -> ModelDescription:
         """A copy with the box operating point ``score`` and how it was chosen."""
-        return self.replace(box_score_threshold=float(score), box_threshold_method=str(method),
-                            box_threshold_split=split, box_threshold_date=_now())
+        return self.replace(
+            box_score_threshold=float(score),
+            box_threshold_method=str(method),
+            box_threshold_split=split,
+            box_threshold_date=_now(),
+        )
 
 
 # --------------------------------------------------------------------------------------------------- files
@@ -558,8 +603,11 @@ def read_description(path: str | os.PathLike) -> ModelDescription:
 _VERIFIED: dict[tuple, str] = {}
 
 
-def load_description(ckpt: str | os.PathLike, verify: bool = True, description: str | os.PathLike | None = None,
-                     ) -> ModelDescription:
+def load_description(
+    ckpt: str | os.PathLike,
+    verify: bool = True,
+    description: str | os.PathLike | None = None,
+) -> ModelDescription:
     """The description of checkpoint ``ckpt`` (``<ckpt stem>.json`` unless ``description`` names the file),
     verified against the weights (:meth:`ModelDescription.check_weights`) unless ``verify=False``.
 
@@ -573,13 +621,16 @@ def load_description(ckpt: str | os.PathLike, verify: bool = True, description: 
     dpath = description_path(description) if description else description_path(ckpt)
     if not dpath.is_file():
         if not ckpt.is_file():
-            raise WeightsError(f"checkpoint file {str(ckpt)!r} does not exist (and neither does its description "
-                               f"{str(dpath)!r}); train first or point ckpt_dir at a trained model")
+            raise WeightsError(
+                f"checkpoint file {str(ckpt)!r} does not exist (and neither does its description "
+                f"{str(dpath)!r}); train first or point ckpt_dir at a trained model"
+            )
         raise DescriptionError(
             f"checkpoint {str(ckpt)!r} has no model description ({str(dpath)!r} does not exist). A checkpoint written "
             "before model descriptions existed is described once, explicitly, from its training config: python -m "
             f"monai_mcx.artifact describe --ckpt {ckpt} --config bundle/configs/train.json [--set id=value ...] "
-            "(then evaluate it on the validation split to choose its thresholds)")
+            "(then evaluate it on the validation split to choose its thresholds)"
+        )
     desc = read_description(dpath)
     if verify:
         st = ckpt.stat() if ckpt.is_file() else None
@@ -593,8 +644,14 @@ def load_description(ckpt: str | os.PathLike, verify: bool = True, description: 
 
 
 # --------------------------------------------------------------------------------------------------- training
-def training_summary(datalist: Any = None, class_names: Sequence[str] | None = None, epochs: int | None = None,
-                     max_items: int | None = None, run_name: str | None = None, **extra) -> dict:
+def training_summary(
+    datalist: Any = None,
+    class_names: Sequence[str] | None = None,
+    epochs: int | None = None,
+    max_items: int | None = None,
+    run_name: str | None = None,
+    **extra,
+) -> dict:
     """The description's ``training`` entry: ``{"date", "run_name", "epochs", "datalist", "items" {split: n},
     "data_sources" {source: n training items}, **extra}``. ``datalist`` is a datalist file (or dict); items are
     counted as ``monai_mcx.data.load_datalist`` reads them (``max_items`` applied), without opening images."""
@@ -641,8 +698,13 @@ class DescriptionWriter:
         events: Ignite event names to check at (default ``["EPOCH_COMPLETED"]``; add ``"COMPLETED"``).
     """
 
-    def __init__(self, description: ModelDescription, checkpoint: str | os.PathLike, weights_key: str | None = None,
-                 events: Sequence[str] = ("EPOCH_COMPLETED", "COMPLETED")) -> None:
+    def __init__(
+        self,
+        description: ModelDescription,
+        checkpoint: str | os.PathLike,
+        weights_key: str | None = None,
+        events: Sequence[str] = ("EPOCH_COMPLETED", "COMPLETED"),
+    ) -> None:
         self.description = description
         self.checkpoint = Path(checkpoint)
         self.weights_key = weights_key
@@ -666,8 +728,17 @@ class DescriptionWriter:
         if stamp == self._seen and description_path(self.checkpoint).is_file():
             return None
         digest = checkpoint_sha256(self.checkpoint, key=self.weights_key)
-        desc = self.description.replace(weights_sha256=digest, weights_file=self.checkpoint.name,
-                                        weights_key=self.weights_key)
+        self._seen = stamp
+        existing = description_path(self.checkpoint)
+        if existing.is_file():  # e.g. a resumed run whose model.pt did not change: keep its (evaluated) description
+            try:
+                if read_description(existing).weights_sha256 == digest:
+                    return None
+            except DescriptionError:
+                pass
+        desc = self.description.replace(
+            weights_sha256=digest, weights_file=self.checkpoint.name, weights_key=self.weights_key
+        )
         if engine is not None and getattr(engine, "state", None) is not None:
             trainer_epoch = getattr(engine.state, "epoch", None)
             desc.training = {**desc.training, "saved_at_epoch": trainer_epoch, "saved_date": _now()}
@@ -701,9 +772,17 @@ class OperatingPointWriter:
         copy_to: extra folders to write a copy of the updated description to (``model.json``).
     """
 
-    def __init__(self, ckpt: str | os.PathLike, class_names: Sequence[str], method: str = "youden",
-                 split: str | None = "validation", box_threshold_key: str = "localization/box_threshold",
-                 box_method: str = "rsna", copy_to: Sequence[str | os.PathLike] = (), enabled: bool = True) -> None:
+    def __init__(
+        self,
+        ckpt: str | os.PathLike,
+        class_names: Sequence[str],
+        method: str = "youden",
+        split: str | None = "validation",
+        box_threshold_key: str = "localization/box_threshold",
+        box_method: str = "rsna",
+        copy_to: Sequence[str | os.PathLike] = (),
+        enabled: bool = True,
+    ) -> None:
         self.ckpt = Path(ckpt)
         self.class_names = list(class_names)
         self.method = method
@@ -744,8 +823,10 @@ class OperatingPointWriter:
         for folder in self.copy_to:
             save_description(desc, Path(folder) / description_path(self.ckpt).name)
         self.description = desc
-        logger.info(f"operating point written to {description_path(self.ckpt)}: class thresholds {table}"
-                    + (f", box score threshold {box}" if box is not None else ""))
+        logger.info(
+            f"operating point written to {description_path(self.ckpt)}: class thresholds {table}"
+            + (f", box score threshold {box}" if box is not None else "")
+        )
         return desc
 
 
@@ -759,9 +840,15 @@ def _legacy_file(path: Path) -> dict | None:
         raise DescriptionError(f"{str(path)!r} is not readable JSON ({e})") from e
 
 
-def describe_legacy_checkpoint(ckpt: str | os.PathLike, config: str | Sequence[str], overrides: Mapping | None = None,
-                               description_id: str = "model_description", weights_key: str | None = None,
-                               write: bool = True, force: bool = False) -> ModelDescription:
+def describe_legacy_checkpoint(
+    ckpt: str | os.PathLike,
+    config: str | Sequence[str],
+    overrides: Mapping | None = None,
+    description_id: str = "model_description",
+    weights_key: str | None = None,
+    write: bool = True,
+    force: bool = False,
+) -> ModelDescription:
     """Describe, after the fact, a checkpoint written before model descriptions existed (the explicit legacy path).
 
     Builds the description from the training config exactly as ``train.json`` would (its ``model_description``
@@ -798,23 +885,39 @@ def describe_legacy_checkpoint(ckpt: str | os.PathLike, config: str | Sequence[s
     if not isinstance(desc, ModelDescription):
         raise DescriptionError(f"{description_id!r} of {config} builds a {type(desc).__name__}, not a ModelDescription")
     if anchors and anchors.get("spatial_size") and [int(s) for s in anchors["spatial_size"]] != desc.spatial_size:
-        raise DescriptionError(f"{str(ckpt.parent / 'anchors.json')!r} was fitted for spatial_size {anchors['spatial_size']}, "
-                               f"the config says {desc.spatial_size}: pass the training run's --spatial_size")
+        raise DescriptionError(
+            f"{str(ckpt.parent / 'anchors.json')!r} was fitted for spatial_size {anchors['spatial_size']}, "
+            f"the config says {desc.spatial_size}: pass the training run's --spatial_size"
+        )
     thresholds = _legacy_file(ckpt.parent / "thresholds.json")
     if thresholds and set(thresholds.get("class_thresholds", {})) == set(desc.class_names):
-        desc = desc.with_thresholds(thresholds["class_thresholds"], "legacy thresholds.json (" +
-                                    str(thresholds.get("method", "?")) + ")", thresholds.get("split"))
+        desc = desc.with_thresholds(
+            thresholds["class_thresholds"],
+            "legacy thresholds.json (" + str(thresholds.get("method", "?")) + ")",
+            thresholds.get("split"),
+        )
     from monai_mcx.networks.weights import check_state_dict
 
     check_state_dict(desc.build_network(), state, name, what="network described by the training config")
-    desc = desc.replace(weights_sha256=state_dict_sha256(state), weights_file=ckpt.name, weights_key=weights_key,
-                        provenance="described after training")
-    desc.training = {**desc.training, "described_from": [str(c) for c in ([config] if isinstance(config, (str, os.PathLike))
-                                                                          else config)],
-                     "described_overrides": _jsonable(dict(overrides or {})), "described_date": _now()}
-    warnings.warn(f"{name}: legacy checkpoint without a model description, described after the fact from {config}"
-                  + (f" with overrides {sorted(overrides)}" if overrides else "") + "; check the result and evaluate it "
-                  "on the validation split to choose its thresholds", stacklevel=2)
+    desc = desc.replace(
+        weights_sha256=state_dict_sha256(state),
+        weights_file=ckpt.name,
+        weights_key=weights_key,
+        provenance="described after training",
+    )
+    desc.training = {
+        **desc.training,
+        "described_from": [str(c) for c in ([config] if isinstance(config, (str, os.PathLike)) else config)],
+        "described_overrides": _jsonable(dict(overrides or {})),
+        "described_date": _now(),
+    }
+    warnings.warn(
+        f"{name}: legacy checkpoint without a model description, described after the fact from {config}"
+        + (f" with overrides {sorted(overrides)}" if overrides else "")
+        + "; check the result and evaluate it "
+        "on the validation split to choose its thresholds",
+        stacklevel=2,
+    )
     if write:
         save_description(desc, ckpt)
     return desc
@@ -838,16 +941,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     d = sub.add_parser("describe", help="write the description of a legacy checkpoint from its training config")
     d.add_argument("--ckpt", required=True, help="the checkpoint (model.pt, or last.pt with --weights_key model)")
     d.add_argument("--config", nargs="+", default=["bundle/configs/train.json"], help="the training config file(s)")
-    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID=VALUE",
-                   help="the training run's overrides, VALUE parsed as JSON when possible (repeatable)")
+    d.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="ID=VALUE",
+        help="the training run's overrides, VALUE parsed as JSON when possible (repeatable)",
+    )
     d.add_argument("--weights_key", default=None)
     d.add_argument("--force", action="store_true", help="replace an existing description")
     args = p.parse_args(argv)
     try:
         if args.cmd in ("show", "verify"):
             desc = load_description(args.ckpt)
-            print(json.dumps(desc.to_dict(), indent=2) if args.cmd == "show" else
-                  f"ok: {description_path(args.ckpt)} describes {args.ckpt} (sha256 {desc.weights_sha256})")
+            print(
+                json.dumps(desc.to_dict(), indent=2)
+                if args.cmd == "show"
+                else f"ok: {description_path(args.ckpt)} describes {args.ckpt} (sha256 {desc.weights_sha256})"
+            )
             return 0
         overrides = {}
         for item in args.overrides:
@@ -857,8 +969,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides[k] = _parse_value(val)
         config = args.config if len(args.config) > 1 else args.config[0]
         desc = describe_legacy_checkpoint(args.ckpt, config, overrides, weights_key=args.weights_key, force=args.force)
-        print(f"wrote {description_path(args.ckpt)} (sha256 {desc.weights_sha256[:16]}..., encoder {desc.encoder}, "
-              f"classes {desc.class_names}, spatial_size {desc.spatial_size}, tasks {desc.tasks})")
+        print(
+            f"wrote {description_path(args.ckpt)} (sha256 {desc.weights_sha256[:16]}..., encoder {desc.encoder}, "
+            f"classes {desc.class_names}, spatial_size {desc.spatial_size}, tasks {desc.tasks})"
+        )
         return 0
     except (DescriptionError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -296,7 +296,8 @@ def load_network(ckpt: str | os.PathLike | None, config: str | Sequence[str] | N
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m monai_mcx.export",
-                                description="Export MultiCheXNet (built from its model description) to ONNX, TorchScript "
+                                description="Export MultiCheXNet (built from its model description) to ONNX, "
+                                            "TorchScript "
                                             "or torch.export, and check parity with eager PyTorch.")
     p.add_argument("--ckpt", default=None, help="checkpoint (model.pt with its model.json); omit for random weights")
     p.add_argument("--config", nargs="+", default=None,

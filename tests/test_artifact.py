@@ -28,23 +28,41 @@ ANCHORS = [[6.0, 6.0], [9.0, 9.0], [12.0, 8.0]]
 def trained48(tmp_path_factory, demo_datalist):
     """train.json (1 epoch, 16 items, 48 px, densenet-tiny), then evaluate.json on the validation split."""
     root = tmp_path_factory.mktemp("artifact48")
-    overrides = bundle_overrides(root, dataset_dir=str(demo_datalist.parent), epochs=1, max_items=16,
-                                 spatial_size=SIZE, base_anchor_shapes=ANCHORS)
+    overrides = bundle_overrides(
+        root,
+        dataset_dir=str(demo_datalist.parent),
+        epochs=1,
+        max_items=16,
+        spatial_size=SIZE,
+        base_anchor_shapes=ANCHORS,
+    )
     run_bundle("train.json", **overrides)
     run_bundle(["train.json", "evaluate.json"], **dict(overrides, output_dir=str(root / "eval_val")))
     return root, overrides
 
 
 def _bare_inference(root: Path, demo_datalist: Path, out: Path, **extra):
-    return run_bundle("inference.json", workflow_type="infer", bundle_root=str(REPO / "bundle"),
-                      ckpt_dir=str(root / "models"), dataset_dir=str(demo_datalist.parent), output_dir=str(out), **extra)
+    return run_bundle(
+        "inference.json",
+        workflow_type="infer",
+        bundle_root=str(REPO / "bundle"),
+        ckpt_dir=str(root / "models"),
+        dataset_dir=str(demo_datalist.parent),
+        output_dir=str(out),
+        **extra,
+    )
 
 
 def _small_description(**kw):
     from monai_mcx.artifact import ModelDescription
 
-    args = dict(class_names=["pneumonia"], tasks=["classification", "segmentation", "localization"],
-                encoder="densenet-tiny", spatial_size=SIZE, base_anchor_shapes=ANCHORS)
+    args = dict(
+        class_names=["pneumonia"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder="densenet-tiny",
+        spatial_size=SIZE,
+        base_anchor_shapes=ANCHORS,
+    )
     args.update(kw)
     return ModelDescription(**args)
 
@@ -92,8 +110,18 @@ def test_reconcile_names_both_values_and_opt_out_warns():
     from monai_mcx.artifact import DescriptionConflictError
 
     desc = _small_description()
-    assert desc.reconcile({"spatial_size": [48, 48], "encoder": "densenet-tiny", "base_anchor_shapes": [[6, 6], [9, 9], [12, 8]],
-                           "class_thresholds": [0.5], "box_score_threshold": None}) is desc
+    assert (
+        desc.reconcile(
+            {
+                "spatial_size": [48, 48],
+                "encoder": "densenet-tiny",
+                "base_anchor_shapes": [[6, 6], [9, 9], [12, 8]],
+                "class_thresholds": [0.5],
+                "box_score_threshold": None,
+            }
+        )
+        is desc
+    )
     with pytest.raises(DescriptionConflictError) as e:
         desc.reconcile({"spatial_size": [256, 256], "class_names": ["covid19"]})
     assert "[48, 48]" in str(e.value) and "[256, 256]" in str(e.value)
@@ -143,11 +171,14 @@ def test_bare_inference_is_driven_by_the_description(trained48, demo_datalist, t
     assert masks and Image.open(masks[0]).size == (64, 64)  # written back at the original 64-px image size
 
 
-@pytest.mark.parametrize("override,ours,theirs", [
-    ({"spatial_size": [256, 256]}, "[48, 48]", "[256, 256]"),
-    ({"encoder": "densenet121"}, "'densenet-tiny'", "'densenet121'"),
-    ({"class_names": ["covid19"]}, "['pneumonia']", "['covid19']"),
-])
+@pytest.mark.parametrize(
+    "override,ours,theirs",
+    [
+        ({"spatial_size": [256, 256]}, "[48, 48]", "[256, 256]"),
+        ({"encoder": "densenet121"}, "'densenet-tiny'", "'densenet121'"),
+        ({"class_names": ["covid19"]}, "['pneumonia']", "['covid19']"),
+    ],
+)
 def test_contradicting_override_fails_naming_both_values(trained48, demo_datalist, tmp_path, override, ours, theirs):
     root, _ = trained48
     with pytest.raises(Exception) as e:
@@ -159,7 +190,9 @@ def test_contradicting_override_fails_naming_both_values(trained48, demo_datalis
 def test_contradicting_override_fails_in_evaluate(trained48, tmp_path):
     root, overrides = trained48
     with pytest.raises(Exception) as e:
-        run_bundle(["train.json", "evaluate.json"], **dict(overrides, spatial_size=[256, 256], output_dir=str(tmp_path)))
+        run_bundle(
+            ["train.json", "evaluate.json"], **dict(overrides, spatial_size=[256, 256], output_dir=str(tmp_path))
+        )
     text = str(root_cause(e.value))
     assert "[48, 48]" in text and "[256, 256]" in text, text
 
@@ -178,8 +211,14 @@ def test_stale_description_is_refused(trained48, demo_datalist, tmp_path):
     with pytest.raises(StaleDescriptionError, match="model.json.*belongs to other weights.*model.pt"):
         load_description(stale / "model.pt")
     with pytest.raises(Exception) as e:
-        run_bundle("inference.json", workflow_type="infer", bundle_root=str(REPO / "bundle"), ckpt_dir=str(stale),
-                   dataset_dir=str(demo_datalist.parent), output_dir=str(tmp_path / "pred"))
+        run_bundle(
+            "inference.json",
+            workflow_type="infer",
+            bundle_root=str(REPO / "bundle"),
+            ckpt_dir=str(stale),
+            dataset_dir=str(demo_datalist.parent),
+            output_dir=str(tmp_path / "pred"),
+        )
     assert isinstance(root_cause(e.value), StaleDescriptionError)
 
 
@@ -191,11 +230,15 @@ def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp
     legacy.mkdir()
     shutil.copy(root / "models" / "model.pt", legacy / "model.pt")
     (legacy / "anchors.json").write_text(json.dumps({"base_anchor_shapes": ANCHORS, "spatial_size": SIZE}))
-    (legacy / "thresholds.json").write_text(json.dumps({"class_thresholds": {"pneumonia": 0.37}, "method": "youden",
-                                                       "split": "validation"}))
+    (legacy / "thresholds.json").write_text(
+        json.dumps({"class_thresholds": {"pneumonia": 0.37}, "method": "youden", "split": "validation"})
+    )
     with pytest.raises(DescriptionError, match="has no model description.*python -m monai_mcx.artifact describe"):
         load_description(legacy / "model.pt")
-    sets = [f"{k}={json.dumps(overrides[k])}" for k in ("encoder", "spatial_size", "dataset_dir", "demo_image_size", "max_items")]
+    sets = [
+        f"{k}={json.dumps(overrides[k])}"
+        for k in ("encoder", "spatial_size", "dataset_dir", "demo_image_size", "max_items")
+    ]
     args = ["describe", "--ckpt", str(legacy / "model.pt"), "--config", str(CONFIGS / "train.json")]
     for s in sets:
         args += ["--set", s]
@@ -209,8 +252,18 @@ def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp
     assert desc.network_args() == ref.network_args() and desc.spatial_size == ref.spatial_size
     # a second describe keeps the existing description; a wrong size (anchors fitted for 48 px) is an error
     assert main(args) == 1 and "exists already" in capsys.readouterr().err
-    bad = ["describe", "--ckpt", str(legacy / "model.pt"), "--config", str(CONFIGS / "train.json"), "--force",
-           "--set", "encoder=densenet-tiny", "--set", "spatial_size=[64, 64]"]
+    bad = [
+        "describe",
+        "--ckpt",
+        str(legacy / "model.pt"),
+        "--config",
+        str(CONFIGS / "train.json"),
+        "--force",
+        "--set",
+        "encoder=densenet-tiny",
+        "--set",
+        "spatial_size=[64, 64]",
+    ]
     assert main(bad) == 1 and "fitted for spatial_size [48, 48]" in capsys.readouterr().err
 
 
@@ -359,11 +412,27 @@ def test_ckpt_export_of_a_truncated_checkpoint_names_the_file(bad_checkpoints, t
     weights through the weights layer before MONAI's own torch.load."""
     _, _, files = bad_checkpoints
     path = files["truncated"]
-    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "--net_id", "network_export", "--filepath",
-           str(tmp_path / "m.ts"), "--ckpt_file", str(path), "--ckpt_dir", str(path.parent),
-           "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json")]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "--net_id",
+        "network_export",
+        "--filepath",
+        str(tmp_path / "m.ts"),
+        "--ckpt_file",
+        str(path),
+        "--ckpt_dir",
+        str(path.parent),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONPATH=str(REPO))
+    )
     assert proc.returncode != 0
     assert f"cannot read checkpoint {str(path)!r}" in proc.stderr and "corrupt, truncated" in proc.stderr
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BUNDLE, CONFIGS, REPO, bundle_overrides
+from conftest import BUNDLE, CONFIGS, REPO, SMALL, bundle_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +30,18 @@ def _flags(overrides: dict) -> list[str]:
     return out
 
 
-def test_properties_of_train_and_inference_configs():
+def test_properties_of_train_and_inference_configs(tmp_path):
     from monai.bundle import ConfigWorkflow
 
-    for wtype, cfg in (("train", "train.json"), ("infer", "inference.json")):
+    from monai_mcx.artifact import ModelDescription, save_model
+
+    # inference.json builds its network from a model description: give it a described (random, tiny) model
+    desc = ModelDescription(class_names=["pneumonia"], tasks=["classification", "segmentation", "localization"],
+                            encoder="densenet-tiny", spatial_size=[64, 64], base_anchor_shapes=SMALL["base_anchor_shapes"])
+    save_model(desc.build_network(), desc, tmp_path / "model.pt")
+    for wtype, cfg, extra in (("train", "train.json", {}), ("infer", "inference.json", {"ckpt_dir": str(tmp_path)})):
         wf = ConfigWorkflow(workflow_type=wtype, config_file=str(CONFIGS / cfg), meta_file=str(CONFIGS / "metadata.json"),
-                            logging_file=str(CONFIGS / "logging.conf"), dataset_dir="/nonexistent/never_built")
+                            logging_file=str(CONFIGS / "logging.conf"), dataset_dir="/nonexistent/never_built", **extra)
         wf.initialize()
         missing = wf.check_properties()
         assert not missing, f"{cfg}: missing bundle properties {missing}"
@@ -114,9 +120,13 @@ def test_cli_train_from_scratch_one_epoch(tmp_path, demo_datalist):
 
 
 def test_train_and_inference_configs_agree_on_the_network():
-    """inference.json is a separate file: the network it builds must be the one train.json trains."""
+    """inference.json is a separate file: it builds the network and the decoder from the model description that
+    train.json writes (model_description), never from settings of its own."""
     train = json.loads((CONFIGS / "train.json").read_text())
     infer = json.loads((CONFIGS / "inference.json").read_text())
-    for key in ("spatial_size", "encoder", "class_names", "tasks", "network_def"):
-        assert train[key] == infer[key], key
-    assert train["anchor_generator"]["feature_map_scales"] == infer["anchor_generator"]["feature_map_scales"]
+    for key in ("spatial_size", "encoder", "class_names", "tasks", "in_channels", "base_anchor_shapes"):
+        assert infer[key] == f"$@model_description.{key}", key
+        assert train["model_description"][key] == f"@{key}", key
+    assert train["network_def"]["encoder"] == "@encoder" and train["network_def"]["in_channels"] == "@in_channels"
+    assert infer["network_def"] == "$@description.build_network()"
+    assert infer["box_decoder"].startswith("$@description.build_box_decoder(")

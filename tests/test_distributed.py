@@ -82,8 +82,11 @@ def test_torchrun_two_processes_gloo(tmp_path, demo_datalist, single_thread):
     eval_models = tmp_path / "eval_models"
     eval_models.mkdir()
     torch.save(last["model"], eval_models / "model.pt")
-    if (models / "anchors.json").is_file():  # the bundle may keep fitted anchors beside the weights
-        (eval_models / "anchors.json").write_bytes((models / "anchors.json").read_bytes())
+    from monai_mcx.artifact import read_description, save_description
+
+    # the description of last.pt describes these weights (same content hash), now as a plain model.pt
+    save_description(read_description(models / "last.json").replace(weights_key=None, weights_file="model.pt"),
+                     eval_models / "model.pt")
     single = _evaluate_single_process(overrides, eval_models, tmp_path / "eval_single")
     _assert_same_metrics(ddp_metrics, single)
 

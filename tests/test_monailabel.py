@@ -79,9 +79,15 @@ def ml_python() -> Path:
 def _build_network():
     from monai.bundle import ConfigParser
 
+    from monai_mcx.artifact import ModelDescription
+
+    desc = ModelDescription(class_names=["pneumonia"], tasks=["classification", "segmentation", "localization"],
+                            encoder=OVERRIDES["encoder"], spatial_size=OVERRIDES["spatial_size"],
+                            base_anchor_shapes=OVERRIDES["base_anchor_shapes"])
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundle" / "configs" / "inference.json"))
     parser["bundle_root"] = str(REPO / "bundle")
+    parser["model_description"] = desc  # the description the checkpoint is saved with (setup_dirs)
     parser.update(OVERRIDES)
     return parser, parser.get_parsed_content("network_def", instantiate=True, lazy=False)
 
@@ -121,7 +127,9 @@ def setup_dirs(tmp_path_factory):
     with torch.no_grad():  # a confident classifier: the gate opens, so the mask and boxes are kept
         net.classification_head.fc.bias.fill_(4.0)
         net.localization_head.classification_head.cls_logits.bias.fill_(0.0)  # box scores ~0.5: boxes exist
-    torch.save(net.state_dict(), bundle / "models" / "model.pt")
+    from monai_mcx.artifact import save_model
+
+    save_model(net, parser.get_parsed_content("model_description"), bundle / "models" / "model.pt")  # + model.json
     app = root / "app"  # a copy, so that the server's logs/ and model/ stay out of the repository
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
     scratch = root / "scratch"

@@ -26,7 +26,11 @@ def _source(tmp_path, class_names=("pneumonia",)):
             if buf.dtype.is_floating_point:
                 buf.uniform_(0.5, 1.5)
     path = tmp_path / "source_model.pt"
-    torch.save(net.state_dict(), path)
+    from monai_mcx.artifact import ModelDescription, save_model
+
+    desc = ModelDescription(class_names=list(class_names), tasks=list(net.tasks), encoder="densenet-tiny",
+                            spatial_size=[64, 64], base_anchor_shapes=[[8, 8], [12, 12], [16, 10]])
+    save_model(net, desc, path)  # source_model.pt + source_model.json (finetune.json reads the description)
     return path, {k: v.clone() for k, v in net.state_dict().items()}
 
 

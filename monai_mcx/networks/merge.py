@@ -220,7 +220,8 @@ def check_source_descriptions(description: Any, encoder_from: StateSource | None
         bad = [f"{f}: {theirs.field_value(f)!r} in {str(theirs.path)!r}, {description.field_value(f)!r} in the target"
                for f in fields if not _same_value(theirs.field_value(f), description.field_value(f))]
         if bad:
-            raise MergeError(f"cannot merge the {part} of {str(src)!r} into this network, the descriptions disagree:\n  "
+            raise MergeError(f"cannot merge the {part} of {str(src)!r} into this network, the descriptions "
+                             "disagree:\n  "
                              + "\n  ".join(bad))
 
 

@@ -99,8 +99,9 @@ def load_weights_file(path: str | os.PathLike, map_location: Any = "cpu", error:
             if pickled
             else "it is corrupt, truncated or not a PyTorch checkpoint"
         )
-        raise error(f"cannot read checkpoint {str(path)!r} ({path.stat().st_size} bytes): {hint} "
-                    f"[{type(e).__name__}: {reason}]") from e
+        raise error(
+            f"cannot read checkpoint {str(path)!r} ({path.stat().st_size} bytes): {hint} [{type(e).__name__}: {reason}]"
+        ) from e
 
 
 def strip_module_prefix(state: Mapping[str, Any], module: nn.Module | None = None) -> dict[str, Any]:
@@ -108,12 +109,13 @@ def strip_module_prefix(state: Mapping[str, Any], module: nn.Module | None = Non
     keys = list(state)
     if keys and all(str(k).startswith("module.") for k in keys):
         if module is None or not any(k.startswith("module.") for k in module.state_dict()):
-            return {str(k)[len("module."):]: v for k, v in state.items()}
+            return {str(k)[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
-def find_state_dict(ckpt: Any, name: str = "<in-memory state dict>", key: str | None = None,
-                    error: type = WeightsError) -> dict[str, torch.Tensor]:
+def find_state_dict(
+    ckpt: Any, name: str = "<in-memory state dict>", key: str | None = None, error: type = WeightsError
+) -> dict[str, torch.Tensor]:
     """The network state dict inside a loaded checkpoint: ``ckpt[key]`` when ``key`` is given, else ``ckpt`` itself,
     ``ckpt["model"]`` or ``ckpt["state_dict"]`` (the first that holds tensors); a ``module.`` prefix is removed and
     non-tensor entries are dropped.
@@ -137,13 +139,16 @@ def find_state_dict(ckpt: Any, name: str = "<in-memory state dict>", key: str | 
         raise error(f"checkpoint {name!r}: {key or 'the entry'} holds a {type(state).__name__}, expected a state dict")
     out = {str(k): v for k, v in state.items() if torch.is_tensor(v)}
     if not out:
-        raise error(f"checkpoint {name!r} holds no tensors (entries: {short_keys(sorted(map(str, state)))}); "
-                    "it is not a network state dict")
+        raise error(
+            f"checkpoint {name!r} holds no tensors (entries: {short_keys(sorted(map(str, state)))}); "
+            "it is not a network state dict"
+        )
     return strip_module_prefix(out)
 
 
-def read_state_dict(source: StateSource, map_location: Any = "cpu", key: str | None = None,
-                    error: type = WeightsError) -> tuple[dict[str, torch.Tensor], str]:
+def read_state_dict(
+    source: StateSource, map_location: Any = "cpu", key: str | None = None, error: type = WeightsError
+) -> tuple[dict[str, torch.Tensor], str]:
     """``(state_dict, name)`` of ``source`` (a file read by :func:`load_weights_file`, or a mapping); see
     :func:`find_state_dict`. ``name`` is the file, for messages."""
     name = source_name(source)
@@ -158,11 +163,12 @@ def unwrap_module(obj: Any) -> Any:
     return obj
 
 
-def state_dict_problems(module: nn.Module, state: Mapping[str, Any], strict: bool = True, prefix: str = "",
-                        limit: int = 10) -> list[str]:
+def state_dict_problems(
+    module: nn.Module, state: Mapping[str, Any], strict: bool = True, prefix: str = "", limit: int = 10
+) -> list[str]:
     """What keeps ``state`` from loading into ``module``: missing keys (the model has them, the checkpoint not) and
-    unexpected keys (the other way round), when ``strict``, and shape mismatches (always). Keys in the messages carry ``prefix`` (for a part of a network, e.g. ``"encoder."``).
-    An empty list means it fits."""
+    unexpected keys (the other way round), when ``strict``, and shape mismatches (always). Keys in the messages
+    carry ``prefix`` (for a part of a network, e.g. ``"encoder."``). An empty list means it fits."""
     own = unwrap_module(module).state_dict()
     missing = [prefix + k for k in own if k not in state]
     unexpected = [prefix + k for k in state if k not in own]
@@ -181,18 +187,33 @@ def state_dict_problems(module: nn.Module, state: Mapping[str, Any], strict: boo
     return out
 
 
-def check_state_dict(module: nn.Module, state: Mapping[str, Any], name: str, strict: bool = True, what: str = "",
-                     error: type = WeightsError, prefix: str = "") -> None:
+def check_state_dict(
+    module: nn.Module,
+    state: Mapping[str, Any],
+    name: str,
+    strict: bool = True,
+    what: str = "",
+    error: type = WeightsError,
+    prefix: str = "",
+) -> None:
     """Raise ``error`` naming ``name`` when :func:`state_dict_problems` finds any."""
     problems = state_dict_problems(module, state, strict, prefix)
     if problems:
         target = what or type(unwrap_module(module)).__name__
-        raise error(f"checkpoint {name!r} does not fit the {target} (built with another encoder, class count, "
-                    f"task list or head settings?):\n  " + "\n  ".join(problems))
+        raise error(
+            f"checkpoint {name!r} does not fit the {target} (built with another encoder, class count, "
+            f"task list or head settings?):\n  " + "\n  ".join(problems)
+        )
 
 
-def load_weights(module: nn.Module, source: StateSource, strict: bool = True, map_location: Any = "cpu",
-                 key: str | None = None, error: type = WeightsError) -> str:
+def load_weights(
+    module: nn.Module,
+    source: StateSource,
+    strict: bool = True,
+    map_location: Any = "cpu",
+    key: str | None = None,
+    error: type = WeightsError,
+) -> str:
     """Read ``source`` (:func:`read_state_dict`), check it against ``module`` (:func:`check_state_dict`), then
     load it (DDP wrappers unwrapped). Nothing is loaded when a check fails. Returns the state dict's
     :func:`state_dict_sha256`."""
@@ -214,6 +235,9 @@ def state_dict_sha256(state: Mapping[str, Any]) -> str:
         h.update(k.encode())
         h.update(f"|{t.dtype}|{tuple(t.shape)}|".encode())
         if t.numel():
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool
-                     else t.to(torch.uint8).numpy().tobytes())
+            h.update(
+                t.view(-1).view(torch.uint8).numpy().tobytes()
+                if t.dtype != torch.bool
+                else t.to(torch.uint8).numpy().tobytes()
+            )
     return h.hexdigest()

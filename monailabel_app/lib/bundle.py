@@ -89,7 +89,8 @@ def untrained_description(overrides: Mapping | None = None):
 
     values = {k: (overrides or {}).get(k, v) for k, v in UNTRAINED_DEFAULTS.items()}
     w, h = [float(s) for s in values["spatial_size"]]
-    anchors = (overrides or {}).get("base_anchor_shapes") or [[a * w / 128.0, b * h / 128.0] for a, b in DEFAULT_ANCHOR_SHAPES]
+    scaled = [[a * w / 128.0, b * h / 128.0] for a, b in DEFAULT_ANCHOR_SHAPES]
+    anchors = (overrides or {}).get("base_anchor_shapes") or scaled
     return ModelDescription(base_anchor_shapes=anchors, provenance="untrained (MONAI Label app defaults)", **values)
 
 
