@@ -109,4 +109,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.line(f"{len(nodeids)} skipped: {reason}", red=True, bold=True)
         for nodeid in nodeids:
             terminalreporter.line(f"    {nodeid}")
-    terminalreporter.line("set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built a failure")
+    terminalreporter.line("set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built "
+                          "a failure")

@@ -133,8 +133,8 @@ def test_bundle_default_path_fits_anchors_trains_and_evaluates_with_them(tmp_pat
     wf = run_bundle("train.json", **overrides)
     spatial = tuple(SMALL["spatial_size"])
     saved = json.loads((tmp_path / "models" / "anchors.json").read_text())
-    fitted = anchor_shapes_from_datalist(demo_datalist, "training", spatial, num_anchors=3, feature_map_scales=(1, 2, 4),
-                                         max_items=24, seed=0)
+    fitted = anchor_shapes_from_datalist(demo_datalist, "training", spatial, num_anchors=3,
+                                         feature_map_scales=(1, 2, 4), max_items=24, seed=0)
     assert saved["base_anchor_shapes"] == fitted == wf.parser.get_parsed_content("base_anchor_shapes")
     generic = [list(np.round(np.asarray(s) * spatial[0] / 128.0, 1)) for s in DEFAULT_ANCHOR_SHAPES]
     assert fitted != generic and fitted != SMALL["base_anchor_shapes"], "fitted, not the fallback or the test pin"

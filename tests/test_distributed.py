@@ -103,7 +103,8 @@ PROBE = {
     "+finalize": [
         "$torch.save({'ddp': isinstance(@train#trainer.network, torch.nn.parallel.DistributedDataParallel), "
         "'trains_network': monai_mcx.engines.distributed.unwrap(@train#trainer.network) is @network, "
-        "'requires_grad': {k: p.requires_grad for k, p in @network.named_parameters()}, 'state': @network.state_dict()}, "
+        "'requires_grad': {k: p.requires_grad for k, p in @network.named_parameters()}, "
+        "'state': @network.state_dict()}, "
         "@output_dir + '/final_rank' + os.environ['RANK'] + '.pt')"
     ],
 }
@@ -127,13 +128,16 @@ def test_finetune_and_multi_gpu_configs_commute():
     from monai.bundle import ConfigParser
 
     resolved = []
-    for order in (["train.json", "finetune.json", "multi_gpu_train.json"], ["train.json", "multi_gpu_train.json", "finetune.json"]):
+    orders = (["train.json", "finetune.json", "multi_gpu_train.json"],
+              ["train.json", "multi_gpu_train.json", "finetune.json"])
+    for order in orders:
         parser = ConfigParser()
         parser.read_config([str(CONFIGS / c) for c in order])
         keys = ("network", "train#trainer#network", "ddp_network", "optimizer#params", "validate#evaluator#network")
         resolved.append({k: json.dumps(parser.get(k), sort_keys=True) for k in keys})
         assert parser.get("network")["_target_"] == "monai_mcx.networks.merge.transfer_network", order
-        assert "wrap_ddp(@network," in parser.get("ddp_network") and parser.get("train#trainer#network") == "@ddp_network"
+        assert "wrap_ddp(@network," in parser.get("ddp_network")
+        assert parser.get("train#trainer#network") == "@ddp_network"
     assert resolved[0] == resolved[1]
 
 

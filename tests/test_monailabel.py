@@ -414,5 +414,5 @@ def test_offline_skip_is_reported_and_can_be_required(tmp_path):
     assert " -rs " in (REPO / "scripts" / "run_tests.sh").read_text(), "the suite's command lists skips"
     required = subprocess.run(cmd, cwd=Path(__file__).parent, env={**env, "MCX_REQUIRE_MONAILABEL": "1"},
                               capture_output=True, text=True, timeout=600)
-    assert required.returncode == 1 and "1 error" in required.stdout and "MCX_REQUIRE_MONAILABEL is set" in required.stdout, \
-        required.stdout[-3000:]
+    assert required.returncode == 1 and "1 error" in required.stdout, required.stdout[-3000:]
+    assert "MCX_REQUIRE_MONAILABEL is set" in required.stdout, required.stdout[-3000:]

@@ -259,7 +259,9 @@ def _cosine(epochs: int, base: float = 1e-3) -> list[float]:
 def test_extending_a_finished_run_continues_the_cosine_for_the_new_length(tmp_path):
     """--resume true --epochs 8 after a 4-epoch run: epochs 5-8 run with the rates an 8-epoch cosine has at
     epochs 5-8 (decreasing), not with the old T_max=4 cosine climbing back to the peak (1.5e-4 ... 1e-3)."""
-    cosine = lambda opt, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)  # noqa: E731
+    def cosine(opt, epochs):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+
     first, _ = _lr_run(tmp_path, 4, cosine, resume=False)
     assert first == pytest.approx(_cosine(4), abs=1e-12)
     extended, engine = _lr_run(tmp_path, 8, cosine, resume=True)
@@ -271,7 +273,9 @@ def test_extending_a_finished_run_continues_the_cosine_for_the_new_length(tmp_pa
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     # a schedule without a closed form cannot be continued at another length: a clear refusal
     (tmp_path / "one_cycle").mkdir()
-    one_cycle = lambda opt, epochs: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs)  # noqa: E731
+    def one_cycle(opt, epochs):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs)
+
     _lr_run(tmp_path / "one_cycle", 4, one_cycle, resume=False)
     with pytest.raises(CheckpointError, match=r"total_steps: 4 in the checkpoint, 8 in this run"):
         _lr_run(tmp_path / "one_cycle", 8, one_cycle, resume=True)

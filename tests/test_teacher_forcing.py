@@ -31,7 +31,8 @@ def _loss_counts(items: list[dict], teacher_forcing: str = "positive_only") -> d
     torch.manual_seed(0)
     net = MultiCheXNet(encoder="densenet-tiny", class_names=["pneumonia"], num_anchors=len(ANCHORS)).eval()
     inputs, targets = prepare_cxr_batch(collate_cxr(items))
-    loss = MultiCheXNetLoss(LocalizationLoss(make_anchor_generator(ANCHORS, [1, 2, 4])), teacher_forcing=teacher_forcing)
+    loc = LocalizationLoss(make_anchor_generator(ANCHORS, [1, 2, 4]))
+    loss = MultiCheXNetLoss(loc, teacher_forcing=teacher_forcing)
     with torch.no_grad():
         out = loss(net(inputs), targets)
     return {"segmentation": int(out["n_segmentation"]), "localization": int(out["n_localization"]),

@@ -73,7 +73,8 @@ class MultiCheXNetLoss(nn.Module):
     ``seg_logits`` ``(B, 1, W, H)``, ``box_cls_logits`` / ``box_regression`` lists of per-level maps) and
     the batch targets (``label`` ``(B, K)``, ``has_label``, ``mask`` ``(B, 1, W, H)``, ``has_mask``,
     ``boxes`` list of ``(N_i, 4)``, ``has_boxes``, and ``image`` ``(B, 1, W, H)`` for the anchors; the
-    teacher-forcing positives are derived from them per task, an item's ``positive`` key is not used). It returns a dict: ``loss`` (the weighted total) and one unweighted term per built task
+    teacher-forcing positives are derived from them per task; an item's ``positive`` key is not
+    used). It returns a dict: ``loss`` (the weighted total) and one unweighted term per built task
     (``classification``, ``segmentation``, ``localization``), plus the number of samples each used
     (``n_classification`` ...).
 
@@ -123,10 +124,11 @@ class MultiCheXNetLoss(nn.Module):
                 terms["classification"] = _zero(logits)
 
         positive = task_positives(targets) if "seg_logits" in outputs or "box_cls_logits" in outputs else {}
+        mode, fraction = self.teacher_forcing, self.negative_fraction
         if "seg_logits" in outputs:
             logits = outputs["seg_logits"]
             idx = select_samples(
-                targets["has_mask"], positive["segmentation"], self.teacher_forcing, self.negative_fraction, self.generator
+                targets["has_mask"], positive["segmentation"], mode, fraction, self.generator
             ).to(logits.device)
             counts["segmentation"] = int(idx.numel())
             if idx.numel():
@@ -140,7 +142,7 @@ class MultiCheXNetLoss(nn.Module):
             if self.localization_loss is None:
                 raise ValueError("the network has a localization head but MultiCheXNetLoss got no localization_loss")
             idx = select_samples(
-                targets["has_boxes"], positive["localization"], self.teacher_forcing, self.negative_fraction, self.generator
+                targets["has_boxes"], positive["localization"], mode, fraction, self.generator
             ).to(cls_maps[0].device)
             counts["localization"] = int(idx.numel())
             if idx.numel():

@@ -171,7 +171,9 @@ def task_positives(targets: Mapping[str, object]) -> dict[str, torch.Tensor]:
     b, device = ref.shape[0], ref.device
 
     def known(key: str) -> torch.Tensor:
-        return torch.as_tensor(targets[key]).reshape(-1).to(device) > 0.5 if key in targets else torch.zeros(b, dtype=torch.bool, device=device)
+        if key not in targets:
+            return torch.zeros(b, dtype=torch.bool, device=device)
+        return torch.as_tensor(targets[key]).reshape(-1).to(device) > 0.5
 
     label_pos = known("has_label")
     if "label" in targets:
