@@ -5,4 +5,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
-python -m pytest -q "$@" tests
+# -rs: every skipped test and its reason in the short summary (tests/conftest.py adds a banner for the ones
+# that leave a whole feature untested, e.g. the MONAI Label server without a package index)
+python -m pytest -q -rs "$@" tests

@@ -90,3 +90,24 @@ def evaluated_bundle(trained_bundle):
     out = root / "eval_cw"
     run_bundle(["train.json", "evaluate.json"], **dict(overrides, output_dir=str(out)))
     return root, overrides, out
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Repeat skips whose reason starts with ``NOT RUN:`` (e.g. the MONAI Label server test without a package
+    index) in a banner at the very end of the output, so a green run that left them out cannot pass unnoticed."""
+    groups: dict[str, list[str]] = {}
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(rep, "longrepr", None)
+        reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr or "")
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith("NOT RUN:"):
+            groups.setdefault(reason.splitlines()[0], []).append(rep.nodeid)
+    if not groups:
+        return
+    terminalreporter.section("TESTS NOT RUN (skipped, the run is green without them)", sep="!", red=True, bold=True)
+    for reason, nodeids in groups.items():
+        terminalreporter.line(f"{len(nodeids)} skipped: {reason}", red=True, bold=True)
+        for nodeid in nodeids:
+            terminalreporter.line(f"    {nodeid}")
+    terminalreporter.line("set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built "
+                          "a failure")

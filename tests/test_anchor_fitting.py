@@ -111,3 +111,43 @@ def test_anchors_file_roundtrip_and_fallbacks(tmp_path):
         warnings.simplefilter("always")
         shapes = anchor_shapes_from_datalist(empty, "training", SPATIAL, num_anchors=3)
     assert shapes == [[8.0, 8.0], [12.0, 12.0], [16.0, 10.0]] and any("fewer than num_anchors" in str(x.message) for x in w)
+
+
+def _best_iou(wh: np.ndarray, anchors: list, scales=(1, 2, 4)) -> np.ndarray:
+    """Per box (w, h): the best centre-aligned IoU with any anchor of the family ``anchor * scale``."""
+    fam = np.array([[a[0] * s, a[1] * s] for a in anchors for s in scales], dtype=np.float64)
+    inter = np.minimum(wh[:, None, 0], fam[None, :, 0]) * np.minimum(wh[:, None, 1], fam[None, :, 1])
+    union = wh[:, None, 0] * wh[:, None, 1] + fam[None, :, 0] * fam[None, :, 1] - inter
+    return (inter / union).max(axis=1)
+
+
+@pytest.mark.slow
+def test_bundle_default_path_fits_anchors_trains_and_evaluates_with_them(tmp_path, demo_datalist):
+    """train.json without a pinned base_anchor_shapes (every other bundle test pins them): the anchors are fitted
+    to the training boxes, saved to anchors.json, build the network, and evaluate.json reads them back."""
+    from conftest import SMALL, bundle_overrides, run_bundle
+    from monai_mcx.data.anchors import DEFAULT_ANCHOR_SHAPES
+
+    overrides = bundle_overrides(tmp_path, dataset_dir=str(demo_datalist.parent), epochs=1, max_items=24, seed=0)
+    overrides.pop("base_anchor_shapes")
+    wf = run_bundle("train.json", **overrides)
+    spatial = tuple(SMALL["spatial_size"])
+    saved = json.loads((tmp_path / "models" / "anchors.json").read_text())
+    fitted = anchor_shapes_from_datalist(demo_datalist, "training", spatial, num_anchors=3,
+                                         feature_map_scales=(1, 2, 4), max_items=24, seed=0)
+    assert saved["base_anchor_shapes"] == fitted == wf.parser.get_parsed_content("base_anchor_shapes")
+    generic = [list(np.round(np.asarray(s) * spatial[0] / 128.0, 1)) for s in DEFAULT_ANCHOR_SHAPES]
+    assert fitted != generic and fitted != SMALL["base_anchor_shapes"], "fitted, not the fallback or the test pin"
+    # the fit is good for the data: computed here from the datalist's own boxes (demo images are 64 px = input)
+    items = json.loads(demo_datalist.read_text())["training"][:24]
+    wh = np.array([[b[2] - b[0], b[3] - b[1]] for it in items for b in (it.get("boxes") or [])], dtype=np.float64)
+    assert len(wh) >= 3
+    assert _best_iou(wh, fitted).mean() > _best_iou(wh, generic).mean() and _best_iou(wh, fitted).mean() > 0.6
+    net = wf.parser.get_parsed_content("network")
+    assert net.localization_head is not None and wf.parser.get_parsed_content("network_def#num_anchors") == 3
+    # evaluate.json takes the anchors from the file the training wrote (edited here: the file, not a refit, counts)
+    edited = [[round(w + 1.0, 1), round(h + 1.0, 1)] for w, h in fitted]
+    save_anchor_shapes(edited, tmp_path / "models" / "anchors.json", feature_map_scales=(1, 2, 4), spatial_size=spatial)
+    ev = run_bundle(["train.json", "evaluate.json"], **dict(overrides, output_dir=str(tmp_path / "eval_fitted")))
+    assert ev.parser.get_parsed_content("base_anchor_shapes") == edited
+    assert (tmp_path / "eval_fitted" / "metrics.json").is_file()

@@ -95,3 +95,93 @@ def test_torchrun_two_processes_gloo(tmp_path, demo_datalist, single_thread):
               dict(overrides, ckpt_dir=str(eval_models), output_dir=str(tmp_path / "eval_ddp"), class_threshold=0.5,
                    box_threshold=0.3))
     _assert_same_metrics(json.loads((tmp_path / "eval_ddp" / "metrics.json").read_text()), single)
+
+
+# ------------------------------------------------------------------------------------------ config combinations
+#: a probe merged last: every rank saves its network's weights after `initialize` (merge/pretrained/transfer
+#: done) and, at the end, whether the trainer's network is DDP, the requires_grad flags and the final weights
+PROBE = {
+    "+initialize": [
+        "$os.makedirs(@output_dir, exist_ok=True)",
+        "$torch.save(@network.state_dict(), @output_dir + '/init_rank' + os.environ['RANK'] + '.pt')",
+    ],
+    "+finalize": [
+        "$torch.save({'ddp': isinstance(@train#trainer.network, torch.nn.parallel.DistributedDataParallel), "
+        "'trains_network': monai_mcx.engines.distributed.unwrap(@train#trainer.network) is @network, "
+        "'requires_grad': {k: p.requires_grad for k, p in @network.named_parameters()}, "
+        "'state': @network.state_dict()}, "
+        "@output_dir + '/final_rank' + os.environ['RANK'] + '.pt')"
+    ],
+}
+
+
+def _random_multichexnet(path: Path, seed: int, **kwargs) -> dict:
+    from monai_mcx.networks import MultiCheXNet
+
+    torch.manual_seed(seed)
+    net = MultiCheXNet(encoder="densenet-tiny", class_names=["pneumonia"], **kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # differs from any fresh initialisation
+    torch.save(net.state_dict(), path)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_finetune_and_multi_gpu_configs_commute():
+    """finetune.json and multi_gpu_train.json touch different keys: either order gives the transfer network
+    as `network` and DDP around it for the trainer (before, the later file's `network` replaced the other's)."""
+    from monai.bundle import ConfigParser
+
+    resolved = []
+    orders = (["train.json", "finetune.json", "multi_gpu_train.json"],
+              ["train.json", "multi_gpu_train.json", "finetune.json"])
+    for order in orders:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / c) for c in order])
+        keys = ("network", "train#trainer#network", "ddp_network", "optimizer#params", "validate#evaluator#network")
+        resolved.append({k: json.dumps(parser.get(k), sort_keys=True) for k in keys})
+        assert parser.get("network")["_target_"] == "monai_mcx.networks.merge.transfer_network", order
+        assert "wrap_ddp(@network," in parser.get("ddp_network")
+        assert parser.get("train#trainer#network") == "@ddp_network"
+    assert resolved[0] == resolved[1]
+
+
+def test_torchrun_finetune_merge_and_pretrained_encoder_under_ddp(tmp_path, demo_datalist):
+    """One 2-process gloo run of train.json + multi_gpu_train.json + finetune.json (that order used to lose DDP)
+    with --pretrained_encoder and --merge#heads_from (which raised "target network has no encoder" under DDP):
+    the encoder comes from the pretrained file and stays frozen, the classifier from the merge source, the
+    trainer trains through DDP (both ranks end with the same weights), and checkpoints hold no DDP prefix."""
+    transfer = _random_multichexnet(tmp_path / "transfer_source.pt", 1)
+    encoder = _random_multichexnet(tmp_path / "encoder_source.pt", 2)
+    heads = _random_multichexnet(tmp_path / "heads_source.pt", 3, tasks=("classification",))
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps(PROBE))
+    out = tmp_path / "eval"
+    overrides = bundle_overrides(
+        tmp_path, dataset_dir=str(demo_datalist.parent), ckpt_interval_iters=0, epochs=1, max_items=16,
+        pretrained_ckpt=str(tmp_path / "transfer_source.pt"), pretrained_class_names=["another_disease"],
+        freeze_encoder=True, pretrained_encoder=str(tmp_path / "encoder_source.pt"), class_names=["pneumonia"],
+    )
+    overrides["merge#heads_from"] = {"classification": str(tmp_path / "heads_source.pt")}
+    _torchrun(["train.json", "multi_gpu_train.json", "finetune.json", str(probe)], overrides)
+
+    enc_keys = [k for k in encoder if k.startswith("encoder.")]
+    head_keys = [k for k in heads if k.startswith("classification_head.")]
+    finals = []
+    for rank in (0, 1):
+        init = torch.load(out / f"init_rank{rank}.pt", map_location="cpu", weights_only=True)
+        assert sorted(init) == sorted(enc_keys + head_keys), "finetune.json's classification-only network"
+        assert all(torch.equal(init[k], encoder[k]) for k in enc_keys), "encoder from --pretrained_encoder"
+        assert not torch.equal(init[enc_keys[0]], transfer[enc_keys[0]])
+        assert all(torch.equal(init[k], heads[k]) for k in head_keys), "classifier from --merge#heads_from"
+        final = torch.load(out / f"final_rank{rank}.pt", map_location="cpu", weights_only=True)
+        assert final["ddp"] and final["trains_network"], "the trainer must train the transfer network through DDP"
+        assert not any(v for k, v in final["requires_grad"].items() if k.startswith("encoder.")), "frozen encoder"
+        assert all(torch.equal(final["state"][k], encoder[k]) for k in enc_keys), "frozen: weights and BN statistics"
+        assert not torch.equal(final["state"]["classification_head.fc.weight"], heads["classification_head.fc.weight"])
+        finals.append(final["state"])
+    # each rank trained on its own shard: only DDP's gradient averaging keeps their weights equal
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+    last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("module.") for k in last["model"])
+    assert all(torch.equal(last["model"][k], finals[0][k]) for k in head_keys)

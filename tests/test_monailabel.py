@@ -12,7 +12,10 @@ starts ``monailabel.main start_server`` on 127.0.0.1 with a free port and talks 
 * an unknown image id (404) and a corrupt study (422) get clean errors, and the server keeps serving;
 * ``/train`` runs one epoch on two annotated pairs and publishes new weights, which the next ``/infer`` uses.
 
-Skipped (with the reason) only when the environment cannot be built for lack of the package index.
+Skipped only when the environment cannot be built for lack of the package index; the skip reason starts with
+``NOT RUN:``, which ``tests/conftest.py`` repeats in a banner at the end of the pytest output (and
+``scripts/run_tests.sh`` passes ``-rs``), so a green run that did not test the server says so. With
+``MCX_REQUIRE_MONAILABEL=1`` (a CI that has the package index) the same condition fails instead.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ OVERRIDES = {
 PNG_SHAPES = {"cxr_a": (72, 56), "cxr_b": (60, 80), "cxr_c": (64, 64)}
 DICOM_ID, DICOM_SHAPE = "cxr_dicom", (80, 66)
 
+#: prefix of the skip reason; tests/conftest.py repeats such skips in a banner at the end of the run
+NOT_RUN = "NOT RUN: MONAI Label server end-to-end test:"
+
 NETWORK_ERRORS = (
     "Could not find a version", "No matching distribution", "Failed to establish a new connection",
     "Temporary failure in name resolution", "Network is unreachable", "ConnectTimeout", "ReadTimeoutError",
@@ -68,7 +74,10 @@ def ml_python() -> Path:
     if proc.returncode != 0:
         tail = "\n".join(log.splitlines()[-25:])
         if any(s in log for s in NETWORK_ERRORS):
-            pytest.skip(f"cannot build the MONAI Label environment (package index unreachable?):\n{tail}")
+            why = f"cannot build the MONAI Label environment (package index unreachable?) in {VENV}"
+            if os.environ.get("MCX_REQUIRE_MONAILABEL", "") not in ("", "0"):
+                pytest.fail(f"{why}, and MCX_REQUIRE_MONAILABEL is set:\n{tail}")
+            pytest.skip(f"{NOT_RUN} {why}:\n{tail}")
         pytest.fail(f"scripts/setup_monailabel.sh failed (exit {proc.returncode}):\n{tail}")
     print(f"[monailabel env] ready in {time.time() - t0:.0f} s: {VENV}")
     return VENV / "bin" / "python"
@@ -393,3 +402,25 @@ def test_train_one_epoch_publishes_weights(server):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q", "-s"]))
+
+
+# ------------------------------------------------------------------------------------------------------
+# an environment that cannot be built (no package index) is a visible skip, or a failure when required
+def test_offline_skip_is_reported_and_can_be_required(tmp_path):
+    empty = tmp_path / "no_wheels"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "MCX_REQUIRE"))}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(empty), PIP_RETRIES="0",
+               MCX_MONAILABEL_VENV=str(tmp_path / "venv"), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"{Path(__file__).name}::test_info"]
+    offline = subprocess.run(cmd, cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
+    out = offline.stdout
+    assert offline.returncode == 0, out[-3000:] + offline.stderr[-2000:]
+    assert "1 skipped" in out and "SKIPPED" in out, out[-3000:]  # -rs: in pytest's short summary
+    banner = out[out.index("TESTS NOT RUN"):]  # and the banner after it, at the very end
+    assert f"1 skipped: {NOT_RUN}" in banner and "test_monailabel.py::test_info" in banner, out[-3000:]
+    assert " -rs " in (REPO / "scripts" / "run_tests.sh").read_text(), "the suite's command lists skips"
+    required = subprocess.run(cmd, cwd=Path(__file__).parent, env={**env, "MCX_REQUIRE_MONAILABEL": "1"},
+                              capture_output=True, text=True, timeout=600)
+    assert required.returncode == 1 and "1 error" in required.stdout, required.stdout[-3000:]
+    assert "MCX_REQUIRE_MONAILABEL is set" in required.stdout, required.stdout[-3000:]

@@ -222,3 +222,60 @@ def test_no_unsafe_torch_load():
             if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert not offenders, offenders
+
+
+# ------------------------------------------------------------------------------------------ extending a run
+def _lr_run(save_dir: Path, epochs: int, scheduler, resume: bool) -> tuple[list[float], object]:
+    """Train a tiny model for ``epochs`` (MONAI's LrScheduleHandler steps ``scheduler`` every epoch, as in
+    train.json); return the learning rate each epoch ran with, and the engine."""
+    from ignite.engine import Engine, Events
+    from monai.handlers import LrScheduleHandler
+
+    torch.manual_seed(0)
+    net = nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    sched = scheduler(opt, epochs)
+
+    def step(engine, batch):
+        opt.zero_grad()
+        net(torch.ones(1, 2)).sum().backward()
+        opt.step()
+
+    engine = Engine(step)
+    lrs: list[float] = []
+    engine.add_event_handler(Events.EPOCH_STARTED, lambda e: lrs.append(opt.param_groups[0]["lr"]))
+    LrScheduleHandler(sched, print_lr=False).attach(engine)
+    LastCheckpoint(save_dir, {"model": net, "optimizer": opt, "lr_scheduler": sched}, resume=resume).attach(engine)
+    engine.run([0, 1], max_epochs=epochs)
+    return lrs, engine
+
+
+def _cosine(epochs: int, base: float = 1e-3) -> list[float]:
+    import math
+
+    return [0.5 * base * (1 + math.cos(math.pi * t / epochs)) for t in range(epochs)]
+
+
+def test_extending_a_finished_run_continues_the_cosine_for_the_new_length(tmp_path):
+    """--resume true --epochs 8 after a 4-epoch run: epochs 5-8 run with the rates an 8-epoch cosine has at
+    epochs 5-8 (decreasing), not with the old T_max=4 cosine climbing back to the peak (1.5e-4 ... 1e-3)."""
+    def cosine(opt, epochs):
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+
+    first, _ = _lr_run(tmp_path, 4, cosine, resume=False)
+    assert first == pytest.approx(_cosine(4), abs=1e-12)
+    extended, engine = _lr_run(tmp_path, 8, cosine, resume=True)
+    assert engine.state.epoch == 8
+    assert extended == pytest.approx(_cosine(8)[4:], abs=1e-12)  # 5.0e-4, 3.1e-4, 1.5e-4, 3.8e-5
+    assert all(a > b for a, b in zip(extended, extended[1:])) and max(extended) <= 0.5e-3 + 1e-12
+    last = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=True)
+    assert last["lr_scheduler"]["T_max"] == 8 and last["lr_scheduler"]["last_epoch"] == 8
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    # a schedule without a closed form cannot be continued at another length: a clear refusal
+    (tmp_path / "one_cycle").mkdir()
+    def one_cycle(opt, epochs):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs)
+
+    _lr_run(tmp_path / "one_cycle", 4, one_cycle, resume=False)
+    with pytest.raises(CheckpointError, match=r"total_steps: 4 in the checkpoint, 8 in this run"):
+        _lr_run(tmp_path / "one_cycle", 8, one_cycle, resume=True)

@@ -12,7 +12,9 @@ MONAI's ``CheckpointSaver`` (ignite ``Checkpoint`` + ``DiskSaver(atomic=True)``)
 * :class:`SafeCheckpointLoader`: a drop-in for ``monai.handlers.CheckpointLoader`` built on :func:`load_checkpoint`.
 * :class:`LastCheckpoint`: an Ignite handler that saves ``<save_dir>/last.pt`` (model, optimizer,
   LR scheduler, trainer counters, AMP scaler, RNG states of every rank) every epoch and every
-  ``interval_iters`` iterations, and with ``resume=True`` restores all of it when the trainer starts.
+  ``interval_iters`` iterations, and with ``resume=True`` restores all of it when the trainer starts. Resumed
+  with more epochs (extending a run), the LR schedule continues as the new length's schedule from the
+  restored step instead of restarting.
 * :class:`ResumableSampler`: MONAI's ``DistributedSampler`` (also in one process) whose order depends only on
   ``seed + epoch`` and which can skip the samples already seen when a run resumes mid-epoch.
 * :func:`configure_determinism`: ``monai.utils.set_determinism`` plus ``torch.use_deterministic_algorithms``.
@@ -353,6 +355,64 @@ def _key_metric_savers(engine: Engine | None) -> list:
     return found
 
 
+#: LR-scheduler state entries that record progress (restored from the checkpoint) rather than settings
+#: (``ReduceLROnPlateau``'s plateau tracking, ``CosineAnnealingWarmRestarts``' position in its cycle);
+#: ``base_lrs`` (the optimizer's initial learning rates) also stays the checkpoint's
+_SCHEDULE_PROGRESS = ("last_epoch", "base_lrs", "verbose", "best", "num_bad_epochs", "cooldown_counter", "mode_worse",
+                      "T_cur", "T_i")
+
+
+def _schedule_settings(scheduler: Any) -> dict:
+    """The settings of an LR scheduler (``T_max``, ``eta_min``, ``step_size``...): its public state entries
+    other than the progress counters."""
+    return {k: v for k, v in scheduler.state_dict().items() if not k.startswith("_") and k not in _SCHEDULE_PROGRESS}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(torch.equal(a, b)) if torch.is_tensor(a) and torch.is_tensor(b) else bool(a == b)
+    except Exception:
+        return repr(a) == repr(b)
+
+
+def _continue_schedule(scheduler: Any, configured: Mapping[str, Any], path: Path, key: str, engine: Engine) -> None:
+    """After a resume, make ``scheduler`` follow this run's settings from the restored step.
+
+    The checkpoint decides *where* the run is (``last_epoch``, the optimizer's learning rates); the config
+    decides the *schedule*. They differ when a run is extended (``--epochs 8`` after 4 epochs: the
+    ``CosineAnnealingLR`` of ``train.json`` has ``T_max = epochs``). Without this, the restored ``T_max = 4``
+    would stay and the cosine would climb back to the peak rate over epochs 5-8. Here the new settings are
+    applied and the learning rate set to the scheduler's closed form at the restored step, i.e. the rate the
+    new-length schedule has at that step; the rates then decrease to ``eta_min`` at the new last epoch.
+
+    Raises:
+        CheckpointError: the settings changed but the scheduler has no closed form (e.g. ``OneCycleLR``,
+            ``ReduceLROnPlateau``), so the new schedule cannot be continued from the restored step.
+    """
+    restored = _schedule_settings(scheduler)
+    changed = {k: v for k, v in configured.items() if k in restored and not _same(v, restored[k])}
+    if not changed:
+        return
+    what = ", ".join(f"{k}: {restored[k]!r} in the checkpoint, {v!r} in this run" for k, v in changed.items())
+    closed_form = getattr(scheduler, "_get_closed_form_lr", None)
+    if closed_form is None:
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: the '{key}' {type(scheduler).__name__} settings changed ({what}) and "
+            f"this scheduler cannot continue a changed schedule from step {scheduler.last_epoch}. Resume with the "
+            "original settings, or start a new run from the weights (e.g. --merge#encoder_from / finetune.json)"
+        )
+    for k, v in changed.items():
+        setattr(scheduler, k, v)
+    lrs = [float(lr) for lr in closed_form()]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+    engine.logger.info(
+        f"resume: '{key}' {type(scheduler).__name__} rebuilt for this run's settings ({what}) at step "
+        f"{scheduler.last_epoch}; learning rate now {', '.join(f'{lr:.3g}' for lr in lrs)}"
+    )
+
+
 class LastCheckpoint:
     """Save a resumable ``<save_dir>/<filename>`` and, with ``resume=True``, restore it when training starts.
 
@@ -373,7 +433,10 @@ class LastCheckpoint:
         interval_iters: also save every this many iterations (``0``: only at epoch ends). The iteration that
             ends an epoch is left to the epoch-end save.
         resume: load ``save_dir/filename`` at ``Events.STARTED`` when it exists (otherwise start afresh, so a
-            job script can always pass ``--resume true``).
+            job script can always pass ``--resume true``). A run may be resumed with a larger ``max_epochs``
+            (extending it): an LR scheduler whose settings differ from the checkpoint's (``train.json``'s
+            ``CosineAnnealingLR`` has ``T_max = epochs``) is rebuilt with this run's settings at the restored
+            step; a scheduler without a closed form refuses (:class:`CheckpointError`).
         generators: named ``torch.Generator`` to save/restore, e.g. ``{"loss": loss.generator}``.
         validator: the evaluator run by ``ValidationHandler`` (optional).
         map_location: for loading.
@@ -457,11 +520,15 @@ class LastCheckpoint:
             engine.logger.info(f"resume: no checkpoint at {self.path}, starting from scratch")
             return
         prior_max_epochs = engine.state.max_epochs
+        schedulers = {k: v for k, v in self._objects().items() if isinstance(v, torch.optim.lr_scheduler.LRScheduler)}
+        configured = {k: _schedule_settings(v) for k, v in schedulers.items()}  # this run's config, before loading
         ckpt = load_checkpoint(self.path, self._objects(), strict=True, map_location=self.map_location)
         if prior_max_epochs is not None:
             if engine.state.epoch > prior_max_epochs:
                 raise CheckpointError(f"checkpoint {str(self.path)!r} is at epoch {engine.state.epoch}, beyond max_epochs={prior_max_epochs}")
             engine.state.max_epochs = prior_max_epochs
+        for key, scheduler in schedulers.items():
+            _continue_schedule(scheduler, configured[key], self.path, key, engine)
         rngs = ckpt.get("rng") or []
         if rngs:
             if len(rngs) != _world_size():

@@ -5,7 +5,7 @@ PyTorch's own engine does the work (``init_process_group``, ``DistributedDataPar
 
 * :func:`init_process_group` / :func:`destroy_process_group` for ``initialize`` / ``finalize``;
 * :func:`local_device`: ``cuda:$LOCAL_RANK`` (and ``torch.cuda.set_device``) when CUDA is there, else CPU;
-* :func:`wrap_ddp`: ``DistributedDataParallel`` around the network;
+* :func:`wrap_ddp`: ``DistributedDataParallel`` around the network (the trainer's; ``network`` stays unwrapped);
 * :func:`rank0_handlers`: drops logging, TensorBoard and file-writing handlers on ranks > 0.
 """
 
@@ -108,9 +108,12 @@ def wrap_ddp(
     backend: str | None = None,
 ) -> nn.Module:
     """``DistributedDataParallel(network)``, initialising the process group first (:func:`init_process_group`
-    with ``backend``) if none exists yet: the network may be built before the config's ``initialize`` list
-    reaches its own ``init_process_group`` (e.g. when an earlier ``initialize`` item uses ``@network``), and
-    an unwrapped network would silently train each rank on its own.
+    with ``backend``) if none exists yet, so the wrapper never depends on the order of a config's items.
+
+    ``multi_gpu_train.json`` gives only the trainer the wrapper (``train#trainer#network: @ddp_network``) and
+    leaves ``network`` unwrapped: weight loading in ``initialize`` (``MergeWeights``: ``--merge#...``,
+    ``--pretrained_encoder``) and ``finetune.json``'s transfer network (frozen encoder) act on the plain module
+    before DDP is built, and DDP registers only the parameters that still require gradients.
 
     ``find_unused_parameters`` can stay ``False`` for MultiCheXNet: every head is in every forward pass, and
     :class:`monai_mcx.losses.MultiCheXNetLoss` keeps a task absent from a batch in the graph as

@@ -4,8 +4,10 @@ Per sample, each task's term is used only where that sample carries the annotati
 ``has_label``, ``has_mask``, ``has_boxes``). On top of that, teacher forcing decides which annotated
 samples train the segmentation and localization heads:
 
-* ``positive_only`` (default): only samples whose ground truth is positive (``positive`` flag: the true
-  class, not the classifier's guess); negatives train the classifier only.
+* ``positive_only`` (default): only samples whose ground truth is positive for that task (the annotation,
+  not the classifier's guess: a non-empty mask for segmentation, at least one box for localization, as the
+  targets reach the loss after crops and resizing; :func:`monai_mcx.transforms.labels.task_positives`);
+  negatives train the classifier only.
 * ``all``: every annotated sample, negatives included (empty masks / no boxes are targets too).
 * ``balanced``: all annotated positives plus a random ``negative_fraction`` of the annotated negatives.
 
@@ -21,6 +23,8 @@ from collections.abc import Mapping
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
+
+from monai_mcx.transforms.labels import task_positives
 
 __all__ = ["MultiCheXNetLoss", "TEACHER_FORCING_MODES", "select_samples"]
 
@@ -68,8 +72,9 @@ class MultiCheXNetLoss(nn.Module):
     ``forward(outputs, targets)`` takes the network's output dict (``class_logits`` ``(B, K)``,
     ``seg_logits`` ``(B, 1, W, H)``, ``box_cls_logits`` / ``box_regression`` lists of per-level maps) and
     the batch targets (``label`` ``(B, K)``, ``has_label``, ``mask`` ``(B, 1, W, H)``, ``has_mask``,
-    ``boxes`` list of ``(N_i, 4)``, ``has_boxes``, ``positive``, and ``image`` ``(B, 1, W, H)`` for the
-    anchors). It returns a dict: ``loss`` (the weighted total) and one unweighted term per built task
+    ``boxes`` list of ``(N_i, 4)``, ``has_boxes``, and ``image`` ``(B, 1, W, H)`` for the anchors; the
+    teacher-forcing positives are derived from them per task; an item's ``positive`` key is not
+    used). It returns a dict: ``loss`` (the weighted total) and one unweighted term per built task
     (``classification``, ``segmentation``, ``localization``), plus the number of samples each used
     (``n_classification`` ...).
 
@@ -118,10 +123,12 @@ class MultiCheXNetLoss(nn.Module):
             else:
                 terms["classification"] = _zero(logits)
 
+        positive = task_positives(targets) if "seg_logits" in outputs or "box_cls_logits" in outputs else {}
+        mode, fraction = self.teacher_forcing, self.negative_fraction
         if "seg_logits" in outputs:
             logits = outputs["seg_logits"]
             idx = select_samples(
-                targets["has_mask"], targets["positive"], self.teacher_forcing, self.negative_fraction, self.generator
+                targets["has_mask"], positive["segmentation"], mode, fraction, self.generator
             ).to(logits.device)
             counts["segmentation"] = int(idx.numel())
             if idx.numel():
@@ -135,7 +142,7 @@ class MultiCheXNetLoss(nn.Module):
             if self.localization_loss is None:
                 raise ValueError("the network has a localization head but MultiCheXNetLoss got no localization_loss")
             idx = select_samples(
-                targets["has_boxes"], targets["positive"], self.teacher_forcing, self.negative_fraction, self.generator
+                targets["has_boxes"], positive["localization"], mode, fraction, self.generator
             ).to(cls_maps[0].device)
             counts["localization"] = int(idx.numel())
             if idx.numel():

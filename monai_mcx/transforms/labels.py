@@ -4,6 +4,11 @@ availability flags, and move boxes with the image through resizing.
 Unknown (``null``) is not negative: an unknown mask becomes an all-zero mask with ``has_mask = 0`` and an
 unknown box list becomes an empty ``(0, 4)`` tensor with ``has_boxes = 0``; the losses and metrics skip
 them. A known-empty box list (``[]``) keeps ``has_boxes = 1``.
+
+Ground-truth positivity for teacher forcing is per task (:func:`task_positives`) and is computed from the
+annotations as they reach the loss, i.e. after every crop, zoom and resize: a lesion cropped away or a small
+mask that vanishes when downsampled makes that task's target empty, and so that task's positive flag 0,
+whatever the class label says. The item's ``positive`` key (set here) is only the image-level flag.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from monai_mcx.data.boxes import check_boxes
 from monai_mcx.data.errors import DataError
 from monai_mcx.transforms.io import LoadCXR
 
-__all__ = ["AnnotationError", "PrepareAnnotationsd", "ResizeWithBoxesd"]
+__all__ = ["AnnotationError", "PrepareAnnotationsd", "ResizeWithBoxesd", "task_positives"]
 
 
 class AnnotationError(DataError):
@@ -43,8 +48,9 @@ class PrepareAnnotationsd(MapTransform):
     ``mask`` path or None, ``boxes`` list of ``[x1, y1, x2, y2]`` (StandardMode, x = spatial dim 0) or None.
 
     Output keys: ``label`` ``(K,)`` float, ``has_label``; ``mask`` ``(1, W, H)`` float 0/1, ``has_mask``;
-    ``boxes`` ``(N, 4)`` float, ``has_boxes``; ``positive`` (ground-truth positivity for teacher forcing:
-    any class if the label is known, else a non-empty mask, else a non-empty box list).
+    ``boxes`` ``(N, 4)`` float, ``has_boxes``; ``positive`` (image-level ground-truth positivity: any class
+    if the label is known, else a non-empty mask, else a non-empty box list). Teacher forcing does not use
+    ``positive``: it uses the per-task flags of :func:`task_positives`, computed after the geometry.
 
     Args:
         num_classes: length of the class vector K.
@@ -140,6 +146,54 @@ class PrepareAnnotationsd(MapTransform):
             positive = False
         d["positive"] = torch.tensor(float(positive))
         return d
+
+
+def task_positives(targets: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """Per-sample ground-truth positivity of each dense task, for teacher forcing.
+
+    A task's positive is its own annotation being non-empty (``segmentation``: any mask pixel, ``localization``:
+    at least one box), taken from ``targets`` as they reach the loss, i.e. after every geometric transform.
+    Only where that task's annotation is unknown (``has_mask`` / ``has_boxes`` = 0) does the class label decide
+    (any class > 0.5 where ``has_label`` = 1, else 0); the losses never train a head on such samples, so
+    there the flag is informative only. With several classes, masks and boxes are one "lesion" class shared
+    by every class of ``class_names``: a known annotation decides alone, whichever class is positive; the label
+    fallback is "any class positive".
+
+    Args:
+        targets: a batch (:data:`monai_mcx.engines.utils.TARGET_KEYS`): ``mask`` ``(B, 1, W, H)``, ``has_mask``
+            ``(B,)``, ``boxes`` list of ``(N_i, 4)``, ``has_boxes`` ``(B,)``, ``label`` ``(B, K)``,
+            ``has_label`` ``(B,)``; missing keys count as unknown.
+
+    Returns:
+        ``{"segmentation": (B,), "localization": (B,)}`` float 0/1 on the device of the flags.
+    """
+    flags = [targets[k] for k in ("has_label", "has_mask", "has_boxes") if k in targets]
+    if not flags:
+        raise ValueError("task_positives needs at least one of has_label, has_mask, has_boxes in the targets")
+    ref = torch.as_tensor(flags[0]).reshape(-1)
+    b, device = ref.shape[0], ref.device
+
+    def known(key: str) -> torch.Tensor:
+        if key not in targets:
+            return torch.zeros(b, dtype=torch.bool, device=device)
+        return torch.as_tensor(targets[key]).reshape(-1).to(device) > 0.5
+
+    label_pos = known("has_label")
+    if "label" in targets:
+        label_pos = label_pos & (torch.as_tensor(targets["label"]).reshape(b, -1).to(device).amax(dim=1) > 0.5)
+    else:
+        label_pos = torch.zeros_like(label_pos)
+    out = {}
+    if "mask" in targets:
+        mask_nonempty = torch.as_tensor(targets["mask"]).reshape(b, -1).to(device).amax(dim=1) > 0
+    else:
+        mask_nonempty = torch.zeros(b, dtype=torch.bool, device=device)
+    out["segmentation"] = torch.where(known("has_mask"), mask_nonempty, label_pos)
+    boxes = targets.get("boxes")
+    box_nonempty = torch.tensor([int(torch.as_tensor(x).reshape(-1, 4).shape[0]) > 0 for x in boxes], dtype=torch.bool,
+                                device=device) if boxes is not None else torch.zeros(b, dtype=torch.bool, device=device)
+    out["localization"] = torch.where(known("has_boxes"), box_nonempty, label_pos)
+    return {k: v.float() for k, v in out.items()}
 
 
 class ResizeWithBoxesd(MapTransform):
