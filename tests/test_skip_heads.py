@@ -53,8 +53,14 @@ def make_batch(kinds: str, seed: int = 0) -> dict:
     return batch
 
 
+def make_optimizer(net) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay: a parameter whose ``grad`` is None is left alone, one with a zero
+    gradient still moves (momentum, decay); unlike Adam it does not amplify rounding noise of tiny gradients."""
+    return torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+
+
 def trainer_for(net, loss, batches, **kwargs) -> MultiTaskTrainer:
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = make_optimizer(net)
     return MultiTaskTrainer(
         device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net, optimizer=opt,
         loss_function=loss, **kwargs,
