@@ -199,33 +199,74 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
             v.history.append(v.validate(val))
             print(f"[{name}] epoch {epoch + 1} {v.name}: {dt:.2f} s {v.history[-1]}", flush=True)
 
-    mcx, singles = variants[0], variants[1:]
-    med = {v.name: float(np.median(v.epoch_seconds)) for v in variants}
-    sum_single = sum(med[v.name] for v in singles)
+    runs = {v.name: {"tasks": v.tasks, "epoch_seconds": v.epoch_seconds, "history": v.history,
+                     "heads_run": dict(v.heads_run, steps=v.steps), "n_items": len(v.items)} for v in variants}
+    return summarize(name, len(train), len(val), present, runs, args)
+
+
+def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dict, args) -> dict:
+    """One record from the per-epoch seconds and validation metrics of every variant (``runs[name]``)."""
+    mcx = runs["multichexnet"]
+    singles = {k: v for k, v in runs.items() if k != "multichexnet"}
+    med = {k: float(np.median(v["epoch_seconds"])) for k, v in runs.items()}
+    sum_single = sum(med[k] for k in singles)
     targets, t_mcx, t_single = {}, {}, {}
-    for v in singles:
-        task = v.tasks[0]
+    for v in singles.values():
+        task = v["tasks"][0]
         key = METRIC[task]
-        best_m = max((h.get(key, float("nan")) for h in mcx.history), default=float("nan"))
-        best_s = max((h.get(key, float("nan")) for h in v.history), default=float("nan"))
+        best_m = max((h.get(key, float("nan")) for h in mcx["history"]), default=float("nan"))
+        best_s = max((h.get(key, float("nan")) for h in v["history"]), default=float("nan"))
         targets[task] = round(args.quality_fraction * float(np.nanmin([best_m, best_s])), 4)
-        t_mcx[task] = time_to(mcx.history, mcx.epoch_seconds, key, targets[task])
-        t_single[task] = time_to(v.history, v.epoch_seconds, key, targets[task])
+        t_mcx[task] = time_to(mcx["history"], mcx["epoch_seconds"], key, targets[task])
+        t_single[task] = time_to(v["history"], v["epoch_seconds"], key, targets[task])
     mcx_all = max(t_mcx.values()) if all(x is not None for x in t_mcx.values()) else None
     single_all = sum(t_single.values()) if all(x is not None for x in t_single.values()) else None
-    best = {v.name: {k: round(max(h.get(k, float("nan")) for h in v.history), 4) for k in v.history[0]} for v in variants}
+    best = {k: {m: round(max(h.get(m, float("nan")) for h in v["history"]), 4) for m in v["history"][0]}
+            for k, v in runs.items()}
     return {
-        "dataset": name, "n_train": len(train), "n_val": len(val), "tasks_labelled": present,
-        "epochs": args.epochs, "batch_size": args.batch_size, "size": args.size, "encoder": args.encoder,
+        "dataset": name, "n_train": n_train, "n_val": n_val, "tasks_labelled": present,
+        "epochs": min(len(v["epoch_seconds"]) for v in runs.values()), "batch_size": args.batch_size,
+        "size": args.size, "encoder": args.encoder,
         "median_epoch_s": {k: round(x, 3) for k, x in med.items()},
         "sum_single_epoch_s": round(sum_single, 3),
         "ratio_epoch_mcx_vs_sum_single": round(med["multichexnet"] / sum_single, 3),
         "quality_targets": targets, "time_to_target_s_mcx": t_mcx, "time_to_target_s_single": t_single,
         "time_to_all_targets_s_mcx": mcx_all, "time_to_all_targets_s_sum_single": single_all,
         "ratio_time_to_quality": round(mcx_all / single_all, 3) if mcx_all and single_all else None,
-        "best_val": best, "heads_run_steps": {v.name: dict(v.heads_run, steps=v.steps) for v in variants},
-        "epoch_s_all": {v.name: [round(x, 3) for x in v.epoch_seconds] for v in variants},
+        "best_val": best, "heads_run_steps": {k: v.get("heads_run") for k, v in runs.items()},
+        "training_items": {k: v.get("n_items") for k, v in runs.items()},
+        "epoch_s_all": {k: [round(x, 3) for x in v["epoch_seconds"]] for k, v in runs.items()},
     }
+
+
+def records_from_log(log: Path, args) -> list[dict]:
+    """Rebuild the records of a run from its printed per-epoch lines (a run stopped before it wrote its files):
+    complete epochs only, every variant cut to the same number of epochs."""
+    import ast
+    import re
+
+    runs: dict[str, dict] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for line in log.read_text().splitlines():
+        m = re.match(r"\[(\w+)\] (\d+) training items, (\d+) validation", line)
+        if m:
+            sizes[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+        m = re.match(r"\[(\w+)\] epoch (\d+) (\w+): ([\d.]+) s (\{.*\})$", line)
+        if m:
+            v = runs.setdefault(m.group(1), {}).setdefault(m.group(3), {"epoch_seconds": [], "history": []})
+            v["epoch_seconds"].append(float(m.group(4)))
+            v["history"].append(ast.literal_eval(m.group(5).replace("nan", "None")))
+    records = []
+    for ds, variants in runs.items():
+        n = min(len(v["epoch_seconds"]) for v in variants.values())
+        if n == 0 or "multichexnet" not in variants or len(variants) < 2:
+            continue
+        for k, v in variants.items():
+            v["epoch_seconds"], v["tasks"] = v["epoch_seconds"][:n], (TASKS if k == "multichexnet" else (k[7:],))
+            v["history"] = [{m: (float("nan") if x is None else x) for m, x in h.items()} for h in v["history"][:n]]
+        present = [t for t in TASKS if f"single_{t}" in variants]
+        records.append(summarize(ds, *sizes.get(ds, (0, 0)), present, variants, args))
+    return records
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -316,8 +357,9 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
         best = "; ".join(f"{v}: " + ", ".join(f"{k.split('/')[0][:3]} {x:.3f}" for k, x in b.items())
                          for v, b in r["best_val"].items())
         tg = ", ".join(f"{METRIC[t]} ≥ {x}" for t, x in r["quality_targets"].items())
-        lines.append(f"- `{r['dataset']}`: targets {tg}. Best: {best}. Steps in which MultiCheXNet ran each head: "
-                     f"{r['heads_run_steps']['multichexnet']}.")
+        heads = r["heads_run_steps"].get("multichexnet")
+        lines.append(f"- `{r['dataset']}` ({r['epochs']} epochs): targets {tg}. Best: {best}."
+                     + (f" Steps in which MultiCheXNet ran each head: {heads}." if heads else ""))
     if memory:
         lines += ["", f"Peak memory of one training step, batch {memory[0]['batch']} (peak RSS of a fresh process "
                   "during the step minus its RSS before it; MiB):", "",
@@ -350,6 +392,7 @@ def parse_args(argv=None):
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--out-json", type=Path, default=REPO / "docs" / "benchmarks.json")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--from-log", type=Path, help="write the tables from the printed log of an interrupted run")
     return p.parse_args(argv)
 
 
@@ -363,6 +406,9 @@ def main(argv=None) -> list[dict]:
         torch.set_num_threads(args.threads)
     load_start, t0 = load_average(), time.perf_counter()
     records = []
+    if args.from_log:
+        records = records_from_log(args.from_log, args)
+        args.datasets = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
             if name == "rsna":
@@ -381,7 +427,9 @@ def main(argv=None) -> list[dict]:
             records.append(run_dataset(name, train, val, args, anchors))
             print(json.dumps({k: records[-1][k] for k in ("dataset", "median_epoch_s", "ratio_epoch_mcx_vs_sum_single",
                                                            "ratio_time_to_quality")}), flush=True)
-    memory = train_memory(args.encoder, args.memory_sizes, args.batch_size, torch.get_num_threads()) if args.memory_sizes else []
+    memory = []
+    if args.memory_sizes:
+        memory = train_memory(args.encoder, args.memory_sizes, args.batch_size, torch.get_num_threads())
     load = (load_start, load_average())
     elapsed = time.perf_counter() - t0
     text = markdown(records, memory, args, command, load, elapsed)
