@@ -64,7 +64,7 @@ METRIC = {"classification": "classification/auc", "segmentation": "segmentation/
 
 # ------------------------------------------------------------------------------------------ data
 def preprocess(datalist: str, split: str, size: int, max_items: int | None) -> list[dict]:
-    from monai.transforms import Compose, EnsureTyped, ScaleIntensityd
+    from monai.transforms import Compose, EnsureTyped
 
     from monai_mcx.data import load_datalist
     from monai_mcx.transforms import PrepareAnnotationsd, ResizeWithBoxesd
@@ -72,7 +72,7 @@ def preprocess(datalist: str, split: str, size: int, max_items: int | None) -> l
 
     items = load_datalist(datalist, split, ["pneumonia"], max_items=max_items)
     tf = Compose([
-        LoadCXRd(keys="image"), ScaleIntensityd(keys="image"), PrepareAnnotationsd(num_classes=1),
+        LoadCXRd(keys="image"), PrepareAnnotationsd(num_classes=1),
         ResizeWithBoxesd(keys=["image", "mask"], spatial_size=[size, size], mode=["area", "nearest-exact"]),
         EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False),
     ])
