@@ -115,7 +115,8 @@ def wrap_ddp(
     ``find_unused_parameters=True`` (``multi_gpu_train.json``'s ``ddp_find_unused_parameters``) lets
     :class:`~monai_mcx.engines.MultiTaskTrainer` skip the heads whose task has no usable sample in a rank's
     batch (ranks may skip different heads; DDP reduces a zero gradient for a head a rank left out, and leaves
-    the gradient of a head no rank ran as the trainer's ``zero_grad`` left it). With ``False`` the trainer computes every head in every
+    the gradient of a head no rank ran as the trainer's ``zero_grad`` left it).
+    With ``False`` the trainer computes every head in every
     step (the multi-task loss then keeps a task absent from a batch in the graph as ``0 * logits.sum()``).
     ``sync_batchnorm`` (CUDA only) converts BatchNorm to
     ``SyncBatchNorm``.

@@ -47,7 +47,8 @@ class MultiTaskTrainer(SupervisedTrainer):
     matching included); the loss of the heads that run is the same number as with every head computed. Its
     parameters get no gradient in that step: with ``optim_set_to_none=False`` (MONAI's default) their
     ``grad`` is zero, as in the full computation, so momentum and weight decay act exactly as before; with
-    ``True`` it is ``None`` and the optimizer leaves them alone. Also, the BatchNorm running statistics of the segmentation decoder are updated only by the
+    ``True`` it is ``None`` and the optimizer leaves them alone. Also, the
+    BatchNorm running statistics of the segmentation decoder are updated only by the
     batches in which it runs (the localization head uses GroupNorm, which keeps none).
     It needs a loss with ``select``/``needed_tasks`` and a network with ``tasks`` and a
     ``forward(image, tasks=...)`` (MultiCheXNet); under ``DistributedDataParallel`` it needs

@@ -130,7 +130,8 @@ class MultiCheXNet(nn.Module):
         if tasks is not None:
             for t in tasks:
                 if t not in self.tasks:
-                    raise ValueError("MultiCheXNet.forward: task " + t + " is not built (tasks=" + ", ".join(self.tasks) + ").")
+                    built = ", ".join(self.tasks)
+                    raise ValueError("MultiCheXNet.forward: task " + t + " is not built (tasks=" + built + ").")
             run_cls = run_cls and "classification" in tasks
             run_seg = run_seg and "segmentation" in tasks
             run_loc = run_loc and "localization" in tasks
