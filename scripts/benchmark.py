@@ -55,8 +55,9 @@ from torch import nn
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (str(REPO), str(REPO / "scripts")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
 from monai_mcx.networks import MultiCheXNet  # noqa: E402
 
@@ -353,8 +354,10 @@ Peak memory: {'; '.join(mem_kinds) or 'n/a'}.
   interleaved repetitions keep the ratios meaningful, absolute times are not.
 - command: `{command}`
 """
+    from bench_sections import kept_sections  # the training / end-to-end sections other scripts wrote
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_text(text + kept_sections(path))
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -434,6 +437,9 @@ def main(argv=None) -> list[dict]:
                    "load_average_start": load_start, "load_average_end": load_end,
                    "repeats": args.repeats, "warmup": args.warmup, "xrv": use_xrv}
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
+        if args.out_json.is_file():  # keep the keys other benchmark scripts wrote (training, end_to_end)
+            old = json.loads(args.out_json.read_text())
+            payload.update({k: v for k, v in old.items() if k not in payload})
         args.out_json.write_text(json.dumps(payload, indent=1) + "\n")
         write_markdown(args.out_md, rows, tg, info, command, load_start, load_end, args, elapsed)
         print(f"wrote {args.out_md} and {args.out_json}")

@@ -185,3 +185,75 @@ def test_torchrun_finetune_merge_and_pretrained_encoder_under_ddp(tmp_path, demo
     last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in last["model"])
     assert all(torch.equal(last["model"][k], finals[0][k]) for k in head_keys)
+# --- skipping heads without labels under DDP (two gloo processes, no bundle: a few seconds) ---------------
+
+#: per step, the samples of rank 0 and rank 1 (letters as in test_skip_heads.make_batch): step 2 leaves rank 1
+#: without masks/boxes (it skips two heads, rank 0 does not); step 3 has no mask or box on any rank
+SKIP_STEPS = [("fn", "nf"), ("fc", "cn"), ("cn", "nc"), ("nf", "fc")]
+
+
+def _skip_batches(rank: int) -> list[dict]:
+    from test_skip_heads import make_batch
+
+    return [make_batch(kinds[rank], seed=10 * step + rank) for step, kinds in enumerate(SKIP_STEPS)]
+
+
+def _ddp_skip_worker(rank: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+    from ignite.engine import Events
+    from test_skip_heads import make_loss, tiny_net, trainer_for
+
+    from monai_mcx.engines.distributed import wrap_ddp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        net = wrap_ddp(tiny_net(), torch.device("cpu"), find_unused_parameters=True)
+        trainer = trainer_for(net, make_loss(), _skip_batches(rank))
+        assert trainer.skip_unlabelled_heads
+        heads = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: heads.append(sorted(e.state.output["pred"])))
+        trainer.run()
+        if rank == 0:
+            torch.save({"state": net.module.state_dict(), "heads": heads}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_skipping_heads_equals_one_process(tmp_path):
+    """Two ranks that skip different heads train the same weights as one process that computes each rank's
+    shard in turn (DDP's gradient mean = the mean of the shards' gradients; BatchNorm uses each shard's own
+    statistics in both) and skips the same heads. No hang, no unused-parameter error."""
+    import torch.multiprocessing as mp
+    from test_skip_heads import make_loss, make_optimizer, tiny_net
+
+    out_file = tmp_path / "rank0.pt"
+    mp.start_processes(_ddp_skip_worker, args=(str(tmp_path / "init"), str(out_file)), nprocs=2, start_method="spawn")
+    ddp = torch.load(out_file, map_location="cpu", weights_only=True)
+    assert ["box_cls_logits", "box_regression", "class_logits", "seg_logits"] == ddp["heads"][0]
+    assert ddp["heads"][2] == ["class_logits"], "step 3: no rank has a mask or box, only the classifier runs"
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net, loss = tiny_net(), make_loss()
+        opt = make_optimizer(net)
+        shards = [_skip_batches(0), _skip_batches(1)]
+        for step in range(len(SKIP_STEPS)):
+            opt.zero_grad(set_to_none=False)  # as MultiTaskTrainer (MONAI's optim_set_to_none=False)
+            net.train()
+            for rank in range(2):
+                b = shards[rank][step]
+                sel = loss.select(b, net.tasks)
+                needed = loss.needed_tasks(sel)
+                out = loss(net(b["image"], tasks=needed if len(needed) < len(net.tasks) else None), b, sel)
+                (out["loss"] / 2).backward()
+            if step == 2:  # no rank ran the localization head: zero gradient (momentum and decay act as before)
+                assert all(torch.count_nonzero(p.grad) == 0 for p in net.localization_head.parameters())
+            opt.step()
+    finally:
+        torch.set_num_threads(n)
+    single = net.state_dict()
+    for name, value in ddp["state"].items():
+        if value.dtype.is_floating_point and "running_" not in name:  # BatchNorm running stats: rank 0's only
+            assert torch.allclose(value, single[name], atol=1e-6, rtol=1e-5), name

@@ -115,10 +115,13 @@ def wrap_ddp(
     ``--pretrained_encoder``) and ``finetune.json``'s transfer network (frozen encoder) act on the plain module
     before DDP is built, and DDP registers only the parameters that still require gradients.
 
-    ``find_unused_parameters`` can stay ``False`` for MultiCheXNet: every head is in every forward pass, and
-    :class:`monai_mcx.losses.MultiCheXNetLoss` keeps a task absent from a batch in the graph as
-    ``0 * logits.sum()``, so every parameter receives a (possibly zero) gradient in every iteration.
-    Set it ``True`` for a custom loss that drops heads. ``sync_batchnorm`` (CUDA only) converts BatchNorm to
+    ``find_unused_parameters=True`` (``multi_gpu_train.json``'s ``ddp_find_unused_parameters``) lets
+    :class:`~monai_mcx.engines.MultiTaskTrainer` skip the heads whose task has no usable sample in a rank's
+    batch (ranks may skip different heads; DDP reduces a zero gradient for a head a rank left out, and leaves
+    the gradient of a head no rank ran as the trainer's ``zero_grad`` left it).
+    With ``False`` the trainer computes every head in every
+    step (the multi-task loss then keeps a task absent from a batch in the graph as ``0 * logits.sum()``).
+    ``sync_batchnorm`` (CUDA only) converts BatchNorm to
     ``SyncBatchNorm``.
     """
     init_process_group(backend)

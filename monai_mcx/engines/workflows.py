@@ -42,13 +42,60 @@ class MultiTaskTrainer(SupervisedTrainer):
     :func:`monai_mcx.engines.loss_items` turns into scalars for StatsHandler/TensorBoard.
 
     AMP (``amp=True``) is used on CUDA only; on CPU it is ignored. Gradient clipping by ``clip_grad_norm``.
+
+    ``skip_unlabelled_heads`` (default on): a head whose task has no usable sample in the batch (after teacher
+    forcing, :meth:`monai_mcx.losses.MultiCheXNetLoss.select`) is not computed, nor is its loss (the anchor
+    matching included); the loss of the heads that run is the same number as with every head computed. Its
+    parameters get no gradient in that step: with ``optim_set_to_none=False`` (MONAI's default) their
+    ``grad`` is zero, as in the full computation, so momentum and weight decay act exactly as before; with
+    ``True`` it is ``None`` and the optimizer leaves them alone. Also, the
+    BatchNorm running statistics of the segmentation decoder are updated only by the
+    batches in which it runs (the localization head uses GroupNorm, which keeps none).
+    It needs a loss with ``select``/``needed_tasks`` and a network with ``tasks`` and a
+    ``forward(image, tasks=...)`` (MultiCheXNet); under ``DistributedDataParallel`` it needs
+    ``find_unused_parameters=True`` (ranks may then skip different heads); otherwise every head is computed.
     """
 
-    def __init__(self, *args: Any, prepare_batch: Callable = prepare_cxr_batch, clip_grad_norm: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        prepare_batch: Callable = prepare_cxr_batch,
+        clip_grad_norm: float | None = None,
+        skip_unlabelled_heads: bool = True,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("decollate", False)
         device = kwargs.get("device", args[0] if args else "cpu")
         super().__init__(*args, prepare_batch=prepare_batch, **_amp_on_cuda_only(device, kwargs))
         self.clip_grad_norm = clip_grad_norm
+        self.skip_unlabelled_heads = bool(skip_unlabelled_heads) and self._can_skip_heads()
+
+    def _can_skip_heads(self) -> bool:
+        net = self.network
+        if isinstance(net, torch.nn.parallel.DistributedDataParallel):
+            if not net.find_unused_parameters:
+                return False
+            net = net.module
+        loss = self.loss_function
+        return hasattr(net, "tasks") and hasattr(loss, "select") and hasattr(loss, "needed_tasks")
+
+    def _forward_and_loss(self, engine: MultiTaskTrainer, inputs: torch.Tensor, targets: dict) -> dict:
+        """Forward pass (only the heads the batch needs, see the class docstring) and the loss dict."""
+        if not self.skip_unlabelled_heads:
+            pred = engine.inferer(inputs, engine.network)
+            engine.state.output[Keys.PRED] = pred
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            return engine.loss_function(pred, targets)
+        tasks = list(getattr(engine.network, "module", engine.network).tasks)
+        selection = engine.loss_function.select(targets, tasks)
+        needed = engine.loss_function.needed_tasks(selection)
+        if needed and len(needed) < len(tasks):
+            pred = engine.inferer(inputs, engine.network, tasks=needed)
+        else:  # all heads, or none needed: every head, the loss an exact zero in the graph
+            pred = engine.inferer(inputs, engine.network)
+        engine.state.output[Keys.PRED] = pred
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        return engine.loss_function(pred, targets, selection)
 
     def _iteration(self, engine: MultiTaskTrainer, batchdata: dict) -> dict:
         if batchdata is None:
@@ -59,10 +106,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         use_amp = bool(engine.amp and engine.scaler is not None)
         with _autocast(engine.state.device, use_amp, engine.amp_kwargs):
-            pred = engine.inferer(inputs, engine.network)
-            engine.state.output[Keys.PRED] = pred
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            losses = engine.loss_function(pred, targets)
+            losses = self._forward_and_loss(engine, inputs, targets)
         loss = losses["loss"]
         engine.state.output[Keys.LOSS] = loss
         engine.state.output["losses"] = {

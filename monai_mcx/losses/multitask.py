@@ -12,13 +12,19 @@ samples train the segmentation and localization heads:
 * ``balanced``: all annotated positives plus a random ``negative_fraction`` of the annotated negatives.
 
 The classifier uses every sample with a class label. A batch in which no sample qualifies for a task gives
-exactly zero for that task (kept in the autograd graph as ``0 * logits.sum()`` so that DDP sees every
-parameter), never NaN.
+exactly zero for that task (kept in the autograd graph as ``0 * logits.sum()`` when the head was computed),
+never NaN.
+
+Skipping what has no label: :meth:`MultiCheXNetLoss.select` draws the samples of every task *before* the
+forward pass, so a trainer can leave out the heads whose task has no usable sample
+(:meth:`MultiCheXNetLoss.needed_tasks`, ``MultiCheXNet.forward(image, tasks=...)``) and hand the same
+selection to ``forward(outputs, targets, selection)``: a task whose head was not computed gives an exact
+zero outside the graph, and the anchor generation and matching of the localization loss never run for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from monai.losses import DiceCELoss
@@ -27,6 +33,9 @@ from torch import nn
 from monai_mcx.transforms.labels import task_positives
 
 __all__ = ["MultiCheXNetLoss", "TEACHER_FORCING_MODES", "select_samples"]
+
+#: the network output key that tells a task's head was computed
+_OUTPUT_KEYS = {"classification": "class_logits", "segmentation": "seg_logits", "localization": "box_cls_logits"}
 
 TEACHER_FORCING_MODES = ("positive_only", "all", "balanced")
 
@@ -109,42 +118,82 @@ class MultiCheXNetLoss(nn.Module):
         self.negative_fraction = float(negative_fraction)
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    def forward(self, outputs: Mapping[str, object], targets: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    def select(self, targets: Mapping[str, object], tasks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The samples each task trains on, teacher forcing applied (one draw per call in ``balanced`` mode).
+
+        Args:
+            targets: the batch targets (class docstring).
+            tasks: the network's tasks, in the canonical order (``MultiCheXNet.tasks``).
+
+        Returns:
+            ``{task: (n_task,) long indices into the batch}`` for each of ``tasks``.
+        """
+        sel: dict[str, torch.Tensor] = {}
+        positive = task_positives(targets) if {"segmentation", "localization"} & set(tasks) else {}
+        for task in tasks:
+            if task == "classification":
+                sel[task] = torch.nonzero(targets["has_label"].reshape(-1) > 0.5, as_tuple=False).reshape(-1)
+            elif task in ("segmentation", "localization"):
+                flag = targets["has_mask" if task == "segmentation" else "has_boxes"]
+                sel[task] = select_samples(
+                    flag, positive[task], self.teacher_forcing, self.negative_fraction, self.generator
+                )
+            else:
+                raise ValueError(f"unknown task {task!r}; expected one of {tuple(_OUTPUT_KEYS)}")
+        return sel
+
+    @staticmethod
+    def needed_tasks(selection: Mapping[str, torch.Tensor]) -> list[str]:
+        """Tasks of ``selection`` with at least one sample (the heads a training step must compute)."""
+        return [t for t, idx in selection.items() if idx.numel() > 0]
+
+    def forward(
+        self,
+        outputs: Mapping[str, object],
+        targets: Mapping[str, object],
+        selection: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Args:
+            outputs: the network's output dict (the heads computed).
+            targets: the batch targets (class docstring).
+            selection: from :meth:`select`; default: drawn here for the heads present in ``outputs``. A task
+                in ``selection`` whose head is absent from ``outputs`` must have no sample; its term is 0.
+        """
+        if selection is None:
+            selection = self.select(targets, [t for t, k in _OUTPUT_KEYS.items() if k in outputs])
         terms: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
+        device = targets["image"].device if "image" in targets else None
+        for task, idx in selection.items():
+            counts[task] = int(idx.numel())
+            if _OUTPUT_KEYS[task] not in outputs:
+                if idx.numel():
+                    raise ValueError(f"the {task} head was not computed but {idx.numel()} samples need it")
+                terms[task] = torch.zeros((), device=device)
 
-        if "class_logits" in outputs:
+        if "classification" in selection and "class_logits" in outputs:
             logits = outputs["class_logits"]
-            idx = torch.nonzero(targets["has_label"].reshape(-1) > 0.5, as_tuple=False).reshape(-1)
-            counts["classification"] = int(idx.numel())
+            idx = selection["classification"].to(logits.device)
             if idx.numel():
                 y = targets["label"].to(logits.device, logits.dtype)
                 terms["classification"] = self.classification_loss(logits[idx].float(), y[idx].float())
             else:
                 terms["classification"] = _zero(logits)
 
-        positive = task_positives(targets) if "seg_logits" in outputs or "box_cls_logits" in outputs else {}
-        mode, fraction = self.teacher_forcing, self.negative_fraction
-        if "seg_logits" in outputs:
+        if "segmentation" in selection and "seg_logits" in outputs:
             logits = outputs["seg_logits"]
-            idx = select_samples(
-                targets["has_mask"], positive["segmentation"], mode, fraction, self.generator
-            ).to(logits.device)
-            counts["segmentation"] = int(idx.numel())
+            idx = selection["segmentation"].to(logits.device)
             if idx.numel():
                 m = targets["mask"].to(logits.device)
                 terms["segmentation"] = self.segmentation_loss(logits[idx].float(), m[idx].float())
             else:
                 terms["segmentation"] = _zero(logits)
 
-        if "box_cls_logits" in outputs:
+        if "localization" in selection and "box_cls_logits" in outputs:
             cls_maps, reg_maps = outputs["box_cls_logits"], outputs["box_regression"]
             if self.localization_loss is None:
                 raise ValueError("the network has a localization head but MultiCheXNetLoss got no localization_loss")
-            idx = select_samples(
-                targets["has_boxes"], positive["localization"], mode, fraction, self.generator
-            ).to(cls_maps[0].device)
-            counts["localization"] = int(idx.numel())
+            idx = selection["localization"].to(cls_maps[0].device)
             if idx.numel():
                 images = targets["image"][idx]
                 boxes = [torch.as_tensor(targets["boxes"][int(i)]).to(cls_maps[0].device).float() for i in idx]
@@ -157,6 +206,7 @@ class MultiCheXNetLoss(nn.Module):
 
         if not terms:
             raise ValueError("the network output holds none of class_logits, seg_logits, box_cls_logits")
+        terms = {t: terms[t] for t in _OUTPUT_KEYS if t in terms}
         total = sum(self.weights[k] * v for k, v in terms.items())
         out = {"loss": total, **terms}
         out.update({f"n_{k}": torch.tensor(v) for k, v in counts.items()})

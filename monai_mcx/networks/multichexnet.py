@@ -10,12 +10,17 @@ the keys of the built tasks (``docs/CONTRACTS.md``):
 ``box_regression``  list over head levels of ``(B, A*4, w_l, h_l)``
 =================== ====================================================================
 
+``forward(image, tasks=[...])`` computes only the named heads (the encoder always runs): the trainer skips a
+head whose task has no usable sample in the batch, and inference can switch off a head it does not need.
+The parameters and the state dict are the same whatever ``tasks`` is given.
+
 Box maps are raw; decoding (anchors, box coder, NMS) is :mod:`monai_mcx.networks.box_decoding`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List, Optional
 
 from torch import Tensor, nn
 
@@ -108,16 +113,39 @@ class MultiCheXNet(nn.Module):
             self.box_strides = [strides[i] for i in self.localization_head.feature_levels]
         self.num_anchors = int(num_anchors)
 
-    def forward(self, image: Tensor) -> dict[str, Tensor | list[Tensor]]:
-        """``image`` ``(B, in_channels, W, H)`` -> dict of the built tasks' outputs (module docstring)."""
+    def forward(self, image: Tensor, tasks: Optional[List[str]] = None) -> dict[str, Tensor | list[Tensor]]:
+        """Run the encoder and the heads of ``tasks``.
+
+        Args:
+            image: ``(B, in_channels, W, H)``.
+            tasks: the heads to compute, a subset of ``self.tasks`` (default: every built head). A head
+                left out is not run and its keys are absent from the output.
+
+        Returns:
+            dict of the computed heads' outputs (module docstring).
+        """
+        run_cls = self.classification_head is not None
+        run_seg = self.segmentation_head is not None
+        run_loc = self.localization_head is not None
+        if tasks is not None:
+            for t in tasks:
+                if t not in self.tasks:
+                    built = ", ".join(self.tasks)
+                    raise ValueError("MultiCheXNet.forward: task " + t + " is not built (tasks=" + built + ").")
+            run_cls = run_cls and "classification" in tasks
+            run_seg = run_seg and "segmentation" in tasks
+            run_loc = run_loc and "localization" in tasks
         features = self.encoder(image)
         out: dict[str, Tensor | list[Tensor]] = {}
-        if self.classification_head is not None:
-            out["class_logits"] = self.classification_head(features[-1])
-        if self.segmentation_head is not None:
-            out["seg_logits"] = self.segmentation_head(features, image.shape[2:])
-        if self.localization_head is not None:
-            box_maps = self.localization_head(features)
+        cls_head = self.classification_head
+        if run_cls and cls_head is not None:
+            out["class_logits"] = cls_head(features[-1])
+        seg_head = self.segmentation_head
+        if run_seg and seg_head is not None:
+            out["seg_logits"] = seg_head(features, image.shape[2:])
+        loc_head = self.localization_head
+        if run_loc and loc_head is not None:
+            box_maps = loc_head(features)
             out["box_cls_logits"] = box_maps["box_cls_logits"]
             out["box_regression"] = box_maps["box_regression"]
         return out
