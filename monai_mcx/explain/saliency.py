@@ -60,7 +60,8 @@ class ClassLogits(nn.Module):
         super().__init__()
         head = getattr(net, "classification_head", None)
         if head is None:
-            raise ValueError(f"saliency needs a classification head; the network has tasks={getattr(net, 'tasks', '?')}.")
+            tasks = getattr(net, "tasks", "?")
+            raise ValueError(f"saliency needs a classification head; the network has tasks={tasks}.")
         self.encoder = net.encoder
         self.classification_head = head
         self.stride32 = nn.Identity()
@@ -112,7 +113,8 @@ class SaliencyMaps:
     Args:
         net: the network (MultiCheXNet with a classification head); it is wrapped in :class:`ClassLogits`.
         layer: ``"stride32"`` (default) or a module name of ``net`` (module docstring).
-        method: ``"gradcam"`` (:class:`monai.visualize.GradCAM`) or ``"gradcampp"`` (:class:`monai.visualize.GradCAMpp`).
+        method: ``"gradcam"`` (:class:`monai.visualize.GradCAM`) or ``"gradcampp"``
+            (:class:`monai.visualize.GradCAMpp`).
         class_indices: the classes to explain (default all ``K``).
 
     ``__call__(image)``: ``image`` ``(B, C, W, H)`` -> maps ``(B, len(class_indices), W, H)`` float32 in [0, 1],
@@ -132,7 +134,7 @@ class SaliencyMaps:
                              f"module name such as {examples}.")
         self.layer = layer
         self.method = method
-        k = self.wrapper.classification_head.fc.out_features if hasattr(self.wrapper.classification_head, "fc") else None
+        k = len(getattr(net, "class_names", ())) or self.wrapper.classification_head.fc.out_features
         self.class_indices = list(range(k)) if class_indices is None else [int(c) for c in class_indices]
         if not self.class_indices:
             raise ValueError("class_indices must not be empty.")

@@ -192,13 +192,15 @@ class TemperatureScaling:
         return {"method": "temperature", "temperatures": dict(zip(self.class_names, self.temperatures))}
 
     @classmethod
-    def from_dict(cls, obj: Mapping | None, class_names: Sequence[str], source: str = "model description") -> TemperatureScaling:
+    def from_dict(cls, obj: Mapping | None, class_names: Sequence[str],
+                  source: str = "model description") -> TemperatureScaling:
         """Inverse of :meth:`to_dict`; ``None`` / ``{}`` gives the identity. A class missing from ``obj`` or an unknown
         ``method`` is an error naming ``source``."""
         if not obj:
             return cls(class_names)
         if obj.get("method", "temperature") != "temperature":
-            raise ValueError(f"{source}: calibration method {obj.get('method')!r} is not supported (only 'temperature').")
+            method = obj.get("method")
+            raise ValueError(f"{source}: calibration method {method!r} is not supported (only 'temperature').")
         table = obj.get("temperatures", {})
         missing = [c for c in class_names if c not in table]
         if missing:
