@@ -1,8 +1,19 @@
-"""Evaluation metrics: classification (AUC, thresholds, ECE), lesion segmentation (Dice) and lesion boxes
-(COCO AP / mAP, RSNA score). Each ``*_metrics`` function returns the flat ``<task>/<metric>[/<variant>]`` keys
+"""Evaluation metrics: classification (AUC, thresholds, ECE), calibration (temperature scaling, Brier, reliability),
+operating points with patient-bootstrap intervals, lesion segmentation (Dice) and lesion boxes (COCO AP / mAP, RSNA
+score). Each ``*_metrics`` function returns the flat ``<task>/<metric>[/<variant>]`` keys
 written to ``metrics.json``."""
 
 from .classification import choose_threshold, classification_metrics, expected_calibration_error, roc_auc
+from .calibration import (
+    TemperatureScaling,
+    binary_nll,
+    brier_score,
+    calibration_metrics,
+    fit_temperature,
+    logits_from_probs,
+    reliability_curve,
+    save_reliability_diagram,
+)
 from .detection import (
     NO_BOX_THRESHOLD,
     RSNA_THRESHOLDS,
@@ -15,6 +26,13 @@ from .detection import (
     coco_map,
     detection_metrics,
     rsna_metric,
+)
+from .operating_points import (
+    operating_point_metrics,
+    operating_points,
+    patient_bootstrap_ci,
+    sensitivity_target_thresholds,
+    threshold_for_sensitivity,
 )
 from .segmentation import dice_per_image, segmentation_metrics
 
@@ -36,4 +54,17 @@ __all__ = [
     "choose_box_threshold",
     "NO_BOX_THRESHOLD",
     "RSNA_THRESHOLDS",
+    "TemperatureScaling",
+    "fit_temperature",
+    "logits_from_probs",
+    "binary_nll",
+    "brier_score",
+    "reliability_curve",
+    "calibration_metrics",
+    "save_reliability_diagram",
+    "threshold_for_sensitivity",
+    "patient_bootstrap_ci",
+    "operating_points",
+    "sensitivity_target_thresholds",
+    "operating_point_metrics",
 ]

@@ -98,13 +98,21 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> flo
         return float("nan")
     if p.min() < 0 or p.max() > 1:
         raise ValueError("probs must lie in [0, 1].")
+    count, sum_p, sum_y = calibration_bins(p, y, n_bins)
+    nz = count > 0
+    gap = np.abs(sum_y[nz] / count[nz] - sum_p[nz] / count[nz])
+    return float(np.sum(count[nz] / p.size * gap))
+
+
+def calibration_bins(p: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The equal-width bins of :func:`expected_calibration_error` (also the reliability diagram's,
+    :func:`monai_mcx.metrics.calibration.reliability_curve`): ``p`` ``(N,)`` in [0, 1] goes to bin
+    ``min(floor(p * n_bins), n_bins - 1)``. Returns ``(count, sum_p, sum_y)``, each ``(n_bins,)``."""
     idx = np.clip(np.floor(p * n_bins).astype(np.int64), 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins).astype(np.float64)
     sum_p = np.bincount(idx, weights=p, minlength=n_bins)
     sum_y = np.bincount(idx, weights=y, minlength=n_bins)
-    nz = count > 0
-    gap = np.abs(sum_y[nz] / count[nz] - sum_p[nz] / count[nz])
-    return float(np.sum(count[nz] / p.size * gap))
+    return count, sum_p, sum_y
 
 
 def classification_metrics(

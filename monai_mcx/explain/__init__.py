@@ -1,0 +1,31 @@
+"""Explanations of the diagnosis: per-class Grad-CAM saliency (MONAI's ``monai.visualize``) and whether it points at
+the lesion (pointing game, saliency mass inside the truth, against a centred-Gaussian baseline)."""
+
+from .pointing import PointingGame, boxes_to_region, centred_gaussian, mass_inside, pointing_hit, truth_region
+from .saliency import (
+    DEFAULT_LAYER,
+    SALIENCY_METHODS,
+    ClassLogits,
+    SaliencyMaps,
+    saliency_nifti_bytes,
+    saliency_overlay,
+    saliency_png_bytes,
+    to_original_geometry,
+)
+
+__all__ = [
+    "DEFAULT_LAYER",
+    "SALIENCY_METHODS",
+    "ClassLogits",
+    "SaliencyMaps",
+    "to_original_geometry",
+    "saliency_overlay",
+    "saliency_png_bytes",
+    "saliency_nifti_bytes",
+    "PointingGame",
+    "boxes_to_region",
+    "truth_region",
+    "centred_gaussian",
+    "pointing_hit",
+    "mass_inside",
+]
