@@ -18,7 +18,18 @@ from PIL import Image
 from conftest import BUNDLE, run_bundle
 
 #: name -> (W, H) of the readable test images
-SIZES = {"a_png.png": (70, 50), "b_dicom.dcm": (90, 40), "c_jpeg.jpg": (60, 80), "d_nifti.nii.gz": (55, 45)}
+SIZES = {"a_png.png": (70, 50), "b_dicom.dcm": (90, 40), "c_jpeg.jpg": (60, 80), "d_nifti.nii.gz": (55, 45),
+         "h_dicom_no_extension": (48, 36)}
+#: name -> what its error row says (#13 items 8, 9): refused images and skipped paths
+ERRORS = {
+    "e_broken.png": "not an image",
+    "f_tiny.png": "image is 1x1 pixels",
+    "g_huge.png": "more than max_pixels",
+    "notes.txt": "skipped: not a DICOM/PNG/JPEG/NIfTI file",
+    "sub": "skipped: a folder",
+    "loop_a": "skipped: symlink loop",
+    "loop_b": "skipped: symlink loop",
+}
 ANCHORS = [[8, 8], [12, 12], [16, 10]]
 
 
@@ -57,6 +68,16 @@ def _make_inputs(folder: Path) -> None:
     w, h = SIZES["d_nifti.nii.gz"]
     nib.save(nib.Nifti1Image(rng.random((w, h)).astype(np.float32), np.diag([0.7, 0.7, 1, 1])), str(folder / "d_nifti.nii.gz"))
     (folder / "e_broken.png").write_bytes(b"this is not an image \x00\x01\x02" * 10)
+    from test_cxr_io import _bilevel_png
+
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(folder / "f_tiny.png")
+    _bilevel_png(folder / "g_huge.png", 10000, 10000)  # 12 kB file, 100 M pixels: refused from the header
+    w, h = SIZES["h_dicom_no_extension"]
+    _write_dicom(folder / "h_dicom_no_extension", rng.integers(0, 4096, (h, w)))  # found by its DICOM header
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub").mkdir()
+    (folder / "loop_a").symlink_to(folder / "loop_b")
+    (folder / "loop_b").symlink_to(folder / "loop_a")
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +113,31 @@ def inference_run(tmp_path_factory):
 def test_summary_has_a_row_per_file_and_names_the_corrupt_one(inference_run):
     root, out = inference_run
     rows = list(csv.DictReader((out / "predictions.csv").open()))
-    assert sorted(Path(r["image"]).name for r in rows) == sorted([*SIZES, "e_broken.png"])
+    assert sorted(Path(r["image"]).name for r in rows) == sorted([*SIZES, *ERRORS])
     for r in rows:
         name = Path(r["image"]).name
-        if name == "e_broken.png":
-            assert "e_broken.png" in r["error"] and "not an image" in r["error"], r
+        if name in ERRORS:
+            assert name in r["error"] and ERRORS[name] in r["error"], r
             assert r["json"] == ""
         else:
             assert r["error"] == "", r
             assert 0.0 <= float(r["p_pneumonia"]) <= 1.0
     assert not (out / "e_broken.json").exists() and not list(out.glob("e_broken*"))
+
+
+def test_datalist_input_with_a_missing_file_gets_an_error_row(inference_run):
+    """A datalist whose second item points nowhere: the run goes on, that item gets an error row."""
+    root, _ = inference_run
+    dl = root / "inputs" / "list.json"
+    dl.write_text(json.dumps({"test": [{"image": "a_png.png"}, {"image": "missing.png"}]}))
+    out = root / "predictions_datalist"
+    run_bundle("inference.json", workflow_type="infer", bundle_root=str(BUNDLE), input=str(dl),
+               ckpt_dir=str(root / "models"), output_dir=str(out), spatial_size=[64, 64], encoder="densenet-tiny",
+               base_anchor_shapes=ANCHORS, batch_size=2)
+    rows = {Path(r["image"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert set(rows) == {"a_png.png", "missing.png"}
+    assert rows["a_png.png"]["error"] == "" and rows["a_png.png"]["json"] == "a_png.json"
+    assert "list.json: test[1]" in rows["missing.png"]["error"] and "not found" in rows["missing.png"]["error"]
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
@@ -145,13 +181,15 @@ def test_guard_collates_good_and_failed_items(tmp_path):
     from monai_mcx.transforms import GuardLoadd
     from monai_mcx.transforms.io import LoadCXRd
 
-    Image.fromarray(np.zeros((30, 20), np.uint8)).save(tmp_path / "ok.png")
+    Image.fromarray(np.zeros((40, 36), np.uint8)).save(tmp_path / "ok.png")
     guard = GuardLoadd(Compose([LoadCXRd("image"), Resized("image", (32, 32))]), spatial_size=(32, 32))
-    items = [guard({"image": str(tmp_path / "ok.png")}), guard({"image": str(tmp_path / "missing.png")})]
+    skipped = {"image": str(tmp_path / "loop"), "error": f"{tmp_path / 'loop'}: skipped: symlink loop"}
+    items = [guard({"image": str(tmp_path / n)}) for n in ("ok.png", "missing.png")] + [guard(skipped)]
     batch = collate_cxr(items)
-    assert batch["image"].shape == (2, 1, 32, 32)
+    assert batch["image"].shape == (3, 1, 32, 32)
     assert batch["error"][0] == "" and "missing.png" in batch["error"][1] and "not found" in batch["error"][1]
-    assert batch["original_size"][0] == [20, 30]
+    assert batch["error"][2] == skipped["error"]  # an item listed as skipped keeps its reason, untransformed
+    assert batch["original_size"][0] == [36, 40]
 
 
 def test_benchmark_quick_writes_records_with_the_schema(tmp_path):

@@ -31,7 +31,9 @@ def _itk(path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ours(path) -> tuple[np.ndarray, np.ndarray]:
-    y = LoadCXR(apply_voi=False)(path)
+    # min-max on both sides: ITK has no stored-range / window mapping, so _itk min-max normalises (the real
+    # SIIM file's pixels end at 254: our default pipeline's x / 255 differs from ITK's x / 254 by design)
+    y = LoadCXR(apply_voi=False, scale="minmax")(path)
     return y[0].numpy(), np.asarray(y.meta["pixel_spacing"], dtype=float)
 
 

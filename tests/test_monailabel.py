@@ -249,11 +249,11 @@ def _expected(net, decoder, path: Path, seg_threshold: float) -> tuple[np.ndarra
     """What the served network should give, computed here: mask (rows, cols), prob map, ungated boxes
     ``(N, 4)`` in original pixels (x = column)."""
     import torch.nn.functional as F
-    from monai.transforms import Resize, ScaleIntensity
+    from monai.transforms import Resize
 
     from monai_mcx.transforms.io import LoadCXR
 
-    img = ScaleIntensity()(LoadCXR()(str(path)))  # (1, W, H), as the bundle's preprocessing
+    img = LoadCXR()(str(path))  # (1, W, H) in [0, 1], as the bundle's preprocessing (LoadCXRd alone)
     w, h = img.shape[1:]
     x = Resize(OVERRIDES["spatial_size"], mode="area")(img).as_tensor()[None].float()
     net.eval()

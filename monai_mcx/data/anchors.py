@@ -68,8 +68,10 @@ def image_size_wh(path: str | os.PathLike) -> tuple[int, int]:
             return int(ds.Columns), int(ds.Rows)
         from PIL import Image
 
+        from monai_mcx.transforms.io import exif_size_wh
+
         with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])  # PIL size is (width, height)
+            return exif_size_wh(im)  # (width, height) as loaded: after the EXIF orientation, as LoadCXR does
     except DataError:
         raise
     except FileNotFoundError as e:

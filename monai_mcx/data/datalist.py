@@ -13,21 +13,49 @@ A datalist is a MONAI-style JSON object ``{"class_names": [...], "training": [..
 ========== =====================================================================================
 
 ``null`` (unknown) is not the same as empty (negative): unknown labels contribute to no loss and no metric.
+
+Checks (:func:`validate_item`): label values must be 0 or 1 (``-1``, CheXpert's "uncertain", is refused
+unless ``uncertain="zeros"`` or ``"ones"`` maps it; ``2``, ``0.5``, ``NaN`` are always refused); boxes go
+through :func:`monai_mcx.data.boxes.check_box` (finite, ``x2 > x1``, ``y2 > y1``; the bounds are checked
+against the image when it is loaded, by :class:`~monai_mcx.transforms.PrepareAnnotationsd`); paths written on
+Windows (``images\\img.png``) are accepted: backslashes are read as folder separators unless a file with
+the literal name exists. A Windows absolute path (``C:\\...``) cannot be found on another system: the error
+says so.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
+from monai_mcx.utils import is_dicom_file
 
-__all__ = ["DatalistError", "load_datalist", "validate_item", "resolve_datalist", "inference_items", "SPLITS"]
+__all__ = [
+    "DatalistError",
+    "load_datalist",
+    "validate_item",
+    "check_label",
+    "resolve_path",
+    "resolve_datalist",
+    "inference_items",
+    "list_image_folder",
+    "SPLITS",
+    "UNCERTAIN_POLICIES",
+]
 
 SPLITS = ("training", "validation", "test")
 _REQUIRED = ("image",)
+#: what a label value of -1 (CheXpert's "uncertain") becomes: refused, 0 (U-Zeros) or 1 (U-Ones)
+UNCERTAIN_POLICIES = {"error": None, "zeros": 0.0, "ones": 1.0}
+_WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 
 
 class DatalistError(DataError):
@@ -39,17 +67,103 @@ def _where(datalist_file: str | os.PathLike, split: str, index: int, item: dict 
     return f"{datalist_file}: {split}[{index}]{image}"
 
 
+def check_label(label, num_classes: int | None, where: str = "datalist item", uncertain: str = "error") -> list[float]:
+    """Check a class vector and return it as floats.
+
+    Args:
+        label: a number or a list of numbers, one per class name.
+        num_classes: the expected length (``None``: any).
+        where: named in the error (datalist file, split, index and image).
+        uncertain: what a ``-1`` value (CheXpert's "uncertain") becomes: ``"error"`` (refused, the default),
+            ``"zeros"`` (0, "U-Zeros") or ``"ones"`` (1, "U-Ones").
+
+    Raises:
+        DatalistError: a value that is not 0 or 1 (``2``, ``0.5``, ``NaN``, or ``-1`` under ``"error"``),
+            not a number, or a wrong length.
+    """
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise ValueError(f"uncertain must be one of {sorted(UNCERTAIN_POLICIES)}, got {uncertain!r}")
+    values = [label] if isinstance(label, (int, float)) else label
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not all(
+        isinstance(v, (int, float)) for v in values
+    ):
+        raise DatalistError(f"{where}: label must be a list of numbers (0 or 1) or null, got {label!r}")
+    if num_classes is not None and len(values) != num_classes:
+        raise DatalistError(f"{where}: label has {len(values)} values but the bundle has {num_classes} class names")
+    out = []
+    for i, v in enumerate(values):
+        v = float(v)
+        if v == -1.0 and UNCERTAIN_POLICIES[uncertain] is not None:
+            v = UNCERTAIN_POLICIES[uncertain]
+        elif v == -1.0:
+            raise DatalistError(
+                f"{where}: label[{i}] is -1 (CheXpert's 'uncertain'), which is neither 0 nor 1: map it explicitly "
+                "with load_datalist(..., uncertain='zeros' or 'ones') or write 0, 1 or a null label"
+            )
+        elif not math.isfinite(v):
+            raise DatalistError(f"{where}: label[{i}] is {v}, not 0 or 1 (an unknown label is written null)")
+        elif v not in (0.0, 1.0):
+            raise DatalistError(f"{where}: label[{i}] is {v:g}, not 0 or 1 (labels are binary per class)")
+        out.append(v)
+    return out
+
+
+def resolve_path(value, base_dir: str | os.PathLike, where: str = "datalist item", key: str = "image",
+                 check_files: bool = True) -> str:
+    """The absolute path of a datalist entry (relative paths are relative to ``base_dir``).
+
+    A path written on Windows (``images\\img.png``) is read with ``/`` as separator unless a file with the
+    literal name (backslashes included) exists. A Windows absolute path (``C:\\data\\img.png`` or
+    ``\\\\server\\share``) cannot be found elsewhere: when it is missing the error says so.
+
+    Raises:
+        DatalistError: ``check_files`` and the file does not exist (naming ``where``, ``key`` and the path).
+    """
+    text = str(value)
+    path = Path(text)
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    normalised = path
+    if "\\" in text and os.sep != "\\" and not path.is_file():
+        windows_abs = bool(_WINDOWS_ABSOLUTE.match(text))
+        normalised = Path(text.replace("\\", "/"))
+        if not normalised.is_absolute():
+            normalised = Path(base_dir) / normalised
+        if check_files and not normalised.is_file():
+            if windows_abs:
+                raise DatalistError(
+                    f"{where}: {key} file not found: {text!r} is a Windows absolute path, which does not exist on "
+                    "this system; write paths relative to the datalist's folder"
+                )
+            raise DatalistError(
+                f"{where}: {key} file not found: {normalised} (read from {text!r}, backslashes taken as folder "
+                "separators)"
+            )
+    elif check_files and not path.is_file():
+        raise DatalistError(f"{where}: {key} file not found: {path}")
+    return str(normalised)
+
+
 def validate_item(
     item: dict,
     num_classes: int | None,
     base_dir: str | os.PathLike,
     where: str = "datalist item",
     check_files: bool = True,
+    uncertain: str = "error",
 ) -> dict:
     """Check one datalist item and return a copy whose paths are absolute.
 
+    Args:
+        item: the datalist item.
+        num_classes: the number of class names (label length), ``None`` for any.
+        base_dir: the datalist's folder (relative paths start there).
+        where: named in the errors.
+        check_files: check that image and mask files exist.
+        uncertain: the policy for ``-1`` label values (see :func:`check_label`).
+
     Raises:
-        DatalistError: naming ``where`` and the problem (missing key, file not found, label length,
+        DatalistError: naming ``where`` and the problem (missing key, file not found, label value or length,
             malformed box).
     """
     if not isinstance(item, dict):
@@ -63,58 +177,27 @@ def validate_item(
     for key in ("label", "mask", "boxes"):
         out.setdefault(key, None)
     for key in ("image", "mask"):
-        if out[key] is None:
-            continue
-        path = Path(str(out[key]))
-        if not path.is_absolute():
-            path = Path(base_dir) / path
-        if check_files and not path.is_file():
-            raise DatalistError(f"{where}: {key} file not found: {path}")
-        out[key] = str(path)
+        if out[key] is not None:
+            out[key] = resolve_path(out[key], base_dir, where, key, check_files)
     if out["label"] is not None:
-        label = out["label"]
-        if isinstance(label, (int, float)):
-            label = [label]
-        if not isinstance(label, Sequence) or not all(isinstance(v, (int, float)) for v in label):
-            raise DatalistError(f"{where}: label must be a list of numbers or null, got {out['label']!r}")
-        if num_classes is not None and len(label) != num_classes:
-            raise DatalistError(
-                f"{where}: label has {len(label)} values but the bundle has {num_classes} class names"
-            )
-        out["label"] = [float(v) for v in label]
+        out["label"] = check_label(out["label"], num_classes, where, uncertain)
     if out["boxes"] is not None:
         boxes = out["boxes"]
-        if not isinstance(boxes, Sequence):
+        if isinstance(boxes, (str, bytes)) or not isinstance(boxes, Sequence):
             raise DatalistError(f"{where}: boxes must be a list of [x1, y1, x2, y2] or null, got {boxes!r}")
-        for b in boxes:
-            if not isinstance(b, Sequence) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b):
-                raise DatalistError(f"{where}: box {b!r} is not [x1, y1, x2, y2]")
-            if b[2] <= b[0] or b[3] <= b[1]:
-                raise DatalistError(f"{where}: box {list(b)} has x2 <= x1 or y2 <= y1")
-        out["boxes"] = [[float(v) for v in b] for b in boxes]
+        checked = []
+        for i, b in enumerate(boxes):
+            try:
+                # bounds need the image: PrepareAnnotationsd / LoadCXRd check them (with their tolerance)
+                checked.append(check_box(b, tol=math.inf))
+            except DataError as e:
+                raise DatalistError(f"{where}: boxes[{i}]: {e.problem}") from None
+        out["boxes"] = checked
     return out
 
 
-def load_datalist(
-    datalist_file: str | os.PathLike,
-    split: str = "training",
-    class_names: Sequence[str] | None = None,
-    check_files: bool = True,
-    max_items: int | None = None,
-) -> list[dict]:
-    """Read ``split`` of a monai_mcx datalist, validate every item and make its paths absolute.
-
-    Args:
-        datalist_file: path to the JSON datalist.
-        split: ``training``, ``validation`` or ``test``.
-        class_names: the bundle's class names; when the datalist declares ``class_names`` they must match.
-        check_files: check that image and mask files exist.
-        max_items: keep only the first ``max_items`` items (quick runs).
-
-    Raises:
-        DatalistError: naming the datalist file, the item and what is wrong.
-    """
-    datalist_file = Path(datalist_file)
+def _read_split(datalist_file: Path, split: str, class_names: Sequence[str] | None):
+    """``(items, num_classes)`` of ``split`` (the JSON and its structure checked, the items not)."""
     if not datalist_file.is_file():
         raise DatalistError(f"{datalist_file}: datalist file not found")
     try:
@@ -122,7 +205,9 @@ def load_datalist(
     except json.JSONDecodeError as e:
         raise DatalistError(f"{datalist_file}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
-        raise DatalistError(f"{datalist_file}: the datalist must be a JSON object with 'training'/'validation'/'test' lists")
+        raise DatalistError(
+            f"{datalist_file}: the datalist must be a JSON object with 'training'/'validation'/'test' lists"
+        )
     if split not in data:
         raise DatalistError(f"{datalist_file}: has no {split!r} list (it has {sorted(data)})")
     declared = data.get("class_names")
@@ -134,11 +219,38 @@ def load_datalist(
     items = data[split]
     if not isinstance(items, list):
         raise DatalistError(f"{datalist_file}: {split!r} must be a list")
+    return items, num_classes
+
+
+def load_datalist(
+    datalist_file: str | os.PathLike,
+    split: str = "training",
+    class_names: Sequence[str] | None = None,
+    check_files: bool = True,
+    max_items: int | None = None,
+    uncertain: str = "error",
+) -> list[dict]:
+    """Read ``split`` of a monai_mcx datalist, validate every item and make its paths absolute.
+
+    Args:
+        datalist_file: path to the JSON datalist.
+        split: ``training``, ``validation`` or ``test``.
+        class_names: the bundle's class names; when the datalist declares ``class_names`` they must match.
+        check_files: check that image and mask files exist.
+        max_items: keep only the first ``max_items`` items (quick runs).
+        uncertain: what a ``-1`` label value becomes: ``"error"`` (default), ``"zeros"`` or ``"ones"``
+            (see :func:`check_label`).
+
+    Raises:
+        DatalistError: naming the datalist file, the item and what is wrong.
+    """
+    datalist_file = Path(datalist_file)
+    items, num_classes = _read_split(datalist_file, split, class_names)
     if max_items is not None:
         items = items[: int(max_items)]
     base = datalist_file.parent
     return [
-        validate_item(it, num_classes, base, _where(datalist_file, split, i, it), check_files)
+        validate_item(it, num_classes, base, _where(datalist_file, split, i, it), check_files, uncertain)
         for i, it in enumerate(items)
     ]
 
@@ -173,20 +285,91 @@ def resolve_datalist(dataset_dir: str | os.PathLike, datalist_file: str | None =
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".nii", ".nii.gz")
 
 
-def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
-    """Items ``{"image": path}`` to run inference on.
+def _skip_reason(path: Path) -> str | None:
+    """Why folder inference skips ``path`` (``None``: it is an input image)."""
+    try:
+        st = path.stat()  # follows symlinks
+    except OSError as e:
+        if path.is_symlink():
+            if e.errno == errno.ELOOP:
+                return "symlink loop"
+            if e.errno == errno.ENOENT:
+                return "broken symlink (its target does not exist)"
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder (folder inference does not search sub-folders)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "unreadable (permission denied)"
+    if path.name.lower().endswith(IMAGE_SUFFIXES) or is_dicom_file(path):  # DICOM sniffed, extension or not
+        return None
+    return "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)"
 
-    ``source`` is a folder (every DICOM/PNG/JPEG/NIfTI file in it, sorted, not recursive), a datalist JSON
-    (its ``split`` list; annotations are dropped), or a single image file.
+
+def list_image_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The input images of a folder, and every other entry with the reason it is skipped.
+
+    An entry is an input when it is a readable regular file (symlinks followed) whose name ends with one of
+    :data:`IMAGE_SUFFIXES` or which starts like a DICOM file (``DICM`` at byte 128: PACS exports often have
+    no extension). Everything else -- sub-folders (not searched), symlink loops, broken symlinks, unreadable
+    and other files -- is returned with its reason.
+
+    Returns:
+        ``(images, skipped)``: sorted paths, and ``(path, reason)`` pairs in name order.
+    """
+    images, skipped = [], []
+    for path in sorted(Path(folder).iterdir()):
+        reason = _skip_reason(path)
+        if reason is None:
+            images.append(path)
+        else:
+            skipped.append((path, reason))
+    return images, skipped
+
+
+def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
+    """Items ``{"image": path}`` to run inference on; inputs that cannot be run carry an ``error`` instead.
+
+    ``source`` is
+
+    * a folder: every DICOM/PNG/JPEG/NIfTI file in it (not recursive, sorted; extension-less DICOM files are
+      recognised by their header), see :func:`list_image_folder`. Every other entry (sub-folder, symlink
+      loop, unreadable or non-image file) becomes ``{"image": path, "error": "<path>: skipped: <reason>"}``,
+      which :class:`~monai_mcx.transforms.GuardLoadd` turns into an error row of ``predictions.csv``;
+    * a datalist JSON: its ``split`` list (annotations are dropped); an item whose image is missing becomes an
+      item with ``error`` (the run goes on), and so does a malformed item;
+    * a single image file.
+
+    Raises:
+        DatalistError: ``source`` does not exist, a folder holds no input image, or the datalist file itself
+            is not a valid datalist.
     """
     source = Path(source)
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
-        if not files:
-            raise DatalistError(f"{source}: no DICOM/PNG/JPEG/NIfTI files in this folder")
-        return [{"image": str(p)} for p in files]
+        images, skipped = list_image_folder(source)
+        if not images:
+            listed = "; ".join(f"{p.name}: {r}" for p, r in skipped[:5])
+            raise DatalistError(
+                f"{source}: no DICOM/PNG/JPEG/NIfTI files in this folder"
+                + (f" ({len(skipped)} other entries skipped: {listed})" if skipped else "")
+            )
+        items = [{"image": str(p)} for p in images]
+        items += [{"image": str(p), "error": f"{p}: skipped: {reason}"} for p, reason in skipped]
+        return items
     if source.suffix.lower() == ".json":
-        return [{"image": it["image"]} for it in load_datalist(source, split, check_files=True)]
+        raw, _ = _read_split(source, split, None)
+        out = []
+        for i, it in enumerate(raw):
+            where = _where(source, split, i, it)
+            if not isinstance(it, dict) or it.get("image") in (None, ""):
+                out.append({"image": f"{source}: {split}[{i}]", "error": f"{where}: no 'image' path in this item"})
+                continue
+            try:
+                out.append({"image": resolve_path(it["image"], source.parent, where, "image", check_files=True)})
+            except DatalistError as e:
+                out.append({"image": resolve_path(it["image"], source.parent, where, "image", False), "error": str(e)})
+        return out
     if source.is_file():
         return [{"image": str(source)}]
     raise DatalistError(f"{source}: no such file or folder")

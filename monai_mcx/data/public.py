@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.rle import rle_check, rle_decode
 
@@ -77,16 +78,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz", 
 
 
 def find_file(root: str | os.PathLike, name: str, required: bool = True) -> Path | None:
-    """Find ``name`` in ``root``: exact, then ``name.gz`` / ``name.zip``, then a glob pattern
-    (``name`` may contain ``*``), then any file whose name contains ``name``. An absolute ``name`` is
-    used as is.
+    """Find ``name`` under the data set folder ``root``: exact, then ``name.gz`` / ``name.zip``, then a glob
+    pattern (``name`` may contain ``*``), then any file whose name contains ``name``. An absolute ``name`` is
+    used as is; a relative one is looked up under ``root`` only (a same-named file in the current working
+    directory is never used).
 
     Raises:
         DataError: nothing found and ``required``.
     """
     root = Path(root)
     p = Path(name)
-    if p.is_absolute() or p.exists():
+    if p.is_absolute():  # a relative name is looked up under root only, never in the working directory
         if p.is_file():
             return p
         if required:
@@ -155,22 +157,6 @@ def _col(header: list[str], rows, path, row_no, values, name) -> str:
     if i >= len(values):
         raise DataError(f"row has {len(values)} values, no {name!r}", path, row_no)
     return values[i].strip()
-
-
-def check_box(box: Sequence[float], width: float | None, height: float | None, file=None, row=None, tol: float = 1e-3):
-    """Check one ``[x1, y1, x2, y2]`` box: finite, ``x2 > x1``, ``y2 > y1`` and inside ``width x height``.
-
-    Raises:
-        DataError: naming ``file`` / ``row`` and the box.
-    """
-    b = [float(v) for v in box]
-    if len(b) != 4 or not all(np.isfinite(b)):
-        raise DataError(f"box {list(box)} is not four finite numbers [x1, y1, x2, y2]", file, row)
-    if b[2] <= b[0] or b[3] <= b[1]:
-        raise DataError(f"box {b} has x2 <= x1 or y2 <= y1", file, row)
-    if b[0] < -tol or b[1] < -tol or (width is not None and b[2] > width + tol) or (height is not None and b[3] > height + tol):
-        raise DataError(f"box {b} lies outside the {width}x{height} image", file, row)
-    return b
 
 
 def _index_files(root: Path, suffixes: Sequence[str]) -> dict[str, Path]:

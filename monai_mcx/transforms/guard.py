@@ -45,7 +45,10 @@ class GuardLoadd(MapTransform):
       ``filename_or_obj``, ``spatial_shape`` (the ORIGINAL ``(W, H)``, the network input size for a failed
       item) and ``pixel_spacing`` (``(x, y)`` mm, ``(1, 1)`` when unknown). Other metadata is dropped: it
       differs between DICOM/PNG/NIfTI and would not collate.
-    - ``error``: ``""`` or ``"<file>: <problem>"`` (``DataError`` messages already name the file).
+    - ``error``: ``""`` or ``"<file>: <problem>"`` (``DataError`` messages already name the file). An input
+      item that already carries a non-empty ``error`` (a path that :func:`monai_mcx.data.inference_items`
+      lists as skipped: symlink loop, sub-folder, missing datalist file, ...) is not transformed; it becomes a
+      placeholder with that error, i.e. an error row of ``predictions.csv``.
 
     Args:
         transform: the preprocessing (e.g. a ``Compose`` starting with ``LoadCXRd``).
@@ -65,6 +68,10 @@ class GuardLoadd(MapTransform):
         key = self.keys[0]
         src = str(data.get(key, "")) if not isinstance(data.get(key), torch.Tensor) else ""
         try:
+            if data.get(ERROR_KEY):  # an input listed as skipped by monai_mcx.data.inference_items
+                from monai_mcx.data.errors import DataError
+
+                raise DataError(str(data[ERROR_KEY]))
             out = dict(self.transform(dict(data)))
             image = out[key]
             meta = getattr(image, "meta", {}) or {}

@@ -15,10 +15,12 @@ import torch
 from monai.apps.detection.transforms.box_ops import resize_boxes
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, MapTransform, Resize
+from monai.transforms import MapTransform, Resize
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from monai_mcx.data.boxes import check_boxes
 from monai_mcx.data.errors import DataError
+from monai_mcx.transforms.io import LoadCXR
 
 __all__ = ["AnnotationError", "PrepareAnnotationsd", "ResizeWithBoxesd"]
 
@@ -47,7 +49,10 @@ class PrepareAnnotationsd(MapTransform):
     Args:
         num_classes: length of the class vector K.
         box_tolerance: boxes may exceed the image by this many pixels (then they are clipped); beyond it
-            an :class:`AnnotationError` names the image.
+            an :class:`AnnotationError` names the image. Boxes are checked by
+            :func:`monai_mcx.data.boxes.check_boxes` (NaN/Inf and inverted boxes are errors too).
+        grey_masks: a mask path is loaded by :class:`~monai_mcx.transforms.io.LoadCXR` (``as_mask``): ``"error"``
+            refuses grey-level masks, ``"threshold"`` binarises them at half their maximum with a warning.
     """
 
     def __init__(
@@ -58,12 +63,14 @@ class PrepareAnnotationsd(MapTransform):
         mask_key: str = "mask",
         box_key: str = "boxes",
         box_tolerance: float = 2.0,
+        grey_masks: str = "error",
     ) -> None:
         super().__init__(keys=[image_key], allow_missing_keys=False)
         self.num_classes = int(num_classes)
         self.image_key, self.label_key, self.mask_key, self.box_key = image_key, label_key, mask_key, box_key
         self.box_tolerance = float(box_tolerance)
-        self._load_mask = LoadImage(image_only=True, ensure_channel_first=True)
+        # masks load like images (EXIF orientation, grey-level check): monai_mcx.transforms.io.LoadCXR
+        self._load_mask = LoadCXR(as_mask=True, grey_masks=grey_masks)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -90,8 +97,8 @@ class PrepareAnnotationsd(MapTransform):
             if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
                 try:
                     m = self._load_mask(mask)
-                except Exception as e:  # MONAI raises several types; re-raise with the file named
-                    raise AnnotationError(f"{mask}: cannot read mask for {name}: {e}") from e
+                except DataError as e:  # names the mask file; say which image it belongs to
+                    raise AnnotationError(f"{mask}: cannot use it as the mask of {name}: {e.problem}") from e
             else:
                 m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
             if m.ndim == len(spatial):
@@ -113,16 +120,12 @@ class PrepareAnnotationsd(MapTransform):
             d[self.box_key] = torch.zeros((0, 4), dtype=torch.float32)
             d["has_boxes"] = torch.tensor(0.0)
         else:
-            b = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
+            try:  # the one box validation (finite, x2 > x1, y2 > y1, inside the image up to the tolerance)
+                b = torch.as_tensor(check_boxes(boxes, spatial[0], spatial[1], tol=self.box_tolerance))
+            except DataError as e:
+                raise AnnotationError(f"{name}: {e.problem}") from None
             if b.numel():
-                if bool(((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])).any()):
-                    raise AnnotationError(f"{name}: a box has x2 <= x1 or y2 <= y1: {b.tolist()}")
-                tol = self.box_tolerance
                 hi = torch.tensor([spatial[0], spatial[1], spatial[0], spatial[1]], dtype=torch.float32)
-                if bool(((b < -tol) | (b > hi + tol)).any()):
-                    raise AnnotationError(
-                        f"{name}: boxes {b.tolist()} fall outside the image of size (W, H) = {spatial}"
-                    )
                 b = torch.minimum(torch.clamp(b, min=0.0), hi)
             d[self.box_key] = b
             d["has_boxes"] = torch.tensor(1.0)

@@ -2,7 +2,8 @@
 the gate decision and the boxes (in the result JSON).
 
 Pipeline (``BasicInferTask.__call__``): pre = ``LoadCXRd`` (PNG/JPEG and single-frame DICOM, one channel
-in [0, 1], ``(1, W, H)``) + ``ScaleIntensityd`` + ``Resized`` to the bundle's ``spatial_size`` -> :meth:`MultiCheXNetInfer.run_inferer`
+in [0, 1] by its intensity pipeline, ``(1, W, H)``) + ``Resized`` to the bundle's ``spatial_size``
+-> :meth:`MultiCheXNetInfer.run_inferer`
 (network once; sigmoid class probabilities; the classifier gates mask and boxes below ``gate_threshold``;
 the seg probabilities are resized back to the ORIGINAL ``(W, H)`` and thresholded; boxes decoded with the
 bundle's ``BoxDecoder`` and scaled to original pixels) -> writer. The label handed to the writer is a 2-D
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.transforms import EnsureTyped, MapTransform, Resized, ScaleIntensityd
+from monai.transforms import EnsureTyped, MapTransform, Resized
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
@@ -107,7 +108,6 @@ class MultiCheXNetInfer(BasicInferTask):
         return [
             LoadCXRd(keys="image"),
             RecordOriginalSized(keys="image"),
-            ScaleIntensityd(keys="image"),  # as the bundle's preprocessing (train.json / inference.json)
             Resized(keys="image", spatial_size=self.spec.spatial_size, mode="area"),
             EnsureTyped(keys="image", dtype=torch.float32),
         ]

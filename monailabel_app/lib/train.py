@@ -31,7 +31,6 @@ from monai.transforms import (
     EnsureTyped,
     RandScaleIntensityd,
     Resized,
-    ScaleIntensityd,
     SelectItemsd,
 )
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
@@ -138,8 +137,8 @@ class MultiCheXNetSegTrain(BasicTrainTask):
 
         return [
             SelectItemsd(keys=["image", "label"]),  # the datastore's items may carry other (None) fields
-            LoadCXRd(keys="image", mask_keys="label"),  # mask size is checked against its image
-            ScaleIntensityd(keys="image"),  # as the bundle's preprocessing
+            # the [0, 1] image comes from LoadCXRd alone, as in the bundle; mask size is checked against its image
+            LoadCXRd(keys="image", mask_keys="label"),
             Resized(keys=["image", "label"], spatial_size=self.spec.spatial_size, mode=["area", "nearest"]),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             # plain tensors: the loader's metadata holds None values (e.g. pixel_spacing of a PNG) that do not collate
