@@ -184,7 +184,7 @@ def test_train_real_config_merges_over_train():
     assert cfg["run_name"] == "real" and "runs/" in cfg["ckpt_dir"] and "runs/" in cfg["output_dir"]
     assert "trainer" in cfg["train"] and cfg["train"]["sampler"]["_target_"].endswith("SourceWeightedSampler")
     base = [t["_target_"] for t in cfg["preprocessing_base"]]
-    assert "ScaleIntensityd" not in base and cfg["preprocessing_base"][0]["scale"] == "dtype"
+    assert "ScaleIntensityd" not in base and cfg["preprocessing_base"][0]["scale"] == "auto"
 
 
 # ---------------------------------------------------------------------------- the real packs
@@ -208,7 +208,7 @@ def test_rsna_real_pack():
 
     ds = pydicom.dcmread(pos[0]["image"])
     assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGBaseline8Bit and ds.PatientID == Path(pos[0]["image"]).stem
-    img = LoadCXR(scale="dtype")(pos[0]["image"])
+    img = LoadCXR()(pos[0]["image"])
     assert img.shape == (1, 1024, 1024)
     np.testing.assert_allclose(np.asarray(img[0]), ds.pixel_array.T.astype(np.float32) / 255.0, atol=1e-6)
 
