@@ -13,6 +13,10 @@ Examples::
         --covid-lungs ../shared/data/cxr-real/covid_lungs --qu-viral-lungs ../shared/data/cxr-real/qu_viral_lungs \\
         --output data/cxr/datalist.json
 
+    python scripts/prepare_data.py --kermany ../shared/data/cxr-real/kermany \\
+        --rsna ../shared/data/cxr-lesions/rsna --covid-lesions ../shared/data/cxr-lesions/covid_lesions \\
+        --covid-lungs ../shared/data/cxr-real/covid_lungs --output bundle/runs/real/datalist.json
+
     python scripts/prepare_data.py --rsna /data/rsna-pneumonia-detection-challenge --siim /data/siim-acr \\
         --nih /data/ChestX-ray14 --class-map my_classes.json --output data/all/datalist.json --on-error skip
 
@@ -21,6 +25,9 @@ Class map (``--class-map``), JSON: ``{"class_names": ["pneumonia", "pneumothorax
 whose findings do not reach every class name gets ``label: null`` (not annotated) -- unknown never
 becomes negative. Default: ``class_names = ["pneumonia"]`` with RSNA Target 1 ("Lung Opacity"),
 NIH "Pneumonia", Kermany PNEUMONIA, COVID-19 findings and QU viral pneumonia as positives.
+
+``covid_lesions`` masks are LESIONS (ground-glass opacity + consolidation); its patients are ieee8023 ids,
+shared with ``covid_lungs`` (give both folders and one patient stays in one split across them).
 
 ``covid_lungs`` / ``qu_viral_lungs`` masks and boxes outline the LUNGS, not lesions: by default their items
 get ``mask: null, boxes: null`` (classification only); ``--lung-annotations`` keeps them (e.g. to check
@@ -58,6 +65,7 @@ SOURCE_OPTIONS = {  # option dest -> adapter name
     "kermany": "kermany",
     "covid_lungs": "covid_lungs",
     "qu_viral_lungs": "qu_viral_lungs",
+    "covid_lesions": "covid_lesions",
 }
 
 
@@ -75,9 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kermany", metavar="DIR", help="Kermany pediatric pneumonia: folders with NORMAL/ and PNEUMONIA/")
     g.add_argument("--covid-lungs", metavar="DIR", help="COVID lung set: images/, masks/, labels.csv, annotations.csv")
     g.add_argument("--qu-viral-lungs", metavar="DIR", help="QU viral pneumonia lungs: images/, masks/, labels.csv")
+    g.add_argument("--covid-lesions", metavar="DIR",
+                   help="COVID-19 / pneumonia LESION masks (ieee8023): images/, masks/, lungs/, labels.csv; patients "
+                        "share ids with --covid-lungs")
     p.add_argument("--lung-annotations", action="store_true",
-                   help="keep the LUNG masks/boxes of --covid-lungs / --qu-viral-lungs as 'mask'/'boxes'. Off by default: "
-                        "those keys train the lesion heads, and a lung outline is not a lesion (the items then get "
+                   help="keep the LUNG masks/boxes of --covid-lungs / --qu-viral-lungs as 'mask'/'boxes', and give "
+                        "--covid-lesions' lung masks instead of its lesion masks. Off by default: those keys train "
+                        "the lesion heads, and a lung outline is not a lesion (the lung-only items then get "
                         "mask/boxes null = not annotated, and still train the classifier)")
     p.add_argument("--class-map", metavar="JSON", help='{"class_names": [...], "sources": {source: {finding: class}}}')
     p.add_argument("--output", "-o", metavar="JSON", default="datalist.json", help="datalist to write (default: %(default)s)")
@@ -165,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     chosen = {name: getattr(args, dest) for dest, name in SOURCE_OPTIONS.items() if getattr(args, dest)}
     if not chosen:
-        build_parser().error("give at least one data set (--rsna, --siim, --nih, --kermany, --covid-lungs, --qu-viral-lungs)")
+        build_parser().error("give at least one data set (--rsna, --siim, --nih, --kermany, --covid-lungs, "
+                             "--qu-viral-lungs, --covid-lesions)")
     class_map = ClassMap.from_json(args.class_map) if args.class_map else ClassMap()
     output = Path(args.output).resolve()
     out_dir = output.parent
@@ -173,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     skipped: list[dict] = []
     for name, root in chosen.items():
         kwargs = {"class_map": class_map, "on_error": args.on_error, "check_files": not args.no_check_files}
-        if name in ("covid_lungs", "qu_viral_lungs"):
+        if name in ("covid_lungs", "qu_viral_lungs", "covid_lesions"):
             kwargs["lung_annotations"] = args.lung_annotations
+        if name == "covid_lesions" and args.covid_lungs:
+            kwargs["covid_lungs_root"] = args.covid_lungs  # one id per ieee8023 patient (group) in both folders
         if name == "siim":
             kwargs["mask_dir"] = args.siim_mask_dir or out_dir / "siim_masks"
         adapter = ADAPTERS[name](root, **kwargs)

@@ -12,6 +12,7 @@ class                      source     what it yields
 :class:`KermanyPneumonia`  ``kermany`` NORMAL / PNEUMONIA (bacteria, virus) folders
 :class:`COVIDLungs`        ``covid_lungs`` lung masks + lung boxes + ieee8023 findings
 :class:`QUViralLungs`      ``qu_viral_lungs`` lung masks on Kermany viral pneumonia images
+:class:`COVIDLesions`      ``covid_lesions`` lesion masks (GGO + consolidation) + ieee8023 findings
 =========================  =========  ===========================================================
 
 Every adapter iterates datalist items (see ``monai_mcx.data.datalist``) with **absolute** paths::
@@ -61,6 +62,8 @@ __all__ = [
     "KermanyPneumonia",
     "COVIDLungs",
     "QUViralLungs",
+    "COVIDLesions",
+    "ieee8023_patient_groups",
     "ADAPTERS",
     "find_file",
     "read_csv",
@@ -183,6 +186,14 @@ DEFAULT_CLASS_MAP: dict[str, dict[str, str | list[str]]] = {
     "nih": {"Pneumonia": "pneumonia"},
     "kermany": {"pneumonia": "pneumonia"},
     "covid_lungs": {"COVID-19": "pneumonia", "Pneumonia": "pneumonia"},
+    # every finding of the ieee8023 lesion set is a pneumonia (viral, bacterial, fungal or ARDS); "No Finding"
+    # maps to no class, i.e. negative
+    "covid_lesions": {
+        f: "pneumonia"
+        for f in ("COVID-19", "ARDS", "SARS", "MERS", "Pneumocystis", "Streptococcus", "Legionella", "Klebsiella",
+                  "Chlamydophila", "E.Coli", "Mycoplasma", "Staphylococcus", "Influenza", "Varicella", "Herpes",
+                  "Aspergillosis", "Nocardia", "Lipoid", "Pneumonia", "Bacterial", "Viral", "Fungal")
+    },
     "qu_viral_lungs": {"viral pneumonia": "pneumonia"},
 }
 
@@ -663,6 +674,8 @@ class NIHChestXray14(PublicDataset):
 
 
 _KERMANY_RE = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
+#: normal images are ``[NORMAL2-]IM-<study>-<image>[-<n>]``: every image of one study is one patient
+_KERMANY_NORMAL_RE = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+(?:-\d+)?$", re.IGNORECASE)
 
 
 class KermanyPneumonia(PublicDataset):
@@ -671,7 +684,10 @@ class KermanyPneumonia(PublicDataset):
     Every ``NORMAL``/``PNEUMONIA`` folder under ``root`` is read (so ``root`` may be ``chest_xray`` with its
     ``train/val/test`` splits, or one split); the split folder name goes to ``info["official_split"]``.
     Pneumonia files are ``personNNN_bacteria_MMMM.jpeg`` / ``personNNN_virus_MMMM.jpeg``: patient
-    ``personNNN``, ``info["subtype"]`` bacteria/virus; normal images carry no person id (patient = file stem).
+    ``personNNN``, ``info["subtype"]`` bacteria/virus. Normal images carry no person id but a study number:
+    ``IM-0429-0001.jpeg``, ``IM-0429-0001-0001.jpeg``, ``IM-0429-0001-0002.jpeg`` are one patient
+    ``IM-0429`` (``NORMAL2-IM-0383-0001.jpeg`` -> ``NORMAL2-IM-0383``, a separate numbering); other names
+    keep the file stem as patient.
     ``findings``: ``["normal"]`` -> no finding, or ``["pneumonia", subtype]``. Boxes/masks: ``None``.
     """
 
@@ -692,7 +708,8 @@ class KermanyPneumonia(PublicDataset):
                 stem = f.rsplit(".", 1)[0]
                 path = folder / f
                 if cls == "NORMAL":
-                    patient, subtype, findings = stem, "normal", []
+                    m = _KERMANY_NORMAL_RE.match(stem)
+                    patient, subtype, findings = (m.group(1) if m else stem), "normal", []
                 else:
                     m = _KERMANY_RE.match(stem)
                     if m is None:
@@ -829,6 +846,92 @@ class QUViralLungs(PublicDataset):
             yield item
 
 
+def ieee8023_patient_groups(covid_lungs_root: str | os.PathLike | None) -> dict[str, str]:
+    """``{ieee8023 patient id: patient group}`` from ``covid_lungs/labels.csv`` (``patient, patient_group``).
+
+    ``covid_lungs`` joins patients that share a duplicated radiograph into one group (``"201+78"``); a
+    data set with ieee8023 patient ids (``covid_lesions``) looks its patients up here so that both folders
+    name a patient alike and a patient-level split never puts one patient on two sides. ``None`` or a
+    folder without the column gives ``{}``.
+    """
+    if covid_lungs_root is None:
+        return {}
+    path = find_file(covid_lungs_root, "labels.csv")
+    header, rows = read_csv(path, ("patient",))
+    if "patient_group" not in header:
+        return {}
+    ip, ig = header.index("patient"), header.index("patient_group")
+    out: dict[str, str] = {}
+    for _row_no, r in rows:
+        if max(ip, ig) < len(r) and r[ip].strip() and r[ig].strip():
+            out[r[ip].strip()] = r[ig].strip()
+    return out
+
+
+class COVIDLesions(PublicDataset):
+    """COVID-19 and other pneumonias with lesion masks, as in ``cxr-lesions/covid_lesions`` (ieee8023 images).
+
+    Reads ``labels.csv`` (``image, finding, view, patient, ...``; ``finding`` e.g. ``COVID-19``,
+    ``COVID-19, ARDS``, ``Pneumocystis``, ``No Finding``), ``images/``, ``masks/`` (0/1 PNG: 1 = ground-glass
+    opacity or consolidation; all zeros = no lesion) and ``lungs/`` (0/1 lung masks).
+
+    Items: ``mask`` = the **lesion** mask (``info["mask_kind"] = "lesion"``), or with
+    ``lung_annotations=True`` the **lung** mask (``"lung"``); ``boxes = None``; ``findings`` = the finding
+    split at ``,`` and ``/`` (``No Finding`` = none), mapped by the class map (default: every pneumonia
+    finding, COVID-19 included, is ``pneumonia``); ``info["covid"]`` = 1 for a COVID-19 finding.
+    ``patient`` = the ieee8023 patient id in the ``covid`` namespace shared with :class:`COVIDLungs`; with
+    ``covid_lungs_root`` the id is replaced by ``covid_lungs``' patient group (see
+    :func:`ieee8023_patient_groups`), so an image here and one there of the same patient get one id.
+
+    Raises:
+        DataError: a finding the class map does not list for ``covid_lesions`` (it would silently become
+            negative); map it to a class, or to ``null`` for "no class".
+    """
+
+    source = "covid_lesions"
+    patient_namespace = "covid"
+
+    def __init__(self, root, labels_csv="labels.csv", lung_annotations=False,
+                 covid_lungs_root: str | os.PathLike | None = None, **kwargs):
+        super().__init__(root, **kwargs)
+        self.labels_csv = find_file(self.root, labels_csv)
+        self.lung_annotations = lung_annotations
+        self.groups = ieee8023_patient_groups(covid_lungs_root)
+
+    def items(self) -> Iterator[dict]:
+        path = self.labels_csv
+        header, rows = read_csv(path, ("image", "finding"))
+        ix = {c: header.index(c) for c in header}
+        mapped = self.class_map.sources.get(self.source, {})
+        annotated = self.class_map.label(self.source, []) is not None
+        folder = "lungs" if self.lung_annotations else "masks"
+        for row_no, r in rows:
+            get = lambda c: r[ix[c]].strip() if c in ix and ix[c] < len(r) else ""  # noqa: E731
+            name = get("image")
+            finding = get("finding")
+            findings = [f.strip() for f in re.split(r"[,/]", finding) if f.strip() and f.strip() != "No Finding"]
+            pid = get("patient") or Path(name).stem
+            image = self.root / "images" / name
+            mask = self.root / folder / name
+            item = self._item(image, self.groups.get(pid, pid), findings, mask=mask, boxes=None,
+                              view=get("view") or None, finding_raw=finding,
+                              mask_kind="lung" if self.lung_annotations else "lesion",
+                              covid=int(any(f.lower() == "covid-19" for f in findings)))
+            try:
+                unknown = [f for f in findings if f.lower() not in mapped]
+                if annotated and unknown:
+                    raise DataError(f"finding(s) {unknown} not in the class map for {self.source!r} (they would "
+                                    "become negative); map them to a class or to null", path, row_no)
+                if not name:
+                    raise DataError("empty image name", path, row_no)
+                self._check_exists(image, "image", path, row_no)
+                self._check_exists(mask, "lung mask" if self.lung_annotations else "lesion mask", path, row_no)
+            except DataError as e:
+                self._fail(e, item)
+                continue
+            yield item
+
+
 #: command-line name -> adapter class
 ADAPTERS = {
     "rsna": RSNAPneumonia,
@@ -837,4 +940,5 @@ ADAPTERS = {
     "kermany": KermanyPneumonia,
     "covid_lungs": COVIDLungs,
     "qu_viral_lungs": QUViralLungs,
+    "covid_lesions": COVIDLesions,
 }

@@ -20,6 +20,8 @@ The heavy lifting is MONAI's detection box transforms (``monai.apps.detection.tr
   zoom in eight leaves the image one pixel short and the boxes up to ~1.5 px off (measured in
   ``tests/test_geometry.py``); this one resizes to the rounded size with ``Resize`` and pads/crops with
   explicit offsets that the boxes share.
+* :class:`RandRotateWithBoxesd`: a small random rotation (MONAI ``Rotate``, size kept); each box becomes
+  the enclosing box of its rotated rectangle (MONAI has box-aware rotations by multiples of 90 degrees only).
 * :func:`cxr_box_augmentations`: a ready list for a bundle's ``train#augmentation``.
 
 Conventions (see ``docs/CONTRACTS.md``): images and masks are ``(C, W, H)`` (spatial dim 0 = x),
@@ -41,7 +43,7 @@ from monai.apps.detection.transforms.box_ops import resize_boxes
 from monai.apps.detection.transforms.dictionary import RandFlipBoxd, RandRotateBox90d
 from monai.config import KeysCollection
 from monai.data.box_utils import clip_boxes_to_image, spatial_crop_boxes
-from monai.transforms import BorderPad, MapTransform, RandomizableTransform, Resize, SpatialCrop
+from monai.transforms import BorderPad, MapTransform, RandomizableTransform, Resize, Rotate, SpatialCrop
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "ClipBoxesToImaged",
     "RandCropWithBoxesd",
     "RandZoomWithBoxesd",
+    "RandRotateWithBoxesd",
     "cxr_box_augmentations",
 ]
 
@@ -298,6 +301,80 @@ class RandZoomWithBoxesd(RandomizableTransform, MapTransform):
         return d
 
 
+class RandRotateWithBoxesd(RandomizableTransform, MapTransform):
+    """Rotate image-like keys by a random angle in ``[-max_angle, max_angle]`` degrees (size kept); boxes follow.
+
+    Images and masks are rotated with MONAI ``Rotate`` (``keep_size=True``, zero padding). Each box is drawn
+    as a filled rectangle, rotated by the same ``Rotate`` (nearest neighbour) and replaced by the enclosing
+    box of the result, so the boxes share the image's rotation convention exactly; the enclosing box of a
+    rotated rectangle is a little larger than the rectangle (at 10 degrees, a square grows by ~16 % per side).
+    A box rotated out of the image is dropped with its per-box labels; ``has_boxes`` is kept.
+
+    Args:
+        keys: image-like keys ``(C, W, H)`` (image, mask).
+        box_keys: StandardMode box keys attached to ``box_ref_image_key``.
+        label_keys: per-box arrays filtered with the boxes.
+        prob: probability of rotating.
+        max_angle: the largest angle in degrees (chest X-rays: a few degrees of patient tilt).
+        mode: interpolation per key (``"bilinear"`` for images, ``"nearest"`` for masks).
+    """
+
+    def __init__(self, keys: KeysCollection, box_keys: KeysCollection = "boxes", box_ref_image_key: str = "image",
+                 label_keys: KeysCollection = ("box_labels",), prob: float = 0.5, max_angle: float = 7.0,
+                 mode: Sequence[str] | str = "bilinear", allow_missing_keys: bool = False) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        if max_angle < 0:
+            raise ValueError(f"max_angle must be >= 0, got {max_angle}")
+        self.box_keys = ensure_tuple(box_keys)
+        self.box_ref_image_key = box_ref_image_key
+        self.label_keys = ensure_tuple(label_keys)
+        self.max_angle = float(max_angle)
+        self.mode = ensure_tuple_rep(mode, len(self.keys))
+        self._angle = 0.0
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        self._angle = float(self.R.uniform(-self.max_angle, self.max_angle))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        self.randomize()
+        if not self._do_transform or self._angle == 0.0:
+            return d
+        rad = float(np.deg2rad(self._angle))
+        for key, mode in self.key_iterator(d, self.mode):
+            d[key] = Rotate(angle=rad, keep_size=True, mode=mode, padding_mode="zeros")(d[key])
+        spatial = [int(s) for s in d[self.box_ref_image_key].shape[1:]]
+        for key in self.box_keys:
+            if key not in d:
+                continue
+            boxes = _boxes(d[key])
+            keep = torch.zeros(0, dtype=torch.bool)
+            if boxes.shape[0]:
+                canvas = torch.zeros((boxes.shape[0], *spatial), dtype=torch.float32)
+                for i, b in enumerate(boxes.tolist()):
+                    x1, y1 = max(0, int(np.floor(b[0]))), max(0, int(np.floor(b[1])))
+                    x2, y2 = min(spatial[0], int(np.ceil(b[2]))), min(spatial[1], int(np.ceil(b[3])))
+                    canvas[i, x1:x2, y1:y2] = 1.0
+                rotated = torch.as_tensor(Rotate(angle=rad, keep_size=True, mode="nearest", padding_mode="zeros")(canvas))
+                out, keep_l = [], []
+                for r in rotated:
+                    xs = torch.nonzero(r.any(dim=1)).flatten()
+                    ys = torch.nonzero(r.any(dim=0)).flatten()
+                    ok = xs.numel() > 0 and ys.numel() > 0
+                    keep_l.append(ok)
+                    if ok:
+                        out.append([float(xs[0]), float(ys[0]), float(xs[-1]) + 1.0, float(ys[-1]) + 1.0])
+                keep = torch.tensor(keep_l, dtype=torch.bool)
+                boxes = torch.tensor(out, dtype=torch.float32)
+            d[key] = boxes.reshape(-1, 4)
+            for lk in self.label_keys:
+                if lk in d:
+                    d[lk] = torch.as_tensor(d[lk])[keep]
+        return d
+
+
 def cxr_box_augmentations(
     spatial_size: Sequence[int] | int | None = None,
     image_key: str = "image",
@@ -312,11 +389,13 @@ def cxr_box_augmentations(
     rot90_prob: float = 0.0,
     rot90_max_k: int = 3,
     min_box_size: float = 2.0,
+    rotate_prob: float = 0.0,
+    max_angle: float = 7.0,
 ) -> list:
     """A list of box-aware geometric augmentations for chest X-rays (for ``train#augmentation``).
 
     Order: add box labels -> random crop + resize back to ``spatial_size`` -> random zoom (size kept,
-    zero padding) -> left-right flip (opt-in) -> rotate by k*90 degrees (opt-in) -> clip/drop boxes
+    zero padding) -> small rotation (opt-in) -> left-right flip (opt-in) -> rotate by k*90 degrees (opt-in) -> clip/drop boxes
     that left the image -> remove the box labels and recompute ``positive`` where the class is unknown.
     Image keys use bilinear/area interpolation, the mask nearest neighbour (stays 0/1).
 
@@ -331,6 +410,7 @@ def cxr_box_augmentations(
         rot90_prob, rot90_max_k: MONAI's ``RandRotateBox90d`` (default off; needs a square ``spatial_size``
             so that batches keep one shape).
         min_box_size: boxes whose clipped sides fall below this many pixels are dropped.
+        rotate_prob, max_angle: probability and largest angle (degrees) of :class:`RandRotateWithBoxesd`.
     """
     from monai_mcx.transforms.labels import ResizeWithBoxesd
 
@@ -348,6 +428,9 @@ def cxr_box_augmentations(
     if zoom_prob > 0:
         out.append(RandZoomWithBoxesd(img_keys, box_key, image_key, prob=zoom_prob, min_zoom=zoom_range[0],
                                       max_zoom=zoom_range[1], mode=["bilinear", "nearest-exact"][: len(img_keys)]))
+    if rotate_prob > 0:
+        out.append(RandRotateWithBoxesd(img_keys, box_key, image_key, (box_label_key,), prob=rotate_prob,
+                                        max_angle=max_angle, mode=["bilinear", "nearest"][: len(img_keys)]))
     if flip_prob > 0:
         out.append(RandFlipBoxd(img_keys, box_key, image_key, prob=flip_prob, spatial_axis=0))
     if rot90_prob > 0:
