@@ -980,4 +980,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the imported module's main: under ``python -m`` this file is ``__main__``, and its classes would not be
+    # the ``monai_mcx.artifact`` classes that the bundle configs build (isinstance checks would fail)
+    from monai_mcx.artifact import main as _main
+
+    raise SystemExit(_main())

@@ -71,8 +71,14 @@ def main(argv=None) -> int:
     for s in args.set:
         k, v = s.split("=", 1)
         overrides[k] = json.loads(v)
-    anchors = json.loads((args.ckpt.parent / "anchors.json").read_text())
-    overrides["base_anchor_shapes"] = anchors["base_anchor_shapes"] if isinstance(anchors, dict) else anchors
+    from monai_mcx.artifact import description_path, read_description
+
+    if description_path(args.ckpt).is_file():  # a described model: its anchors (and operating point) are in it
+        desc = read_description(description_path(args.ckpt))
+        overrides["base_anchor_shapes"] = desc.base_anchor_shapes
+    else:  # a legacy checkpoint with anchors.json beside it
+        anchors = json.loads((args.ckpt.parent / "anchors.json").read_text())
+        overrides["base_anchor_shapes"] = anchors["base_anchor_shapes"] if isinstance(anchors, dict) else anchors
     parser = build(overrides)
     net = parser.get_parsed_content("network")
     state = torch.load(args.ckpt, map_location="cpu", weights_only=True)

@@ -252,6 +252,10 @@ def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp
     assert desc.network_args() == ref.network_args() and desc.spatial_size == ref.spatial_size
     # a second describe keeps the existing description; a wrong size (anchors fitted for 48 px) is an error
     assert main(args) == 1 and "exists already" in capsys.readouterr().err
+    # the same through `python -m` (the module is __main__ there; the configs build the package's classes)
+    r = subprocess.run([sys.executable, "-m", "monai_mcx.artifact", *args, "--force"], capture_output=True, text=True,
+                       cwd=CONFIGS.parent.parent, timeout=600)
+    assert r.returncode == 0, r.stderr
     bad = [
         "describe",
         "--ckpt",
