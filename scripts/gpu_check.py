@@ -40,7 +40,7 @@ for p in (str(REPO), str(REPO / "scripts")):
 
 from monai_mcx.networks.multichexnet import TASKS  # noqa: E402
 
-TOL = {"class_probs": 0.01, "seg_probs": 0.02, "box_scores": 0.02, "box_regression": 0.05}
+TOL = {"class_prob": 0.01, "seg_prob": 0.02, "box_scores": 0.02, "box_regression": 0.05}
 
 
 class Setup:
@@ -85,18 +85,31 @@ class Setup:
         pos = (torch.arange(n) % 2 == 0).float()
         mask *= pos.view(-1, 1, 1, 1)
         box = torch.tensor([[sz / 4, sz / 3, sz / 2, sz / 2]])
-        return {"image": torch.rand(n, 1, sz, sz, generator=g), "label": pos.view(-1, 1), "has_label": torch.ones(n),
-                "mask": mask, "has_mask": torch.ones(n),
-                "boxes": [box.clone() if p else torch.zeros(0, 4) for p in pos], "has_boxes": torch.ones(n),
-                "positive": pos}
+        return {
+            "image": torch.rand(n, 1, sz, sz, generator=g),
+            "label": pos.view(-1, 1),
+            "has_label": torch.ones(n),
+            "mask": mask,
+            "has_mask": torch.ones(n),
+            "boxes": [box.clone() if p else torch.zeros(0, 4) for p in pos],
+            "has_boxes": torch.ones(n),
+            "positive": pos,
+        }
 
 
 def _trainer(s: Setup, net, data):
     from monai_mcx.engines import MultiTaskTrainer
 
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    return MultiTaskTrainer(device=s.device, max_epochs=1, train_data_loader=data, network=net, optimizer=opt,
-                            loss_function=s.loss(), amp=s.amp)
+    return MultiTaskTrainer(
+        device=s.device,
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=opt,
+        loss_function=s.loss(),
+        amp=s.amp,
+    )
 
 
 def amp_training(s: Setup) -> dict:
@@ -110,16 +123,24 @@ def amp_training(s: Setup) -> dict:
     trainer.run()
     changed = sum(not torch.equal(a, b.detach()) for a, b in zip(before, net.parameters()))
     finite = all(torch.isfinite(torch.tensor(losses)).tolist())
-    return {"ok": finite and changed > 0, "losses": losses, "params_changed": changed,
-            "scaler": trainer.scaler is not None, "amp": s.amp}
+    return {
+        "ok": finite and changed > 0,
+        "losses": losses,
+        "params_changed": changed,
+        "scaler": trainer.scaler is not None,
+        "amp": s.amp,
+    }
 
 
 def _outputs(net, x, s: Setup, amp: bool) -> dict:
     with torch.no_grad(), s.autocast(amp):
         out = net(x)
-    return {"class_probs": torch.sigmoid(out["class_logits"].float()), "seg_probs": torch.sigmoid(out["seg_logits"].float()),
-            "box_scores": torch.cat([torch.sigmoid(m.float()).flatten(1) for m in out["box_cls_logits"]], 1),
-            "box_regression": torch.cat([m.float().flatten(1) for m in out["box_regression"]], 1)}
+    return {
+        "class_prob": torch.sigmoid(out["class_logits"].float()),
+        "seg_prob": torch.sigmoid(out["seg_logits"].float()),
+        "box_scores": torch.cat([torch.sigmoid(m.float()).flatten(1) for m in out["box_cls_logits"]], 1),
+        "box_regression": torch.cat([m.float().flatten(1) for m in out["box_regression"]], 1),
+    }
 
 
 def _diffs(a: dict, b: dict) -> dict:
@@ -176,8 +197,24 @@ def memory_format(s: Setup) -> dict:
 def benchmark_rows(s: Setup) -> dict:
     import benchmark
 
-    argv = (["--device", "cpu", "--quick", "--encoder", s.encoder, "--no-xrv", "--no-memory", "--no-write"] if s.dry else
-            ["--device", "cuda", "--sizes", "256", "512", "--batches", "1", "32", "--repeats", "5", "--no-xrv", "--no-write"])
+    argv = (
+        ["--device", "cpu", "--quick", "--encoder", s.encoder, "--no-xrv", "--no-memory", "--no-write"]
+        if s.dry
+        else [
+            "--device",
+            "cuda",
+            "--sizes",
+            "256",
+            "512",
+            "--batches",
+            "1",
+            "32",
+            "--repeats",
+            "5",
+            "--no-xrv",
+            "--no-write",
+        ]
+    )
     rows = benchmark.main(argv)
     return {"ok": bool(rows), "argv": argv, "rows": rows, "targets": benchmark.targets(rows)}
 
@@ -203,9 +240,15 @@ def training_throughput(s: Setup) -> dict:
             times[name].append((time.perf_counter() - t0) / len(trainer.data_loader))
     step = {k: statistics.median(v) for k, v in times.items()}
     total_single = sum(step[f"single_{t}"] for t in TASKS)
-    return {"ok": True, "batch": s.batch, "size": s.size, "amp": s.amp,
-            "img_s": {k: s.batch / v for k, v in step.items()},
-            "step_s": step, "ratio_mcx_vs_sum_single": step["multichexnet"] / total_single}
+    return {
+        "ok": True,
+        "batch": s.batch,
+        "size": s.size,
+        "amp": s.amp,
+        "img_s": {k: s.batch / v for k, v in step.items()},
+        "step_s": step,
+        "ratio_mcx_vs_sum_single": step["multichexnet"] / total_single,
+    }
 
 
 SECTIONS = [amp_training, amp_parity, memory_format, benchmark_rows, training_throughput]
@@ -225,9 +268,15 @@ def main(argv=None) -> int:
     s = Setup(args.dry)
     import monai
 
-    results = {"dry": args.dry, "device": torch.cuda.get_device_name(0) if not args.dry else "cpu",
-               "torch": torch.__version__, "cuda": torch.version.cuda, "monai": monai.__version__,
-               "python": platform.python_version(), "sections": {}}
+    results = {
+        "dry": args.dry,
+        "device": torch.cuda.get_device_name(0) if not args.dry else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "sections": {},
+    }
     t_all = time.perf_counter()
     for fn in SECTIONS:
         if args.only and fn.__name__ not in args.only:

@@ -65,18 +65,73 @@ CONFIGS = REPO / "bundle" / "configs"
 TASKS = ("classification", "segmentation", "localization")
 ITEM_KEYS = ("image", "patient", "source", "label", "mask", "boxes")
 #: the metric each task is compared on
-MAIN_METRIC = {"classification": "classification/auc", "segmentation": "segmentation/dice_positive", "localization": "localization/map"}
+MAIN_METRIC = {
+    "classification": "classification/auc",
+    "segmentation": "segmentation/dice_positive",
+    "localization": "localization/map",
+}
 
 PRESETS = {
-    "quick": dict(size=64, encoder="densenet-tiny", epochs=1, merged_epochs=1, batch_size=8, cls_train=24, cls_val=12,
-                  seg_train=16, seg_val=8, loc_train=12, loc_val=6, demo_images=40, tf_size=64, tf_epochs=1, transfer_train=16,
-                  transfer_val=12, transfer_epochs=1, latency_repeats=3),
-    "cpu": dict(size=128, encoder="densenet121", epochs=3, merged_epochs=2, batch_size=16, cls_train=800, cls_val=300,
-                seg_train=300, seg_val=100, loc_train=None, loc_val=None, demo_images=600, tf_size=64, tf_epochs=12,
-                transfer_train=300, transfer_val=120, transfer_epochs=3, latency_repeats=15),
-    "cuda": dict(size=256, encoder="densenet121", epochs=10, merged_epochs=3, batch_size=32, cls_train=None, cls_val=None,
-                 seg_train=None, seg_val=None, loc_train=None, loc_val=None, demo_images=600, tf_size=128, tf_epochs=15,
-                 transfer_train=None, transfer_val=None, transfer_epochs=10, latency_repeats=50),
+    "quick": dict(
+        size=64,
+        encoder="densenet-tiny",
+        epochs=1,
+        merged_epochs=1,
+        batch_size=8,
+        cls_train=24,
+        cls_val=12,
+        seg_train=16,
+        seg_val=8,
+        loc_train=12,
+        loc_val=6,
+        demo_images=40,
+        tf_size=64,
+        tf_epochs=1,
+        transfer_train=16,
+        transfer_val=12,
+        transfer_epochs=1,
+        latency_repeats=3,
+    ),
+    "cpu": dict(
+        size=128,
+        encoder="densenet121",
+        epochs=3,
+        merged_epochs=2,
+        batch_size=16,
+        cls_train=800,
+        cls_val=300,
+        seg_train=300,
+        seg_val=100,
+        loc_train=None,
+        loc_val=None,
+        demo_images=600,
+        tf_size=64,
+        tf_epochs=12,
+        transfer_train=300,
+        transfer_val=120,
+        transfer_epochs=3,
+        latency_repeats=15,
+    ),
+    "cuda": dict(
+        size=256,
+        encoder="densenet121",
+        epochs=10,
+        merged_epochs=3,
+        batch_size=32,
+        cls_train=None,
+        cls_val=None,
+        seg_train=None,
+        seg_val=None,
+        loc_train=None,
+        loc_val=None,
+        demo_images=600,
+        tf_size=128,
+        tf_epochs=15,
+        transfer_train=None,
+        transfer_val=None,
+        transfer_epochs=10,
+        latency_repeats=50,
+    ),
 }
 
 
@@ -128,18 +183,32 @@ def build_datalists(data_root: Path, work: Path, p: dict, seed: int) -> dict[str
 
     lists: dict[str, dict[str, list]] = {t: {} for t in (*TASKS, "joint", "transfer")}
     for split, key in (("training", "train"), ("validation", "val")):
-        cls = [_item(it, mask=False, boxes=False) for it in part(split, "kermany", lambda it: str(Path(it["image"]).resolve()) not in dup)]
+        cls = [
+            _item(it, mask=False, boxes=False)
+            for it in part(split, "kermany", lambda it: str(Path(it["image"]).resolve()) not in dup)
+        ]
         seg = [_item(it, label=False, boxes=False) for it in part(split, "qu_viral_lungs")]
-        seg += [_item(it, label=False, boxes=False) for it in part(split, "covid_lungs", lambda it: it["patient"] in seg_half)]
-        loc = [_item(it, label=False, mask=False) for it in part(split, "covid_lungs", lambda it: it["patient"] not in seg_half)]
+        seg += [
+            _item(it, label=False, boxes=False)
+            for it in part(split, "covid_lungs", lambda it: it["patient"] in seg_half)
+        ]
+        loc = [
+            _item(it, label=False, mask=False)
+            for it in part(split, "covid_lungs", lambda it: it["patient"] not in seg_half)
+        ]
         cls = _sample(cls, p[f"cls_{key}"], rng)
         seg = _sample(seg, p[f"seg_{key}"], rng)
         loc = _sample(loc, p[f"loc_{key}"], rng)
         lists["classification"][split], lists["segmentation"][split], lists["localization"][split] = cls, seg, loc
         lists["joint"][split] = cls + seg + loc
         # transfer: COVID-19 (covid_lungs) vs other findings (Kermany normal + pneumonia), same patient split
-        pos = [dict(_item(it, mask=False, boxes=False), label=[1.0 if any("covid" in f.lower() for f in it["findings"]) else 0.0])
-               for it in part(split, "covid_lungs")]
+        pos = [
+            dict(
+                _item(it, mask=False, boxes=False),
+                label=[1.0 if any("covid" in f.lower() for f in it["findings"]) else 0.0],
+            )
+            for it in part(split, "covid_lungs")
+        ]
         n = p[f"transfer_{key}"]
         n_pos = len(pos) if n is None else min(len(pos), n // 2)
         pos = _sample(pos, n_pos, rng)
@@ -152,7 +221,11 @@ def build_datalists(data_root: Path, work: Path, p: dict, seed: int) -> dict[str
         class_names = ["covid19"] if name == "transfer" else ["pneumonia"]
         path = work / "datalists" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"class_names": class_names, "training": d["training"], "validation": d["validation"], "test": []}))
+        path.write_text(
+            json.dumps(
+                {"class_names": class_names, "training": d["training"], "validation": d["validation"], "test": []}
+            )
+        )
         out[name] = path
         sizes[name] = {"train": len(d["training"]), "val": len(d["validation"])}
     out["_sizes"] = sizes  # type: ignore[assignment]
@@ -182,12 +255,24 @@ def latency_ms(net: torch.nn.Module, size: int, device: torch.device, repeats: i
     return 1000 * statistics.median(times)
 
 
-def train_run(name: str, work: Path, datalist: Path, p: dict, args, *, tasks=TASKS, class_names=("pneumonia",),
-              epochs: int, extra: dict | None = None, finetune: bool = False, merge: dict | None = None) -> dict:
+def train_run(
+    name: str,
+    work: Path,
+    datalist: Path,
+    p: dict,
+    args,
+    *,
+    tasks=TASKS,
+    class_names=("pneumonia",),
+    epochs: int,
+    extra: dict | None = None,
+    finetune: bool = False,
+    merge: dict | None = None,
+) -> dict:
     """Train one configuration through the bundle; return metrics, timings and the checkpoint path."""
     from monai.bundle import ConfigWorkflow
 
-    from monai_mcx.engines.checkpoint import save_checkpoint
+    from monai_mcx.artifact import save_model
 
     run_dir = work / "runs" / name
     overrides = {
@@ -212,10 +297,17 @@ def train_run(name: str, work: Path, datalist: Path, p: dict, args, *, tasks=TAS
     }
     if merge:
         init = json.loads((CONFIGS / "train.json").read_text())["initialize"]
-        overrides["initialize"] = init + [{"_target_": "monai_mcx.networks.merge.MergeWeights", "network": "@network", **merge}]
+        overrides["initialize"] = init + [
+            {"_target_": "monai_mcx.networks.merge.MergeWeights", "network": "@network", **merge}
+        ]
     configs = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "finetune.json")] if finetune else [])
-    wf = ConfigWorkflow(workflow_type="train", config_file=configs, meta_file=str(CONFIGS / "metadata.json"),
-                        logging_file=False, **overrides)
+    wf = ConfigWorkflow(
+        workflow_type="train",
+        config_file=configs,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        **overrides,
+    )
     wf.initialize()
     trainer = wf.parser.get_parsed_content("train#trainer")  # builds (and caches) the data sets: not timed
     evaluator = wf.parser.get_parsed_content("validate#evaluator")
@@ -224,15 +316,26 @@ def train_run(name: str, work: Path, datalist: Path, p: dict, args, *, tasks=TAS
     trainer.run()
     total = time.perf_counter() - t0
     val_seconds = float(evaluator.state.times.get("COMPLETED") or 0.0)
-    metrics = {k: (float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None)
-               for k, v in evaluator.state.metrics.items() if isinstance(v, (int, float))}
+    metrics = {
+        k: (float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None)
+        for k, v in evaluator.state.metrics.items()
+        if isinstance(v, (int, float))
+    }
     ckpt = run_dir / "models" / "model.pt"
-    save_checkpoint(net.state_dict(), ckpt)
+    # the validation handlers (CheckpointSaver + DescriptionWriter) are dropped above, so write the final weights
+    # with their model description (models/model.json) here: a later transfer row reads it through finetune.json
+    save_model(net, wf.parser.get_parsed_content("model_description"), ckpt)
     lat = latency_ms(net, p["size"], torch.device(args.device), p["latency_repeats"])
     report = getattr(net, "transfer_report", None)
-    return {"metrics": metrics, "train_seconds": round(total - val_seconds, 2), "val_seconds": round(val_seconds, 2),
-            "latency_ms": round(lat, 2), "ckpt": str(ckpt), "epochs": epochs,
-            "skipped_keys": len(report.skipped) if report is not None else None}
+    return {
+        "metrics": metrics,
+        "train_seconds": round(total - val_seconds, 2),
+        "val_seconds": round(val_seconds, 2),
+        "latency_ms": round(lat, 2),
+        "ckpt": str(ckpt),
+        "epochs": epochs,
+        "skipped_keys": len(report.skipped) if report is not None else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -245,58 +348,97 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic({**header, "records": records}, out_dir / "results.json")
-    lines = ["# Results: MultiCheXNet on real chest X-rays", "",
-             f"Produced by `{header['command']}` on {header['created']} ({header['device']}, {header['threads']} threads, "
-             f"torch {header['torch']}). Preset `{header['preset']}`: {header['resolution']} px, encoder `{header['encoder']}`, "
-             f"seed {header['seed']}. Total wall time {header['total_minutes']:.1f} min.", ""]
+    lines = [
+        "# Results: MultiCheXNet on real chest X-rays",
+        "",
+        f"Produced by `{header['command']}` on {header['created']} ({header['device']}, {header['threads']} threads, "
+        f"torch {header['torch']}). Preset `{header['preset']}`: {header['resolution']} px, encoder `{header['encoder']}`, "
+        f"seed {header['seed']}. Total wall time {header['total_minutes']:.1f} min.",
+        "",
+    ]
     if header["preset"] != "cuda":
-        lines += ["**Reduced setting:** this run used a reduced resolution and subsets of the data so that it fits in "
-                  "about an hour on 2 CPU cores; with CUDA the script uses 256 px, every image and 10 epochs.", ""]
-    lines += ["Data: `../shared/data/cxr-real`, one patient-level split (20 % validation, seed fixed) over Kermany, "
-              "covid_lungs and qu_viral_lungs; disjoint task sets (see `scripts/run_experiments.py`).", ""]
+        lines += [
+            "**Reduced setting:** this run used a reduced resolution and subsets of the data so that it fits in "
+            "about an hour on 2 CPU cores; with CUDA the script uses 256 px, every image and 10 epochs.",
+            "",
+        ]
+    lines += [
+        "Data: `../shared/data/cxr-real`, one patient-level split (20 % validation, seed fixed) over Kermany, "
+        "covid_lungs and qu_viral_lungs; disjoint task sets (see `scripts/run_experiments.py`).",
+        "",
+    ]
     # 1
-    lines += ["## MultiCheXNet vs single-task baselines", "",
-              "| row | epochs | train images | AUC (cls) | Dice (seg) | mAP@[.5:.95] (loc) | AP@0.5 (loc) | train time (s) | latency (ms, batch 1) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## MultiCheXNet vs single-task baselines",
+        "",
+        "| row | epochs | train images | AUC (cls) | Dice (seg) | mAP@[.5:.95] (loc) | AP@0.5 (loc) | train time (s) | latency (ms, batch 1) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in (r for r in records if r["experiment"] == "multitask_vs_single"):
         m = r["metrics"]
-        lines.append(f"| {r['row']} | {r['epochs']} | {r['subset_sizes'].get('train', '-')} | {_fmt(m.get('classification/auc'))} | "
-                     f"{_fmt(m.get('segmentation/dice_positive'))} | {_fmt(m.get('localization/map'))} | {_fmt(m.get('localization/ap50'))} | "
-                     f"{_fmt(r['train_seconds'], 1)} | {_fmt(r['latency_ms'], 1)} |")
-    lines += ["", "`three_single_task_sum`: the three baselines together (times and latencies added). "
-              "`multichexnet_merged`: initialised from the three baselines (encoder from the classifier), then fine-tuned "
-              "jointly for the epochs shown; its time is the fine-tuning only (`train_seconds_cumulative` in the JSON adds "
-              "the baselines').", ""]
+        lines.append(
+            f"| {r['row']} | {r['epochs']} | {r['subset_sizes'].get('train', '-')} | {_fmt(m.get('classification/auc'))} | "
+            f"{_fmt(m.get('segmentation/dice_positive'))} | {_fmt(m.get('localization/map'))} | {_fmt(m.get('localization/ap50'))} | "
+            f"{_fmt(r['train_seconds'], 1)} | {_fmt(r['latency_ms'], 1)} |"
+        )
+    lines += [
+        "",
+        "`three_single_task_sum`: the three baselines together (times and latencies added). "
+        "`multichexnet_merged`: initialised from the three baselines (encoder from the classifier), then fine-tuned "
+        "jointly for the epochs shown; its time is the fine-tuning only (`train_seconds_cumulative` in the JSON adds "
+        "the baselines').",
+        "",
+    ]
     lines += _observations(records)
     # 2
     tf_rows = [r for r in records if r["experiment"] == "teacher_forcing"]
     lines += ["## Teacher forcing on/off (synthetic demo data, lesions only on positives)", ""]
     if tf_rows:
         r0 = tf_rows[0]
-        lines += [f"Joint model trained from scratch on the disjoint demo layout at {r0.get('resolution')} px, "
-                  f"{r0.get('epochs')} epochs, {r0['subset_sizes']['train']} training images (a third each with only boxes, "
-                  f"only masks, only classes); evaluated on its {r0['subset_sizes']['val']} fully annotated validation images.", ""]
-    lines += ["| teacher_forcing | AUC | Dice+ | Dice (empty-aware) | Dice (empty-aware, gated) | AP@0.5 | AP@0.5 gated | mAP | train time (s) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Joint model trained from scratch on the disjoint demo layout at {r0.get('resolution')} px, "
+            f"{r0.get('epochs')} epochs, {r0['subset_sizes']['train']} training images (a third each with only boxes, "
+            f"only masks, only classes); evaluated on its {r0['subset_sizes']['val']} fully annotated validation images.",
+            "",
+        ]
+    lines += [
+        "| teacher_forcing | AUC | Dice+ | Dice (empty-aware) | Dice (empty-aware, gated) | AP@0.5 | AP@0.5 gated | mAP | train time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in (r for r in records if r["experiment"] == "teacher_forcing"):
         m = r["metrics"]
-        lines.append(f"| {r['row']} | {_fmt(m.get('classification/auc'))} | {_fmt(m.get('segmentation/dice_positive'))} | "
-                     f"{_fmt(m.get('segmentation/dice_empty_aware'))} | {_fmt(m.get('segmentation/dice_empty_aware/gated'))} | "
-                     f"{_fmt(m.get('localization/ap50'))} | {_fmt(m.get('localization/ap50/gated'))} | {_fmt(m.get('localization/map'))} | "
-                     f"{_fmt(r['train_seconds'], 1)} |")
+        lines.append(
+            f"| {r['row']} | {_fmt(m.get('classification/auc'))} | {_fmt(m.get('segmentation/dice_positive'))} | "
+            f"{_fmt(m.get('segmentation/dice_empty_aware'))} | {_fmt(m.get('segmentation/dice_empty_aware/gated'))} | "
+            f"{_fmt(m.get('localization/ap50'))} | {_fmt(m.get('localization/ap50/gated'))} | {_fmt(m.get('localization/map'))} | "
+            f"{_fmt(r['train_seconds'], 1)} |"
+        )
     # 3
-    lines += ["", "## Transfer to COVID-19 vs other findings (new classifier)", "",
-              "covid_lungs alone is degenerate (282 COVID-19, 1 'No Finding'), so negatives are Kermany normal and "
-              "pneumonia images of the same patient-level split. The two sources differ in age (adult vs pediatric), "
-              "hospital and format, so the task is confounded and easy; compare the rows with each other, not with the "
-              "literature.", "",
-              "| init | encoder | epochs | train / val images | AUC | train time (s) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Transfer to COVID-19 vs other findings (new classifier)",
+        "",
+        "covid_lungs alone is degenerate (282 COVID-19, 1 'No Finding'), so negatives are Kermany normal and "
+        "pneumonia images of the same patient-level split. The two sources differ in age (adult vs pediatric), "
+        "hospital and format, so the task is confounded and easy; compare the rows with each other, not with the "
+        "literature.",
+        "",
+        "| init | encoder | epochs | train / val images | AUC | train time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in (r for r in records if r["experiment"] == "transfer"):
-        lines.append(f"| {r['row']} | {'frozen' if r.get('freeze_encoder') else 'fine-tuned'} | {r['epochs']} | "
-                     f"{r['subset_sizes']['train']} / {r['subset_sizes']['val']} | {_fmt(r['metrics'].get('classification/auc'))} | "
-                     f"{_fmt(r['train_seconds'], 1)} |")
-    lines += ["", "Subset sizes per data set: " + ", ".join(f"{k} {v['train']}/{v['val']}" for k, v in header["subset_sizes"].items())
-              + " (train/validation images).", ""]
+        lines.append(
+            f"| {r['row']} | {'frozen' if r.get('freeze_encoder') else 'fine-tuned'} | {r['epochs']} | "
+            f"{r['subset_sizes']['train']} / {r['subset_sizes']['val']} | {_fmt(r['metrics'].get('classification/auc'))} | "
+            f"{_fmt(r['train_seconds'], 1)} |"
+        )
+    lines += [
+        "",
+        "Subset sizes per data set: "
+        + ", ".join(f"{k} {v['train']}/{v['val']}" for k, v in header["subset_sizes"].items())
+        + " (train/validation images).",
+        "",
+    ]
     tmp = out_dir / ".results.md.tmp"
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, out_dir / "results.md")
@@ -313,20 +455,29 @@ def _observations(records: list[dict]) -> list[str]:
             val = rows[joint]["metrics"].get(key)
             if base is not None and val is not None:
                 verdict = "loses to" if val < base else "matches or beats"
-                out.append(f"- `{joint}` {verdict} `single_{task}` on {key}: {val:.3f} vs {base:.3f} ({val - base:+.3f}).")
+                out.append(
+                    f"- `{joint}` {verdict} `single_{task}` on {key}: {val:.3f} vs {base:.3f} ({val - base:+.3f})."
+                )
     total = rows.get("three_single_task_sum")
     if total and "multichexnet_scratch" in rows:
-        out.append(f"- training time: joint {rows['multichexnet_scratch']['train_seconds']:.0f} s vs the three baselines "
-                   f"{total['train_seconds']:.0f} s; latency {rows['multichexnet_scratch']['latency_ms']:.1f} ms vs {total['latency_ms']:.1f} ms.")
+        out.append(
+            f"- training time: joint {rows['multichexnet_scratch']['train_seconds']:.0f} s vs the three baselines "
+            f"{total['train_seconds']:.0f} s; latency {rows['multichexnet_scratch']['latency_ms']:.1f} ms vs {total['latency_ms']:.1f} ms."
+        )
     return out + [""]
 
 
 # ------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("Examples::", 1)[1])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("Examples::", 1)[1],
+    )
     ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "cxr-real")
-    ap.add_argument("--output-dir", type=Path, default=REPO / "docs", help="where results.md / results.json go (default: docs/)")
+    ap.add_argument(
+        "--output-dir", type=Path, default=REPO / "docs", help="where results.md / results.json go (default: docs/)"
+    )
     ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "experiments", help="datalists, checkpoints")
     ap.add_argument("--quick", action="store_true", help="tiny subsets, 1 epoch, 64 px, densenet-tiny (tests)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -339,7 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transfer-epochs", type=int)
     ap.add_argument("--tf-epochs", type=int, help="epochs of the teacher-forcing runs")
     ap.add_argument("--max-cls-train", type=int, help="Kermany training images (0 = all)")
-    ap.add_argument("--transfer-unfrozen", action="store_true", help="also fine-tune the whole network in the transfer rows")
+    ap.add_argument(
+        "--transfer-unfrozen", action="store_true", help="also fine-tune the whole network in the transfer rows"
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["multitask", "teacher_forcing", "transfer"])
     args = ap.parse_args(argv)
 
@@ -350,14 +503,23 @@ def main(argv: list[str] | None = None) -> int:
         args.device = "cuda:0" if torch.cuda.is_available() else "cpu"
     preset = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
     p = dict(PRESETS[preset])
-    for opt, key in (("size", "size"), ("encoder", "encoder"), ("epochs", "epochs"), ("merged_epochs", "merged_epochs"),
-                     ("transfer_epochs", "transfer_epochs"), ("tf_epochs", "tf_epochs")):
+    for opt, key in (
+        ("size", "size"),
+        ("encoder", "encoder"),
+        ("epochs", "epochs"),
+        ("merged_epochs", "merged_epochs"),
+        ("transfer_epochs", "transfer_epochs"),
+        ("tf_epochs", "tf_epochs"),
+    ):
         if getattr(args, opt) is not None:
             p[key] = getattr(args, opt)
     if args.max_cls_train is not None:
         p["cls_train"] = args.max_cls_train or None
     if not (args.data_root / "kermany").is_dir():
-        print(f"error: no cxr-real pack at {args.data_root} (expected kermany/, covid_lungs/, qu_viral_lungs/)", file=sys.stderr)
+        print(
+            f"error: no cxr-real pack at {args.data_root} (expected kermany/, covid_lungs/, qu_viral_lungs/)",
+            file=sys.stderr,
+        )
         return 2
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -367,18 +529,40 @@ def main(argv: list[str] | None = None) -> int:
     lists = build_datalists(args.data_root, work, p, args.seed)
     sizes = lists.pop("_sizes")
     command = "python scripts/run_experiments.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    common = {"resolution": p["size"], "encoder": p["encoder"], "device": args.device, "seed": args.seed, "command": command.strip()}
+    common = {
+        "resolution": p["size"],
+        "encoder": p["encoder"],
+        "device": args.device,
+        "seed": args.seed,
+        "command": command.strip(),
+    }
     records: list[dict] = []
     plan = [] if "multitask" in args.skip else ["cls", "seg", "loc", "joint", "merged"]
     plan += [] if "teacher_forcing" in args.skip else ["tf_pos", "tf_all"]
-    plan += [] if "transfer" in args.skip else ["tr_mcx", "tr_cls", "tr_rand"] + (["tr_mcx_u", "tr_cls_u", "tr_rand_u"] if args.transfer_unfrozen else [])
+    plan += (
+        []
+        if "transfer" in args.skip
+        else ["tr_mcx", "tr_cls", "tr_rand"] + (["tr_mcx_u", "tr_cls_u", "tr_rand_u"] if args.transfer_unfrozen else [])
+    )
     bar = tqdm(plan, desc="experiments", unit="run", file=sys.stderr)
     results: dict[str, dict] = {}
 
     def record(experiment: str, row: str, res: dict, sizes_: dict, description: str, **extra) -> None:
-        records.append({"experiment": experiment, "row": row, "description": description, "metrics": res["metrics"],
-                        "train_seconds": res["train_seconds"], "val_seconds": res.get("val_seconds"),
-                        "latency_ms": res.get("latency_ms"), "epochs": res["epochs"], "subset_sizes": sizes_, **common, **extra})
+        records.append(
+            {
+                "experiment": experiment,
+                "row": row,
+                "description": description,
+                "metrics": res["metrics"],
+                "train_seconds": res["train_seconds"],
+                "val_seconds": res.get("val_seconds"),
+                "latency_ms": res.get("latency_ms"),
+                "epochs": res["epochs"],
+                "subset_sizes": sizes_,
+                **common,
+                **extra,
+            }
+        )
 
     for step in bar:
         bar.set_postfix_str(step)
@@ -386,63 +570,149 @@ def main(argv: list[str] | None = None) -> int:
             task = {"cls": "classification", "seg": "segmentation", "loc": "localization"}[step]
             res = train_run(f"single_{task}", work, lists[task], p, args, tasks=(task,), epochs=p["epochs"])
             results[step] = res
-            record("multitask_vs_single", f"single_{task}", res, sizes[task], f"MultiCheXNet(tasks=('{task}',)) from scratch")
+            record(
+                "multitask_vs_single",
+                f"single_{task}",
+                res,
+                sizes[task],
+                f"MultiCheXNet(tasks=('{task}',)) from scratch",
+            )
         elif step == "joint":
             res = train_run("multichexnet_scratch", work, lists["joint"], p, args, epochs=p["epochs"])
             results["joint"] = res
             if all(k in results for k in ("cls", "seg", "loc")):
-                s = {"metrics": {**results["cls"]["metrics"], **results["seg"]["metrics"], **results["loc"]["metrics"]},
-                     "train_seconds": round(sum(results[k]["train_seconds"] for k in ("cls", "seg", "loc")), 2),
-                     "val_seconds": round(sum(results[k]["val_seconds"] for k in ("cls", "seg", "loc")), 2),
-                     "latency_ms": round(sum(results[k]["latency_ms"] for k in ("cls", "seg", "loc")), 2), "epochs": p["epochs"]}
+                s = {
+                    "metrics": {**results["cls"]["metrics"], **results["seg"]["metrics"], **results["loc"]["metrics"]},
+                    "train_seconds": round(sum(results[k]["train_seconds"] for k in ("cls", "seg", "loc")), 2),
+                    "val_seconds": round(sum(results[k]["val_seconds"] for k in ("cls", "seg", "loc")), 2),
+                    "latency_ms": round(sum(results[k]["latency_ms"] for k in ("cls", "seg", "loc")), 2),
+                    "epochs": p["epochs"],
+                }
                 s["metrics"] = {k: v for k, v in s["metrics"].items() if k.split("/")[0] in TASKS and "/gated" not in k}
-                record("multitask_vs_single", "three_single_task_sum", s, sizes["joint"],
-                       "the three single-task models together: metrics from each, times and latencies added")
-            record("multitask_vs_single", "multichexnet_scratch", res, sizes["joint"], "joint from scratch, mixed batches of the disjoint sets")
+                record(
+                    "multitask_vs_single",
+                    "three_single_task_sum",
+                    s,
+                    sizes["joint"],
+                    "the three single-task models together: metrics from each, times and latencies added",
+                )
+            record(
+                "multitask_vs_single",
+                "multichexnet_scratch",
+                res,
+                sizes["joint"],
+                "joint from scratch, mixed batches of the disjoint sets",
+            )
         elif step == "merged":
             if not all(k in results for k in ("cls", "seg", "loc")):
                 continue
-            merge = {"encoder_from": results["cls"]["ckpt"], "heads_from": {
-                "classification": results["cls"]["ckpt"], "segmentation": results["seg"]["ckpt"], "localization": results["loc"]["ckpt"]}}
-            res = train_run("multichexnet_merged", work, lists["joint"], p, args, epochs=p["merged_epochs"], merge=merge)
+            merge = {
+                "encoder_from": results["cls"]["ckpt"],
+                "heads_from": {
+                    "classification": results["cls"]["ckpt"],
+                    "segmentation": results["seg"]["ckpt"],
+                    "localization": results["loc"]["ckpt"],
+                },
+            }
+            res = train_run(
+                "multichexnet_merged", work, lists["joint"], p, args, epochs=p["merged_epochs"], merge=merge
+            )
             cum = res["train_seconds"] + sum(results[k]["train_seconds"] for k in ("cls", "seg", "loc"))
-            record("multitask_vs_single", "multichexnet_merged", res, sizes["joint"],
-                   "encoder from the classifier, each head from its baseline, then joint fine-tuning",
-                   train_seconds_cumulative=round(cum, 2))
+            record(
+                "multitask_vs_single",
+                "multichexnet_merged",
+                res,
+                sizes["joint"],
+                "encoder from the classifier, each head from its baseline, then joint fine-tuning",
+                train_seconds_cumulative=round(cum, 2),
+            )
         elif step in ("tf_pos", "tf_all"):
             from monai_mcx.data import generate_demo_data
 
             if step == "tf_pos" or not (work / "demo_data" / "datalist.json").is_file():
-                generate_demo_data(work / "demo_data", num_images=p["demo_images"], image_size=p["tf_size"], seed=args.seed, overwrite=True)
+                generate_demo_data(
+                    work / "demo_data",
+                    num_images=p["demo_images"],
+                    image_size=p["tf_size"],
+                    seed=args.seed,
+                    overwrite=True,
+                )
             demo = work / "demo_data" / "datalist.json"
             mode = "positive_only" if step == "tf_pos" else "all"
             # the demo data at the bundle demo's resolution (the lesions are drawn for it), not the real-data size
-            res = train_run(f"teacher_forcing_{mode}", work, demo, dict(p, size=p["tf_size"]), args, epochs=p["tf_epochs"],
-                            extra={"teacher_forcing": mode})
+            res = train_run(
+                f"teacher_forcing_{mode}",
+                work,
+                demo,
+                dict(p, size=p["tf_size"]),
+                args,
+                epochs=p["tf_epochs"],
+                extra={"teacher_forcing": mode},
+            )
             n = {s: len(json.loads(demo.read_text())[s]) for s in ("training", "validation")}
-            record("teacher_forcing", mode, res, {"train": n["training"], "val": n["validation"]},
-                   f"joint model on the synthetic demo data, teacher_forcing={mode}", teacher_forcing=mode,
-                   resolution=p["tf_size"])
+            record(
+                "teacher_forcing",
+                mode,
+                res,
+                {"train": n["training"], "val": n["validation"]},
+                f"joint model on the synthetic demo data, teacher_forcing={mode}",
+                teacher_forcing=mode,
+                resolution=p["tf_size"],
+            )
         else:
             src = {"tr_mcx": "joint", "tr_cls": "cls", "tr_rand": None}[step.removesuffix("_u")]
             if src is not None and src not in results:
                 continue
             frozen = not step.endswith("_u")
-            row = {"tr_mcx": "from_multichexnet", "tr_cls": "from_single_classifier", "tr_rand": "random_init"}[step.removesuffix("_u")]
-            extra = {"pretrained_ckpt": results[src]["ckpt"] if src else "", "freeze_encoder": frozen,
-                     "pretrained_class_names": ["pneumonia"], "class_names": ["covid19"]}
-            res = train_run(f"transfer_{row}{'' if frozen else '_unfrozen'}", work, lists["transfer"], p, args,
-                            tasks=("classification",), class_names=("covid19",), epochs=p["transfer_epochs"], extra=extra, finetune=True)
-            record("transfer", row if frozen else f"{row}_unfrozen", res, sizes["transfer"],
-                   f"finetune.json, new 'covid19' classifier, encoder {'frozen' if frozen else 'fine-tuned'}",
-                   freeze_encoder=frozen, skipped_keys=res["skipped_keys"])
-    header = {"command": common["command"], "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(0),
-              "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-              "preset": preset, "resolution": p["size"], "encoder": p["encoder"], "seed": args.seed, "settings": p,
-              "subset_sizes": sizes, "total_minutes": (time.perf_counter() - t_start) / 60}
+            row = {"tr_mcx": "from_multichexnet", "tr_cls": "from_single_classifier", "tr_rand": "random_init"}[
+                step.removesuffix("_u")
+            ]
+            extra = {
+                "pretrained_ckpt": results[src]["ckpt"] if src else "",
+                "freeze_encoder": frozen,
+                "pretrained_class_names": ["pneumonia"],
+                "class_names": ["covid19"],
+            }
+            res = train_run(
+                f"transfer_{row}{'' if frozen else '_unfrozen'}",
+                work,
+                lists["transfer"],
+                p,
+                args,
+                tasks=("classification",),
+                class_names=("covid19",),
+                epochs=p["transfer_epochs"],
+                extra=extra,
+                finetune=True,
+            )
+            record(
+                "transfer",
+                row if frozen else f"{row}_unfrozen",
+                res,
+                sizes["transfer"],
+                f"finetune.json, new 'covid19' classifier, encoder {'frozen' if frozen else 'fine-tuned'}",
+                freeze_encoder=frozen,
+                skipped_keys=res["skipped_keys"],
+            )
+    header = {
+        "command": common["command"],
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(0),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "preset": preset,
+        "resolution": p["size"],
+        "encoder": p["encoder"],
+        "seed": args.seed,
+        "settings": p,
+        "subset_sizes": sizes,
+        "total_minutes": (time.perf_counter() - t_start) / 60,
+    }
     write_outputs(args.output_dir, header, records)
-    print(f"wrote {args.output_dir / 'results.md'} and results.json ({len(records)} rows) in {header['total_minutes']:.1f} min")
+    print(
+        f"wrote {args.output_dir / 'results.md'} and results.json ({len(records)} rows) in {header['total_minutes']:.1f} min"
+    )
     return 0
 
 

@@ -100,8 +100,13 @@ def test_anchors_file_roundtrip_and_fallbacks(tmp_path):
     assert load_anchor_shapes(f) == [[8.0, 16.0], [20.0, 10.0]]
     assert json.loads(f.read_text())["spatial_size"] == [64, 64]
     # evaluate prefers the file the training wrote (same anchors as the weights), whatever the datalist says
-    assert anchor_shapes_from_file_or_datalist(f, path, spatial_size=SPATIAL, num_anchors=2) == [[8.0, 16.0], [20.0, 10.0]]
-    assert len(anchor_shapes_from_file_or_datalist(tmp_path / "none.json", path, spatial_size=SPATIAL, num_anchors=3)) == 3
+    assert anchor_shapes_from_file_or_datalist(f, path, spatial_size=SPATIAL, num_anchors=2) == [
+        [8.0, 16.0],
+        [20.0, 10.0],
+    ]
+    assert (
+        len(anchor_shapes_from_file_or_datalist(tmp_path / "none.json", path, spatial_size=SPATIAL, num_anchors=3)) == 3
+    )
     with pytest.raises(DataError, match="anchor file not found"):
         load_anchor_shapes(tmp_path / "none.json")
     # a split with too few boxes: generic shapes scaled to the input, with a warning
@@ -110,7 +115,9 @@ def test_anchors_file_roundtrip_and_fallbacks(tmp_path):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         shapes = anchor_shapes_from_datalist(empty, "training", SPATIAL, num_anchors=3)
-    assert shapes == [[8.0, 8.0], [12.0, 12.0], [16.0, 10.0]] and any("fewer than num_anchors" in str(x.message) for x in w)
+    assert shapes == [[8.0, 8.0], [12.0, 12.0], [16.0, 10.0]] and any(
+        "fewer than num_anchors" in str(x.message) for x in w
+    )
 
 
 def _best_iou(wh: np.ndarray, anchors: list, scales=(1, 2, 4)) -> np.ndarray:
@@ -124,17 +131,20 @@ def _best_iou(wh: np.ndarray, anchors: list, scales=(1, 2, 4)) -> np.ndarray:
 @pytest.mark.slow
 def test_bundle_default_path_fits_anchors_trains_and_evaluates_with_them(tmp_path, demo_datalist):
     """train.json without a pinned base_anchor_shapes (every other bundle test pins them): the anchors are fitted
-    to the training boxes, saved to anchors.json, build the network, and evaluate.json reads them back."""
-    from conftest import SMALL, bundle_overrides, run_bundle
+    to the training boxes, saved in the model description (model.json), build the network, and evaluate.json reads
+    them back from it."""
     from monai_mcx.data.anchors import DEFAULT_ANCHOR_SHAPES
+
+    from conftest import SMALL, bundle_overrides, run_bundle
 
     overrides = bundle_overrides(tmp_path, dataset_dir=str(demo_datalist.parent), epochs=1, max_items=24, seed=0)
     overrides.pop("base_anchor_shapes")
     wf = run_bundle("train.json", **overrides)
     spatial = tuple(SMALL["spatial_size"])
-    saved = json.loads((tmp_path / "models" / "anchors.json").read_text())
-    fitted = anchor_shapes_from_datalist(demo_datalist, "training", spatial, num_anchors=3,
-                                         feature_map_scales=(1, 2, 4), max_items=24, seed=0)
+    saved = json.loads((tmp_path / "models" / "model.json").read_text())
+    fitted = anchor_shapes_from_datalist(
+        demo_datalist, "training", spatial, num_anchors=3, feature_map_scales=(1, 2, 4), max_items=24, seed=0
+    )
     assert saved["base_anchor_shapes"] == fitted == wf.parser.get_parsed_content("base_anchor_shapes")
     generic = [list(np.round(np.asarray(s) * spatial[0] / 128.0, 1)) for s in DEFAULT_ANCHOR_SHAPES]
     assert fitted != generic and fitted != SMALL["base_anchor_shapes"], "fitted, not the fallback or the test pin"
@@ -145,9 +155,12 @@ def test_bundle_default_path_fits_anchors_trains_and_evaluates_with_them(tmp_pat
     assert _best_iou(wh, fitted).mean() > _best_iou(wh, generic).mean() and _best_iou(wh, fitted).mean() > 0.6
     net = wf.parser.get_parsed_content("network")
     assert net.localization_head is not None and wf.parser.get_parsed_content("network_def#num_anchors") == 3
-    # evaluate.json takes the anchors from the file the training wrote (edited here: the file, not a refit, counts)
+    # evaluate.json takes the anchors from the description the training wrote (edited here: the file, not a refit)
+    from monai_mcx.artifact import read_description, save_description
+
     edited = [[round(w + 1.0, 1), round(h + 1.0, 1)] for w, h in fitted]
-    save_anchor_shapes(edited, tmp_path / "models" / "anchors.json", feature_map_scales=(1, 2, 4), spatial_size=spatial)
+    desc = read_description(tmp_path / "models" / "model.json")
+    save_description(desc.replace(base_anchor_shapes=edited), tmp_path / "models" / "model.json")
     ev = run_bundle(["train.json", "evaluate.json"], **dict(overrides, output_dir=str(tmp_path / "eval_fitted")))
     assert ev.parser.get_parsed_content("base_anchor_shapes") == edited
     assert (tmp_path / "eval_fitted" / "metrics.json").is_file()

@@ -13,10 +13,10 @@ from monai_mcx.metrics import (
     binary_nll,
     brier_score,
     calibration_metrics,
+    class_operating_points,
     expected_calibration_error,
     fit_temperature,
     logits_from_probs,
-    operating_point_metrics,
     operating_points,
     reliability_curve,
     roc_auc,
@@ -91,7 +91,7 @@ def test_temperature_scaling_per_class_unknown_labels_and_round_trip():
 def test_brier_nll_reliability_match_sklearn():
     rng = np.random.default_rng(0)
     p = rng.random(500)
-    y = (rng.random(500) < p ** 1.5).astype(int)
+    y = (rng.random(500) < p**1.5).astype(int)
     assert abs(brier_score(p, y) - sklearn_metrics.brier_score_loss(y, p)) < 1e-12
     assert abs(binary_nll(p, y) - sklearn_metrics.log_loss(y, p)) < 1e-9
     mean_p, frac, count = reliability_curve(p, y, n_bins=10)
@@ -199,20 +199,29 @@ def test_operating_point_metrics_keys_and_validation_thresholds():
     y = rng.integers(0, 2, (n, 2)).astype(float)
     p = np.clip(0.3 * y + 0.7 * rng.random((n, 2)), 0, 1)
     y[:50, 1] = np.nan  # unknown labels are left out
-    out = operating_point_metrics(p, y, ["a", "b"], thresholds=[0.5, 0.6], patients=[str(i) for i in range(n)],
-                                  n_boot=200)
+    out = class_operating_points(
+        p, y, ["a", "b"], thresholds=[0.5, 0.6], patients=[str(i) for i in range(n)], n_boot=200
+    )
     for c in ("a", "b"):
         for op in ("chosen", "sens90", "sens95"):
-            for m in ("threshold", "sensitivity", "sensitivity_low", "sensitivity_high", "specificity",
-                      "specificity_low", "specificity_high"):
+            for m in (
+                "threshold",
+                "sensitivity",
+                "sensitivity_low",
+                "sensitivity_high",
+                "specificity",
+                "specificity_low",
+                "specificity_high",
+            ):
                 assert f"operating_point/{op}/{m}/{c}" in out
     assert out["operating_point/chosen/threshold/b"] == 0.6
     assert out["operating_point/n_patients/b"] == 250
     assert out["operating_point/sens95/sensitivity/a"] >= 0.95  # chosen on these data
     # thresholds chosen on validation are used as given
     given = {"a": {"sens90": 0.2, "sens95": 0.1}, "b": {"sens90": 0.3, "sens95": 0.15}}
-    out2 = operating_point_metrics(p, y, ["a", "b"], 0.5, target_thresholds=given, n_boot=50)
+    out2 = class_operating_points(p, y, ["a", "b"], 0.5, target_thresholds=given, n_boot=50)
     assert out2["operating_point/sens90/threshold/b"] == 0.3
     known = ~np.isnan(y[:, 1])
     assert out2["operating_point/sens90/sensitivity/b"] == pytest.approx(
-        sklearn_metrics.recall_score(y[known, 1], p[known, 1] >= 0.3))
+        sklearn_metrics.recall_score(y[known, 1], p[known, 1] >= 0.3)
+    )

@@ -27,23 +27,41 @@ def _flags(overrides: dict) -> list[str]:
 
 def _torchrun(config_files: list[str], overrides: dict, timeout: int = 420) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{CONFIGS / c}'" for c in config_files) + "]",
-           "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"), *_flags(overrides)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "[" + ",".join(f"'{CONFIGS / c}'" for c in config_files) + "]",
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        *_flags(overrides),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
 
 def _evaluate_single_process(overrides: dict, ckpt_dir: Path, out: Path) -> dict:
-    run_bundle(["train.json", "evaluate.json"], **dict(overrides, ckpt_dir=str(ckpt_dir), output_dir=str(out), class_threshold=0.5,
-                                                   box_threshold=0.3))  # train.json's fixed operating point
+    run_bundle(
+        ["train.json", "evaluate.json"],
+        **dict(overrides, ckpt_dir=str(ckpt_dir), output_dir=str(out), class_threshold=0.5, box_threshold=0.3),
+    )  # train.json's fixed operating point
     return json.loads((out / "metrics.json").read_text())
 
 
 def _assert_same_metrics(ddp: dict, single: dict) -> None:
     common = sorted(set(ddp) & set(single) - {"val_score"})
-    assert "classification/auc" in common and "segmentation/dice_positive" in common and "localization/ap50" in common, common
+    assert (
+        "classification/auc" in common and "segmentation/dice_positive" in common and "localization/ap50" in common
+    ), common
     diffs = {k: abs(ddp[k] - single[k]) for k in common if isinstance(ddp[k], float) and isinstance(single[k], float)}
     print("DDP vs single-process metric differences:", {k: v for k, v in diffs.items() if v})
     for key in common:
@@ -85,15 +103,24 @@ def test_torchrun_two_processes_gloo(tmp_path, demo_datalist, single_thread):
     from monai_mcx.artifact import read_description, save_description
 
     # the description of last.pt describes these weights (same content hash), now as a plain model.pt
-    save_description(read_description(models / "last.json").replace(weights_key=None, weights_file="model.pt"),
-                     eval_models / "model.pt")
+    save_description(
+        read_description(models / "last.json").replace(weights_key=None, weights_file="model.pt"),
+        eval_models / "model.pt",
+    )
     single = _evaluate_single_process(overrides, eval_models, tmp_path / "eval_single")
     _assert_same_metrics(ddp_metrics, single)
 
     # multi_gpu_evaluate.json: the same numbers again, from two processes
-    _torchrun(["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
-              dict(overrides, ckpt_dir=str(eval_models), output_dir=str(tmp_path / "eval_ddp"), class_threshold=0.5,
-                   box_threshold=0.3))
+    _torchrun(
+        ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
+        dict(
+            overrides,
+            ckpt_dir=str(eval_models),
+            output_dir=str(tmp_path / "eval_ddp"),
+            class_threshold=0.5,
+            box_threshold=0.3,
+        ),
+    )
     _assert_same_metrics(json.loads((tmp_path / "eval_ddp" / "metrics.json").read_text()), single)
 
 
@@ -133,8 +160,10 @@ def test_finetune_and_multi_gpu_configs_commute():
     from monai.bundle import ConfigParser
 
     resolved = []
-    orders = (["train.json", "finetune.json", "multi_gpu_train.json"],
-              ["train.json", "multi_gpu_train.json", "finetune.json"])
+    orders = (
+        ["train.json", "finetune.json", "multi_gpu_train.json"],
+        ["train.json", "multi_gpu_train.json", "finetune.json"],
+    )
     for order in orders:
         parser = ConfigParser()
         parser.read_config([str(CONFIGS / c) for c in order])
@@ -158,9 +187,20 @@ def test_torchrun_finetune_merge_and_pretrained_encoder_under_ddp(tmp_path, demo
     probe.write_text(json.dumps(PROBE))
     out = tmp_path / "eval"
     overrides = bundle_overrides(
-        tmp_path, dataset_dir=str(demo_datalist.parent), ckpt_interval_iters=0, epochs=1, max_items=16,
-        pretrained_ckpt=str(tmp_path / "transfer_source.pt"), pretrained_class_names=["another_disease"],
-        freeze_encoder=True, pretrained_encoder=str(tmp_path / "encoder_source.pt"), class_names=["pneumonia"],
+        tmp_path,
+        dataset_dir=str(demo_datalist.parent),
+        ckpt_interval_iters=0,
+        epochs=1,
+        max_items=16,
+        pretrained_ckpt=str(tmp_path / "transfer_source.pt"),
+        pretrained_class_names=["another_disease"],
+        freeze_encoder=True,
+        pretrained_encoder=str(tmp_path / "encoder_source.pt"),
+        class_names=["pneumonia"],
+        # the transfer source is a bare state dict (no model.json): the documented opt-out (pretrained_description
+        # None) reads it without a description, taking encoder/in_channels/pretrained_class_names from the config.
+        # Written as the expression "$None": `monai.bundle run` drops a plain None override (update_kwargs ignore_none)
+        pretrained_description="$None",
     )
     overrides["merge#heads_from"] = {"classification": str(tmp_path / "heads_source.pt")}
     _torchrun(["train.json", "multi_gpu_train.json", "finetune.json", str(probe)], overrides)
@@ -185,6 +225,8 @@ def test_torchrun_finetune_merge_and_pretrained_encoder_under_ddp(tmp_path, demo
     last = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("module.") for k in last["model"])
     assert all(torch.equal(last["model"][k], finals[0][k]) for k in head_keys)
+
+
 # --- skipping heads without labels under DDP (two gloo processes, no bundle: a few seconds) ---------------
 
 #: per step, the samples of rank 0 and rank 1 (letters as in test_skip_heads.make_batch): step 2 leaves rank 1
@@ -201,9 +243,10 @@ def _skip_batches(rank: int) -> list[dict]:
 def _ddp_skip_worker(rank: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
     from ignite.engine import Events
-    from test_skip_heads import make_loss, tiny_net, trainer_for
 
     from monai_mcx.engines.distributed import wrap_ddp
+
+    from test_skip_heads import make_loss, tiny_net, trainer_for
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -225,6 +268,7 @@ def test_ddp_skipping_heads_equals_one_process(tmp_path):
     shard in turn (DDP's gradient mean = the mean of the shards' gradients; BatchNorm uses each shard's own
     statistics in both) and skips the same heads. No hang, no unused-parameter error."""
     import torch.multiprocessing as mp
+
     from test_skip_heads import make_loss, make_optimizer, tiny_net
 
     out_file = tmp_path / "rank0.pt"

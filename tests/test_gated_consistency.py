@@ -44,7 +44,7 @@ def test_inference_applies_the_thresholds_chosen_on_validation(evaluated_bundle)
     metrics = json.loads((out / "metrics.json").read_text())
     saved = json.loads((root / "models" / "model.json").read_text())  # the model description
     chosen = metrics["localization/box_threshold"]
-    assert saved["box_score_threshold"] == chosen and saved["box_threshold_method"] == "rsna"
+    assert saved["box_score_threshold"] == pytest.approx(chosen, rel=1e-6) and saved["box_threshold_method"] == "rsna"
     assert saved["class_thresholds"]["pneumonia"] == metrics["classification/threshold/pneumonia"]
     pred_dir = _infer(overrides, root, "validation", root / "infer_validation")
     evaluated = _rows(out / "per_image.csv")
@@ -53,7 +53,9 @@ def test_inference_applies_the_thresholds_chosen_on_validation(evaluated_bundle)
     for name, r in inferred.items():
         rec = json.loads((pred_dir / r["json"]).read_text())
         assert rec["box_score_threshold"] == chosen
-        assert rec["gate"]["thresholds"] == saved["class_thresholds"] and rec["gate"]["rule"] == "any_class_at_threshold"
+        assert (
+            rec["gate"]["thresholds"] == saved["class_thresholds"] and rec["gate"]["rule"] == "any_class_at_threshold"
+        )
         assert all(b["score"] >= chosen for b in rec["boxes"] + rec["boxes_ungated"])
         e = evaluated[name]
         assert r["gate_positive"] == e["gate_positive"], name  # the same gated decisions
@@ -66,7 +68,10 @@ def test_inference_applies_the_thresholds_chosen_on_validation(evaluated_bundle)
 def test_gated_evaluation_equals_gated_inference_file_by_file(evaluated_bundle):
     root, overrides, _ = evaluated_bundle
     ev = root / "eval_test"
-    run_bundle(["train.json", "evaluate.json"], **dict(overrides, output_dir=str(ev), eval_split="test", write_predictions=True))
+    run_bundle(
+        ["train.json", "evaluate.json"],
+        **dict(overrides, output_dir=str(ev), eval_split="test", write_predictions=True),
+    )
     pred_dir = _infer(overrides, root, "test", root / "infer_test")
     ev_pred = ev / "predictions"
     names = sorted(p.name for p in pred_dir.glob("*.json"))

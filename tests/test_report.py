@@ -11,10 +11,11 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from conftest import SMALL
 from monai_mcx.handlers import MultiTaskMetrics
 from monai_mcx.handlers.report import EvaluationReport, format_value, render_case
 from monai_mcx.handlers.tensorboard import overlay_rgb
+
+from conftest import SMALL
 
 ROW = re.compile(r"^\| `([^`]+)` \| ([^|]*) \| ([^|]*) \|$")
 
@@ -44,8 +45,13 @@ def test_evaluate_writes_report_plots_and_thresholds(evaluated_bundle):
     # thresholds chosen on validation, reported, and saved for inference next to the checkpoint
     thr = json.loads((root / "models" / "model.json").read_text())  # the model description
     assert thr["thresholds_split"] == "validation" and set(thr["class_thresholds"]) == {"pneumonia"}
-    assert format_value(thr["class_thresholds"]["pneumonia"]) == format_value(metrics["classification/threshold/pneumonia"])
-    assert thr["box_score_threshold"] == metrics["localization/box_threshold"] and thr["box_threshold_method"] == "rsna"
+    assert format_value(thr["class_thresholds"]["pneumonia"]) == format_value(
+        metrics["classification/threshold/pneumonia"]
+    )
+    assert (
+        thr["box_score_threshold"] == pytest.approx(metrics["localization/box_threshold"], rel=1e-6)
+        and thr["box_threshold_method"] == "rsna"
+    )
     assert "chosen on the validation split" in report
     # counts per task
     n_val = len(json.loads((Path(overrides["dataset_dir"]) / "datalist.json").read_text())["validation"])
@@ -137,8 +143,15 @@ def _hand_made_batches():
     ]
     pred = {"class_probs": torch.tensor([[0.2], [0.9], [0.8]]), "seg_mask": seg > 0.5, "detections": dets}
     ones = torch.ones(n)
-    label = {"image": torch.rand(n, 1, size, size), "label": torch.tensor([[1.0], [1.0], [0.0]]), "has_label": ones,
-             "mask": mask, "has_mask": ones, "boxes": boxes, "has_boxes": ones}
+    label = {
+        "image": torch.rand(n, 1, size, size),
+        "label": torch.tensor([[1.0], [1.0], [0.0]]),
+        "has_label": ones,
+        "mask": mask,
+        "has_mask": ones,
+        "boxes": boxes,
+        "has_boxes": ones,
+    }
     return [{"image": label["image"], "pred": pred, "label": label}]
 
 
@@ -159,11 +172,16 @@ def test_gated_metrics_on_a_hand_made_case(tmp_path):
     assert m["localization/ap50/gated"] < 0.6
     # threshold chosen on this (validation) data by Youden's J: positives 0.2, 0.9, negative 0.8 -> 0.9 (J = 0.5)
     assert m["classification/threshold/pneumonia"] == pytest.approx(0.9)
-    assert m["classification/sensitivity"] == pytest.approx(0.5) and m["classification/specificity"] == pytest.approx(1.0)
+    assert m["classification/sensitivity"] == pytest.approx(0.5) and m["classification/specificity"] == pytest.approx(
+        1.0
+    )
     # the report shows ungated and gated side by side, and counts the gated-out image
     text = (tmp_path / "report.md").read_text()
     table = _table(text)
-    assert table["segmentation/dice_positive"] == (format_value(m["segmentation/dice_positive"]), format_value(m["segmentation/dice_positive/gated"]))
+    assert table["segmentation/dice_positive"] == (
+        format_value(m["segmentation/dice_positive"]),
+        format_value(m["segmentation/dice_positive/gated"]),
+    )
     assert "| all | 3 | | 2 gated out by the classifier |" in text
     assert "pneumonia 0.9" in text and "some class reaches its own threshold" in text
     best, worst = report.gallery_cases()

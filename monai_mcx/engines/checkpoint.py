@@ -43,7 +43,13 @@ from ignite.engine import Engine, Events
 from monai.data import DistributedSampler
 from torch import nn
 
-from monai_mcx.networks.weights import WeightsError, load_weights_file, state_dict_problems, strip_module_prefix, unwrap_module
+from monai_mcx.networks.weights import (
+    WeightsError,
+    load_weights_file,
+    state_dict_problems,
+    strip_module_prefix,
+    unwrap_module,
+)
 from monai_mcx.utils import atomic_write
 
 __all__ = [
@@ -153,7 +159,9 @@ def load_checkpoint(
             problems += [f"'{key}' {p}" for p in state_dict_problems(obj, state, strict)]
         states[key] = state
     if problems:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match the objects it is loaded into:\n  " + "\n  ".join(problems))
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not match the objects it is loaded into:\n  " + "\n  ".join(problems)
+        )
     for key, state in states.items():
         obj = _unwrap(wanted[key])
         try:
@@ -162,7 +170,9 @@ def load_checkpoint(
             else:
                 obj.load_state_dict(state)
         except Exception as e:
-            raise CheckpointError(f"checkpoint {str(path)!r}: cannot load '{key}' into {type(obj).__name__}: {e}") from e
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: cannot load '{key}' into {type(obj).__name__}: {e}"
+            ) from e
     return dict(ckpt)
 
 
@@ -233,10 +243,14 @@ def _randomizables(transform: Any) -> list:
         children: list = []
         if isinstance(obj, (list, tuple)):
             children = list(obj)
-        elif hasattr(obj, "__dict__") and (isinstance(obj, Randomizable) or type(obj).__module__.startswith(("monai", "monai_mcx"))):
+        elif hasattr(obj, "__dict__") and (
+            isinstance(obj, Randomizable) or type(obj).__module__.startswith(("monai", "monai_mcx"))
+        ):
             for key in sorted(vars(obj)):
                 value = vars(obj)[key]
-                if key != "R" and (isinstance(value, (list, tuple)) or type(value).__module__.startswith(("monai", "monai_mcx"))):
+                if key != "R" and (
+                    isinstance(value, (list, tuple)) or type(value).__module__.startswith(("monai", "monai_mcx"))
+                ):
                     children.append(value)
         for child in children:
             visit(child, depth + 1)
@@ -246,12 +260,23 @@ def _randomizables(transform: Any) -> list:
 
 
 def _np_state_to_dict(state: tuple) -> dict:
-    return {"name": state[0], "keys": torch.from_numpy(np.asarray(state[1], dtype=np.int64)), "pos": int(state[2]),
-            "has_gauss": int(state[3]), "cached_gaussian": float(state[4])}
+    return {
+        "name": state[0],
+        "keys": torch.from_numpy(np.asarray(state[1], dtype=np.int64)),
+        "pos": int(state[2]),
+        "has_gauss": int(state[3]),
+        "cached_gaussian": float(state[4]),
+    }
 
 
 def _np_state_from_dict(d: Mapping) -> tuple:
-    return (d["name"], d["keys"].numpy().astype(np.uint32), int(d["pos"]), int(d["has_gauss"]), float(d["cached_gaussian"]))
+    return (
+        d["name"],
+        d["keys"].numpy().astype(np.uint32),
+        int(d["pos"]),
+        int(d["has_gauss"]),
+        float(d["cached_gaussian"]),
+    )
 
 
 def get_rng_state(generators: Mapping[str, torch.Generator] | None = None, transforms: Any = None) -> dict:
@@ -263,14 +288,18 @@ def get_rng_state(generators: Mapping[str, torch.Generator] | None = None, trans
         "numpy": _np_state_to_dict(np.random.get_state()),
         "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
         "generators": {k: g.get_state() for k, g in (generators or {}).items() if g is not None},
-        "transforms": [_np_state_to_dict(t.R.get_state()) for t in _randomizables(transforms)] if transforms is not None else [],
+        "transforms": [_np_state_to_dict(t.R.get_state()) for t in _randomizables(transforms)]
+        if transforms is not None
+        else [],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: Mapping, generators: Mapping[str, torch.Generator] | None = None, transforms: Any = None) -> None:
+def set_rng_state(
+    state: Mapping, generators: Mapping[str, torch.Generator] | None = None, transforms: Any = None
+) -> None:
     """Restore what :func:`get_rng_state` returned."""
     torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(_np_state_from_dict(state["numpy"]))
@@ -285,8 +314,10 @@ def set_rng_state(state: Mapping, generators: Mapping[str, torch.Generator] | No
         rand = _randomizables(transforms)
         saved = state.get("transforms", [])
         if len(saved) != len(rand):
-            warnings.warn(f"the checkpoint holds {len(saved)} transform RNG states but the training transforms have "
-                          f"{len(rand)} random transforms; augmentation RNG not restored")
+            warnings.warn(
+                f"the checkpoint holds {len(saved)} transform RNG states but the training transforms have "
+                f"{len(rand)} random transforms; augmentation RNG not restored"
+            )
         else:
             for t, s in zip(rand, saved):
                 t.R.set_state(_np_state_from_dict(s))
@@ -326,8 +357,15 @@ class ResumableSampler(DistributedSampler):
     ) -> None:
         if num_replicas is None and _world_size() == 1 and not (dist.is_available() and dist.is_initialized()):
             num_replicas, rank = 1, 0
-        super().__init__(dataset=dataset, even_divisible=even_divisible, num_replicas=num_replicas, rank=rank,
-                         shuffle=shuffle, seed=int(seed), drop_last=drop_last)
+        super().__init__(
+            dataset=dataset,
+            even_divisible=even_divisible,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=int(seed),
+            drop_last=drop_last,
+        )
         self._skip = 0
 
     def skip_next(self, num_samples: int) -> None:
@@ -350,7 +388,11 @@ def _key_metric_savers(engine: Engine | None) -> list:
     for handlers in engine._event_handlers.values():
         for h, _, _ in handlers:
             obj = getattr(h, "__self__", None)
-            if isinstance(obj, CheckpointSaver) and getattr(obj, "_key_metric_checkpoint", None) is not None and obj not in found:
+            if (
+                isinstance(obj, CheckpointSaver)
+                and getattr(obj, "_key_metric_checkpoint", None) is not None
+                and obj not in found
+            ):
                 found.append(obj)
     return found
 
@@ -358,8 +400,17 @@ def _key_metric_savers(engine: Engine | None) -> list:
 #: LR-scheduler state entries that record progress (restored from the checkpoint) rather than settings
 #: (``ReduceLROnPlateau``'s plateau tracking, ``CosineAnnealingWarmRestarts``' position in its cycle);
 #: ``base_lrs`` (the optimizer's initial learning rates) also stays the checkpoint's
-_SCHEDULE_PROGRESS = ("last_epoch", "base_lrs", "verbose", "best", "num_bad_epochs", "cooldown_counter", "mode_worse",
-                      "T_cur", "T_i")
+_SCHEDULE_PROGRESS = (
+    "last_epoch",
+    "base_lrs",
+    "verbose",
+    "best",
+    "num_bad_epochs",
+    "cooldown_counter",
+    "mode_worse",
+    "T_cur",
+    "T_i",
+)
 
 
 def _schedule_settings(scheduler: Any) -> dict:
@@ -411,6 +462,22 @@ def _continue_schedule(scheduler: Any, configured: Mapping[str, Any], path: Path
         f"resume: '{key}' {type(scheduler).__name__} rebuilt for this run's settings ({what}) at step "
         f"{scheduler.last_epoch}; learning rate now {', '.join(f'{lr:.3g}' for lr in lrs)}"
     )
+
+
+def _restore_grad_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give a zero ``.grad`` to every parameter the optimizer has already stepped (it has state) but whose
+    ``grad`` is ``None`` after a resume.
+
+    In the interrupted run such a parameter kept a (zeroed, with ``zero_grad(set_to_none=False)``) ``grad``
+    after its first backward, so optimizers such as AdamW kept updating it (momentum, weight decay) in
+    steps where it got no gradient, e.g. a head skipped by ``MultiTaskTrainer(skip_unlabelled_heads=True)``.
+    A fresh process has ``grad is None`` for it, and the optimizer would skip it until its next backward:
+    the resumed run would no longer equal the uninterrupted one. With ``set_to_none=True`` the trainer's
+    ``zero_grad`` resets these buffers to ``None`` again, as in the uninterrupted run."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None and p.requires_grad and optimizer.state.get(p):
+                p.grad = torch.zeros_like(p)
 
 
 class LastCheckpoint:
@@ -509,7 +576,9 @@ class LastCheckpoint:
             ckpt["validator"] = {
                 "best_metric": float(getattr(self.validator.state, "best_metric", -1)),
                 "best_metric_epoch": int(getattr(self.validator.state, "best_metric_epoch", -1)),
-                "key_metric_savers": [s._key_metric_checkpoint.state_dict() for s in _key_metric_savers(self.validator)],
+                "key_metric_savers": [
+                    s._key_metric_checkpoint.state_dict() for s in _key_metric_savers(self.validator)
+                ],
             }
         save_checkpoint(ckpt, self.path)
 
@@ -525,15 +594,22 @@ class LastCheckpoint:
         ckpt = load_checkpoint(self.path, self._objects(), strict=True, map_location=self.map_location)
         if prior_max_epochs is not None:
             if engine.state.epoch > prior_max_epochs:
-                raise CheckpointError(f"checkpoint {str(self.path)!r} is at epoch {engine.state.epoch}, beyond max_epochs={prior_max_epochs}")
+                raise CheckpointError(
+                    f"checkpoint {str(self.path)!r} is at epoch {engine.state.epoch}, beyond max_epochs={prior_max_epochs}"
+                )
             engine.state.max_epochs = prior_max_epochs
         for key, scheduler in schedulers.items():
             _continue_schedule(scheduler, configured[key], self.path, key, engine)
+        for obj in self._objects().values():
+            if isinstance(obj, torch.optim.Optimizer):
+                _restore_grad_buffers(obj)
         rngs = ckpt.get("rng") or []
         if rngs:
             if len(rngs) != _world_size():
-                warnings.warn(f"{self.path} was written by {len(rngs)} processes, this run has {_world_size()}: "
-                              "every rank restores rank 0's RNG state")
+                warnings.warn(
+                    f"{self.path} was written by {len(rngs)} processes, this run has {_world_size()}: "
+                    "every rank restores rank 0's RNG state"
+                )
             self._pending_rng = rngs[_rank()] if len(rngs) == _world_size() else rngs[0]
         val = ckpt.get("validator")
         if val and self.validator is not None:
@@ -550,9 +626,13 @@ class LastCheckpoint:
             if hasattr(sampler, "skip_next"):
                 sampler.skip_next(self._in_epoch * int(loader.batch_size or 1))
             else:
-                warnings.warn("resuming mid-epoch without a ResumableSampler: the rest of this epoch sees "
-                              "batches in a new order, not the ones the interrupted run had left")
-        engine.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+                warnings.warn(
+                    "resuming mid-epoch without a ResumableSampler: the rest of this epoch sees "
+                    "batches in a new order, not the ones the interrupted run had left"
+                )
+        engine.logger.info(
+            f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}"
+        )
 
     # the RNG states are restored where the uninterrupted run stood when it saved them: before the data
     # iterator of the next epoch is created (epoch-end checkpoint) or before the next batch (mid-epoch)

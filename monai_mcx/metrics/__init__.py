@@ -3,7 +3,6 @@ operating points with patient-bootstrap intervals, lesion segmentation (Dice) an
 score). Each ``*_metrics`` function returns the flat ``<task>/<metric>[/<variant>]`` keys
 written to ``metrics.json``."""
 
-from .classification import choose_threshold, classification_metrics, expected_calibration_error, roc_auc
 from .calibration import (
     TemperatureScaling,
     binary_nll,
@@ -14,21 +13,22 @@ from .calibration import (
     reliability_curve,
     save_reliability_diagram,
 )
+from .classification import choose_threshold, classification_metrics, expected_calibration_error, roc_auc
 from .detection import (
     NO_BOX_THRESHOLD,
     RSNA_THRESHOLDS,
     average_precision,
+    box_iou_float64,
     box_sensitivity,
     boxes_per_negative_image,
     choose_box_threshold,
-    operating_point_metrics,
-    box_iou_float64,
     coco_map,
     detection_metrics,
+    operating_point_metrics,
     rsna_metric,
 )
 from .operating_points import (
-    operating_point_metrics,
+    class_operating_points,
     operating_points,
     patient_bootstrap_ci,
     sensitivity_target_thresholds,
@@ -66,5 +66,5 @@ __all__ = [
     "patient_bootstrap_ci",
     "operating_points",
     "sensitivity_target_thresholds",
-    "operating_point_metrics",
+    "class_operating_points",
 ]

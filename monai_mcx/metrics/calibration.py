@@ -118,8 +118,9 @@ def fit_temperature(logits: Any, labels: Any, bounds: tuple[float, float] = TEMP
     if z.size == 0 or y.min() == y.max():
         return 1.0
     lo, hi = (math.log(float(b)) for b in bounds)
-    res = minimize_scalar(lambda log_t: _nll_of_logits(z / math.exp(log_t), y), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-6})
+    res = minimize_scalar(
+        lambda log_t: _nll_of_logits(z / math.exp(log_t), y), bounds=(lo, hi), method="bounded", options={"xatol": 1e-6}
+    )
     t = float(math.exp(res.x))
     # Brent never evaluates the end points exactly; keep T = 1 when it is at least as good (flat NLL)
     if _nll_of_logits(z, y) <= _nll_of_logits(z / t, y):
@@ -151,8 +152,9 @@ class TemperatureScaling:
         self.temperatures = t
 
     @classmethod
-    def fit(cls, logits: Any, labels: Any, class_names: Sequence[str],
-            bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> TemperatureScaling:
+    def fit(
+        cls, logits: Any, labels: Any, class_names: Sequence[str], bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+    ) -> TemperatureScaling:
         """Fit one temperature per class with :func:`fit_temperature`.
 
         Args:
@@ -192,8 +194,9 @@ class TemperatureScaling:
         return {"method": "temperature", "temperatures": dict(zip(self.class_names, self.temperatures))}
 
     @classmethod
-    def from_dict(cls, obj: Mapping | None, class_names: Sequence[str],
-                  source: str = "model description") -> TemperatureScaling:
+    def from_dict(
+        cls, obj: Mapping | None, class_names: Sequence[str], source: str = "model description"
+    ) -> TemperatureScaling:
         """Inverse of :meth:`to_dict`; ``None`` / ``{}`` gives the identity. A class missing from ``obj`` or an unknown
         ``method`` is an error naming ``source``."""
         if not obj:
@@ -211,8 +214,9 @@ class TemperatureScaling:
         return f"TemperatureScaling({dict(zip(self.class_names, self.temperatures))})"
 
 
-def calibration_metrics(logits: Any, labels: Any, class_names: Sequence[str], scaling: TemperatureScaling,
-                        n_bins: int = 10) -> dict[str, float]:
+def calibration_metrics(
+    logits: Any, labels: Any, class_names: Sequence[str], scaling: TemperatureScaling, n_bins: int = 10
+) -> dict[str, float]:
     """Calibration before and after temperature scaling, as flat ``metrics.json`` keys.
 
     Args:
@@ -256,8 +260,14 @@ def calibration_metrics(logits: Any, labels: Any, class_names: Sequence[str], sc
     return out
 
 
-def save_reliability_diagram(path: str | os.PathLike, labels: Any, probs_before: Any, probs_after: Any | None = None,
-                             class_name: str = "", n_bins: int = 10) -> None:
+def save_reliability_diagram(
+    path: str | os.PathLike,
+    labels: Any,
+    probs_before: Any,
+    probs_after: Any | None = None,
+    class_name: str = "",
+    n_bins: int = 10,
+) -> None:
     """Write a reliability diagram (PNG, atomically) for one class: observed fraction of positives against the mean
     predicted probability per bin (the bins of the ECE), before and (optionally) after calibration, the diagonal of
     perfect calibration, and the number of images per bin below. The legend states ECE and Brier of each curve.

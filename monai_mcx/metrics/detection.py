@@ -301,9 +301,7 @@ def rsna_metric(
     """
     pboxes, pscores, gboxes = _prepare(preds, truths)
     thr = np.round(np.asarray(thresholds, dtype=np.float64).reshape(-1), 6)
-    scores = [
-        _rsna_image(pb, ps, gb, thr) for pb, ps, gb in zip(pboxes, pscores, gboxes) if len(pb) > 0 or len(gb) > 0
-    ]
+    scores = [_rsna_image(pb, ps, gb, thr) for pb, ps, gb in zip(pboxes, pscores, gboxes) if len(pb) > 0 or len(gb) > 0]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -316,7 +314,9 @@ def box_sensitivity(preds: Sequence[Mapping[str, Any]], truths: Sequence[Any], i
     if n_gt == 0:
         return float("nan")
     thr = np.asarray([iou_threshold], dtype=np.float64)
-    found = sum(int(_coco_match_image(pb, ps, gb, thr, max(len(pb), 1))[1].sum()) for pb, ps, gb in zip(pboxes, pscores, gboxes))
+    found = sum(
+        int(_coco_match_image(pb, ps, gb, thr, max(len(pb), 1))[1].sum()) for pb, ps, gb in zip(pboxes, pscores, gboxes)
+    )
     return found / n_gt
 
 

@@ -29,7 +29,7 @@ __all__ = [
     "patient_bootstrap_ci",
     "operating_points",
     "sensitivity_target_thresholds",
-    "operating_point_metrics",
+    "class_operating_points",
     "target_name",
 ]
 
@@ -178,11 +178,12 @@ def operating_points(
     return out
 
 
-def sensitivity_target_thresholds(probs: Any, labels: Any, class_names: Sequence[str],
-                                  targets: Sequence[float] = (0.9, 0.95)) -> dict[str, dict[str, float]]:
+def sensitivity_target_thresholds(
+    probs: Any, labels: Any, class_names: Sequence[str], targets: Sequence[float] = (0.9, 0.95)
+) -> dict[str, dict[str, float]]:
     """``{class: {target_name(t): threshold_for_sensitivity(...)}}`` on ``(N, K)`` probabilities and labels
     (``NaN`` labels = unknown, left out per class). Choose these on validation, then pass them to
-    :func:`operating_point_metrics` for the test split."""
+    :func:`class_operating_points` for the test split."""
     p, y = _np(probs), _np(labels)
     if p.ndim == 1:
         p, y = p[:, None], y.reshape(-1, 1)
@@ -193,7 +194,7 @@ def sensitivity_target_thresholds(probs: Any, labels: Any, class_names: Sequence
     return out
 
 
-def operating_point_metrics(
+def class_operating_points(
     probs: Any,
     labels: Any,
     class_names: Sequence[str],
@@ -227,7 +228,7 @@ def operating_point_metrics(
     if p.ndim == 1:
         p, y = p[:, None], y.reshape(-1, 1)
     if p.shape != y.shape or p.shape[1] != len(class_names):
-        raise ValueError(f"operating_point_metrics: probs {p.shape}, labels {y.shape}, {len(class_names)} classes.")
+        raise ValueError(f"class_operating_points: probs {p.shape}, labels {y.shape}, {len(class_names)} classes.")
     thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if thr.size == 1:
         thr = np.full(len(class_names), thr[0])
@@ -243,11 +244,19 @@ def operating_point_metrics(
         for t in sensitivity_targets:
             key = target_name(t)
             table[key] = float(target_thresholds.get(name, {}).get(key, float("nan")))
-        res = operating_points(p[known, k], y[known, k], table, None if pats is None else pats[known],
-                               n_boot=n_boot, ci=ci, seed=seed)
+        res = operating_points(
+            p[known, k], y[known, k], table, None if pats is None else pats[known], n_boot=n_boot, ci=ci, seed=seed
+        )
         for op, row in res.items():
-            for m in ("threshold", "sensitivity", "sensitivity_low", "sensitivity_high", "specificity",
-                      "specificity_low", "specificity_high"):
+            for m in (
+                "threshold",
+                "sensitivity",
+                "sensitivity_low",
+                "sensitivity_high",
+                "specificity",
+                "specificity_low",
+                "specificity_high",
+            ):
                 out[f"operating_point/{op}/{m}/{name}"] = row[m]
         out[f"operating_point/n_patients/{name}"] = res["chosen"]["n_patients"]
     return out

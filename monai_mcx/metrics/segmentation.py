@@ -31,8 +31,9 @@ def dice_per_image(pred: Any, target: Any) -> np.ndarray:
     float32 and loops over the images in Python.
     """
     if tuple(np.shape(pred)) != tuple(np.shape(target)):
-        raise ValueError(f"pred and target must have the same shape, got {tuple(np.shape(pred))} and "
-                         f"{tuple(np.shape(target))}.")
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(np.shape(pred))} and {tuple(np.shape(target))}."
+        )
     p = _flat_binary(pred, "pred")
     t = _flat_binary(target, "target")
     inter = (p & t).sum(dim=(1, 2)).numpy().astype(np.float64)
