@@ -89,8 +89,14 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def export_onnx(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int] = (1, 1, 128, 128),
-                opset: int = 17, dynamic_batch: bool = True, description: dict | None = None) -> Path:
+def export_onnx(
+    net: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int] = (1, 1, 128, 128),
+    opset: int = 17,
+    dynamic_batch: bool = True,
+    description: dict | None = None,
+) -> Path:
     """Export ``net`` (a MultiCheXNet, wrapped in :class:`MultiCheXNetExport`, or a wrapper) to ONNX.
 
     Uses the TorchScript-based exporter (``dynamo=False``): it handles the DenseNet encoder and the
@@ -118,8 +124,17 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[i
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TracerWarnings on shape arithmetic, deprecation notes
-            torch.onnx.export(model, (x,), str(tmp), input_names=["image"], output_names=names, opset_version=int(opset),
-                              dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
+            torch.onnx.export(
+                model,
+                (x,),
+                str(tmp),
+                input_names=["image"],
+                output_names=names,
+                opset_version=int(opset),
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+                dynamo=False,
+            )
         if description is not None:
             import onnx
 
@@ -134,8 +149,13 @@ def export_onnx(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[i
     return path
 
 
-def export_torchscript(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int] = (1, 1, 128, 128),
-                       trace: bool = False, description: dict | None = None) -> Path:
+def export_torchscript(
+    net: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int] = (1, 1, 128, 128),
+    trace: bool = False,
+    description: dict | None = None,
+) -> Path:
     """``torch.jit.script`` (or ``trace``) ``net`` (wrapped in :class:`MultiCheXNetExport`) and save it atomically,
     with ``description`` as the extra file ``model.json``. Returns the path."""
     from monai_mcx.utils import atomic_write
@@ -151,8 +171,13 @@ def export_torchscript(net: nn.Module, path: str | os.PathLike, input_shape: Seq
     return path
 
 
-def export_program(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int] = (1, 1, 128, 128),
-                   dynamic_batch: bool = True, description: dict | None = None) -> Path:
+def export_program(
+    net: nn.Module,
+    path: str | os.PathLike,
+    input_shape: Sequence[int] = (1, 1, 128, 128),
+    dynamic_batch: bool = True,
+    description: dict | None = None,
+) -> Path:
     """``torch.export.export`` ``net`` (wrapped in :class:`MultiCheXNetExport`; the successor of TorchScript) with a
     dynamic batch dimension and ``torch.export.save`` it atomically (``.pt2``), with ``description`` as the extra
     file ``model.json``. Load with ``torch.export.load(path).module()``. Returns the path."""
@@ -174,7 +199,9 @@ def export_program(net: nn.Module, path: str | os.PathLike, input_shape: Sequenc
     return path
 
 
-def _max_abs_diffs(ref: Sequence[torch.Tensor], got: Sequence[np.ndarray | torch.Tensor], names: Sequence[str]) -> dict[str, float]:
+def _max_abs_diffs(
+    ref: Sequence[torch.Tensor], got: Sequence[np.ndarray | torch.Tensor], names: Sequence[str]
+) -> dict[str, float]:
     diffs = {}
     for name, r, g in zip(names, ref, got):
         g = torch.as_tensor(np.asarray(g)) if not isinstance(g, torch.Tensor) else g
@@ -184,8 +211,9 @@ def _max_abs_diffs(ref: Sequence[torch.Tensor], got: Sequence[np.ndarray | torch
     return diffs
 
 
-def onnx_parity(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], trials: int = 2,
-                seed: int = 0) -> dict[str, float]:
+def onnx_parity(
+    net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], trials: int = 2, seed: int = 0
+) -> dict[str, float]:
     """Max abs difference per output between eager ``net`` and the ONNX file run by onnxruntime (CPU).
 
     ``trials`` random inputs of ``input_shape`` (a different batch size than the export's works when the
@@ -208,8 +236,9 @@ def onnx_parity(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[i
     return worst
 
 
-def torchscript_parity(net: nn.Module, ts_path: str | os.PathLike, input_shape: Sequence[int], trials: int = 2,
-                       seed: int = 0) -> dict[str, float]:
+def torchscript_parity(
+    net: nn.Module, ts_path: str | os.PathLike, input_shape: Sequence[int], trials: int = 2, seed: int = 0
+) -> dict[str, float]:
     """Max abs difference per output between eager ``net`` and a TorchScript file (``torch.jit.load``, CPU)."""
     model = export_wrapper(net).eval().cpu()
     names = _output_names(model)
@@ -226,8 +255,9 @@ def torchscript_parity(net: nn.Module, ts_path: str | os.PathLike, input_shape: 
     return worst
 
 
-def export_program_parity(net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], trials: int = 2,
-                          seed: int = 0) -> dict[str, float]:
+def export_program_parity(
+    net: nn.Module, path: str | os.PathLike, input_shape: Sequence[int], trials: int = 2, seed: int = 0
+) -> dict[str, float]:
     """Max abs difference per output between eager ``net`` and a ``torch.export`` file (``torch.export.load``)."""
     model = export_wrapper(net).eval().cpu()
     names = _output_names(model)
@@ -251,8 +281,13 @@ def _parse_value(text: str):
         return text
 
 
-def load_network(ckpt: str | os.PathLike | None, config: str | Sequence[str] | None = None,
-                 net_id: str = "network_def", overrides: dict | None = None, key_in_ckpt: str | None = None):
+def load_network(
+    ckpt: str | os.PathLike | None,
+    config: str | Sequence[str] | None = None,
+    net_id: str = "network_def",
+    overrides: dict | None = None,
+    key_in_ckpt: str | None = None,
+):
     """``(network, description)``: the network built from the checkpoint's model description with its weights loaded.
 
     * ``ckpt`` with a description (``model.json``): :func:`monai_mcx.artifact.load_description` (hash verified),
@@ -288,35 +323,64 @@ def load_network(ckpt: str | os.PathLike | None, config: str | Sequence[str] | N
         parser[k] = v
     net = parser.get_parsed_content(net_id)
     if ckpt:
-        warnings.warn(f"{ckpt}: no model description; exporting it as a legacy checkpoint with the network of {config} "
-                      "(describe it once with python -m monai_mcx.artifact describe)", stacklevel=2)
+        warnings.warn(
+            f"{ckpt}: no model description; exporting it as a legacy checkpoint with the network of {config} "
+            "(describe it once with python -m monai_mcx.artifact describe)",
+            stacklevel=2,
+        )
         load_weights(net, ckpt, strict=True, key=key_in_ckpt)
     return net.eval().cpu(), None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m monai_mcx.export",
-                                description="Export MultiCheXNet (built from its model description) to ONNX, "
-                                            "TorchScript "
-                                            "or torch.export, and check parity with eager PyTorch.")
+    p = argparse.ArgumentParser(
+        prog="python -m monai_mcx.export",
+        description="Export MultiCheXNet (built from its model description) to ONNX, "
+        "TorchScript "
+        "or torch.export, and check parity with eager PyTorch.",
+    )
     p.add_argument("--ckpt", default=None, help="checkpoint (model.pt with its model.json); omit for random weights")
-    p.add_argument("--config", nargs="+", default=None,
-                   help="legacy path only: bundle config file(s) building the network of a checkpoint without a "
-                        "description (or of random weights)")
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=None,
+        help="legacy path only: bundle config file(s) building the network of a checkpoint without a "
+        "description (or of random weights)",
+    )
     p.add_argument("--key_in_ckpt", default=None, help="key of the weights in a nested checkpoint")
     p.add_argument("--out", required=True, help="output file (.onnx, .ts, .pt2)")
-    p.add_argument("--format", choices=sorted(FORMATS), default=None,
-                   help="default: from the suffix of --out (.ts torchscript, .pt2 torch_export), else onnx")
+    p.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default=None,
+        help="default: from the suffix of --out (.ts torchscript, .pt2 torch_export), else onnx",
+    )
     p.add_argument("--trace", action="store_true", help="torchscript: torch.jit.trace instead of torch.jit.script")
     p.add_argument("--net_id", default="network_def", help="legacy path: config id of the network (a MultiCheXNet)")
-    p.add_argument("--head", choices=["all", "classification", "segmentation"], default="all",
-                   help="export all outputs (MultiCheXNetExport) or one head (MultiCheXNetHead)")
-    p.add_argument("--input_shape", type=int, nargs=4, default=None, metavar=("B", "C", "W", "H"),
-                   help="example input; default (1, in_channels, *spatial_size) from the description")
+    p.add_argument(
+        "--head",
+        choices=["all", "classification", "segmentation"],
+        default="all",
+        help="export all outputs (MultiCheXNetExport) or one head (MultiCheXNetHead)",
+    )
+    p.add_argument(
+        "--input_shape",
+        type=int,
+        nargs=4,
+        default=None,
+        metavar=("B", "C", "W", "H"),
+        help="example input; default (1, in_channels, *spatial_size) from the description",
+    )
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="ID=VALUE",
-                   help="with a description: a description field that must agree with it; legacy path: a config "
-                        "override; VALUE parsed as JSON when possible (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="ID=VALUE",
+        help="with a description: a description field that must agree with it; legacy path: a config "
+        "override; VALUE parsed as JSON when possible (repeatable)",
+    )
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (max abs difference)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
     args = p.parse_args(argv)
@@ -360,8 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         out = export_program(model, args.out, args.input_shape, description=meta)
         what = "torch.export"
-    print(f"wrote {out} ({fmt}, {what}, input image {list(args.input_shape)}, dynamic batch"
-          + (", model description embedded)" if meta else ", no model description)"))
+    print(
+        f"wrote {out} ({fmt}, {what}, input image {list(args.input_shape)}, dynamic batch"
+        + (", model description embedded)" if meta else ", no model description)")
+    )
     if args.no_check:
         return 0
     shape = [2, *args.input_shape[1:]]

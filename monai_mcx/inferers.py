@@ -91,7 +91,10 @@ def select_detections(det: Mapping[str, Tensor], score_threshold: float, keep: b
     sel = scores >= float(score_threshold)
     if not keep:
         sel = torch.zeros_like(sel)
-    out = {DetKeys.BOXES.value: torch.as_tensor(det[DetKeys.BOXES]).reshape(-1, 4)[sel], DetKeys.SCORES.value: scores[sel]}
+    out = {
+        DetKeys.BOXES.value: torch.as_tensor(det[DetKeys.BOXES]).reshape(-1, 4)[sel],
+        DetKeys.SCORES.value: scores[sel],
+    }
     if DetKeys.LABELS in det:
         out[DetKeys.LABELS.value] = torch.as_tensor(det[DetKeys.LABELS]).reshape(-1)[sel]
     return out
@@ -203,7 +206,9 @@ class MultiCheXNetPostprocessor:
             from monai_mcx.networks import BoxDecoder, make_anchor_generator
 
             box_decoder = BoxDecoder(
-                make_anchor_generator([list(s) for s in base_anchor_shapes], feature_map_scales=list(feature_map_scales)),
+                make_anchor_generator(
+                    [list(s) for s in base_anchor_shapes], feature_map_scales=list(feature_map_scales)
+                ),
                 score_thresh=candidate_score_thresh,
                 topk_candidates_per_level=topk_candidates_per_level,
                 nms_thresh=nms_thresh,
@@ -253,8 +258,10 @@ class MultiCheXNetPostprocessor:
 
     # -- settings ----------------------------------------------------------------------------------------
     def with_settings(
-        self, class_thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
-        box_score_threshold: float | None = None, seg_threshold: float | None = None,
+        self,
+        class_thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
+        box_score_threshold: float | None = None,
+        seg_threshold: float | None = None,
     ) -> MultiCheXNetPostprocessor:
         """A copy with other thresholds (the same decoder): how evaluation applies the thresholds it chose."""
         other = copy.copy(self)
@@ -333,6 +340,10 @@ class MultiCheXNetInferer(Inferer):
         self.inferer = inferer
 
     def __call__(self, inputs: Tensor, network: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        outputs = self.inferer(inputs, network, *args, **kwargs) if self.inferer is not None else network(inputs, *args, **kwargs)
+        outputs = (
+            self.inferer(inputs, network, *args, **kwargs)
+            if self.inferer is not None
+            else network(inputs, *args, **kwargs)
+        )
         with torch.autocast(torch.device(inputs.device).type, enabled=False):
             return self.postprocessor(outputs, torch.as_tensor(inputs))

@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
 class MultiCheXNetApp(MONAILabelApp):
     """One infer task (lesion mask + class probabilities + gate + boxes) and one train task (segmentation)."""
 
@@ -73,7 +72,11 @@ class MultiCheXNetApp(MONAILabelApp):
             return {}
         from lib.train import MultiCheXNetSegTrain
 
-        return {self.model_name: MultiCheXNetSegTrain(self.spec, teacher_forcing=self.conf.get("teacher_forcing", "positive_only"))}
+        return {
+            self.model_name: MultiCheXNetSegTrain(
+                self.spec, teacher_forcing=self.conf.get("teacher_forcing", "positive_only")
+            )
+        }
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}

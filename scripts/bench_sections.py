@@ -57,5 +57,7 @@ def machine_line(threads: int) -> str:
     import monai
     import torch
 
-    return (f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, monai {monai.__version__}, "
-            f"Python {platform.python_version()}, `torch.set_num_threads({threads})`")
+    return (
+        f"{os.cpu_count()} logical CPUs, torch {torch.__version__}, monai {monai.__version__}, "
+        f"Python {platform.python_version()}, `torch.set_num_threads({threads})`"
+    )

@@ -119,7 +119,11 @@ class Mode:
 
     def prepare(self, m: nn.Module) -> nn.Module:
         m = m.to(self.device)
-        return m.to(memory_format=torch.channels_last) if self.channels_last else m.to(memory_format=torch.contiguous_format)
+        return (
+            m.to(memory_format=torch.channels_last)
+            if self.channels_last
+            else m.to(memory_format=torch.contiguous_format)
+        )
 
     def input(self, size: int, batch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(size * 100 + batch)
@@ -197,8 +201,18 @@ def _memory_probe(variant: str, encoder: str, size: int, batch: int, threads: in
     print((peak - base) / 2**20)
 
 
-def bench_config(models: dict[str, nn.Module], mode: Mode, size: int, batch: int, repeats: int, warmup: int,
-                 bar: tqdm, flops_cache: dict, encoder: str = "densenet121", memory: bool = True) -> list[dict]:
+def bench_config(
+    models: dict[str, nn.Module],
+    mode: Mode,
+    size: int,
+    batch: int,
+    repeats: int,
+    warmup: int,
+    bar: tqdm,
+    flops_cache: dict,
+    encoder: str = "densenet121",
+    memory: bool = True,
+) -> list[dict]:
     x = mode.input(size, batch)
     names = list(models)
     for name in names:
@@ -206,7 +220,7 @@ def bench_config(models: dict[str, nn.Module], mode: Mode, size: int, batch: int
             forward_seconds(models[name], x, mode)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             times[name].append(forward_seconds(models[name], x, mode))
             bar.update(1)
@@ -224,23 +238,43 @@ def bench_config(models: dict[str, nn.Module], mode: Mode, size: int, batch: int
             mem, mem_kind = None, "not measured (--no-memory)"
         med = statistics.median(times[name])
         q = statistics.quantiles(times[name], n=4) if len(times[name]) >= 2 else [med, med, med]
-        rows.append({
-            "variant": name, "size": size, "batch": batch, "device": mode.name,
-            "median_latency_ms": round(med * 1e3, 3), "p25_latency_ms": round(q[0] * 1e3, 3),
-            "p75_latency_ms": round(q[2] * 1e3, 3), "throughput_img_s": round(batch / med, 3),
-            "flops": flops_cache[key] * batch, "parameters": n_params(models[name]),
-            "peak_memory_mb": None if mem is None else round(mem, 1), "peak_memory_kind": mem_kind,
-            "repeats": repeats,
-        })
+        rows.append(
+            {
+                "variant": name,
+                "size": size,
+                "batch": batch,
+                "device": mode.name,
+                "median_latency_ms": round(med * 1e3, 3),
+                "p25_latency_ms": round(q[0] * 1e3, 3),
+                "p75_latency_ms": round(q[2] * 1e3, 3),
+                "throughput_img_s": round(batch / med, 3),
+                "flops": flops_cache[key] * batch,
+                "parameters": n_params(models[name]),
+                "peak_memory_mb": None if mem is None else round(mem, 1),
+                "peak_memory_kind": mem_kind,
+                "repeats": repeats,
+            }
+        )
     by = {r["variant"]: r for r in rows}
     s = sum(by[n]["median_latency_ms"] for n in SINGLE) / 1e3
-    rows.insert(4, {
-        "variant": "sum_single_task", "size": size, "batch": batch, "device": mode.name,
-        "median_latency_ms": round(s * 1e3, 3), "p25_latency_ms": None, "p75_latency_ms": None,
-        "throughput_img_s": round(batch / s, 3), "flops": sum(by[n]["flops"] for n in SINGLE),
-        "parameters": sum(by[n]["parameters"] for n in SINGLE), "peak_memory_mb": None,
-        "peak_memory_kind": "not measured (three models run one after the other)", "repeats": repeats,
-    })
+    rows.insert(
+        4,
+        {
+            "variant": "sum_single_task",
+            "size": size,
+            "batch": batch,
+            "device": mode.name,
+            "median_latency_ms": round(s * 1e3, 3),
+            "p25_latency_ms": None,
+            "p75_latency_ms": None,
+            "throughput_img_s": round(batch / s, 3),
+            "flops": sum(by[n]["flops"] for n in SINGLE),
+            "parameters": sum(by[n]["parameters"] for n in SINGLE),
+            "peak_memory_mb": None,
+            "peak_memory_kind": "not measured (three models run one after the other)",
+            "repeats": repeats,
+        },
+    )
     return rows
 
 
@@ -248,9 +282,15 @@ def bench_config(models: dict[str, nn.Module], mode: Mode, size: int, batch: int
 def machine_info(threads: int) -> dict:
     import monai
 
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "monai": monai.__version__, "torch_threads": threads, "cpu_model": platform.processor() or platform.machine(),
-            "logical_cpus": os.cpu_count()}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "torch_threads": threads,
+        "cpu_model": platform.processor() or platform.machine(),
+        "logical_cpus": os.cpu_count(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -285,34 +325,48 @@ def targets(rows: list[dict]) -> list[dict]:
     for dev, size, batch in keys:
         by = {r["variant"]: r for r in rows if (r["device"], r["size"], r["batch"]) == (dev, size, batch)}
         mcx, s, cls = (by[v]["median_latency_ms"] for v in ("multichexnet", "sum_single_task", "single_classification"))
-        out.append({
-            "device": dev, "size": size, "batch": batch,
-            "ratio_vs_sum_single": round(mcx / s, 3), "holds_vs_sum_single": mcx <= TARGET_VS_SUM * s,
-            "ratio_vs_classification_only": round(mcx / cls, 3), "holds_vs_classification_only": mcx <= TARGET_VS_CLS * cls,
-            "flops_ratio_vs_sum_single": round(by["multichexnet"]["flops"] / by["sum_single_task"]["flops"], 3),
-        })
+        out.append(
+            {
+                "device": dev,
+                "size": size,
+                "batch": batch,
+                "ratio_vs_sum_single": round(mcx / s, 3),
+                "holds_vs_sum_single": mcx <= TARGET_VS_SUM * s,
+                "ratio_vs_classification_only": round(mcx / cls, 3),
+                "holds_vs_classification_only": mcx <= TARGET_VS_CLS * cls,
+                "flops_ratio_vs_sum_single": round(by["multichexnet"]["flops"] / by["sum_single_task"]["flops"], 3),
+            }
+        )
     return out
 
 
 def fmt_table(rows: list[dict]) -> str:
-    head = ("| device | size | batch | variant | median ms | p25–p75 ms | img/s | GFLOPs | params (M) | peak mem (MiB) |\n"
-            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    head = (
+        "| device | size | batch | variant | median ms | p25–p75 ms | img/s | GFLOPs | params (M) | peak mem (MiB) |\n"
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     lines = [head]
     for r in rows:
         spread = "" if r["p25_latency_ms"] is None else f"{r['p25_latency_ms']:.1f}–{r['p75_latency_ms']:.1f}"
         mem = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
-        lines.append(f"| {r['device']} | {r['size']} | {r['batch']} | {r['variant']} | {r['median_latency_ms']:.1f} | {spread} | "
-                     f"{r['throughput_img_s']:.2f} | {r['flops'] / 1e9:.2f} | {r['parameters'] / 1e6:.2f} | {mem} |")
+        lines.append(
+            f"| {r['device']} | {r['size']} | {r['batch']} | {r['variant']} | {r['median_latency_ms']:.1f} | {spread} | "
+            f"{r['throughput_img_s']:.2f} | {r['flops'] / 1e9:.2f} | {r['parameters'] / 1e6:.2f} | {mem} |"
+        )
     return "\n".join(lines)
 
 
 def fmt_targets(tg: list[dict]) -> str:
-    lines = ["| device | size | batch | MCX / sum of 3 single (≤ 0.40) | holds | MCX / classification-only (≤ 1.5) | holds | FLOPs MCX / sum |",
-             "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: |"]
+    lines = [
+        "| device | size | batch | MCX / sum of 3 single (≤ 0.40) | holds | MCX / classification-only (≤ 1.5) | holds | FLOPs MCX / sum |",
+        "| --- | ---: | ---: | ---: | --- | ---: | --- | ---: |",
+    ]
     for t in tg:
-        lines.append(f"| {t['device']} | {t['size']} | {t['batch']} | {t['ratio_vs_sum_single']:.3f} | "
-                     f"{'yes' if t['holds_vs_sum_single'] else '**no**'} | {t['ratio_vs_classification_only']:.3f} | "
-                     f"{'yes' if t['holds_vs_classification_only'] else '**no**'} | {t['flops_ratio_vs_sum_single']:.3f} |")
+        lines.append(
+            f"| {t['device']} | {t['size']} | {t['batch']} | {t['ratio_vs_sum_single']:.3f} | "
+            f"{'yes' if t['holds_vs_sum_single'] else '**no**'} | {t['ratio_vs_classification_only']:.3f} | "
+            f"{'yes' if t['holds_vs_classification_only'] else '**no**'} | {t['flops_ratio_vs_sum_single']:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -322,14 +376,14 @@ def write_markdown(path: Path, rows, tg, info, command, load_start, load_end, ar
     all_hold = all(t["holds_vs_sum_single"] and t["holds_vs_classification_only"] for t in cpu_tg)
     text = f"""# Benchmark: one shared encoder vs three single-task models
 
-Generated by `scripts/benchmark.py` on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in {elapsed / 60:.1f} min.
+Generated by `scripts/benchmark.py` on {datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")} in {elapsed / 60:.1f} min.
 Records for scripts: [`benchmarks.json`](benchmarks.json) (one record per row of the table below).
 
 ## Targets (issue 5, CPU)
 
 MultiCheXNet latency ≤ {TARGET_VS_SUM:.2f} × the sum of the three single-task models' latencies, and
 ≤ {TARGET_VS_CLS} × the classification-only model's, at 256 and 512 px, batch 1 and 8.
-**{'All CPU targets hold.' if all_hold else 'Not all CPU targets hold (see below).'}**
+**{"All CPU targets hold." if all_hold else "Not all CPU targets hold (see below)."}**
 
 {fmt_targets(tg)}
 
@@ -342,14 +396,14 @@ p25–p75 shows the spread. GFLOPs per batch (FlopCounterMode; 1 multiply-add = 
 
 {fmt_table(rows)}
 
-Peak memory: {'; '.join(mem_kinds) or 'n/a'}.
+Peak memory: {"; ".join(mem_kinds) or "n/a"}.
 
 ## Machine and command
 
-- CPU: {info.get('cpu_model')} — {info.get('logical_cpus')} logical CPUs{f", {info['physical_cores']} physical cores" if 'physical_cores' in info else ''}{f", {info['memory_gb']} GiB RAM" if 'memory_gb' in info else ''}
-- {'GPU: ' + info['cuda_device'] + ' (CUDA ' + str(info['cuda']) + ')' if 'cuda_device' in info else 'GPU: none (CPU rows only)'}
-- torch {info['torch']}, monai {info['monai']}, Python {info['python']}, {info['platform']}
-- `torch.set_num_threads({info['torch_threads']})` for every variant
+- CPU: {info.get("cpu_model")} — {info.get("logical_cpus")} logical CPUs{f", {info['physical_cores']} physical cores" if "physical_cores" in info else ""}{f", {info['memory_gb']} GiB RAM" if "memory_gb" in info else ""}
+- {"GPU: " + info["cuda_device"] + " (CUDA " + str(info["cuda"]) + ")" if "cuda_device" in info else "GPU: none (CPU rows only)"}
+- torch {info["torch"]}, monai {info["monai"]}, Python {info["python"]}, {info["platform"]}
+- `torch.set_num_threads({info["torch_threads"]})` for every variant
 - load average (1, 5, 15 min) at start: {load_start}, at end: {load_end} — the machine is shared; the
   interleaved repetitions keep the ratios meaningful, absolute times are not.
 - command: `{command}`
@@ -362,13 +416,19 @@ Peak memory: {'; '.join(mem_kinds) or 'n/a'}.
 
 # ------------------------------------------------------------------------------------------ main
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="square input sizes (px)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed repetitions per variant (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes per variant before timing")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto: CPU rows, plus CUDA rows when a GPU is present; cpu: CPU only; cuda: CUDA only")
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: CPU rows, plus CUDA rows when a GPU is present; cpu: CPU only; cuda: CUDA only",
+    )
     p.add_argument("--encoder", default="densenet121", help="MultiCheXNet encoder (same for every variant)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--no-xrv", action="store_true", help="skip the TorchXRayVision DenseNet-121 row")
@@ -391,7 +451,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    command = "python scripts/benchmark.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python scripts/benchmark.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -403,8 +465,11 @@ def main(argv=None) -> list[dict]:
     if args.device in ("auto", "cuda"):
         if torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True
-            modes += [Mode("cuda-fp32", "cuda"), Mode("cuda-amp", "cuda", amp=True),
-                      Mode("cuda-amp-cl", "cuda", amp=True, channels_last=True)]
+            modes += [
+                Mode("cuda-fp32", "cuda"),
+                Mode("cuda-amp", "cuda", amp=True),
+                Mode("cuda-amp-cl", "cuda", amp=True, channels_last=True),
+            ]
         elif args.device == "cuda":
             raise SystemExit("--device cuda: CUDA is not available")
     use_xrv = not args.no_xrv and xrv_available()
@@ -419,8 +484,18 @@ def main(argv=None) -> list[dict]:
             for size in args.sizes:
                 for batch in args.batches:
                     bar.set_postfix_str(f"{mode.name} {size}px b{batch}")
-                    rows += bench_config(models, mode, size, batch, args.repeats, args.warmup, bar, flops_cache,
-                                         encoder=args.encoder, memory=not args.no_memory)
+                    rows += bench_config(
+                        models,
+                        mode,
+                        size,
+                        batch,
+                        args.repeats,
+                        args.warmup,
+                        bar,
+                        flops_cache,
+                        encoder=args.encoder,
+                        memory=not args.no_memory,
+                    )
     for r in rows:
         r["encoder"] = args.encoder if r["variant"] != "xrv_densenet121" else "torchxrayvision densenet121"
         r["threads"] = threads
@@ -433,9 +508,17 @@ def main(argv=None) -> list[dict]:
     print(f"\nthreads={threads} load average start={load_start} end={load_end} elapsed={elapsed:.0f}s")
     if not args.no_write:
         info = machine_info(threads)
-        payload = {"records": rows, "targets": tg, "machine": info, "command": command,
-                   "load_average_start": load_start, "load_average_end": load_end,
-                   "repeats": args.repeats, "warmup": args.warmup, "xrv": use_xrv}
+        payload = {
+            "records": rows,
+            "targets": tg,
+            "machine": info,
+            "command": command,
+            "load_average_start": load_start,
+            "load_average_end": load_end,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "xrv": use_xrv,
+        }
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         if args.out_json.is_file():  # keep the keys other benchmark scripts wrote (training, end_to_end)
             old = json.loads(args.out_json.read_text())

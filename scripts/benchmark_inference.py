@@ -85,12 +85,22 @@ def workflow(folder: Path, out: Path, ckpt: Path, args, outputs: str):
 
     configs = REPO / "bundle" / "configs"
     wf = ConfigWorkflow(
-        workflow_type="inference", config_file=str(configs / "inference.json"),
-        meta_file=str(configs / "metadata.json"), logging_file=str(configs / "logging.conf"),
-        bundle_root=str(REPO / "bundle"), input=str(folder), output_dir=str(out), ckpt_dir=str(ckpt),
-        encoder=args.encoder, spatial_size=[args.size, args.size], batch_size=args.batch_size,
-        num_workers=args.num_workers, base_anchor_shapes=ANCHORS, gate_threshold=0.0,
-        write_nifti=outputs == "all", write_overlay=outputs == "all",
+        workflow_type="inference",
+        config_file=str(configs / "inference.json"),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        bundle_root=str(REPO / "bundle"),
+        input=str(folder),
+        output_dir=str(out),
+        ckpt_dir=str(ckpt),
+        encoder=args.encoder,
+        spatial_size=[args.size, args.size],
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        base_anchor_shapes=ANCHORS,
+        gate_threshold=0.0,
+        write_nifti=outputs == "all",
+        write_overlay=outputs == "all",
     )
     wf.initialize()
     return wf
@@ -146,7 +156,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    command = "python scripts/benchmark_inference.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python scripts/benchmark_inference.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start, t_start = load_average(), time.perf_counter()
@@ -156,8 +168,9 @@ def main(argv=None) -> list[dict]:
         ckpt = root / "ckpt"
         make_checkpoint(ckpt, args.encoder)
         net, data = forward_batches(folders["png"], ckpt, args)
-        configs = [("forward only", None, None)] + [(f"{fmt} {outs}", fmt, outs) for fmt in ("png", "dicom")
-                                                     for outs in ("json", "all")]
+        configs = [("forward only", None, None)] + [
+            (f"{fmt} {outs}", fmt, outs) for fmt in ("png", "dicom") for outs in ("json", "all")
+        ]
         times: dict[str, list[float]] = {c[0]: [] for c in configs}
         peaks: dict[str, list[float]] = {c[0]: [] for c in configs}
         for name, fmt, outs in configs:  # warm-up, not timed
@@ -173,34 +186,56 @@ def main(argv=None) -> list[dict]:
     rows = []
     for name, fmt, outs in configs:
         ips = args.images / statistics.median(times[name])
-        rows.append({"config": name, "format": fmt, "outputs": outs, "images": args.images,
-                     "median_s": round(statistics.median(times[name]), 3), "img_per_s": round(ips, 3),
-                     "ratio_vs_forward": round(ips / fwd, 3), "peak_rss_mib": round(max(peaks[name]), 1),
-                     "times_s": [round(t, 3) for t in times[name]]})
+        rows.append(
+            {
+                "config": name,
+                "format": fmt,
+                "outputs": outs,
+                "images": args.images,
+                "median_s": round(statistics.median(times[name]), 3),
+                "img_per_s": round(ips, 3),
+                "ratio_vs_forward": round(ips / fwd, 3),
+                "peak_rss_mib": round(max(peaks[name]), 1),
+                "times_s": [round(t, 3) for t in times[name]],
+            }
+        )
     load = (load_start, load_average())
     elapsed = time.perf_counter() - t_start
-    lines = ["## End-to-end folder inference (`scripts/benchmark_inference.py`)", "",
-             f"Goal: end to end ≥ {TARGET} × the forward pass alone, outputs on. `inference.json` on a folder of "
-             f"{args.images} synthetic {args.file_size} px images, network input {args.size} px, encoder "
-             f"`{args.encoder}` (random weights), batch {args.batch_size}, `num_workers` {args.num_workers}, gate "
-             "threshold 0 (every image gets a mask and boxes written). `json`: the per-image JSON (+ mask PNG) and "
-             "the summary CSV only; `all`: NIfTI masks and overlay PNGs too. Medians of "
-             f"{args.repeats} interleaved repetitions. **Machine shared and loaded (load average below): only the "
-             "ratios are meaningful.**", "",
-             "| configuration | median s | img/s | × forward only | holds (≥ 0.7, outputs on) | peak RSS (MiB) |",
-             "| --- | ---: | ---: | ---: | --- | ---: |"]
+    lines = [
+        "## End-to-end folder inference (`scripts/benchmark_inference.py`)",
+        "",
+        f"Goal: end to end ≥ {TARGET} × the forward pass alone, outputs on. `inference.json` on a folder of "
+        f"{args.images} synthetic {args.file_size} px images, network input {args.size} px, encoder "
+        f"`{args.encoder}` (random weights), batch {args.batch_size}, `num_workers` {args.num_workers}, gate "
+        "threshold 0 (every image gets a mask and boxes written). `json`: the per-image JSON (+ mask PNG) and "
+        "the summary CSV only; `all`: NIfTI masks and overlay PNGs too. Medians of "
+        f"{args.repeats} interleaved repetitions. **Machine shared and loaded (load average below): only the "
+        "ratios are meaningful.**",
+        "",
+        "| configuration | median s | img/s | × forward only | holds (≥ 0.7, outputs on) | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+    ]
     for r in rows:
         holds = "" if r["outputs"] != "all" else ("yes" if r["ratio_vs_forward"] >= TARGET else "no")
-        lines.append(f"| {r['config']} | {r['median_s']:.2f} | {r['img_per_s']:.2f} | {r['ratio_vs_forward']:.3f} | "
-                     f"{holds} | {r['peak_rss_mib']:.0f} |")
-    lines += ["", f"- {machine_line(torch.get_num_threads())}; load average (1, 5, 15 min) at start {load[0]}, "
-              f"at end {load[1]}; {elapsed / 60:.1f} min.", f"- command: `{command}`"]
+        lines.append(
+            f"| {r['config']} | {r['median_s']:.2f} | {r['img_per_s']:.2f} | {r['ratio_vs_forward']:.3f} | "
+            f"{holds} | {r['peak_rss_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        f"- {machine_line(torch.get_num_threads())}; load average (1, 5, 15 min) at start {load[0]}, "
+        f"at end {load[1]}; {elapsed / 60:.1f} min.",
+        f"- command: `{command}`",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
         update_markdown_section(args.out_md, "end_to_end", text)
-        update_json_key(args.out_json, "end_to_end", {"records": rows, "command": command,
-                                                      "load_average_start": load[0], "load_average_end": load[1]})
+        update_json_key(
+            args.out_json,
+            "end_to_end",
+            {"records": rows, "command": command, "load_average_start": load[0], "load_average_end": load[1]},
+        )
     return rows
 
 

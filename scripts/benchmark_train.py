@@ -58,8 +58,11 @@ from monai_mcx.networks.multichexnet import TASKS  # noqa: E402
 
 TARGET_JOINT = 0.45
 TARGET_DISJOINT = 1.0
-METRIC = {"classification": "classification/auc", "segmentation": "segmentation/dice_positive",
-          "localization": "localization/ap50"}
+METRIC = {
+    "classification": "classification/auc",
+    "segmentation": "segmentation/dice_positive",
+    "localization": "localization/ap50",
+}
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -71,11 +74,14 @@ def preprocess(datalist: str, split: str, size: int, max_items: int | None) -> l
     from monai_mcx.transforms.io import LoadCXRd
 
     items = load_datalist(datalist, split, ["pneumonia"], max_items=max_items)
-    tf = Compose([
-        LoadCXRd(keys="image"), PrepareAnnotationsd(num_classes=1),
-        ResizeWithBoxesd(keys=["image", "mask"], spatial_size=[size, size], mode=["area", "nearest-exact"]),
-        EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False),
-    ])
+    tf = Compose(
+        [
+            LoadCXRd(keys="image"),
+            PrepareAnnotationsd(num_classes=1),
+            ResizeWithBoxesd(keys=["image", "mask"], spatial_size=[size, size], mode=["area", "nearest-exact"]),
+            EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False),
+        ]
+    )
     keep = ("image", "label", "has_label", "mask", "has_mask", "boxes", "has_boxes", "positive")
     return [{k: v for k, v in tf(it).items() if k in keep} for it in items]
 
@@ -102,8 +108,9 @@ def batches(items: list[dict], batch_size: int, seed: int) -> list[dict]:
 class Variant:
     """One model being trained: network, loss, optimizer, its training items, its history."""
 
-    def __init__(self, name: str, tasks: tuple[str, ...], items: list[dict], encoder: str, anchors, lr: float,
-                 batch_size: int):
+    def __init__(
+        self, name: str, tasks: tuple[str, ...], items: list[dict], encoder: str, anchors, lr: float, batch_size: int
+    ):
         from monai_mcx.engines import MultiTaskTrainer
         from monai_mcx.losses import LocalizationLoss, MultiCheXNetLoss
         from monai_mcx.networks import BoxDecoder, MultiCheXNet, make_anchor_generator
@@ -125,14 +132,23 @@ class Variant:
         from ignite.engine import Events
 
         data = batches(self.items, self.batch_size, seed=epoch)
-        trainer = self.trainer_cls(device=torch.device("cpu"), max_epochs=1, train_data_loader=data,
-                                   network=self.net, optimizer=self.opt, loss_function=self.loss)
+        trainer = self.trainer_cls(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=data,
+            network=self.net,
+            optimizer=self.opt,
+            loss_function=self.loss,
+        )
 
         def count(engine):
             pred = engine.state.output["pred"]
             self.steps += 1
-            for t, key in (("classification", "class_logits"), ("segmentation", "seg_logits"),
-                           ("localization", "box_cls_logits")):
+            for t, key in (
+                ("classification", "class_logits"),
+                ("segmentation", "seg_logits"),
+                ("localization", "box_cls_logits"),
+            ):
                 if t in self.heads_run and key in pred:
                     self.heads_run[t] += 1
 
@@ -166,9 +182,13 @@ class Variant:
         self.net.train()
         m = {}
         if probs:
-            m[METRIC["classification"]] = float(roc_auc(torch.cat(probs).numpy()[:, 0], torch.cat(labels).numpy()[:, 0]))
+            m[METRIC["classification"]] = float(
+                roc_auc(torch.cat(probs).numpy()[:, 0], torch.cat(labels).numpy()[:, 0])
+            )
         if seg:
-            m[METRIC["segmentation"]] = float(segmentation_metrics(torch.cat(seg), torch.cat(masks))["segmentation/dice_positive"])
+            m[METRIC["segmentation"]] = float(
+                segmentation_metrics(torch.cat(seg), torch.cat(masks))["segmentation/dice_positive"]
+            )
         if dets:
             m[METRIC["localization"]] = float(detection_metrics(dets, truths)["localization/ap50"])
         return m
@@ -190,8 +210,11 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
     for t in present:
         own = [it for it in train if t in tasks_of(it)]
         variants.append(Variant(f"single_{t}", (t,), own, args.encoder, anchors, args.lr, args.batch_size))
-    print(f"[{name}] {len(train)} training items, {len(val)} validation; tasks {present}; "
-          + ", ".join(f"{v.name}: {len(v.items)} items" for v in variants), flush=True)
+    print(
+        f"[{name}] {len(train)} training items, {len(val)} validation; tasks {present}; "
+        + ", ".join(f"{v.name}: {len(v.items)} items" for v in variants),
+        flush=True,
+    )
     for epoch in range(args.epochs):
         k = epoch % len(variants)
         for v in variants[k:] + variants[:k]:
@@ -199,8 +222,16 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
             v.history.append(v.validate(val))
             print(f"[{name}] epoch {epoch + 1} {v.name}: {dt:.2f} s {v.history[-1]}", flush=True)
 
-    runs = {v.name: {"tasks": v.tasks, "epoch_seconds": v.epoch_seconds, "history": v.history,
-                     "heads_run": dict(v.heads_run, steps=v.steps), "n_items": len(v.items)} for v in variants}
+    runs = {
+        v.name: {
+            "tasks": v.tasks,
+            "epoch_seconds": v.epoch_seconds,
+            "history": v.history,
+            "heads_run": dict(v.heads_run, steps=v.steps),
+            "n_items": len(v.items),
+        }
+        for v in variants
+    }
     return summarize(name, len(train), len(val), present, runs, args)
 
 
@@ -221,19 +252,30 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
         t_single[task] = time_to(v["history"], v["epoch_seconds"], key, targets[task])
     mcx_all = max(t_mcx.values()) if all(x is not None for x in t_mcx.values()) else None
     single_all = sum(t_single.values()) if all(x is not None for x in t_single.values()) else None
-    best = {k: {m: round(max(h.get(m, float("nan")) for h in v["history"]), 4) for m in v["history"][0]}
-            for k, v in runs.items()}
+    best = {
+        k: {m: round(max(h.get(m, float("nan")) for h in v["history"]), 4) for m in v["history"][0]}
+        for k, v in runs.items()
+    }
     return {
-        "dataset": name, "n_train": n_train, "n_val": n_val, "tasks_labelled": present,
-        "epochs": min(len(v["epoch_seconds"]) for v in runs.values()), "batch_size": args.batch_size,
-        "size": args.size, "encoder": args.encoder,
+        "dataset": name,
+        "n_train": n_train,
+        "n_val": n_val,
+        "tasks_labelled": present,
+        "epochs": min(len(v["epoch_seconds"]) for v in runs.values()),
+        "batch_size": args.batch_size,
+        "size": args.size,
+        "encoder": args.encoder,
         "median_epoch_s": {k: round(x, 3) for k, x in med.items()},
         "sum_single_epoch_s": round(sum_single, 3),
         "ratio_epoch_mcx_vs_sum_single": round(med["multichexnet"] / sum_single, 3),
-        "quality_targets": targets, "time_to_target_s_mcx": t_mcx, "time_to_target_s_single": t_single,
-        "time_to_all_targets_s_mcx": mcx_all, "time_to_all_targets_s_sum_single": single_all,
+        "quality_targets": targets,
+        "time_to_target_s_mcx": t_mcx,
+        "time_to_target_s_single": t_single,
+        "time_to_all_targets_s_mcx": mcx_all,
+        "time_to_all_targets_s_sum_single": single_all,
         "ratio_time_to_quality": round(mcx_all / single_all, 3) if mcx_all and single_all else None,
-        "best_val": best, "heads_run_steps": {k: v.get("heads_run") for k, v in runs.items()},
+        "best_val": best,
+        "heads_run_steps": {k: v.get("heads_run") for k, v in runs.items()},
         "training_items": {k: v.get("n_items") for k, v in runs.items()},
         "epoch_s_all": {k: [round(x, 3) for x in v["epoch_seconds"]] for k, v in runs.items()},
     }
@@ -289,16 +331,30 @@ def memory_probe(tasks: str, encoder: str, size: int, batch: int, threads: int) 
         mask = torch.zeros(n, 1, sz, sz)
         mask[:, :, sz // 4 : sz // 2, sz // 4 : sz // 2] = 1
         box = torch.tensor([[sz / 4, sz / 4, sz / 2, sz / 2]])
-        return {"image": torch.rand(n, 1, sz, sz), "label": torch.ones(n, 1), "has_label": torch.ones(n),
-                "mask": mask, "has_mask": torch.ones(n), "boxes": [box.clone() for _ in range(n)],
-                "has_boxes": torch.ones(n), "positive": torch.ones(n)}
+        return {
+            "image": torch.rand(n, 1, sz, sz),
+            "label": torch.ones(n, 1),
+            "has_label": torch.ones(n),
+            "mask": mask,
+            "has_mask": torch.ones(n),
+            "boxes": [box.clone() for _ in range(n)],
+            "has_boxes": torch.ones(n),
+            "positive": torch.ones(n),
+        }
 
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    MultiTaskTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch_of(2, 64)], network=net,
-                     optimizer=opt, loss_function=loss).run()
+    MultiTaskTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[batch_of(2, 64)],
+        network=net,
+        optimizer=opt,
+        loss_function=loss,
+    ).run()
     data = [batch_of(batch, size)]
-    trainer = MultiTaskTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
-                               optimizer=opt, loss_function=loss)
+    trainer = MultiTaskTrainer(
+        device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net, optimizer=opt, loss_function=loss
+    )
     gc.collect()
     base = psutil.Process().memory_info().rss
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM
@@ -313,7 +369,16 @@ def train_memory(encoder: str, sizes: list[int], batch: int, threads: int) -> li
     rows = []
     for size in sizes:
         for name, tasks in [("multichexnet", TASKS)] + [(f"single_{t}", (t,)) for t in TASKS]:
-            cmd = [sys.executable, __file__, "--_memory-probe", ",".join(tasks), encoder, str(size), str(batch), str(threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_memory-probe",
+                ",".join(tasks),
+                encoder,
+                str(size),
+                str(batch),
+                str(threads),
+            ]
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True).stdout
                 mib = round(float(out.strip().splitlines()[-1]), 1)
@@ -331,53 +396,83 @@ def fmt(x, nd=2):
 
 
 def markdown(records: list[dict], memory: list[dict], args, command: str, load: tuple, elapsed: float) -> str:
-    lines = ["## Training: MultiCheXNet vs the three single-task models (`scripts/benchmark_train.py`)", "",
-             f"Goals: jointly labelled data, MultiCheXNet ≤ {TARGET_JOINT} × the single-task models' summed seconds "
-             f"per epoch at equal quality; disjoint data ≤ {TARGET_DISJOINT} ×.", "",
-             f"Encoder `{args.encoder}`, {args.size} px, batch {args.batch_size}, {args.epochs} epochs, AdamW lr "
-             f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Epochs interleaved "
-             "(rotating order); median seconds per epoch. **The machine was shared with a long training and other "
-             "jobs (load average below): only the ratios, measured in one run, are meaningful, not the absolute "
-             "seconds.**", "",
-             "| data | train items | MCX s/epoch | single s/epoch (cls / seg / loc) | sum single | MCX / sum | goal | holds |"
-             " time to quality MCX / sum single |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |"]
+    lines = [
+        "## Training: MultiCheXNet vs the three single-task models (`scripts/benchmark_train.py`)",
+        "",
+        f"Goals: jointly labelled data, MultiCheXNet ≤ {TARGET_JOINT} × the single-task models' summed seconds "
+        f"per epoch at equal quality; disjoint data ≤ {TARGET_DISJOINT} ×.",
+        "",
+        f"Encoder `{args.encoder}`, {args.size} px, batch {args.batch_size}, {args.epochs} epochs, AdamW lr "
+        f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Epochs interleaved "
+        "(rotating order); median seconds per epoch. **The machine was shared with a long training and other "
+        "jobs (load average below): only the ratios, measured in one run, are meaningful, not the absolute "
+        "seconds.**",
+        "",
+        "| data | train items | MCX s/epoch | single s/epoch (cls / seg / loc) | sum single | MCX / sum | goal | holds |"
+        " time to quality MCX / sum single |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | --- | --- |",
+    ]
     for r in records:
         med = r["median_epoch_s"]
         singles = " / ".join(fmt(med.get(f"single_{t}")) for t in TASKS)
         goal = TARGET_DISJOINT if r["dataset"] == "demo_disjoint" else TARGET_JOINT
-        ttq = (f"{fmt(r['time_to_all_targets_s_mcx'], 1)} s / {fmt(r['time_to_all_targets_s_sum_single'], 1)} s"
-               f" = {fmt(r['ratio_time_to_quality'], 3)}")
-        lines.append(f"| {r['dataset']} | {r['n_train']} | {fmt(med['multichexnet'])} | {singles} | "
-                     f"{fmt(r['sum_single_epoch_s'])} | {r['ratio_epoch_mcx_vs_sum_single']:.3f} | ≤ {goal} | "
-                     f"{'yes' if r['ratio_epoch_mcx_vs_sum_single'] <= goal else 'no'} | {ttq} |")
-    lines += ["", "Quality targets (fraction "
-              f"{args.quality_fraction} of the lower of the two best validation values) and best values reached:", ""]
+        ttq = (
+            f"{fmt(r['time_to_all_targets_s_mcx'], 1)} s / {fmt(r['time_to_all_targets_s_sum_single'], 1)} s"
+            f" = {fmt(r['ratio_time_to_quality'], 3)}"
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['n_train']} | {fmt(med['multichexnet'])} | {singles} | "
+            f"{fmt(r['sum_single_epoch_s'])} | {r['ratio_epoch_mcx_vs_sum_single']:.3f} | ≤ {goal} | "
+            f"{'yes' if r['ratio_epoch_mcx_vs_sum_single'] <= goal else 'no'} | {ttq} |"
+        )
+    lines += [
+        "",
+        "Quality targets (fraction "
+        f"{args.quality_fraction} of the lower of the two best validation values) and best values reached:",
+        "",
+    ]
     for r in records:
-        best = "; ".join(f"{v}: " + ", ".join(f"{k.split('/')[0][:3]} {x:.3f}" for k, x in b.items())
-                         for v, b in r["best_val"].items())
+        best = "; ".join(
+            f"{v}: " + ", ".join(f"{k.split('/')[0][:3]} {x:.3f}" for k, x in b.items())
+            for v, b in r["best_val"].items()
+        )
         tg = ", ".join(f"{METRIC[t]} ≥ {x}" for t, x in r["quality_targets"].items())
         heads = r["heads_run_steps"].get("multichexnet")
-        lines.append(f"- `{r['dataset']}` ({r['epochs']} epochs): targets {tg}. Best: {best}."
-                     + (f" Steps in which MultiCheXNet ran each head: {heads}." if heads else ""))
+        lines.append(
+            f"- `{r['dataset']}` ({r['epochs']} epochs): targets {tg}. Best: {best}."
+            + (f" Steps in which MultiCheXNet ran each head: {heads}." if heads else "")
+        )
     if memory:
-        lines += ["", f"Peak memory of one training step, batch {memory[0]['batch']} (peak RSS of a fresh process "
-                  "during the step minus its RSS before it; MiB):", "",
-                  "| size | " + " | ".join(["multichexnet"] + [f"single_{t}" for t in TASKS]) + " |",
-                  "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            f"Peak memory of one training step, batch {memory[0]['batch']} (peak RSS of a fresh process "
+            "during the step minus its RSS before it; MiB):",
+            "",
+            "| size | " + " | ".join(["multichexnet"] + [f"single_{t}" for t in TASKS]) + " |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
         for size in sorted({m["size"] for m in memory}):
             vals = {m["variant"]: m["peak_rss_increase_mib"] for m in memory if m["size"] == size}
-            lines.append(f"| {size} | " + " | ".join(fmt(vals.get(v), 0) for v in
-                                                      ["multichexnet"] + [f"single_{t}" for t in TASKS]) + " |")
-    lines += ["", f"- {machine_line(torch.get_num_threads())}; load average (1, 5, 15 min) at start {load[0]}, "
-              f"at end {load[1]}; {elapsed / 60:.1f} min.", f"- command: `{command}`"]
+            lines.append(
+                f"| {size} | "
+                + " | ".join(fmt(vals.get(v), 0) for v in ["multichexnet"] + [f"single_{t}" for t in TASKS])
+                + " |"
+            )
+    lines += [
+        "",
+        f"- {machine_line(torch.get_num_threads())}; load average (1, 5, 15 min) at start {load[0]}, "
+        f"at end {load[1]}; {elapsed / 60:.1f} min.",
+        f"- command: `{command}`",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["demo_joint", "rsna", "demo_disjoint"])
-    p.add_argument("--rsna-datalist", help="datalist from scripts/prepare_data.py --rsna (the rsna data set is skipped without it)")
+    p.add_argument(
+        "--rsna-datalist", help="datalist from scripts/prepare_data.py --rsna (the rsna data set is skipped without it)"
+    )
     p.add_argument("--demo-images", type=int, default=200, help="demo data set size (all splits)")
     p.add_argument("--max-train", type=int, default=None, help="cap on training items per data set")
     p.add_argument("--max-val", type=int, default=60)
@@ -388,7 +483,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--quality-fraction", type=float, default=0.9)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--memory-sizes", type=int, nargs="*", default=[64, 128, 256], help="sizes of the memory probes ([] = none)")
+    p.add_argument(
+        "--memory-sizes", type=int, nargs="*", default=[64, 128, 256], help="sizes of the memory probes ([] = none)"
+    )
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "benchmarks.md")
     p.add_argument("--out-json", type=Path, default=REPO / "docs" / "benchmarks.json")
     p.add_argument("--no-write", action="store_true")
@@ -401,7 +498,9 @@ def main(argv=None) -> list[dict]:
     from monai_mcx.data.anchors import anchor_shapes_from_datalist
 
     args = parse_args(argv)
-    command = "python scripts/benchmark_train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python scripts/benchmark_train.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start, t0 = load_average(), time.perf_counter()
@@ -418,15 +517,24 @@ def main(argv=None) -> list[dict]:
                 datalist = args.rsna_datalist
             else:
                 layout = "joint" if name == "demo_joint" else "disjoint"
-                datalist = generate_demo_data(Path(tmp) / name, num_images=args.demo_images, image_size=args.size,
-                                              seed=0, layout=layout)
-            anchors = anchor_shapes_from_datalist(datalist, "training", [args.size, args.size], 3,
-                                                  fallback=[[8, 8], [12, 12], [16, 10]])
+                datalist = generate_demo_data(
+                    Path(tmp) / name, num_images=args.demo_images, image_size=args.size, seed=0, layout=layout
+                )
+            anchors = anchor_shapes_from_datalist(
+                datalist, "training", [args.size, args.size], 3, fallback=[[8, 8], [12, 12], [16, 10]]
+            )
             train = preprocess(datalist, "training", args.size, args.max_train)
             val = preprocess(datalist, "validation", args.size, args.max_val)
             records.append(run_dataset(name, train, val, args, anchors))
-            print(json.dumps({k: records[-1][k] for k in ("dataset", "median_epoch_s", "ratio_epoch_mcx_vs_sum_single",
-                                                           "ratio_time_to_quality")}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        k: records[-1][k]
+                        for k in ("dataset", "median_epoch_s", "ratio_epoch_mcx_vs_sum_single", "ratio_time_to_quality")
+                    }
+                ),
+                flush=True,
+            )
     memory = []
     if args.memory_sizes:
         memory = train_memory(args.encoder, args.memory_sizes, args.batch_size, torch.get_num_threads())
@@ -436,8 +544,17 @@ def main(argv=None) -> list[dict]:
     print(text)
     if not args.no_write:
         update_markdown_section(args.out_md, "training", text)
-        update_json_key(args.out_json, "training", {"records": records, "memory": memory, "command": command,
-                                                    "load_average_start": load[0], "load_average_end": load[1]})
+        update_json_key(
+            args.out_json,
+            "training",
+            {
+                "records": records,
+                "memory": memory,
+                "command": command,
+                "load_average_start": load[0],
+                "load_average_end": load[1],
+            },
+        )
     return records
 
 

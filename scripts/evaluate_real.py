@@ -66,8 +66,11 @@ def main(argv=None) -> int:
     from monai_mcx.metrics.detection import detection_metrics, rsna_metric
     from monai_mcx.metrics.segmentation import dice_per_image
 
-    overrides = {"datalist_file": str(args.datalist), "device": "$torch.device('cpu')",
-                 "anchors_file": str(args.ckpt.parent / "anchors.json")}
+    overrides = {
+        "datalist_file": str(args.datalist),
+        "device": "$torch.device('cpu')",
+        "anchors_file": str(args.ckpt.parent / "anchors.json"),
+    }
     for s in args.set:
         k, v = s.split("=", 1)
         overrides[k] = json.loads(v)
@@ -110,8 +113,16 @@ def main(argv=None) -> int:
                 r["boxes"].append(batch["boxes"][j] if isinstance(batch["boxes"], list) else batch["boxes"][j])
                 r["has_boxes"].append(it["boxes"] is not None)
     seconds = time.perf_counter() - t0
-    out: dict = {"ckpt": str(args.ckpt), "datalist": str(args.datalist), "split": args.split, "gate": args.gate,
-                 "box_score": args.box_score, "seconds": round(seconds, 1), "metrics": {}, "counts": {}}
+    out: dict = {
+        "ckpt": str(args.ckpt),
+        "datalist": str(args.datalist),
+        "split": args.split,
+        "gate": args.gate,
+        "box_score": args.box_score,
+        "seconds": round(seconds, 1),
+        "metrics": {},
+        "counts": {},
+    }
     m = out["metrics"]
     for src, r in rec.items():
         lab = [(p, y) for p, y in zip(r["prob"], r["label"]) if y is not None]
@@ -132,16 +143,19 @@ def main(argv=None) -> int:
             allp = [keep(d, 0.0, g or not gated) for d, g in zip(r["det"], gate)]
             m[f"rsna/ap50{tag}"] = detection_metrics(allp, truths)["localization/ap50"]
             m[f"rsna/rsna_metric{tag}"] = rsna_metric(preds, truths)
-            grid = {round(float(s), 2): rsna_metric([keep(d, s, g or not gated) for d, g in zip(r["det"], gate)], truths)
-                    for s in np.arange(0.05, 1.0, 0.05)}
+            grid = {
+                round(float(s), 2): rsna_metric([keep(d, s, g or not gated) for d, g in zip(r["det"], gate)], truths)
+                for s in np.arange(0.05, 1.0, 0.05)
+            }
             best = max(grid, key=lambda s: -1 if np.isnan(grid[s]) else grid[s])
             m[f"rsna/rsna_metric_best{tag}"] = grid[best]
             m[f"rsna/rsna_metric_best_score{tag}"] = best
             neg = [i for i, y in enumerate(r["label"]) if y == 0]
             m[f"rsna/boxes_per_negative{tag}"] = float(np.mean([len(preds[i]["boxes"]) for i in neg])) if neg else None
             if r["seg"]:
-                m[f"rsna/mask_px_per_negative{tag}"] = float(np.mean(
-                    [r["seg"][i].sum() * (gate[i] or not gated) for i in neg])) if neg else None
+                m[f"rsna/mask_px_per_negative{tag}"] = (
+                    float(np.mean([r["seg"][i].sum() * (gate[i] or not gated) for i in neg])) if neg else None
+                )
     if "covid_lesions" in rec and rec["covid_lesions"]["seg"]:
         r = rec["covid_lesions"]
         pos = [i for i, mk in enumerate(r["mask"]) if mk.any()]
@@ -156,11 +170,19 @@ def main(argv=None) -> int:
     from monai_mcx.utils import write_json_atomic
 
     write_json_atomic(out, args.output_dir / "results_real.json")
-    lines = ["# The real-data model on its validation split", "",
-             f"`python scripts/evaluate_real.py` on `{args.ckpt}` ({args.split} split of `{args.datalist.name}`; patients never "
-             f"trained on; gate {args.gate}, boxes from score {args.box_score}; {seconds:.0f} s on CPU).", "",
-             "| metric | value |", "|---|---|"] + [f"| {k} | {'-' if v is None else v} |" for k, v in m.items()] + [
-             "", "Images per source: " + ", ".join(f"{s} {c}" for s, c in out["counts"].items()), ""]
+    lines = (
+        [
+            "# The real-data model on its validation split",
+            "",
+            f"`python scripts/evaluate_real.py` on `{args.ckpt}` ({args.split} split of `{args.datalist.name}`; patients never "
+            f"trained on; gate {args.gate}, boxes from score {args.box_score}; {seconds:.0f} s on CPU).",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        + [f"| {k} | {'-' if v is None else v} |" for k, v in m.items()]
+        + ["", "Images per source: " + ", ".join(f"{s} {c}" for s, c in out["counts"].items()), ""]
+    )
     (args.output_dir / "results_real.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

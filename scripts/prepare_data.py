@@ -54,6 +54,7 @@ from monai_mcx.data.splits import SPLIT_NAMES, check_patient_splits, split_by_pa
 try:
     from tqdm import tqdm
 except ImportError:  # pragma: no cover
+
     def tqdm(it, **_):
         return it
 
@@ -77,33 +78,59 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("Examples::", 1)[1] if "Examples::" in __doc__ else None,
     )
     g = p.add_argument_group("data sets (any subset; each a folder as downloaded)")
-    g.add_argument("--rsna", metavar="DIR", help="RSNA Pneumonia Detection: stage_2_train_labels.csv, stage_2_train_images/")
+    g.add_argument(
+        "--rsna", metavar="DIR", help="RSNA Pneumonia Detection: stage_2_train_labels.csv, stage_2_train_images/"
+    )
     g.add_argument("--siim", metavar="DIR", help="SIIM-ACR Pneumothorax: train-rle.csv, dicom-images-train/")
     g.add_argument("--nih", metavar="DIR", help="NIH ChestX-ray14: Data_Entry_2017*.csv, BBox_List_2017.csv, images*/")
     g.add_argument("--kermany", metavar="DIR", help="Kermany pediatric pneumonia: folders with NORMAL/ and PNEUMONIA/")
     g.add_argument("--covid-lungs", metavar="DIR", help="COVID lung set: images/, masks/, labels.csv, annotations.csv")
     g.add_argument("--qu-viral-lungs", metavar="DIR", help="QU viral pneumonia lungs: images/, masks/, labels.csv")
-    g.add_argument("--covid-lesions", metavar="DIR",
-                   help="COVID-19 / pneumonia LESION masks (ieee8023): images/, masks/, lungs/, labels.csv; patients "
-                        "share ids with --covid-lungs")
-    p.add_argument("--lung-annotations", action="store_true",
-                   help="keep the LUNG masks/boxes of --covid-lungs / --qu-viral-lungs as 'mask'/'boxes', and give "
-                        "--covid-lesions' lung masks instead of its lesion masks. Off by default: those keys train "
-                        "the lesion heads, and a lung outline is not a lesion (the lung-only items then get "
-                        "mask/boxes null = not annotated, and still train the classifier)")
+    g.add_argument(
+        "--covid-lesions",
+        metavar="DIR",
+        help="COVID-19 / pneumonia LESION masks (ieee8023): images/, masks/, lungs/, labels.csv; patients "
+        "share ids with --covid-lungs",
+    )
+    p.add_argument(
+        "--lung-annotations",
+        action="store_true",
+        help="keep the LUNG masks/boxes of --covid-lungs / --qu-viral-lungs as 'mask'/'boxes', and give "
+        "--covid-lesions' lung masks instead of its lesion masks. Off by default: those keys train "
+        "the lesion heads, and a lung outline is not a lesion (the lung-only items then get "
+        "mask/boxes null = not annotated, and still train the classifier)",
+    )
     p.add_argument("--class-map", metavar="JSON", help='{"class_names": [...], "sources": {source: {finding: class}}}')
-    p.add_argument("--output", "-o", metavar="JSON", default="datalist.json", help="datalist to write (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="fraction of patients for validation (default: %(default)s)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="fraction of patients for test (default: %(default)s)")
+    p.add_argument(
+        "--output", "-o", metavar="JSON", default="datalist.json", help="datalist to write (default: %(default)s)"
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="fraction of patients for validation (default: %(default)s)"
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=0.1, help="fraction of patients for test (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="raise at the first bad item, or skip bad items and write a report (default: %(default)s)")
-    p.add_argument("--siim-mask-dir", metavar="DIR",
-                   help="where decoded SIIM masks are cached as PNG (default: <output folder>/siim_masks)")
-    p.add_argument("--no-check-files", action="store_true", help="do not check that image files exist (label files only)")
-    p.add_argument("--keep-info", action="store_true",
-                   help="also write each item's source-specific 'info' dict (subtype, view, official split...); "
-                        "its keys differ between sources, so drop it before collating")
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="raise at the first bad item, or skip bad items and write a report (default: %(default)s)",
+    )
+    p.add_argument(
+        "--siim-mask-dir",
+        metavar="DIR",
+        help="where decoded SIIM masks are cached as PNG (default: <output folder>/siim_masks)",
+    )
+    p.add_argument(
+        "--no-check-files", action="store_true", help="do not check that image files exist (label files only)"
+    )
+    p.add_argument(
+        "--keep-info",
+        action="store_true",
+        help="also write each item's source-specific 'info' dict (subtype, view, official split...); "
+        "its keys differ between sources, so drop it before collating",
+    )
     p.add_argument("--check", metavar="DATALIST", help="only check an existing datalist for patients in two splits")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -129,7 +156,11 @@ def summary_table(datalist: dict, class_names: list[str]) -> str:
                     r["loc"] += 1
                     r["loc+"] += len(it["boxes"]) > 0
                     r["nbox"] += len(it["boxes"])
-    cols = ["source", "split", "items", "patients", "cls"] + [f"+{c}" for c in class_names] + ["seg", "loc", "loc+", "nbox"]
+    cols = (
+        ["source", "split", "items", "patients", "cls"]
+        + [f"+{c}" for c in class_names]
+        + ["seg", "loc", "loc+", "nbox"]
+    )
     head = {"cls": "classif.", "seg": "seg.masks", "loc": "loc.annot", "loc+": "with boxes", "nbox": "boxes"}
     table = [[head.get(c, c) for c in cols]]
     order = sorted({k[0] for k in rows} - {"ALL"}) + ["ALL"]
@@ -138,10 +169,13 @@ def summary_table(datalist: dict, class_names: list[str]) -> str:
             if (src, split) not in rows:
                 continue
             r = rows[(src, split)]
-            table.append([src, split, str(r["items"]), str(len(patients[(src, split)]))]
-                         + [str(int(r[c])) for c in cols[4:]])
+            table.append(
+                [src, split, str(r["items"]), str(len(patients[(src, split)]))] + [str(int(r[c])) for c in cols[4:]]
+            )
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
-    lines = ["  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in table]
+    lines = [
+        "  ".join(v.rjust(w) if i > 1 else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in table
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -177,8 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     chosen = {name: getattr(args, dest) for dest, name in SOURCE_OPTIONS.items() if getattr(args, dest)}
     if not chosen:
-        build_parser().error("give at least one data set (--rsna, --siim, --nih, --kermany, --covid-lungs, "
-                             "--qu-viral-lungs, --covid-lesions)")
+        build_parser().error(
+            "give at least one data set (--rsna, --siim, --nih, --kermany, --covid-lungs, "
+            "--qu-viral-lungs, --covid-lesions)"
+        )
     class_map = ClassMap.from_json(args.class_map) if args.class_map else ClassMap()
     output = Path(args.output).resolve()
     out_dir = output.parent
@@ -195,11 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         adapter = ADAPTERS[name](root, **kwargs)
         covered = class_map.covered(name)
         if covered != set(class_map.class_names):
-            print(f"note: {name}: the class map reaches {sorted(covered) or 'no class'} of {class_map.class_names}; "
-                  f"its items get label null (not annotated)", file=sys.stderr)
+            print(
+                f"note: {name}: the class map reaches {sorted(covered) or 'no class'} of {class_map.class_names}; "
+                f"its items get label null (not annotated)",
+                file=sys.stderr,
+            )
         n0 = len(items)
         for it in tqdm(adapter, desc=name, unit="img", disable=args.quiet, file=sys.stderr):
-            if it["label"] is not None and len(it["label"]) != len(class_map.class_names):  # pragma: no cover - defensive
+            if it["label"] is not None and len(it["label"]) != len(
+                class_map.class_names
+            ):  # pragma: no cover - defensive
                 raise DataError(f"label length {len(it['label'])} != {len(class_map.class_names)}", it["image"])
             items.append(it)
         skipped.extend(adapter.skipped)

@@ -49,12 +49,15 @@ def parity(desc_path: Path, state32: dict, images: list[Path]) -> dict:
             img = torch.nn.functional.interpolate(img, size=tuple(desc.spatial_size), mode="area")
             out32, out16 = (n(img) for n in nets)
             worst["class_prob"] = max(
-                worst["class_prob"], float((out32["class_logits"].sigmoid() - out16["class_logits"].sigmoid()).abs().max())
+                worst["class_prob"],
+                float((out32["class_logits"].sigmoid() - out16["class_logits"].sigmoid()).abs().max()),
             )
             s32, s16 = out32["seg_logits"].sigmoid(), out16["seg_logits"].sigmoid()
             worst["seg_prob"] = max(worst["seg_prob"], float((s32 - s16).abs().max()))
             t = desc.mask_threshold
-            worst["mask_pixels_changed"] = max(worst["mask_pixels_changed"], float(((s32 >= t) != (s16 >= t)).float().mean()))
+            worst["mask_pixels_changed"] = max(
+                worst["mask_pixels_changed"], float(((s32 >= t) != (s16 >= t)).float().mean())
+            )
             for a, b in zip(out32["box_cls_logits"], out16["box_cls_logits"]):
                 worst["box_cls_prob"] = max(worst["box_cls_prob"], float((a.sigmoid() - b.sigmoid()).abs().max()))
     return {"images": len(images), "max_abs_diff": worst}

@@ -42,7 +42,11 @@ def demo_datalist(tmp_path_factory) -> Path:
     from monai_mcx.data import generate_demo_data
 
     root = tmp_path_factory.mktemp("demo")
-    return Path(generate_demo_data(root / "demo_data", num_images=SMALL["demo_num_images"], image_size=SMALL["demo_image_size"], seed=0))
+    return Path(
+        generate_demo_data(
+            root / "demo_data", num_images=SMALL["demo_num_images"], image_size=SMALL["demo_image_size"], seed=0
+        )
+    )
 
 
 def run_bundle(configs, workflow_type: str = "train", **overrides):
@@ -109,5 +113,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.line(f"{len(nodeids)} skipped: {reason}", red=True, bold=True)
         for nodeid in nodeids:
             terminalreporter.line(f"    {nodeid}")
-    terminalreporter.line("set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built "
-                          "a failure")
+    terminalreporter.line(
+        "set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built a failure"
+    )

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONFIGS, REPO, bundle_overrides, run_bundle
 from monai_mcx.artifact import root_cause
+
+from conftest import CONFIGS, REPO, bundle_overrides, run_bundle
 
 SIZE = [48, 48]
 ANCHORS = [[6.0, 6.0], [9.0, 9.0], [12.0, 8.0]]
@@ -158,8 +159,15 @@ def test_bare_inference_is_driven_by_the_description(trained48, demo_datalist, t
     root, _ = trained48
     wf = _bare_inference(root, demo_datalist, tmp_path / "pred")
     desc = load_description(root / "models" / "model.pt")
-    parsed = {k: wf.parser.get_parsed_content(k) for k in ("spatial_size", "encoder", "base_anchor_shapes", "class_names")}
-    assert parsed == {"spatial_size": SIZE, "encoder": "densenet-tiny", "base_anchor_shapes": ANCHORS, "class_names": ["pneumonia"]}
+    parsed = {
+        k: wf.parser.get_parsed_content(k) for k in ("spatial_size", "encoder", "base_anchor_shapes", "class_names")
+    }
+    assert parsed == {
+        "spatial_size": SIZE,
+        "encoder": "densenet-tiny",
+        "base_anchor_shapes": ANCHORS,
+        "class_names": ["pneumonia"],
+    }
     pp = wf.parser.get_parsed_content("postprocessing")
     assert pp.class_thresholds == [pytest.approx(desc.class_thresholds["pneumonia"])]
     assert pp.box_score_threshold == desc.box_score_threshold  # chosen on validation (RSNA metric) with the thresholds
@@ -253,8 +261,13 @@ def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp
     # a second describe keeps the existing description; a wrong size (anchors fitted for 48 px) is an error
     assert main(args) == 1 and "exists already" in capsys.readouterr().err
     # the same through `python -m` (the module is __main__ there; the configs build the package's classes)
-    r = subprocess.run([sys.executable, "-m", "monai_mcx.artifact", *args, "--force"], capture_output=True, text=True,
-                       cwd=CONFIGS.parent.parent, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "monai_mcx.artifact", *args, "--force"],
+        capture_output=True,
+        text=True,
+        cwd=CONFIGS.parent.parent,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     bad = [
         "describe",

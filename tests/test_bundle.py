@@ -18,7 +18,14 @@ pytestmark = pytest.mark.slow
 
 def _cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -36,19 +43,36 @@ def test_properties_of_train_and_inference_configs(tmp_path):
     from monai_mcx.artifact import ModelDescription, save_model
 
     # inference.json builds its network from a model description: give it a described (random, tiny) model
-    desc = ModelDescription(class_names=["pneumonia"], tasks=["classification", "segmentation", "localization"],
-                            encoder="densenet-tiny", spatial_size=[64, 64], base_anchor_shapes=SMALL["base_anchor_shapes"])
+    desc = ModelDescription(
+        class_names=["pneumonia"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder="densenet-tiny",
+        spatial_size=[64, 64],
+        base_anchor_shapes=SMALL["base_anchor_shapes"],
+    )
     save_model(desc.build_network(), desc, tmp_path / "model.pt")
     for wtype, cfg, extra in (("train", "train.json", {}), ("infer", "inference.json", {"ckpt_dir": str(tmp_path)})):
-        wf = ConfigWorkflow(workflow_type=wtype, config_file=str(CONFIGS / cfg), meta_file=str(CONFIGS / "metadata.json"),
-                            logging_file=str(CONFIGS / "logging.conf"), dataset_dir="/nonexistent/never_built", **extra)
+        wf = ConfigWorkflow(
+            workflow_type=wtype,
+            config_file=str(CONFIGS / cfg),
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=str(CONFIGS / "logging.conf"),
+            dataset_dir="/nonexistent/never_built",
+            **extra,
+        )
         wf.initialize()
         missing = wf.check_properties()
         assert not missing, f"{cfg}: missing bundle properties {missing}"
 
 
 def test_verify_metadata_offline():
-    proc = _cli("verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"), "--filepath", str(BUNDLE / "schema" / "meta_schema_20240725.json"))
+    proc = _cli(
+        "verify_metadata",
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--filepath",
+        str(BUNDLE / "schema" / "meta_schema_20240725.json"),
+    )
     assert "metadata is verified with no error" in proc.stdout + proc.stderr
 
 
@@ -59,7 +83,9 @@ def test_training_writes_checkpoint_and_tensorboard_scalars_per_task(trained_bun
     ckpt = root / "models" / "model.pt"
     assert ckpt.is_file()
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert any(k.startswith("segmentation_head") for k in state) and any(k.startswith("localization_head") for k in state)
+    assert any(k.startswith("segmentation_head") for k in state) and any(
+        k.startswith("localization_head") for k in state
+    )
     events = list((root / "eval" / "tensorboard").glob("events.out.tfevents.*"))
     assert events
     tags = set()
@@ -80,8 +106,17 @@ def test_training_writes_checkpoint_and_tensorboard_scalars_per_task(trained_bun
 def test_evaluate_through_config_workflow_writes_metrics_json(evaluated_bundle):
     _, _, out = evaluated_bundle
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("classification/auc", "classification/auc/pneumonia", "segmentation/dice_positive", "segmentation/dice_empty_aware",
-                "localization/ap50", "localization/map", "localization/rsna", "segmentation/dice_positive/gated", "localization/ap50/gated"):
+    for key in (
+        "classification/auc",
+        "classification/auc/pneumonia",
+        "segmentation/dice_positive",
+        "segmentation/dice_empty_aware",
+        "localization/ap50",
+        "localization/map",
+        "localization/rsna",
+        "segmentation/dice_positive/gated",
+        "localization/ap50/gated",
+    ):
         assert key in metrics, sorted(metrics)
     for key, value in metrics.items():
         assert value is None or isinstance(value, (int, float)), (key, value)
@@ -91,7 +126,12 @@ def test_evaluate_through_config_workflow_writes_metrics_json(evaluated_bundle):
 def test_evaluate_and_infer_through_cli(trained_bundle):
     root, overrides = trained_bundle
     out = root / "eval_cli"
-    _cli("run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']", *_flags(dict(overrides, output_dir=str(out))))
+    _cli(
+        "run",
+        "--config_file",
+        f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
+        *_flags(dict(overrides, output_dir=str(out))),
+    )
     assert (out / "metrics.json").is_file()
 
     pred_dir = root / "predictions"

@@ -23,8 +23,17 @@ REAL = _shared() / "data" / "cxr-real"
 REAL_DICOM = REAL / "dicom" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
 
 
-def write_dicom(path, pixels: np.ndarray, photometric="MONOCHROME2", bits_stored=12, slope=None, intercept=None,
-                window=None, spacing=(0.5, 0.25), presentation_lut_shape=None):
+def write_dicom(
+    path,
+    pixels: np.ndarray,
+    photometric="MONOCHROME2",
+    bits_stored=12,
+    slope=None,
+    intercept=None,
+    window=None,
+    spacing=(0.5, 0.25),
+    presentation_lut_shape=None,
+):
     """An uncompressed single-frame DICOM with ``pixels`` (rows, cols) uint16."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
@@ -121,8 +130,16 @@ def test_dicom_monochrome1_rescale_window_spacing(tmp_path):
     r, c = np.mgrid[0:rows, 0:cols]
     px = (400 + 25 * c + r).astype(np.uint16)  # stored 400..1606: a ramp, partly below / inside / above the window
     slope, intercept, center, width = 2.0, -100.0, 2000.5, 1001.0  # modality 700..3112, window [1500, 2500]
-    p = write_dicom(tmp_path / "m1.dcm", px, photometric="MONOCHROME1", bits_stored=12, slope=slope,
-                    intercept=intercept, window=(center, width), spacing=(0.5, 0.25))
+    p = write_dicom(
+        tmp_path / "m1.dcm",
+        px,
+        photometric="MONOCHROME1",
+        bits_stored=12,
+        slope=slope,
+        intercept=intercept,
+        window=(center, width),
+        spacing=(0.5, 0.25),
+    )
     x = LoadCXR()(p)
     assert tuple(x.shape) == (1, cols, rows)
     got = x[0].numpy().T  # (rows, cols)
@@ -168,14 +185,20 @@ def test_rescale_intercept_then_stored_range(tmp_path):
     assert x.meta["intensity"] == "stored_range" and not x.meta["voi_applied"]
 
 
-@pytest.mark.parametrize("photometric, shape, inverted", [
-    ("MONOCHROME2", "INVERSE", True), ("MONOCHROME2", "IDENTITY", False),
-    ("MONOCHROME1", "INVERSE", True), ("MONOCHROME1", None, True),
-])
+@pytest.mark.parametrize(
+    "photometric, shape, inverted",
+    [
+        ("MONOCHROME2", "INVERSE", True),
+        ("MONOCHROME2", "IDENTITY", False),
+        ("MONOCHROME1", "INVERSE", True),
+        ("MONOCHROME1", None, True),
+    ],
+)
 def test_presentation_lut_shape_inverse(tmp_path, photometric, shape, inverted):
     px = np.linspace(0, 4095, 32 * 40).reshape(32, 40).astype(np.uint16)
-    x = LoadCXR()(write_dicom(tmp_path / "p.dcm", px, photometric=photometric, bits_stored=12,
-                              presentation_lut_shape=shape))
+    x = LoadCXR()(
+        write_dicom(tmp_path / "p.dcm", px, photometric=photometric, bits_stored=12, presentation_lut_shape=shape)
+    )
     expected = 1.0 - px / 4095.0 if inverted else px / 4095.0  # MONOCHROME1 + INVERSE: inverted once
     np.testing.assert_allclose(x[0].numpy().T, expected, atol=1e-6)
     assert bool(x.meta["inverted"]) is inverted
@@ -353,8 +376,10 @@ def test_rg1_uncr_monochrome1_lungs_dark():
     a = x[0].numpy()  # (W, H)
     w, h = a.shape
     ys = slice(int(h * 0.3), int(h * 0.6))
-    lungs = np.concatenate([a[int(w * 0.2):int(w * 0.35), ys].ravel(), a[int(w * 0.65):int(w * 0.8), ys].ravel()]).mean()
-    mediastinum = a[int(w * 0.45):int(w * 0.55), ys].mean()
+    lungs = np.concatenate(
+        [a[int(w * 0.2) : int(w * 0.35), ys].ravel(), a[int(w * 0.65) : int(w * 0.8), ys].ravel()]
+    ).mean()
+    mediastinum = a[int(w * 0.45) : int(w * 0.55), ys].mean()
     assert lungs < mediastinum - 0.1
 
 

@@ -321,7 +321,9 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_cli(tmp_path, capsys):
-    path = demo.main(["--output_dir", str(tmp_path / "cli"), "--num_images", "6", "--image_size", "32", "--layout", "joint"])
+    path = demo.main(
+        ["--output_dir", str(tmp_path / "cli"), "--num_images", "6", "--image_size", "32", "--layout", "joint"]
+    )
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert out.startswith("datalist: ") and path in out and "training=" in out
     with pytest.raises(SystemExit) as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import math
 
 import numpy as np
@@ -59,8 +58,13 @@ def test_gradcam_on_stride32_is_the_class_activation_map(tiny_net, single_thread
     net = tiny_net.eval()
     x = torch.rand(1, 1, 64, 96)
     ours = SaliencyMaps(net, class_indices=[1])(x)
-    cam = CAM(nn_module=ClassLogits(net), target_layers="stride32", fc_layers="classification_head.fc",
-              upsampler=lambda size: (lambda m: m), postprocessing=lambda m: m)
+    cam = CAM(
+        nn_module=ClassLogits(net),
+        target_layers="stride32",
+        fc_layers="classification_head.fc",
+        upsampler=lambda size: lambda m: m,
+        postprocessing=lambda m: m,
+    )
     ref = torch.relu(cam(x, class_idx=torch.tensor([1])))  # (1, 1, 2, 3): the map on the stride-32 grid
     assert ref.shape == (1, 1, 2, 3)
     ref = torch.nn.functional.interpolate(ref, size=(64, 96), mode="bilinear", align_corners=False)

@@ -20,23 +20,38 @@ SHAPE = (2, 1, 64, 48)  # non-square: W != H
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A freshly built tiny MultiCheXNet, its state dict saved as the bundle saves it."""
-    from monai_mcx.networks import MultiCheXNet
-
     from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.networks import MultiCheXNet
 
     torch.manual_seed(0)
     net = MultiCheXNet(encoder="densenet-tiny", num_anchors=len(ANCHORS)).eval()
     root = tmp_path_factory.mktemp("export")
-    desc = ModelDescription(class_names=["pneumonia"], tasks=list(net.tasks), encoder="densenet-tiny",
-                            spatial_size=[64, 48], base_anchor_shapes=ANCHORS)
+    desc = ModelDescription(
+        class_names=["pneumonia"],
+        tasks=list(net.tasks),
+        encoder="densenet-tiny",
+        spatial_size=[64, 48],
+        base_anchor_shapes=ANCHORS,
+    )
     save_model(net, desc, root / "model.pt")  # model.pt + its description model.json
     return root, net
 
 
 def _ckpt_export_args(root, name: str) -> list[str]:
-    return ["--net_id", "network_export", "--filepath", str(root / name), "--ckpt_file", str(root / "model.pt"),
-            "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-            "--ckpt_dir", str(root)]  # inference.json builds the network from <ckpt_dir>/model.json
+    return [
+        "--net_id",
+        "network_export",
+        "--filepath",
+        str(root / name),
+        "--ckpt_file",
+        str(root / "model.pt"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--ckpt_dir",
+        str(root),
+    ]  # inference.json builds the network from <ckpt_dir>/model.json
 
 
 def test_ckpt_export_cli_torchscript_matches_eager(checkpoint):
@@ -44,8 +59,14 @@ def test_ckpt_export_cli_torchscript_matches_eager(checkpoint):
 
     root, net = checkpoint
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "ckpt_export", *_ckpt_export_args(root, "model.ts")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "ckpt_export", *_ckpt_export_args(root, "model.ts")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ts = torch.jit.load(str(root / "model.ts"))
     with torch.no_grad():

@@ -35,7 +35,7 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _item(w: int, h: int, box) -> dict:
     m = torch.zeros(1, w, h)
-    m[0, box[0]:box[2], box[1]:box[3]] = 1.0
+    m[0, box[0] : box[2], box[1] : box[3]] = 1.0
     d = {"image": MetaTensor(m.clone()), "mask": m.clone(), "label": None, "boxes": [list(map(float, box))]}
     return PrepareAnnotationsd(num_classes=1)(d)
 
@@ -63,15 +63,21 @@ OPS = ("resize", "crop", "zoom", "flip", "rot90")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scene=_scene(), op=st.sampled_from(OPS), seed=st.integers(0, 2**30),
-       size=st.tuples(st.integers(40, 128), st.integers(40, 128)))
+@given(
+    scene=_scene(),
+    op=st.sampled_from(OPS),
+    seed=st.integers(0, 2**30),
+    size=st.tuples(st.integers(40, 128), st.integers(40, 128)),
+)
 def test_single_geometry_moves_box_with_mask(scene, op, seed, size):
     w, h, box = scene
     d = _item(w, h, box)
     t = {
         "resize": lambda: ResizeWithBoxesd(["image", "mask"], list(size), mode=["area", "nearest-exact"]),
         "crop": lambda: RandCropWithBoxesd(["image", "mask"], prob=1.0, min_scale=0.6, max_scale=1.0),
-        "zoom": lambda: RandZoomWithBoxesd(["image", "mask"], prob=1.0, min_zoom=0.7, max_zoom=1.4, mode=["bilinear", "nearest-exact"]),
+        "zoom": lambda: RandZoomWithBoxesd(
+            ["image", "mask"], prob=1.0, min_zoom=0.7, max_zoom=1.4, mode=["bilinear", "nearest-exact"]
+        ),
         "flip": lambda: RandFlipBoxd(["image", "mask"], "boxes", "image", prob=1.0, spatial_axis=0),
         "rot90": lambda: RandRotateBox90d(["image", "mask"], "boxes", "image", prob=1.0, max_k=3),
     }[op]()
@@ -82,15 +88,27 @@ def test_single_geometry_moves_box_with_mask(scene, op, seed, size):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scene=_scene(min_frac=0.35), seed=st.integers(0, 2**30), flip=st.booleans(),
-       size=st.tuples(st.integers(64, 128), st.integers(64, 128)))
+@given(
+    scene=_scene(min_frac=0.35),
+    seed=st.integers(0, 2**30),
+    flip=st.booleans(),
+    size=st.tuples(st.integers(64, 128), st.integers(64, 128)),
+)
 def test_composed_augmentations_keep_mask_and_boxes_in_sync(scene, seed, flip, size):
     """Resize + crop/resize + zoom + flip through cxr_box_augmentations: three resamplings of the mask
     each add up to half a pixel of rounding per edge, hence IoU > 0.9 (the boxes themselves are exact)."""
     w, h, box = scene
     d = ResizeWithBoxesd(["image", "mask"], list(size), mode=["area", "nearest-exact"])(_item(w, h, box))
-    aug = Compose(cxr_box_augmentations(list(size), crop_prob=1.0, crop_scale=(0.75, 1.0), zoom_prob=1.0,
-                                        zoom_range=(0.85, 1.2), flip_prob=float(flip)))
+    aug = Compose(
+        cxr_box_augmentations(
+            list(size),
+            crop_prob=1.0,
+            crop_scale=(0.75, 1.0),
+            zoom_prob=1.0,
+            zoom_range=(0.85, 1.2),
+            flip_prob=float(flip),
+        )
+    )
     aug.set_random_state(seed)
     out = aug(d)
     assert tuple(out["image"].shape[1:]) == tuple(size)
@@ -111,24 +129,35 @@ def test_monai_randzoomboxd_offset_motivates_own_zoom():
         short += list(o["image"].shape[1:]) != [round(z[0] * w), round(z[1] * h)]
         ours = RandZoomWithBoxesd("image", prob=1.0, min_zoom=0.8, max_zoom=1.25)
         ours.set_random_state(seed)
-        assert tuple(ours({"image": MetaTensor(torch.zeros(1, w, h)), "boxes": torch.zeros(0, 4)})["image"].shape[1:]) == (w, h)
+        assert tuple(
+            ours({"image": MetaTensor(torch.zeros(1, w, h)), "boxes": torch.zeros(0, 4)})["image"].shape[1:]
+        ) == (w, h)
     if short == 0:
         pytest.skip("this MONAI version's RandZoomBoxd sizes the image exactly (the workaround may go)")
 
 
 def test_unknown_boxes_stay_unknown_and_known_boxes_may_become_empty():
     # unknown boxes: (0, 4), has_boxes 0, positive from the mask
-    d = PrepareAnnotationsd(num_classes=1)({"image": MetaTensor(torch.zeros(1, 60, 40)), "label": None, "mask": None, "boxes": None})
+    d = PrepareAnnotationsd(num_classes=1)(
+        {"image": MetaTensor(torch.zeros(1, 60, 40)), "label": None, "mask": None, "boxes": None}
+    )
     aug = Compose(cxr_box_augmentations([60, 40], crop_prob=1.0, zoom_prob=1.0, flip_prob=1.0))
     out = aug(d)
     assert out["boxes"].shape == (0, 4) and float(out["has_boxes"]) == 0.0 and float(out["positive"]) == 0.0
     assert "box_labels" not in out and not any(k.endswith("_transforms") for k in out)
     # a known box cropped away: known-empty (has_boxes 1), positive recomputed because the label is unknown
-    d = PrepareAnnotationsd(num_classes=1)({"image": MetaTensor(torch.zeros(1, 100, 80)), "label": None, "mask": None,
-                                            "boxes": [[0.0, 0.0, 6.0, 6.0]]})
+    d = PrepareAnnotationsd(num_classes=1)(
+        {"image": MetaTensor(torch.zeros(1, 100, 80)), "label": None, "mask": None, "boxes": [[0.0, 0.0, 6.0, 6.0]]}
+    )
     assert float(d["positive"]) == 1.0
-    t = Compose([AddBoxLabelsd(), RandCropWithBoxesd(["image", "mask"], prob=1.0, min_scale=0.5, max_scale=0.5),
-                 ClipBoxesToImaged(min_size=2.0), RemoveBoxLabelsd()])
+    t = Compose(
+        [
+            AddBoxLabelsd(),
+            RandCropWithBoxesd(["image", "mask"], prob=1.0, min_scale=0.5, max_scale=0.5),
+            ClipBoxesToImaged(min_size=2.0),
+            RemoveBoxLabelsd(),
+        ]
+    )
     for seed in range(50):
         t.set_random_state(seed)
         out = t(d)

@@ -16,8 +16,14 @@ pytestmark = pytest.mark.slow
 
 def test_gpu_check_dry_mode_writes_results(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, OMP_NUM_THREADS="1")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((tmp_path / "gpu_check.json").read_text())
     assert res["dry"] is True and res["ok"] is True
@@ -25,5 +31,9 @@ def test_gpu_check_dry_mode_writes_results(tmp_path):
     assert set(sections) == {"amp_training", "amp_parity", "memory_format", "benchmark_rows", "training_throughput"}
     assert sections["amp_training"]["params_changed"] > 0
     assert {r["variant"] for r in sections["benchmark_rows"]["rows"]} >= {"multichexnet", "sum_single_task"}
-    assert set(sections["training_throughput"]["img_s"]) == {"multichexnet", "single_classification",
-                                                             "single_segmentation", "single_localization"}
+    assert set(sections["training_throughput"]["img_s"]) == {
+        "multichexnet",
+        "single_classification",
+        "single_segmentation",
+        "single_localization",
+    }

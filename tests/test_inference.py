@@ -18,8 +18,13 @@ from PIL import Image
 from conftest import BUNDLE, run_bundle
 
 #: name -> (W, H) of the readable test images
-SIZES = {"a_png.png": (70, 50), "b_dicom.dcm": (90, 40), "c_jpeg.jpg": (60, 80), "d_nifti.nii.gz": (55, 45),
-         "h_dicom_no_extension": (48, 36)}
+SIZES = {
+    "a_png.png": (70, 50),
+    "b_dicom.dcm": (90, 40),
+    "c_jpeg.jpg": (60, 80),
+    "d_nifti.nii.gz": (55, 45),
+    "h_dicom_no_extension": (48, 36),
+}
 #: name -> what its error row says (#13 items 8, 9): refused images and skipped paths
 ERRORS = {
     "e_broken.png": "not an image",
@@ -66,7 +71,10 @@ def _make_inputs(folder: Path) -> None:
     w, h = SIZES["c_jpeg.jpg"]
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / "c_jpeg.jpg")
     w, h = SIZES["d_nifti.nii.gz"]
-    nib.save(nib.Nifti1Image(rng.random((w, h)).astype(np.float32), np.diag([0.7, 0.7, 1, 1])), str(folder / "d_nifti.nii.gz"))
+    nib.save(
+        nib.Nifti1Image(rng.random((w, h)).astype(np.float32), np.diag([0.7, 0.7, 1, 1])),
+        str(folder / "d_nifti.nii.gz"),
+    )
     (folder / "e_broken.png").write_bytes(b"this is not an image \x00\x01\x02" * 10)
     from test_cxr_io import _bilevel_png
 
@@ -89,9 +97,16 @@ def inference_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
     _make_inputs(root / "inputs")
     torch.manual_seed(0)
-    desc = ModelDescription(class_names=["pneumonia"], tasks=["classification", "segmentation", "localization"],
-                            encoder="densenet-tiny", spatial_size=[64, 64], base_anchor_shapes=ANCHORS,
-                            class_thresholds={"pneumonia": 0.0}, box_score_threshold=0.0, candidate_score_thresh=0.0)
+    desc = ModelDescription(
+        class_names=["pneumonia"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder="densenet-tiny",
+        spatial_size=[64, 64],
+        base_anchor_shapes=ANCHORS,
+        class_thresholds={"pneumonia": 0.0},
+        box_score_threshold=0.0,
+        candidate_score_thresh=0.0,
+    )
     (root / "models").mkdir()
     save_model(desc.build_network(), desc, root / "models" / "model.pt")
     out = root / "predictions"
@@ -128,9 +143,18 @@ def test_datalist_input_with_a_missing_file_gets_an_error_row(inference_run):
     dl = root / "inputs" / "list.json"
     dl.write_text(json.dumps({"test": [{"image": "a_png.png"}, {"image": "missing.png"}]}))
     out = root / "predictions_datalist"
-    run_bundle("inference.json", workflow_type="infer", bundle_root=str(BUNDLE), input=str(dl),
-               ckpt_dir=str(root / "models"), output_dir=str(out), spatial_size=[64, 64], encoder="densenet-tiny",
-               base_anchor_shapes=ANCHORS, batch_size=2)
+    run_bundle(
+        "inference.json",
+        workflow_type="infer",
+        bundle_root=str(BUNDLE),
+        input=str(dl),
+        ckpt_dir=str(root / "models"),
+        output_dir=str(out),
+        spatial_size=[64, 64],
+        encoder="densenet-tiny",
+        base_anchor_shapes=ANCHORS,
+        batch_size=2,
+    )
     rows = {Path(r["image"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
     assert set(rows) == {"a_png.png", "missing.png"}
     assert rows["a_png.png"]["error"] == "" and rows["a_png.png"]["json"] == "a_png.json"
@@ -200,13 +224,44 @@ def test_benchmark_quick_writes_records_with_the_schema(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
-    bench.main(["--quick", "--sizes", "32", "--encoder", "densenet-tiny", "--no-memory", "--no-xrv", "--device", "cpu",
-                "--out-json", str(out_json), "--out-md", str(out_md)])
+    bench.main(
+        [
+            "--quick",
+            "--sizes",
+            "32",
+            "--encoder",
+            "densenet-tiny",
+            "--no-memory",
+            "--no-xrv",
+            "--device",
+            "cpu",
+            "--out-json",
+            str(out_json),
+            "--out-md",
+            str(out_md),
+        ]
+    )
     payload = _json.loads(out_json.read_text())
     variants = [r["variant"] for r in payload["records"]]
-    assert variants == ["multichexnet", "single_classification", "single_segmentation", "single_localization", "sum_single_task"]
+    assert variants == [
+        "multichexnet",
+        "single_classification",
+        "single_segmentation",
+        "single_localization",
+        "sum_single_task",
+    ]
     for r in payload["records"]:
-        for key in ("variant", "size", "batch", "device", "median_latency_ms", "throughput_img_s", "flops", "parameters", "peak_memory_mb"):
+        for key in (
+            "variant",
+            "size",
+            "batch",
+            "device",
+            "median_latency_ms",
+            "throughput_img_s",
+            "flops",
+            "parameters",
+            "peak_memory_mb",
+        ):
             assert key in r, (key, r)
         assert r["size"] == 32 and r["batch"] == 1 and r["device"] == "cpu"
         assert r["median_latency_ms"] > 0 and r["flops"] > 0 and r["parameters"] > 0

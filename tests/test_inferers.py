@@ -33,7 +33,9 @@ def test_gate_is_per_class():
     assert float(probs[0].max()) >= min(0.2, 0.8)  # the old rule's answer for image 0
     pp = MultiCheXNetPostprocessor(["a", "b"], class_thresholds={"b": 0.8, "a": 0.2})
     assert pp.class_thresholds == [0.2, 0.8]
-    out = pp({PredKeys.CLASS_LOGITS: _logit(probs), PredKeys.SEG_LOGITS: torch.zeros(4, 1, 8, 8)}, torch.zeros(4, 1, 8, 8))
+    out = pp(
+        {PredKeys.CLASS_LOGITS: _logit(probs), PredKeys.SEG_LOGITS: torch.zeros(4, 1, 8, 8)}, torch.zeros(4, 1, 8, 8)
+    )
     assert out[PredKeys.GATE].tolist() == [False, True, True, False]
     assert out[PredKeys.SEG_MASK].all()  # p = 0.5 >= 0.5 everywhere
     assert out[PredKeys.SEG_MASK_GATED].reshape(4, -1).all(dim=1).tolist() == [False, True, True, False]
@@ -53,8 +55,13 @@ def _tiny_net():
 def test_inferer_outputs_and_operating_point():
     net = _tiny_net()
     images = torch.rand(3, 1, 64, 64)
-    pp = MultiCheXNetPostprocessor(["pneumonia"], class_thresholds=0.0, box_score_threshold=0.0, base_anchor_shapes=ANCHORS,
-                                   candidate_score_thresh=0.0)
+    pp = MultiCheXNetPostprocessor(
+        ["pneumonia"],
+        class_thresholds=0.0,
+        box_score_threshold=0.0,
+        base_anchor_shapes=ANCHORS,
+        candidate_score_thresh=0.0,
+    )
     with torch.no_grad():
         probs = torch.sigmoid(net(images)["class_logits"])[:, 0]
     thr = float(probs.median())  # one image (at least) each side
@@ -65,7 +72,9 @@ def test_inferer_outputs_and_operating_point():
     scores = torch.cat([d["scores"] for d in pred[PredKeys.DETECTIONS]])
     t = float(scores.median())
     pred = MultiCheXNetInferer(pp.with_settings(box_score_threshold=t))(images, net)
-    for i, (d, op, g) in enumerate(zip(pred[PredKeys.DETECTIONS], pred[PredKeys.DETECTIONS_OP], pred[PredKeys.DETECTIONS_GATED])):
+    for i, (d, op, g) in enumerate(
+        zip(pred[PredKeys.DETECTIONS], pred[PredKeys.DETECTIONS_OP], pred[PredKeys.DETECTIONS_GATED])
+    ):
         keep = d["scores"] >= t
         assert torch.equal(op["boxes"], d["boxes"][keep]) and torch.equal(op["scores"], d["scores"][keep])
         if gate[i]:
@@ -81,12 +90,20 @@ def test_to_original_scales_boxes_and_resizes_the_mask():
     w_in, h_in, w0, h0 = 16, 8, 40, 12
     seg = torch.full((2, 1, w_in, h_in), 0.1)
     seg[:, :, 4:8, 2:6] = 0.9  # x 4..8, y 2..6 in input pixels
-    det = {"boxes": torch.tensor([[4.0, 2.0, 8.0, 6.0], [10.0, 0.0, 16.0, 8.0]]), "scores": torch.tensor([0.9, 0.4]),
-           "labels": torch.zeros(2, dtype=torch.long)}
+    det = {
+        "boxes": torch.tensor([[4.0, 2.0, 8.0, 6.0], [10.0, 0.0, 16.0, 8.0]]),
+        "scores": torch.tensor([0.9, 0.4]),
+        "labels": torch.zeros(2, dtype=torch.long),
+    }
     empty = select_detections(det, 0.0, keep=False)
-    pred = {PredKeys.CLASS_PROBS: torch.tensor([[0.9], [0.1]]), PredKeys.GATE: torch.tensor([True, False]),
-            PredKeys.SEG_PROBS: seg, PredKeys.DETECTIONS_OP: [det, det], PredKeys.DETECTIONS_GATED: [det, empty],
-            PredKeys.INPUT_SIZE: [w_in, h_in]}
+    pred = {
+        PredKeys.CLASS_PROBS: torch.tensor([[0.9], [0.1]]),
+        PredKeys.GATE: torch.tensor([True, False]),
+        PredKeys.SEG_PROBS: seg,
+        PredKeys.DETECTIONS_OP: [det, det],
+        PredKeys.DETECTIONS_GATED: [det, empty],
+        PredKeys.INPUT_SIZE: [w_in, h_in],
+    }
     pos = to_original(pred, 0, (w0, h0))
     sx, sy = w0 / w_in, h0 / h_in
     expected = np.array([[4 * sx, 2 * sy, 8 * sx, 6 * sy], [10 * sx, 0, w0, h0]])
@@ -111,16 +128,22 @@ def test_metrics_gate_with_the_postprocessor_rule_and_chosen_box_threshold():
     images = torch.rand(6, 1, 64, 64)
     boxes = [torch.tensor([[10.0, 10.0, 30.0, 26.0]]) if i % 2 else torch.zeros(0, 4) for i in range(6)]
     labels = torch.tensor([[float(i % 2)] for i in range(6)])
-    targets = {BatchKeys.IMAGE: images, BatchKeys.LABEL: labels, BatchKeys.HAS_LABEL: torch.ones(6),
-               BatchKeys.BOXES: boxes, BatchKeys.HAS_BOXES: torch.ones(6)}
+    targets = {
+        BatchKeys.IMAGE: images,
+        BatchKeys.LABEL: labels,
+        BatchKeys.HAS_LABEL: torch.ones(6),
+        BatchKeys.BOXES: boxes,
+        BatchKeys.HAS_BOXES: torch.ones(6),
+    }
     pp = MultiCheXNetPostprocessor(["pneumonia"], base_anchor_shapes=ANCHORS, candidate_score_thresh=0.0)
     pred = MultiCheXNetInferer(pp)(images, net)
     engine = Engine(lambda e, b: b)
     metric = MultiTaskMetrics(["pneumonia"], postprocessor=pp, threshold="youden", box_threshold="rsna")
     metric.attach(engine, "score")
     m = engine.run([{"pred": pred, "label": targets}]).metrics
-    deployed = pp.with_settings(class_thresholds=m["classification/threshold/pneumonia"],
-                                box_score_threshold=m["localization/box_threshold"])
+    deployed = pp.with_settings(
+        class_thresholds=m["classification/threshold/pneumonia"], box_score_threshold=m["localization/box_threshold"]
+    )
     again = MultiCheXNetInferer(deployed)(images, net)  # what inference outputs with the saved thresholds
     gated = again[PredKeys.DETECTIONS_GATED]
     ref = detection_metrics(gated, boxes, score_threshold=0.0)
@@ -128,7 +151,9 @@ def test_metrics_gate_with_the_postprocessor_rule_and_chosen_box_threshold():
     assert m["localization/boxes_per_negative/gated"] == pytest.approx(ref["localization/boxes_per_negative"])
     assert m["localization/sensitivity50/gated"] == pytest.approx(ref["localization/sensitivity50"], nan_ok=True)
     # the box threshold is the chooser's on the gated candidates
-    all_gated = [select_detections(d, 0.0, keep=bool(g)) for d, g in zip(again[PredKeys.DETECTIONS], again[PredKeys.GATE])]
+    all_gated = [
+        select_detections(d, 0.0, keep=bool(g)) for d, g in zip(again[PredKeys.DETECTIONS], again[PredKeys.GATE])
+    ]
     assert m["localization/box_threshold"] == choose_box_threshold(all_gated, boxes)[0]
     assert metric.deployed.box_score_threshold == m["localization/box_threshold"]
 
@@ -136,10 +161,18 @@ def test_metrics_gate_with_the_postprocessor_rule_and_chosen_box_threshold():
 def test_from_description(tmp_path):
     from monai_mcx.artifact import ModelDescription
 
-    desc = ModelDescription(class_names=["a", "b"], tasks=["classification", "segmentation", "localization"],
-                            encoder="densenet-tiny", spatial_size=[64, 64], base_anchor_shapes=ANCHORS,
-                            class_thresholds={"a": 0.2, "b": 0.8}, mask_threshold=0.4, box_score_threshold=0.35,
-                            nms_thresh=0.3, detections_per_img=7)
+    desc = ModelDescription(
+        class_names=["a", "b"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder="densenet-tiny",
+        spatial_size=[64, 64],
+        base_anchor_shapes=ANCHORS,
+        class_thresholds={"a": 0.2, "b": 0.8},
+        mask_threshold=0.4,
+        box_score_threshold=0.35,
+        nms_thresh=0.3,
+        detections_per_img=7,
+    )
     pp = MultiCheXNetPostprocessor.from_description(desc)
     assert pp.class_thresholds == [0.2, 0.8] and pp.seg_threshold == 0.4 and pp.box_score_threshold == 0.35
     assert pp.gate_rule == GATE_RULE == desc.gate_rule
@@ -166,16 +199,29 @@ def test_prediction_keys_have_one_home():
 
     from conftest import REPO
 
-    names = [k.value for k in PredKeys if k not in (PredKeys.CLASS_LOGITS, PredKeys.SEG_LOGITS, PredKeys.BOX_CLS_LOGITS,
-                                                     PredKeys.BOX_REGRESSION, PredKeys.GATE)]
+    names = [
+        k.value
+        for k in PredKeys
+        if k
+        not in (
+            PredKeys.CLASS_LOGITS,
+            PredKeys.SEG_LOGITS,
+            PredKeys.BOX_CLS_LOGITS,
+            PredKeys.BOX_REGRESSION,
+            PredKeys.GATE,
+        )
+    ]
     pattern = re.compile(r"[\"'](" + "|".join(names) + r")[\"']")
     found = []
     for folder in ("monai_mcx", "monailabel_app", "scripts"):
         for path in (REPO / folder).rglob("*.py"):
             if path.name == "keys.py":
                 continue
-            found += [f"{path.relative_to(REPO)}:{i + 1}" for i, line in enumerate(path.read_text().splitlines())
-                      if pattern.search(line)]
+            found += [
+                f"{path.relative_to(REPO)}:{i + 1}"
+                for i, line in enumerate(path.read_text().splitlines())
+                if pattern.search(line)
+            ]
     assert not found, found
     from monai_mcx.data.collate import LIST_KEYS
     from monai_mcx.engines import TARGET_KEYS

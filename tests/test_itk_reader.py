@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from test_cxr_io import REAL_DICOM, write_dicom
 
 from monai_mcx.transforms.io import LoadCXR
@@ -61,7 +60,9 @@ def test_itk_matches_pydicom_on_synthetic_non_square_dicom(tmp_path):
 @pytest.mark.shared
 def test_itk_matches_pydicom_on_real_dicom():
     if not REAL_DICOM.is_file():
-        pytest.skip(f"real DICOM not found at {REAL_DICOM} (the shared cxr-real pack; set MCX_SHARED to its parent folder)")
+        pytest.skip(
+            f"real DICOM not found at {REAL_DICOM} (the shared cxr-real pack; set MCX_SHARED to its parent folder)"
+        )
     import pydicom
     from pydicom.pixels import get_decoder
 

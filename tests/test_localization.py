@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.apps.detection.utils.box_selector import BoxSelector
 from monai.data.box_utils import box_iou
+
 from monai_mcx.losses import LocalizationLoss
 from monai_mcx.networks import (
     BoxDecoder,
@@ -138,8 +138,9 @@ def test_decode_nms_removes_duplicate_and_clips():
 def test_decode_empty_batch():
     gen = make_anchor_generator(SHAPES)
     maps = [torch.zeros(0, A, w, h) for w, h in GRIDS]
-    out = BoxDecoder(gen)({"box_cls_logits": maps, "box_regression": [m.repeat(1, 4, 1, 1) for m in maps]},
-                          torch.zeros(0, 1, *IMAGE))
+    out = BoxDecoder(gen)(
+        {"box_cls_logits": maps, "box_regression": [m.repeat(1, 4, 1, 1) for m in maps]}, torch.zeros(0, 1, *IMAGE)
+    )
     assert out == []
 
 
@@ -252,7 +253,9 @@ def test_fit_anchor_shapes_two_clusters():
     shapes = fit_anchor_shapes(boxes, num_anchors=2, feature_map_scales=(1,), seed=0)
     np.testing.assert_allclose(sorted(shapes), [[10, 30], [30, 10]], atol=1.0)
     # with levels: boxes of two aspect ratios at several sizes -> each family covered
-    boxes = [torch.tensor([[0.0, 0.0, 20 * s, 10 * s], [0.0, 0.0, 10 * s, 20 * s]]) for s in (1, 2, 4) for _ in range(5)]
+    boxes = [
+        torch.tensor([[0.0, 0.0, 20 * s, 10 * s], [0.0, 0.0, 10 * s, 20 * s]]) for s in (1, 2, 4) for _ in range(5)
+    ]
     shapes = fit_anchor_shapes(boxes, num_anchors=2, feature_map_scales=(1, 2, 4), seed=0)
     ratios = sorted(w / h for w, h in shapes)
     assert ratios == pytest.approx([0.5, 2.0], rel=0.05)

@@ -75,7 +75,9 @@ def test_encoder_and_each_head_come_from_their_own_file(sources):
 def test_multitask_checkpoint_and_partial_merge(sources):
     target = _net(1)
     before = {k: v.clone() for k, v in target.state_dict().items()}
-    report = merge_multichexnet(target, encoder_from=sources["joint"], heads_from={"segmentation": sources["joint"], "localization": None})
+    report = merge_multichexnet(
+        target, encoder_from=sources["joint"], heads_from={"segmentation": sources["joint"], "localization": None}
+    )
     got, joint = target.state_dict(), read_state_dict(sources["joint"])[0]
     assert _equal(got, joint, "encoder.") and _equal(got, joint, "segmentation_head.")
     assert _equal(got, before, "classification_head.") and _equal(got, before, "localization_head.")

@@ -77,8 +77,11 @@ def test_classification_metrics_match_sklearn():
     out = classification_metrics(torch.tensor(probs), labels, names, threshold=thresholds)
 
     expected_keys = {f"classification/{m}" for m in ("auc", "sensitivity", "specificity", "f1", "ece")}
-    expected_keys |= {f"classification/{m}/{c}" for m in ("auc", "sensitivity", "specificity", "f1", "ece", "threshold")
-                      for c in names}
+    expected_keys |= {
+        f"classification/{m}/{c}"
+        for m in ("auc", "sensitivity", "specificity", "f1", "ece", "threshold")
+        for c in names
+    }
     assert set(out) == expected_keys
     for k, (c, t) in enumerate(zip(names, thresholds)):
         y, pred = labels[:, k], (probs[:, k] >= t).astype(int)
@@ -184,8 +187,13 @@ def test_dice_agrees_with_monai_compute_dice():
     target = rng.random((12, 1, 8, 8)) < rng.random((12, 1, 1, 1)) * 0.5
     pred[:3] = False
     target[:2] = False  # images 0, 1 empty/empty; image 2 empty prediction
-    ref = compute_dice(torch.tensor(pred).float(), torch.tensor(target).float(), include_background=True,
-                       ignore_empty=False).reshape(-1).numpy()
+    ref = (
+        compute_dice(
+            torch.tensor(pred).float(), torch.tensor(target).float(), include_background=True, ignore_empty=False
+        )
+        .reshape(-1)
+        .numpy()
+    )
     np.testing.assert_allclose(dice_per_image(pred, target), ref, atol=1e-6)
 
 
@@ -213,11 +221,21 @@ def _pycoco_ap(preds, truths):
     for i, g in enumerate(truths):
         for b in np.asarray(g, dtype=float).reshape(-1, 4):
             w, h = b[2] - b[0], b[3] - b[1]
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0,
-                         "bbox": [b[0], b[1], w, h], "area": w * h})
-    dets = [{"image_id": i + 1, "category_id": 1, "score": float(s),
-             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
-            for i, p in enumerate(preds) for b, s in zip(np.asarray(p["boxes"], dtype=float), p["scores"])]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                }
+            )
+    dets = [
+        {"image_id": i + 1, "category_id": 1, "score": float(s), "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
+        for i, p in enumerate(preds)
+        for b, s in zip(np.asarray(p["boxes"], dtype=float), p["scores"])
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         gt = pycoco.COCO()
         gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "lesion"}]}
@@ -304,11 +322,23 @@ def test_monai_float32_discrepancies_are_avoided():
     ref = _pycoco_ap(preds, truths)
     expected = (91 * 1.0 + 10 * (10 / 11)) / 101  # recall levels 0..0.90 at precision 1, 0.91..1.0 at 10/11
     assert abs(ref[0] - expected) < 1e-12
-    metric = COCOMetric(classes=["l"], iou_list=(0.5,), iou_range=(0.5, 0.95, 0.05), max_detection=(100,),
-                        per_class=False, verbose=False)
-    res = matching_batch(box_iou_float64, metric.iou_thresholds, [p["boxes"] for p in preds],
-                         [np.zeros(len(p["boxes"]), int) for p in preds], [p["scores"] for p in preds], truths,
-                         [np.zeros(1, int)] * 10)
+    metric = COCOMetric(
+        classes=["l"],
+        iou_list=(0.5,),
+        iou_range=(0.5, 0.95, 0.05),
+        max_detection=(100,),
+        per_class=False,
+        verbose=False,
+    )
+    res = matching_batch(
+        box_iou_float64,
+        metric.iou_thresholds,
+        [p["boxes"] for p in preds],
+        [np.zeros(len(p["boxes"]), int) for p in preds],
+        [p["scores"] for p in preds],
+        truths,
+        [np.zeros(1, int)] * 10,
+    )
     monai_ap50 = metric(res)[0]["AP_IoU_0.50_MaxDet_100"]
     assert monai_ap50 < expected - 1e-4  # MONAI reads precision 10/11 at recall 0.90
     out = coco_map(preds, truths)
@@ -336,12 +366,21 @@ def test_ap_edge_cases():
     assert average_precision(perfect, [torch.tensor(box)]) == pytest.approx(1.0, abs=1e-12)  # 1/(1+eps)
     out = detection_metrics(perfect, [box])
     assert math.isnan(out.pop("localization/boxes_per_negative"))  # no negative image
-    assert out == pytest.approx({"localization/ap50": 1.0, "localization/map": 1.0, "localization/rsna": 1.0,
-                                 "localization/sensitivity50": 1.0}, abs=1e-12)
+    assert out == pytest.approx(
+        {
+            "localization/ap50": 1.0,
+            "localization/map": 1.0,
+            "localization/rsna": 1.0,
+            "localization/sensitivity50": 1.0,
+        },
+        abs=1e-12,
+    )
     # tied scores across and within images: ranking img0 TP, img1 FP, img1 TP
     b2 = np.array([[50.0, 50, 70, 80]])
-    preds = [{"boxes": box, "scores": np.array([0.5])},
-             {"boxes": np.concatenate([np.array([[0.0, 0, 5, 5]]), b2]), "scores": np.array([0.5, 0.5])}]
+    preds = [
+        {"boxes": box, "scores": np.array([0.5])},
+        {"boxes": np.concatenate([np.array([[0.0, 0, 5, 5]]), b2]), "scores": np.array([0.5, 0.5])},
+    ]
     truths = [box, b2]
     expected = (51 * 1.0 + 50 * (2 / 3)) / 101
     assert abs(average_precision(preds, truths) - expected) < 1e-12
@@ -426,8 +465,13 @@ def _brute_force_box_threshold(preds, truths):
     scores = sorted({float(s) for p in preds for s in np.asarray(p["scores"]).reshape(-1)}, reverse=True)
     best_t, best = None, -1.0
     for t in [1.0, *scores]:  # 1.0: no box at all (the scores drawn here are < 1)
-        kept = [{"boxes": np.asarray(p["boxes"]).reshape(-1, 4)[np.asarray(p["scores"]) >= t],
-                 "scores": np.asarray(p["scores"])[np.asarray(p["scores"]) >= t]} for p in preds]
+        kept = [
+            {
+                "boxes": np.asarray(p["boxes"]).reshape(-1, 4)[np.asarray(p["scores"]) >= t],
+                "scores": np.asarray(p["scores"])[np.asarray(p["scores"]) >= t],
+            }
+            for p in preds
+        ]
         v = rsna_metric(kept, truths)
         v = -1.0 if math.isnan(v) else v
         if v > best + 1e-12:  # strictly better only: the highest threshold wins ties
@@ -459,9 +503,18 @@ def test_choose_box_threshold_matches_brute_force(seed):
         return
     assert v == pytest.approx(bv, abs=1e-12)
     assert t == pytest.approx(bt, abs=0)
-    kept = [{"boxes": np.asarray(p["boxes"])[np.asarray(p["scores"]) >= t], "scores": np.asarray(p["scores"])[np.asarray(p["scores"]) >= t]}
-            for p in preds]
-    assert rsna_metric(kept, truths) == pytest.approx(v, abs=1e-12) if sum(len(k["boxes"]) for k in kept) or sum(map(len, truths)) else True
+    kept = [
+        {
+            "boxes": np.asarray(p["boxes"])[np.asarray(p["scores"]) >= t],
+            "scores": np.asarray(p["scores"])[np.asarray(p["scores"]) >= t],
+        }
+        for p in preds
+    ]
+    assert (
+        rsna_metric(kept, truths) == pytest.approx(v, abs=1e-12)
+        if sum(len(k["boxes"]) for k in kept) or sum(map(len, truths))
+        else True
+    )
 
 
 def test_choose_box_threshold_drops_false_positives():
@@ -469,8 +522,10 @@ def test_choose_box_threshold_drops_false_positives():
 
     truth = np.array([[10.0, 10, 30, 30]])
     # one good box (0.8), then a false positive at 0.6 and one on a negative image at 0.7
-    preds = [{"boxes": np.array([[10.0, 10, 30, 30], [40, 40, 50, 50]]), "scores": np.array([0.8, 0.6])},
-             {"boxes": np.array([[5.0, 5, 15, 15]]), "scores": np.array([0.7])}]
+    preds = [
+        {"boxes": np.array([[10.0, 10, 30, 30], [40, 40, 50, 50]]), "scores": np.array([0.8, 0.6])},
+        {"boxes": np.array([[5.0, 5, 15, 15]]), "scores": np.array([0.7])},
+    ]
     truths = [truth, np.zeros((0, 4))]
     t, v = choose_box_threshold(preds, truths)
     assert t == 0.8 and v == pytest.approx(1.0)
@@ -484,9 +539,14 @@ def test_operating_point_metrics_hand_computed():
     from monai_mcx.metrics import operating_point_metrics
 
     truths = [np.array([[0.0, 0, 10, 10], [20, 20, 30, 30]]), np.zeros((0, 4)), np.zeros((0, 4))]
-    preds = [{"boxes": np.array([[0.0, 0, 10, 10], [21, 21, 31, 31], [50, 50, 60, 60]]), "scores": np.array([0.9, 0.4, 0.2])},
-             {"boxes": np.array([[0.0, 0, 5, 5], [1, 1, 6, 6]]), "scores": np.array([0.5, 0.1])},
-             {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)}]
+    preds = [
+        {
+            "boxes": np.array([[0.0, 0, 10, 10], [21, 21, 31, 31], [50, 50, 60, 60]]),
+            "scores": np.array([0.9, 0.4, 0.2]),
+        },
+        {"boxes": np.array([[0.0, 0, 5, 5], [1, 1, 6, 6]]), "scores": np.array([0.5, 0.1])},
+        {"boxes": np.zeros((0, 4)), "scores": np.zeros(0)},
+    ]
     # IoU([21,21,31,31], [20,20,30,30]) = 81 / 119 = 0.68 >= 0.5
     m = operating_point_metrics(preds, truths, 0.3)
     assert m["localization/sensitivity50"] == 1.0

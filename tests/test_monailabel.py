@@ -57,8 +57,13 @@ DICOM_ID, DICOM_SHAPE = "cxr_dicom", (80, 66)
 NOT_RUN = "NOT RUN: MONAI Label server end-to-end test:"
 
 NETWORK_ERRORS = (
-    "Could not find a version", "No matching distribution", "Failed to establish a new connection",
-    "Temporary failure in name resolution", "Network is unreachable", "ConnectTimeout", "ReadTimeoutError",
+    "Could not find a version",
+    "No matching distribution",
+    "Failed to establish a new connection",
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "ConnectTimeout",
+    "ReadTimeoutError",
 )
 
 
@@ -68,8 +73,13 @@ NETWORK_ERRORS = (
 def ml_python() -> Path:
     """The MONAI Label venv's python; built by scripts/setup_monailabel.sh (a no-op when up to date)."""
     t0 = time.time()
-    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, timeout=3600,
-                          env={**os.environ, "MCX_MONAILABEL_VENV": str(VENV)})
+    proc = subprocess.run(
+        ["bash", str(SETUP)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env={**os.environ, "MCX_MONAILABEL_VENV": str(VENV)},
+    )
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         tail = "\n".join(log.splitlines()[-25:])
@@ -90,9 +100,13 @@ def _build_network():
 
     from monai_mcx.artifact import ModelDescription
 
-    desc = ModelDescription(class_names=["pneumonia"], tasks=["classification", "segmentation", "localization"],
-                            encoder=OVERRIDES["encoder"], spatial_size=OVERRIDES["spatial_size"],
-                            base_anchor_shapes=OVERRIDES["base_anchor_shapes"])
+    desc = ModelDescription(
+        class_names=["pneumonia"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder=OVERRIDES["encoder"],
+        spatial_size=OVERRIDES["spatial_size"],
+        base_anchor_shapes=OVERRIDES["base_anchor_shapes"],
+    )
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundle" / "configs" / "inference.json"))
     parser["bundle_root"] = str(REPO / "bundle")
@@ -167,16 +181,35 @@ def server(ml_python, setup_dirs):
         "PYTHONUNBUFFERED": "1",
     }
     cmd = [
-        str(ml_python), "-m", "monailabel.main", "start_server",
-        "--app", str(d["app"]), "--studies", str(d["studies"]),
-        "--conf", "bundle", str(d["bundle"]),
-        "--conf", "overrides", json.dumps(OVERRIDES),
-        "--conf", "zoo_source", "github", "--conf", "sam2", "false",
-        "--host", "127.0.0.1", "--port", str(port),
+        str(ml_python),
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(d["app"]),
+        "--studies",
+        str(d["studies"]),
+        "--conf",
+        "bundle",
+        str(d["bundle"]),
+        "--conf",
+        "overrides",
+        json.dumps(OVERRIDES),
+        "--conf",
+        "zoo_source",
+        "github",
+        "--conf",
+        "sam2",
+        "false",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=d["scratch"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=d["scratch"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         t0 = time.time()
@@ -235,8 +268,9 @@ def _parse_multipart(body: bytes, content_type: str) -> dict:
     from email.policy import HTTP
 
     msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
-            for part in msg.iter_parts()}
+    return {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True) for part in msg.iter_parts()
+    }
 
 
 def _infer(base: str, image_id: str, **params):
@@ -244,8 +278,9 @@ def _infer(base: str, image_id: str, **params):
     from urllib.parse import quote
 
     body, ctype = _multipart({"params": json.dumps(params)})
-    status, headers, content = _request("POST", f"{base}/infer/{MODEL}?image={quote(image_id)}", body,
-                                        {"Content-Type": ctype})
+    status, headers, content = _request(
+        "POST", f"{base}/infer/{MODEL}?image={quote(image_id)}", body, {"Content-Type": ctype}
+    )
     if status != 200:
         return status, content.decode(errors="replace"), None
     ctype = headers.get("content-type") or headers.get("Content-Type")
@@ -317,7 +352,11 @@ def test_infer_mask_and_json(server, image_id):
     probs = result["class_probabilities"]
     assert set(probs) == {"pneumonia"} and all(0.0 <= p <= 1.0 for p in probs.values())
     gate = result["gate"]
-    assert gate["positive"] is True and gate["thresholds"] == {"pneumonia": 0.5} and gate["rule"] == "any_class_at_threshold"
+    assert (
+        gate["positive"] is True
+        and gate["thresholds"] == {"pneumonia": 0.5}
+        and gate["rule"] == "any_class_at_threshold"
+    )
     assert isinstance(result["boxes"], list) and result["boxes"] == result["boxes_ungated"]
     assert result["boxes"], "a random localization head with score_thresh 0.05 gives boxes"
     for b in result["boxes"]:
@@ -372,10 +411,22 @@ def test_train_one_epoch_publishes_weights(server):
     model_pt = server["bundle"] / "models" / "model.pt"
     before = model_pt.read_bytes()
     t0 = time.time()
-    req = {"max_epochs": 1, "val_split": 0.0, "train_batch_size": 2, "learning_rate": 0.05,
-           "dataset": "Dataset", "dataloader": "DataLoader", "device": "cpu"}
-    status, _, body = _request("POST", f"{server['base']}/train/{MODEL}?run_sync=true", json.dumps(req).encode(),
-                               {"Content-Type": "application/json"}, timeout=600)
+    req = {
+        "max_epochs": 1,
+        "val_split": 0.0,
+        "train_batch_size": 2,
+        "learning_rate": 0.05,
+        "dataset": "Dataset",
+        "dataloader": "DataLoader",
+        "device": "cpu",
+    }
+    status, _, body = _request(
+        "POST",
+        f"{server['base']}/train/{MODEL}?run_sync=true",
+        json.dumps(req).encode(),
+        {"Content-Type": "application/json"},
+        timeout=600,
+    )
     text = body.decode(errors="replace")
     assert status == 200, f"{status} {text[:2000]}\n{server['log'].read_text()[-4000:]}"
     print(f"[monailabel train] 1 epoch on 2 pairs: {time.time() - t0:.1f} s; {text[:300]}")
@@ -410,17 +461,29 @@ def test_offline_skip_is_reported_and_can_be_required(tmp_path):
     empty = tmp_path / "no_wheels"
     empty.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "MCX_REQUIRE"))}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(empty), PIP_RETRIES="0",
-               MCX_MONAILABEL_VENV=str(tmp_path / "venv"), PYTHONUNBUFFERED="1")
+    env.update(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_NO_INDEX="1",
+        PIP_FIND_LINKS=str(empty),
+        PIP_RETRIES="0",
+        MCX_MONAILABEL_VENV=str(tmp_path / "venv"),
+        PYTHONUNBUFFERED="1",
+    )
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", f"{Path(__file__).name}::test_info"]
     offline = subprocess.run(cmd, cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=600)
     out = offline.stdout
     assert offline.returncode == 0, out[-3000:] + offline.stderr[-2000:]
     assert "1 skipped" in out and "SKIPPED" in out, out[-3000:]  # -rs: in pytest's short summary
-    banner = out[out.index("TESTS NOT RUN"):]  # and the banner after it, at the very end
+    banner = out[out.index("TESTS NOT RUN") :]  # and the banner after it, at the very end
     assert f"1 skipped: {NOT_RUN}" in banner and "test_monailabel.py::test_info" in banner, out[-3000:]
     assert " -rs " in (REPO / "scripts" / "run_tests.sh").read_text(), "the suite's command lists skips"
-    required = subprocess.run(cmd, cwd=Path(__file__).parent, env={**env, "MCX_REQUIRE_MONAILABEL": "1"},
-                              capture_output=True, text=True, timeout=600)
+    required = subprocess.run(
+        cmd,
+        cwd=Path(__file__).parent,
+        env={**env, "MCX_REQUIRE_MONAILABEL": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert required.returncode == 1 and "1 error" in required.stdout, required.stdout[-3000:]
     assert "MCX_REQUIRE_MONAILABEL is set" in required.stdout, required.stdout[-3000:]

@@ -27,9 +27,15 @@ def _described(tmp_path):
     from monai_mcx.artifact import ModelDescription, save_description
     from monai_mcx.networks.weights import state_dict_sha256
 
-    desc = ModelDescription(class_names=["pneumonia"], tasks=["classification", "segmentation", "localization"],
-                            encoder="densenet-tiny", spatial_size=[64, 64], base_anchor_shapes=ANCHORS,
-                            class_thresholds={"pneumonia": 0.37}, box_score_threshold=0.42)
+    desc = ModelDescription(
+        class_names=["pneumonia"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder="densenet-tiny",
+        spatial_size=[64, 64],
+        base_anchor_shapes=ANCHORS,
+        class_thresholds={"pneumonia": 0.37},
+        box_score_threshold=0.42,
+    )
     torch.manual_seed(0)
     net = desc.build_network()
     path = tmp_path / "model.pt"

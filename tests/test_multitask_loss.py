@@ -18,7 +18,9 @@ class RecordingLocLoss(nn.Module):
         self.calls = []
 
     def forward(self, cls_maps, reg_maps, images, boxes):
-        self.calls.append({"n": images.shape[0], "boxes": [b.clone() for b in boxes], "cls0": cls_maps[0].detach().clone()})
+        self.calls.append(
+            {"n": images.shape[0], "boxes": [b.clone() for b in boxes], "cls0": cls_maps[0].detach().clone()}
+        )
         return {"cls": cls_maps[0].float().mean() * 0 + 0.5, "box": reg_maps[0].float().mean() * 0 + 0.25}
 
 
@@ -39,7 +41,12 @@ def make_batch(B=4, K=2, W=16, H=12):
         "has_label": torch.tensor([1.0, 1.0, 0.0, 0.0])[:B],
         "mask": mask,
         "has_mask": torch.tensor([1.0, 1.0, 1.0, 0.0])[:B],
-        "boxes": [torch.tensor([[1.0, 1.0, 5.0, 6.0]]), torch.zeros(0, 4), torch.tensor([[2.0, 2.0, 4.0, 4.0]]), torch.zeros(0, 4)][:B],
+        "boxes": [
+            torch.tensor([[1.0, 1.0, 5.0, 6.0]]),
+            torch.zeros(0, 4),
+            torch.tensor([[2.0, 2.0, 4.0, 4.0]]),
+            torch.zeros(0, 4),
+        ][:B],
         "has_boxes": torch.tensor([1.0, 1.0, 0.0, 1.0])[:B],
         # sample 0 positive (label), 1 negative (label), 2 positive (mask), 3 unknown -> not positive
         "positive": torch.tensor([1.0, 0.0, 1.0, 0.0])[:B],
@@ -94,7 +101,9 @@ def test_balanced_mode_keeps_positives_and_a_fraction_of_negatives():
     available = torch.ones(2000)
     positive = torch.zeros(2000)
     positive[:100] = 1
-    idx = select_samples(available, positive, "balanced", negative_fraction=0.25, generator=torch.Generator().manual_seed(0))
+    idx = select_samples(
+        available, positive, "balanced", negative_fraction=0.25, generator=torch.Generator().manual_seed(0)
+    )
     assert set(range(100)) <= set(idx.tolist())
     n_neg = int((idx >= 100).sum())
     assert 0.2 * 1900 < n_neg < 0.3 * 1900
@@ -142,4 +151,6 @@ def test_subset_outputs_and_bad_mode():
     with pytest.raises(ValueError, match="teacher_forcing"):
         MultiCheXNetLoss(teacher_forcing="sometimes")
     with pytest.raises(ValueError, match="localization_loss"):
-        MultiCheXNetLoss()({"box_cls_logits": outputs["box_cls_logits"], "box_regression": outputs["box_regression"]}, targets)
+        MultiCheXNetLoss()(
+            {"box_cls_logits": outputs["box_cls_logits"], "box_regression": outputs["box_regression"]}, targets
+        )

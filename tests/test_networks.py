@@ -7,9 +7,9 @@ import types
 
 import pytest
 import torch
+from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai_mcx.networks import (
     ENCODER_NAMES,
     LocalizationHead,

@@ -52,7 +52,10 @@ def test_torchvision_imagenet_layout(tmp_path, torchvision_densenet, old):
     for ours, theirs in [
         ("features.denseblock1.denselayer1.layers.norm1.weight", "features.denseblock1.denselayer1.norm1.weight"),
         ("features.denseblock3.denselayer24.layers.conv2.weight", "features.denseblock3.denselayer24.conv2.weight"),
-        ("features.denseblock4.denselayer16.layers.norm2.running_var", "features.denseblock4.denselayer16.norm2.running_var"),
+        (
+            "features.denseblock4.denselayer16.layers.norm2.running_var",
+            "features.denseblock4.denselayer16.norm2.running_var",
+        ),
         ("features.transition2.conv.weight", "features.transition2.conv.weight"),
         ("features.norm5.running_mean", "features.norm5.running_mean"),
     ]:
@@ -88,7 +91,10 @@ def test_torchxrayvision_layout_into_multichexnet(tmp_path, torchvision_densenet
     init_network(net, pretrained_encoder=str(path))
     got = net.state_dict()
     assert torch.equal(got["encoder.features.conv0.weight"], sd["features.conv0.weight"])  # 1 channel: as is
-    assert torch.equal(got["encoder.features.denseblock2.denselayer7.layers.conv1.weight"], sd["features.denseblock2.denselayer7.conv1.weight"])
+    assert torch.equal(
+        got["encoder.features.denseblock2.denselayer7.layers.conv1.weight"],
+        sd["features.denseblock2.denselayer7.conv1.weight"],
+    )
     assert torch.equal(got["encoder.features.norm5.weight"], sd["features.norm5.weight"])
     assert all(torch.equal(v, net.classification_head.state_dict()[k]) for k, v in head_before.items())
     assert detect_layout(sd) == "torchxrayvision"
@@ -115,7 +121,9 @@ def test_monai_and_multichexnet_layouts_load_as_is(tmp_path):
     assert set(converted) == set(src.encoder.state_dict()) and all(k.startswith("segmentation_head.") for k in dropped)
     path = tmp_path / "mcx.pt"
     torch.save(src.state_dict(), path)
-    enc = DenseNetEncoder(in_channels=1, **{"init_features": 16, "growth_rate": 8, "block_config": (2, 2, 2, 2), "bn_size": 2})
+    enc = DenseNetEncoder(
+        in_channels=1, **{"init_features": 16, "growth_rate": 8, "block_config": (2, 2, 2, 2), "bn_size": 2}
+    )
     assert load_pretrained_encoder(enc, path).layout == "multichexnet"
     assert all(torch.equal(v, src.encoder.state_dict()[k]) for k, v in enc.state_dict().items())
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.public import (
-    COVIDLungs,
     ClassMap,
+    COVIDLungs,
     KermanyPneumonia,
     NIHChestXray14,
     QUViralLungs,
@@ -196,16 +196,22 @@ def test_rsna_synthetic_boxes_and_findings(tmp_path):
     assert items["rsna:a"]["findings"] == ["No Lung Opacity / Not Normal"]
     assert items["rsna:c"]["findings"] == ["Normal"] and items["rsna:b"]["label"] == [1.0]
     # "Not Normal" is usable as a class
-    cm = ClassMap(["opacity", "abnormal"], {"rsna": {"Lung Opacity": ["opacity", "abnormal"],
-                                                     "No Lung Opacity / Not Normal": "abnormal"}})
+    cm = ClassMap(
+        ["opacity", "abnormal"],
+        {"rsna": {"Lung Opacity": ["opacity", "abnormal"], "No Lung Opacity / Not Normal": "abnormal"}},
+    )
     items = {it["patient"]: it for it in RSNAPneumonia(tmp_path / "rsna", class_map=cm).load()}
     assert items["rsna:a"]["label"] == [0.0, 1.0] and items["rsna:c"]["label"] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize(
     "row, problem",
-    [("b,10,20,-5,40,1", "x2 <= x1"), ("b,1000,20,30,40,1", "outside"), ("b,10,20,30,40,2", "Target must be 0 or 1"),
-     ("b,x,20,30,40,1", "numeric")],
+    [
+        ("b,10,20,-5,40,1", "x2 <= x1"),
+        ("b,1000,20,30,40,1", "outside"),
+        ("b,10,20,30,40,2", "Target must be 0 or 1"),
+        ("b,x,20,30,40,1", "numeric"),
+    ],
 )
 def test_rsna_bad_rows_named(tmp_path, row, problem):
     root = _rsna(tmp_path, "patientId,x,y,width,height,Target\na,,,,,0\n" + row + "\n")
@@ -257,7 +263,9 @@ def test_siim_synthetic_nested_dicoms_or_masks(tmp_path):
     m1[1:3, 0] = 1
     m2 = np.zeros((8, 6), np.uint8)
     m2[4:7, 4] = 1
-    (root / "train-rle.csv").write_text(f"ImageId, EncodedPixels\n1.2.3.1,{rle_encode(m1)}\n1.2.3.2,-1\n1.2.3.1,{rle_encode(m2)}\n")
+    (root / "train-rle.csv").write_text(
+        f"ImageId, EncodedPixels\n1.2.3.1,{rle_encode(m1)}\n1.2.3.2,-1\n1.2.3.1,{rle_encode(m2)}\n"
+    )
     ds = SIIMPneumothorax(root, image_size=(6, 8), mask_dir=tmp_path / "cache")
     items = {it["image"].split("/")[-1]: it for it in ds.load()}
     pos, neg = items["1.2.3.1.dcm"], items["1.2.3.2.dcm"]
@@ -276,11 +284,15 @@ def test_nih_synthetic(tmp_path):
     (root / "images_001" / "images").mkdir(parents=True)
     for n in ("00000001_000.png", "00000002_000.png"):
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "images_001" / "images" / n)
-    _write_csv(root / "Data_Entry_2017.csv.zip",
-               "Image Index,Finding Labels,Follow-up #,Patient ID\n00000001_000.png,Pneumonia|Effusion,0,1\n"
-               "00000002_000.png,No Finding,0,2\n")
-    (root / "BBox_List_2017.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Pneumonia,10,20,30,40\n"
-                                             "00000001_000.png,Effusion,1,2,3,4\n")
+    _write_csv(
+        root / "Data_Entry_2017.csv.zip",
+        "Image Index,Finding Labels,Follow-up #,Patient ID\n00000001_000.png,Pneumonia|Effusion,0,1\n"
+        "00000002_000.png,No Finding,0,2\n",
+    )
+    (root / "BBox_List_2017.csv").write_text(
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Pneumonia,10,20,30,40\n"
+        "00000001_000.png,Effusion,1,2,3,4\n"
+    )
     (root / "test_list.txt").write_text("00000002_000.png\n")
     items = {it["patient"]: it for it in NIHChestXray14(root).load()}
     assert items["nih:1"]["label"] == [1.0] and items["nih:1"]["boxes"] == [[10.0, 20.0, 40.0, 60.0]]
@@ -304,17 +316,23 @@ def test_class_map_unknown_class_named(tmp_path):
 
 
 def test_split_by_patient_deterministic_and_leak_free():
-    items = [{"image": f"{i}.png", "patient": f"p{i // 3}", "source": "s" if i % 2 else "t", "label": [float(i % 5 == 0)]}
-             for i in range(300)]
+    items = [
+        {"image": f"{i}.png", "patient": f"p{i // 3}", "source": "s" if i % 2 else "t", "label": [float(i % 5 == 0)]}
+        for i in range(300)
+    ]
     a = split_by_patient(items, 0.2, 0.1, seed=3)
     b = split_by_patient(items, 0.2, 0.1, seed=3)
     assert a == b and sum(len(v) for v in a.values()) == 300
     check_patient_splits(a)
     pats = {k: {it["patient"] for it in v} for k, v in a.items()}
-    assert not (pats["training"] & pats["validation"] or pats["training"] & pats["test"] or pats["validation"] & pats["test"])
+    assert not (
+        pats["training"] & pats["validation"] or pats["training"] & pats["test"] or pats["validation"] & pats["test"]
+    )
     assert 0.05 < len(pats["test"]) / 100 < 0.2 and 0.1 < len(pats["validation"]) / 100 < 0.3
     bad = {"training": [{"patient": "p7", "image": "a.png"}], "validation": [{"patient": "p7", "image": "b.png"}]}
-    with pytest.raises(DataError, match=r"dl.json: patient 'p7' is in both 'training' \(a.png\) and 'validation' \(b.png\)"):
+    with pytest.raises(
+        DataError, match=r"dl.json: patient 'p7' is in both 'training' \(a.png\) and 'validation' \(b.png\)"
+    ):
         check_patient_splits(bad, file="dl.json")
 
 
@@ -323,8 +341,10 @@ def test_split_by_patient_deterministic_and_leak_free():
 
 def _kermany(tmp_path):
     root = tmp_path / "chest_xray" / "train"
-    for d, names in (("NORMAL", ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"]),
-                     ("PNEUMONIA", ["person1_bacteria_1.jpeg", "person1_virus_2.jpeg", "person2_virus_3.jpeg"])):
+    for d, names in (
+        ("NORMAL", ["IM-0001-0001.jpeg", "IM-0002-0001.jpeg"]),
+        ("PNEUMONIA", ["person1_bacteria_1.jpeg", "person1_virus_2.jpeg", "person2_virus_3.jpeg"]),
+    ):
         (root / d).mkdir(parents=True)
         for n in names:
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / d / n)
@@ -342,8 +362,28 @@ def test_prepare_data_end_to_end(tmp_path, capsys):
     out = tmp_path / "out" / "datalist.json"
     with pytest.raises(DataError, match="badname.jpeg"):
         prep.main(["--kermany", str(kroot), "--output", str(out), "--quiet"])
-    assert prep.main(["--kermany", str(kroot), "--rsna", str(rsna), "--output", str(out), "--quiet",
-                      "--on-error", "skip", "--val-fraction", "0.3", "--test-fraction", "0.3", "--seed", "1"]) == 0
+    assert (
+        prep.main(
+            [
+                "--kermany",
+                str(kroot),
+                "--rsna",
+                str(rsna),
+                "--output",
+                str(out),
+                "--quiet",
+                "--on-error",
+                "skip",
+                "--val-fraction",
+                "0.3",
+                "--test-fraction",
+                "0.3",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "kermany" in text and "rsna" in text and "+pneumonia" in text
     dl = json.loads(out.read_text())

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
+from test_public_data import _load_prepare
 
 from conftest import CONFIGS, SHARED, bundle_overrides
-from test_public_data import _load_prepare
 
 pytestmark = [pytest.mark.shared, pytest.mark.slow]
 
@@ -25,8 +25,22 @@ def test_prepared_real_datalist_trains_with_train_json(tmp_path, capsys):
     # the datalist lives OUTSIDE dataset_dir: image paths are relative to the datalist's own folder
     out = tmp_path / "lists" / "datalist.json"
     prep = _load_prepare()
-    assert prep.main(["--kermany", str(REAL / "kermany"), "--covid-lungs", str(REAL / "covid_lungs"),
-                      "--qu-viral-lungs", str(REAL / "qu_viral_lungs"), "--output", str(out), "--quiet"]) == 0
+    assert (
+        prep.main(
+            [
+                "--kermany",
+                str(REAL / "kermany"),
+                "--covid-lungs",
+                str(REAL / "covid_lungs"),
+                "--qu-viral-lungs",
+                str(REAL / "qu_viral_lungs"),
+                "--output",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = capsys.readouterr().out
     dl = json.loads(out.read_text())
     assert dl["class_names"] == ["pneumonia"]
@@ -48,8 +62,13 @@ def test_prepared_real_datalist_trains_with_train_json(tmp_path, capsys):
 
     root = tmp_path / "run"
     overrides = bundle_overrides(root, dataset_dir=str(REAL), datalist_file=str(out), max_items=n, epochs=1)
-    wf = ConfigWorkflow(workflow_type="train", config_file=str(CONFIGS / "train.json"),
-                        meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"), **overrides)
+    wf = ConfigWorkflow(
+        workflow_type="train",
+        config_file=str(CONFIGS / "train.json"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        **overrides,
+    )
     wf.initialize()
     wf.run()
     trainer = wf.parser.get_parsed_content("train#trainer")

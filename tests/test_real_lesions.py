@@ -50,12 +50,23 @@ def _png(path: Path, arr) -> None:
 
 def test_kermany_normals_of_one_study_are_one_patient(tmp_path):
     root = tmp_path / "train"
-    names = ["IM-0429-0001.jpeg", "IM-0429-0001-0001.jpeg", "IM-0429-0001-0002.jpeg", "IM-0430-0001.jpeg",
-             "NORMAL2-IM-0429-0001.jpeg", "odd_name.jpeg"]
+    names = [
+        "IM-0429-0001.jpeg",
+        "IM-0429-0001-0001.jpeg",
+        "IM-0429-0001-0002.jpeg",
+        "IM-0430-0001.jpeg",
+        "NORMAL2-IM-0429-0001.jpeg",
+        "odd_name.jpeg",
+    ]
     for n in names:
         _png(root / "NORMAL" / n, np.zeros((8, 8)))
     pats = {Path(it["image"]).name: it["patient"] for it in KermanyPneumonia(tmp_path).load()}
-    assert pats["IM-0429-0001.jpeg"] == pats["IM-0429-0001-0001.jpeg"] == pats["IM-0429-0001-0002.jpeg"] == "kermany:IM-0429"
+    assert (
+        pats["IM-0429-0001.jpeg"]
+        == pats["IM-0429-0001-0001.jpeg"]
+        == pats["IM-0429-0001-0002.jpeg"]
+        == "kermany:IM-0429"
+    )
     assert pats["IM-0430-0001.jpeg"] == "kermany:IM-0430"
     assert pats["NORMAL2-IM-0429-0001.jpeg"] == "kermany:NORMAL2-IM-0429"  # a separate numbering
     assert pats["odd_name.jpeg"] == "kermany:odd_name"
@@ -66,13 +77,22 @@ def _covid_pair(tmp_path):
     with open(_mk(lungs / "labels.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "finding", "patient", "patient_group"])
-        w.writerows([["a.png", "COVID-19", "78", "201+78"], ["b.png", "COVID-19", "201", "201+78"],
-                     ["c.png", "COVID-19", "5", "5"]])
+        w.writerows(
+            [
+                ["a.png", "COVID-19", "78", "201+78"],
+                ["b.png", "COVID-19", "201", "201+78"],
+                ["c.png", "COVID-19", "5", "5"],
+            ]
+        )
     for n in "abc":
         _png(lungs / "images" / f"{n}.png", np.zeros((8, 8)))
     les = tmp_path / "covid_lesions"
-    rows = [["a.png", "COVID-19", "78"], ["d.png", "Pneumocystis", "9"], ["e.png", "COVID-19, ARDS", "5"],
-            ["f.png", "No Finding", "10"]]
+    rows = [
+        ["a.png", "COVID-19", "78"],
+        ["d.png", "Pneumocystis", "9"],
+        ["e.png", "COVID-19, ARDS", "5"],
+        ["f.png", "No Finding", "10"],
+    ]
     with open(_mk(les / "labels.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "finding", "view", "patient"])
@@ -99,8 +119,10 @@ def test_covid_lesions_adapter(tmp_path):
     assert [items[n]["label"] for n in "adef" for n in [f"{n}.png"]] == [[1.0], [1.0], [1.0], [0.0]]
     assert items["e.png"]["findings"] == ["COVID-19", "ARDS"] and items["e.png"]["info"]["covid"] == 1
     assert items["d.png"]["info"]["covid"] == 0
-    assert all(Path(it["mask"]).parent.name == "masks" and it["info"]["mask_kind"] == "lesion" and it["boxes"] is None
-               for it in items.values())
+    assert all(
+        Path(it["mask"]).parent.name == "masks" and it["info"]["mask_kind"] == "lesion" and it["boxes"] is None
+        for it in items.values()
+    )
     lung_items = COVIDLesions(les, lung_annotations=True).load()
     assert all(Path(it["mask"]).parent.name == "lungs" and it["info"]["mask_kind"] == "lung" for it in lung_items)
     # the covid_lungs adapter names the same patient alike
@@ -121,8 +143,26 @@ def test_prepare_data_covid_lesions_share_patients_with_covid_lungs(tmp_path):
     lungs, les = _covid_pair(tmp_path)
     out = tmp_path / "dl" / "datalist.json"
     for seed in range(6):
-        assert _prepare().main(["--covid-lungs", str(lungs), "--covid-lesions", str(les), "--output", str(out),
-                                "--quiet", "--val-fraction", "0.4", "--test-fraction", "0.2", "--seed", str(seed)]) == 0
+        assert (
+            _prepare().main(
+                [
+                    "--covid-lungs",
+                    str(lungs),
+                    "--covid-lesions",
+                    str(les),
+                    "--output",
+                    str(out),
+                    "--quiet",
+                    "--val-fraction",
+                    "0.4",
+                    "--test-fraction",
+                    "0.2",
+                    "--seed",
+                    str(seed),
+                ]
+            )
+            == 0
+        )
         dl = json.loads(out.read_text())
         check_patient_splits(dl)
         where = defaultdict(set)
@@ -163,7 +203,7 @@ def test_rotate_with_boxes_matches_rotated_mask():
         mask = torch.zeros(1, 64, 48)
         boxes = torch.tensor([[10.0, 5.0, 20.0, 30.0], [40.0, 20.0, 60.0, 44.0]])
         for b in boxes.int().tolist():
-            mask[0, b[0]:b[2], b[1]:b[3]] = 1
+            mask[0, b[0] : b[2], b[1] : b[3]] = 1
         d = t({"image": mask.clone(), "mask": mask.clone(), "boxes": boxes, "box_labels": torch.tensor([1, 1])})
         assert abs(t._angle) > 0.1
         assert d["image"].shape == (1, 64, 48) and d["boxes"].shape == (2, 4) and d["box_labels"].shape == (2,)
@@ -180,7 +220,9 @@ def test_rotate_with_boxes_matches_rotated_mask():
 def test_train_real_config_merges_over_train():
     from monai.bundle import ConfigParser
 
-    cfg = ConfigParser.load_config_files([str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/train_real.json")])
+    cfg = ConfigParser.load_config_files(
+        [str(ROOT / "bundle/configs/train.json"), str(ROOT / "bundle/configs/train_real.json")]
+    )
     assert cfg["run_name"] == "real" and "runs/" in cfg["ckpt_dir"] and "runs/" in cfg["output_dir"]
     assert "trainer" in cfg["train"] and cfg["train"]["sampler"]["_target_"].endswith("SourceWeightedSampler")
     base = [t["_target_"] for t in cfg["preprocessing_base"]]
@@ -216,7 +258,9 @@ def test_rsna_real_pack():
 @pytest.mark.shared
 def test_covid_lesions_real_pack():
     root = need(LESIONS / "covid_lesions")
-    items = COVIDLesions(root, covid_lungs_root=REAL / "covid_lungs" if (REAL / "covid_lungs").is_dir() else None).load()
+    items = COVIDLesions(
+        root, covid_lungs_root=REAL / "covid_lungs" if (REAL / "covid_lungs").is_dir() else None
+    ).load()
     assert len(items) == 55 and all(it["label"] == [1.0] for it in items)
     assert sum(it["info"]["covid"] for it in items) == 37
     with_lesion = 0
@@ -232,8 +276,23 @@ def test_patient_split_through_adapters_real(tmp_path):
     """#13 item 16: images of one patient land in one split, through the adapters and prepare_data.py."""
     kermany, lungs, les = need(REAL / "kermany"), need(REAL / "covid_lungs"), need(LESIONS / "covid_lesions")
     out = tmp_path / "datalist.json"
-    assert _prepare().main(["--kermany", str(kermany), "--covid-lungs", str(lungs), "--covid-lesions", str(les),
-                            "--output", str(out), "--quiet", "--no-check-files"]) == 0
+    assert (
+        _prepare().main(
+            [
+                "--kermany",
+                str(kermany),
+                "--covid-lungs",
+                str(lungs),
+                "--covid-lesions",
+                str(les),
+                "--output",
+                str(out),
+                "--quiet",
+                "--no-check-files",
+            ]
+        )
+        == 0
+    )
     dl = json.loads(out.read_text())
     split_of = {}
     for s in ("training", "validation", "test"):
@@ -256,6 +315,7 @@ def test_patient_split_through_adapters_real(tmp_path):
             for row in csv.DictReader(f):
                 raw[row["patient"]].add(split_of[(src, row["image"])])
     shared_patients = {r["patient"] for r in csv.DictReader(open(les / "labels.csv"))} & {
-        r["patient"] for r in csv.DictReader(open(lungs / "labels.csv"))}
+        r["patient"] for r in csv.DictReader(open(lungs / "labels.csv"))
+    }
     assert len(shared_patients) >= 20
     assert all(len(raw[p]) == 1 for p in raw), {p: v for p, v in raw.items() if len(v) > 1}

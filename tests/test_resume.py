@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CONFIGS, REPO, bundle_overrides
-
 from monai_mcx.engines.checkpoint import CheckpointError, LastCheckpoint, load_checkpoint, save_checkpoint
+
+from conftest import CONFIGS, REPO, bundle_overrides
 
 
 def _flags(overrides: dict) -> list[str]:
@@ -28,8 +28,19 @@ def _flags(overrides: dict) -> list[str]:
 
 
 def _train_cmd(overrides: dict) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json"),
-            "--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf"), *_flags(overrides)]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "train.json"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        *_flags(overrides),
+    ]
 
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -53,11 +64,21 @@ def runs(tmp_path_factory, demo_datalist):
     """Two uninterrupted deterministic runs (A, B) and one run killed after its first "last" checkpoint (C),
     started together; then C resumed with ``--resume true``."""
     base = tmp_path_factory.mktemp("resume")
-    extra = dict(dataset_dir=str(demo_datalist.parent), deterministic=True, ckpt_interval_iters=2, epochs=2, max_items=24)
+    extra = dict(
+        dataset_dir=str(demo_datalist.parent), deterministic=True, ckpt_interval_iters=2, epochs=2, max_items=24
+    )
     roots = {name: base / name for name in "ABC"}
-    procs = {name: subprocess.Popen(_train_cmd(bundle_overrides(root, **extra)), cwd=REPO, env=ENV,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for name, root in roots.items()}
+    procs = {
+        name: subprocess.Popen(
+            _train_cmd(bundle_overrides(root, **extra)),
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, root in roots.items()
+    }
     last_c = roots["C"] / "models" / "last.pt"
     deadline = time.time() + 300
     while not last_c.exists() and procs["C"].poll() is None and time.time() < deadline:
@@ -68,8 +89,14 @@ def runs(tmp_path_factory, demo_datalist):
     for name in "AB":
         _, err = procs[name].communicate(timeout=400)
         assert procs[name].returncode == 0, err[-3000:]
-    resumed = subprocess.run(_train_cmd(bundle_overrides(roots["C"], **extra, resume=True)), cwd=REPO, env=ENV,
-                             capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        _train_cmd(bundle_overrides(roots["C"], **extra, resume=True)),
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return roots, killed, resumed.stdout + resumed.stderr
 
@@ -78,7 +105,10 @@ def test_kill_and_resume_equals_uninterrupted_run(runs):
     roots, killed, log = runs
     assert procs_killed_mid_training(killed)
     it = int(killed["trainer"]["iteration"])
-    assert f"resumed from {roots['C'] / 'models' / 'last.pt'} at epoch {it // killed['trainer']['epoch_length']}, iteration {it}" in log
+    assert (
+        f"resumed from {roots['C'] / 'models' / 'last.pt'} at epoch {it // killed['trainer']['epoch_length']}, iteration {it}"
+        in log
+    )
     ref = torch.load(roots["A"] / "models" / "last.pt", map_location="cpu", weights_only=True)
     res = torch.load(roots["C"] / "models" / "last.pt", map_location="cpu", weights_only=True)
     assert dict(res["trainer"]) == dict(ref["trainer"])
@@ -200,7 +230,14 @@ KILL_DURING_SAVE = textwrap.dedent(
 
 def test_kill_during_save_leaves_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
-    proc = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(path)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(path)],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     ckpt = load_checkpoint(path)
     assert ckpt["step"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(1000))
@@ -217,7 +254,9 @@ def test_no_unsafe_torch_load():
     import re
 
     offenders = []
-    for path in list((REPO / "monai_mcx").rglob("*.py")) + list((REPO / "scripts").rglob("*.py")) + list(CONFIGS.glob("*.json")):
+    for path in (
+        list((REPO / "monai_mcx").rglob("*.py")) + list((REPO / "scripts").rglob("*.py")) + list(CONFIGS.glob("*.json"))
+    ):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:
                 offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
@@ -259,6 +298,7 @@ def _cosine(epochs: int, base: float = 1e-3) -> list[float]:
 def test_extending_a_finished_run_continues_the_cosine_for_the_new_length(tmp_path):
     """--resume true --epochs 8 after a 4-epoch run: epochs 5-8 run with the rates an 8-epoch cosine has at
     epochs 5-8 (decreasing), not with the old T_max=4 cosine climbing back to the peak (1.5e-4 ... 1e-3)."""
+
     def cosine(opt, epochs):
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
 
@@ -273,6 +313,7 @@ def test_extending_a_finished_run_continues_the_cosine_for_the_new_length(tmp_pa
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
     # a schedule without a closed form cannot be continued at another length: a clear refusal
     (tmp_path / "one_cycle").mkdir()
+
     def one_cycle(opt, epochs):
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=epochs)
 

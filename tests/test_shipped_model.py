@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import BUNDLE, CONFIGS, run_bundle
 
 SHIPPED = BUNDLE / "models" / "model.pt"
@@ -112,4 +113,3 @@ def test_training_configs_never_write_the_shipped_model():
             assert Path(parser.get_parsed_content(key)).resolve() != shipped, (files, key)
     demo = (BUNDLE.parent / "scripts" / "run_demo.sh").read_text()
     assert "--ckpt_dir" in demo and "bundle/models" not in demo.replace("bundle/models/", "")
-

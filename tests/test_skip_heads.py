@@ -62,8 +62,13 @@ def make_optimizer(net) -> torch.optim.Optimizer:
 def trainer_for(net, loss, batches, **kwargs) -> MultiTaskTrainer:
     opt = make_optimizer(net)
     return MultiTaskTrainer(
-        device=torch.device("cpu"), max_epochs=1, train_data_loader=batches, network=net, optimizer=opt,
-        loss_function=loss, **kwargs,
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=batches,
+        network=net,
+        optimizer=opt,
+        loss_function=loss,
+        **kwargs,
     )
 
 
@@ -101,18 +106,25 @@ def test_batch_without_boxes_never_runs_localization():
 
     def record(engine):
         out = engine.state.output
-        seen.append({
-            "matcher": matcher.call_count, "anchors": anchors.call_count, "head": head.call_count,
-            "pred": set(out["pred"]), "losses": dict(out["losses"]),
-            "loc_grad": [p.grad for p in net.localization_head.parameters()],
-        })
+        seen.append(
+            {
+                "matcher": matcher.call_count,
+                "anchors": anchors.call_count,
+                "head": head.call_count,
+                "pred": set(out["pred"]),
+                "losses": dict(out["losses"]),
+                "loc_grad": [p.grad for p in net.localization_head.parameters()],
+            }
+        )
 
     from ignite.engine import Events
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
-    with mock.patch.object(loss.localization_loss, "matcher", matcher), \
-            mock.patch.object(loss.localization_loss.anchor_generator, "forward", anchors), \
-            mock.patch.object(net.localization_head, "forward", head):
+    with (
+        mock.patch.object(loss.localization_loss, "matcher", matcher),
+        mock.patch.object(loss.localization_loss.anchor_generator, "forward", anchors),
+        mock.patch.object(net.localization_head, "forward", head),
+    ):
         trainer.run()
     first, second = seen
     # batch 1: no box sample -> no head, no anchors, no matching, exact zero term, no gradient

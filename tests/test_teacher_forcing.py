@@ -35,8 +35,11 @@ def _loss_counts(items: list[dict], teacher_forcing: str = "positive_only") -> d
     loss = MultiCheXNetLoss(loc, teacher_forcing=teacher_forcing)
     with torch.no_grad():
         out = loss(net(inputs), targets)
-    return {"segmentation": int(out["n_segmentation"]), "localization": int(out["n_localization"]),
-            "positive": task_positives(targets)}
+    return {
+        "segmentation": int(out["n_segmentation"]),
+        "localization": int(out["n_localization"]),
+        "positive": task_positives(targets),
+    }
 
 
 def test_crop_that_removes_the_lesion_makes_the_dense_tasks_negative():

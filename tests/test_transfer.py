@@ -28,8 +28,13 @@ def _source(tmp_path, class_names=("pneumonia",)):
     path = tmp_path / "source_model.pt"
     from monai_mcx.artifact import ModelDescription, save_model
 
-    desc = ModelDescription(class_names=list(class_names), tasks=list(net.tasks), encoder="densenet-tiny",
-                            spatial_size=[64, 64], base_anchor_shapes=[[8, 8], [12, 12], [16, 10]])
+    desc = ModelDescription(
+        class_names=list(class_names),
+        tasks=list(net.tasks),
+        encoder="densenet-tiny",
+        spatial_size=[64, 64],
+        base_anchor_shapes=[[8, 8], [12, 12], [16, 10]],
+    )
     save_model(net, desc, path)  # source_model.pt + source_model.json (finetune.json reads the description)
     return path, {k: v.clone() for k, v in net.state_dict().items()}
 
@@ -51,8 +56,13 @@ def _workflow(tmp_path, demo_datalist, **extra):
     from monai.bundle import ConfigWorkflow
 
     overrides = bundle_overrides(
-        tmp_path / "run", dataset_dir=str(demo_datalist.parent), epochs=1, max_items=16,
-        datalist_file=str(_new_disease_datalist(demo_datalist, tmp_path)), class_names=["opacity"], **extra,
+        tmp_path / "run",
+        dataset_dir=str(demo_datalist.parent),
+        epochs=1,
+        max_items=16,
+        datalist_file=str(_new_disease_datalist(demo_datalist, tmp_path)),
+        class_names=["opacity"],
+        **extra,
     )
     return ConfigWorkflow(
         workflow_type="train",
@@ -83,7 +93,11 @@ def test_finetune_frozen_encoder_carries_weights_and_trains_only_the_new_head(tm
     report = net.transfer_report
     assert "replaced" in report.skipped["classification_head.fc.weight"]
     assert any(k.startswith("segmentation_head.") for k in report.skipped)
-    assert "classification_head.fc.weight: replaced" in text and "segmentation_head.* (" in text and "source_model.pt" in text
+    assert (
+        "classification_head.fc.weight: replaced" in text
+        and "segmentation_head.* (" in text
+        and "source_model.pt" in text
+    )
     opt = wf.parser.get_parsed_content("optimizer")
     opt_params = {id(p) for g in opt.param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in net.classification_head.parameters()}
@@ -137,9 +151,23 @@ def test_run_experiments_quick_writes_result_records(tmp_path):
         pytest.skip(f"no real chest X-ray pack at {data}")
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "run_experiments.py"), "--quick", "--data-root", str(data),
-         "--output-dir", str(out), "--work-dir", str(tmp_path / "work"), "--threads", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "run_experiments.py"),
+            "--quick",
+            "--data-root",
+            str(data),
+            "--output-dir",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = json.loads((out / "results.json").read_text())["records"]
@@ -150,7 +178,16 @@ def test_run_experiments_quick_writes_result_records(tmp_path):
             assert key in r, (key, r)
         assert all(v is None or isinstance(v, (int, float)) for v in r["metrics"].values())
     rows = {r["row"] for r in records if r["experiment"] == "multitask_vs_single"}
-    assert {"single_classification", "single_segmentation", "single_localization", "multichexnet_scratch",
-            "multichexnet_merged"} <= rows
-    assert {r["row"] for r in records if r["experiment"] == "transfer"} >= {"from_multichexnet", "from_single_classifier", "random_init"}
+    assert {
+        "single_classification",
+        "single_segmentation",
+        "single_localization",
+        "multichexnet_scratch",
+        "multichexnet_merged",
+    } <= rows
+    assert {r["row"] for r in records if r["experiment"] == "transfer"} >= {
+        "from_multichexnet",
+        "from_single_classifier",
+        "random_init",
+    }
     assert "| " in (out / "results.md").read_text()

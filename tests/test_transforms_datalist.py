@@ -38,7 +38,14 @@ def small_set(tmp_path):
     mask[5:15, 10:30] = 1  # rows 5..14, columns 10..29 -> box [10, 5, 30, 15]
     _png(tmp_path / "a_mask.png", 40, 50, mask)
     items = [
-        {"image": "a.png", "patient": "p1", "source": "t", "label": [1], "mask": "a_mask.png", "boxes": [[10, 5, 30, 15]]},
+        {
+            "image": "a.png",
+            "patient": "p1",
+            "source": "t",
+            "label": [1],
+            "mask": "a_mask.png",
+            "boxes": [[10, 5, 30, 15]],
+        },
         {"image": "a.png", "patient": "p2", "source": "t", "label": None, "mask": None, "boxes": None},
         {"image": "a.png", "patient": "p3", "source": "t", "label": [0], "mask": None, "boxes": []},
     ]
@@ -132,7 +139,9 @@ def test_resize_moves_boxes_with_image_and_mask(small_set):
     assert torch.allclose(out["boxes"], expected)
     xs, ys = torch.nonzero(out["mask"][0], as_tuple=True)
     box = out["boxes"][0]
-    assert xs.min() >= box[0] - 1 and xs.max() + 1 <= box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() + 1 <= box[3] + 1
+    assert (
+        xs.min() >= box[0] - 1 and xs.max() + 1 <= box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() + 1 <= box[3] + 1
+    )
 
 
 def test_to_single_channel_averages_rgb():
@@ -176,12 +185,15 @@ def _bad_datalist(small_set, items, name="bad.json"):
     return bad
 
 
-@pytest.mark.parametrize("value, message", [
-    (-1, "label\\[0\\] is -1 \\(CheXpert's 'uncertain'\\).*uncertain='zeros' or 'ones'"),
-    (2, "label\\[0\\] is 2, not 0 or 1"),
-    (0.5, "label\\[0\\] is 0.5, not 0 or 1"),
-    (float("nan"), "label\\[0\\] is nan, not 0 or 1"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (-1, "label\\[0\\] is -1 \\(CheXpert's 'uncertain'\\).*uncertain='zeros' or 'ones'"),
+        (2, "label\\[0\\] is 2, not 0 or 1"),
+        (0.5, "label\\[0\\] is 0.5, not 0 or 1"),
+        (float("nan"), "label\\[0\\] is nan, not 0 or 1"),
+    ],
+)
 def test_labels_other_than_0_1_refused_with_file_and_item(small_set, value, message):
     bad = _bad_datalist(small_set, [{"image": "a.png", "label": [0]}, {"image": "a.png", "label": [value]}])
     with pytest.raises(DatalistError, match=message) as e:

@@ -14,5 +14,5 @@ from .datalist import (
     resolve_path,
     validate_item,
 )
-from .errors import DataError
 from .demo import ensure_demo_data, generate_demo_data, synthesize_cxr
+from .errors import DataError

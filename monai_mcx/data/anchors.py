@@ -141,8 +141,10 @@ def anchor_shapes_from_datalist(
     if n < int(num_anchors):
         if fallback is None:
             s = np.array([float(spatial_size[0]) / 128.0, float(spatial_size[1]) / 128.0])
-            fallback = [list(np.round(np.asarray(DEFAULT_ANCHOR_SHAPES[i % len(DEFAULT_ANCHOR_SHAPES)]) * s, 1))
-                        for i in range(int(num_anchors))]
+            fallback = [
+                list(np.round(np.asarray(DEFAULT_ANCHOR_SHAPES[i % len(DEFAULT_ANCHOR_SHAPES)]) * s, 1))
+                for i in range(int(num_anchors))
+            ]
         fallback = [[float(v) for v in shape] for shape in fallback]
         warnings.warn(
             f"{datalist_file}: the {split!r} split has {n} boxes, fewer than num_anchors={num_anchors}; "
@@ -153,7 +155,9 @@ def anchor_shapes_from_datalist(
     return fit_anchor_shapes(boxes, num_anchors=int(num_anchors), feature_map_scales=feature_map_scales, seed=seed)
 
 
-def anchor_shapes_from_file_or_datalist(anchors_file: str | os.PathLike, datalist_file: str | os.PathLike, **fit_kwargs) -> list[list[float]]:
+def anchor_shapes_from_file_or_datalist(
+    anchors_file: str | os.PathLike, datalist_file: str | os.PathLike, **fit_kwargs
+) -> list[list[float]]:
     """The anchors a trained model was trained with: ``anchors_file`` (``<ckpt_dir>/anchors.json``) when it exists
     and holds ``num_anchors`` shapes, else :func:`anchor_shapes_from_datalist` ``(datalist_file, **fit_kwargs)``
     (with a warning when the file exists but does not fit). Used by the evaluate config, so that evaluating on
@@ -163,7 +167,9 @@ def anchor_shapes_from_file_or_datalist(anchors_file: str | os.PathLike, datalis
         want = fit_kwargs.get("num_anchors")
         if want is None or len(shapes) == int(want):
             return shapes
-        warnings.warn(f"{anchors_file}: holds {len(shapes)} anchor shapes, num_anchors={want}; refitting.", stacklevel=2)
+        warnings.warn(
+            f"{anchors_file}: holds {len(shapes)} anchor shapes, num_anchors={want}; refitting.", stacklevel=2
+        )
     return anchor_shapes_from_datalist(datalist_file, **fit_kwargs)
 
 

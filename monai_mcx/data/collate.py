@@ -37,5 +37,7 @@ def collate_cxr(batch: Sequence[dict]) -> dict:
     metas = [getattr(d.get(BatchKeys.IMAGE), "meta", None) for d in flat]
     if all(m is not None for m in metas):
         out[BatchKeys.IMAGE_PATH.value] = [str(m.get("filename_or_obj", "")) for m in metas]
-        out[BatchKeys.ORIGINAL_SIZE.value] = [[int(v) for v in np.asarray(m.get("spatial_shape", []))[:2]] for m in metas]
+        out[BatchKeys.ORIGINAL_SIZE.value] = [
+            [int(v) for v in np.asarray(m.get("spatial_shape", []))[:2]] for m in metas
+        ]
     return out

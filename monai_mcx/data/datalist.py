@@ -84,8 +84,10 @@ def check_label(label, num_classes: int | None, where: str = "datalist item", un
     if uncertain not in UNCERTAIN_POLICIES:
         raise ValueError(f"uncertain must be one of {sorted(UNCERTAIN_POLICIES)}, got {uncertain!r}")
     values = [label] if isinstance(label, (int, float)) else label
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not all(
-        isinstance(v, (int, float)) for v in values
+    if (
+        isinstance(values, (str, bytes))
+        or not isinstance(values, Sequence)
+        or not all(isinstance(v, (int, float)) for v in values)
     ):
         raise DatalistError(f"{where}: label must be a list of numbers (0 or 1) or null, got {label!r}")
     if num_classes is not None and len(values) != num_classes:
@@ -108,8 +110,9 @@ def check_label(label, num_classes: int | None, where: str = "datalist item", un
     return out
 
 
-def resolve_path(value, base_dir: str | os.PathLike, where: str = "datalist item", key: str = "image",
-                 check_files: bool = True) -> str:
+def resolve_path(
+    value, base_dir: str | os.PathLike, where: str = "datalist item", key: str = "image", check_files: bool = True
+) -> str:
     """The absolute path of a datalist entry (relative paths are relative to ``base_dir``).
 
     A path written on Windows (``images\\img.png``) is read with ``/`` as separator unless a file with the
@@ -255,7 +258,9 @@ def load_datalist(
     ]
 
 
-def resolve_datalist(dataset_dir: str | os.PathLike, datalist_file: str | None = None, generate_demo: bool = True, **demo_kwargs) -> str:
+def resolve_datalist(
+    dataset_dir: str | os.PathLike, datalist_file: str | None = None, generate_demo: bool = True, **demo_kwargs
+) -> str:
     """Find the datalist for ``dataset_dir``; generate the synthetic demo data there if it is absent.
 
     * ``datalist_file`` given: it must exist and is returned.

@@ -143,8 +143,14 @@ def _jitter_anatomy(anatomy: dict, rng: np.random.Generator) -> dict:
     a = dict(anatomy)
     a["shift"] = (anatomy["shift"][0] + rng.uniform(-0.03, 0.03), anatomy["shift"][1] + rng.uniform(-0.03, 0.03))
     a["tilt"] = anatomy["tilt"] + rng.uniform(-0.02, 0.02)
-    a["contrast"] = (anatomy["contrast"][0] * rng.uniform(0.93, 1.07), anatomy["contrast"][1] + rng.uniform(-0.02, 0.02))
-    a["gradient"] = (anatomy["gradient"][0] + rng.uniform(-0.02, 0.02), anatomy["gradient"][1] + rng.uniform(-0.02, 0.02))
+    a["contrast"] = (
+        anatomy["contrast"][0] * rng.uniform(0.93, 1.07),
+        anatomy["contrast"][1] + rng.uniform(-0.02, 0.02),
+    )
+    a["gradient"] = (
+        anatomy["gradient"][0] + rng.uniform(-0.02, 0.02),
+        anatomy["gradient"][1] + rng.uniform(-0.02, 0.02),
+    )
     a["noise"] = anatomy["noise"] * rng.uniform(0.85, 1.15)
     return a
 

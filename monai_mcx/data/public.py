@@ -190,9 +190,30 @@ DEFAULT_CLASS_MAP: dict[str, dict[str, str | list[str]]] = {
     # maps to no class, i.e. negative
     "covid_lesions": {
         f: "pneumonia"
-        for f in ("COVID-19", "ARDS", "SARS", "MERS", "Pneumocystis", "Streptococcus", "Legionella", "Klebsiella",
-                  "Chlamydophila", "E.Coli", "Mycoplasma", "Staphylococcus", "Influenza", "Varicella", "Herpes",
-                  "Aspergillosis", "Nocardia", "Lipoid", "Pneumonia", "Bacterial", "Viral", "Fungal")
+        for f in (
+            "COVID-19",
+            "ARDS",
+            "SARS",
+            "MERS",
+            "Pneumocystis",
+            "Streptococcus",
+            "Legionella",
+            "Klebsiella",
+            "Chlamydophila",
+            "E.Coli",
+            "Mycoplasma",
+            "Staphylococcus",
+            "Influenza",
+            "Varicella",
+            "Herpes",
+            "Aspergillosis",
+            "Nocardia",
+            "Lipoid",
+            "Pneumonia",
+            "Bacterial",
+            "Viral",
+            "Fungal",
+        )
     },
     "qu_viral_lungs": {"viral pneumonia": "pneumonia"},
 }
@@ -409,7 +430,9 @@ class RSNAPneumonia(PublicDataset):
                     continue
                 try:
                     if (cls == "Lung Opacity") != (rec["target"] == 1):
-                        raise DataError(f"class {cls!r} contradicts Target {rec['target']} of patient {pid}", dpath, row_no)
+                        raise DataError(
+                            f"class {cls!r} contradicts Target {rec['target']} of patient {pid}", dpath, row_no
+                        )
                 except DataError as e:
                     out.pop(pid, None)
                     self._fail(e)
@@ -520,8 +543,12 @@ class SIIMPneumothorax(PublicDataset):
             patient = iid
             item = self._item(image, iid, ["Pneumothorax"] if rec["positive"] else [], boxes=None)
             try:
-                self._check_exists(image if iid in files else None, f"DICOM with SOPInstanceUID {iid} under {self.images_dir}",
-                                   self.rle_csv, rec["rows"][0])
+                self._check_exists(
+                    image if iid in files else None,
+                    f"DICOM with SOPInstanceUID {iid} under {self.images_dir}",
+                    self.rle_csv,
+                    rec["rows"][0],
+                )
                 if self.check_files:
                     import pydicom
 
@@ -569,8 +596,20 @@ class NIHChestXray14(PublicDataset):
     source = "nih"
     patient_namespace = "nih"
     FINDINGS = (
-        "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
-        "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+        "Atelectasis",
+        "Cardiomegaly",
+        "Effusion",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pneumonia",
+        "Pneumothorax",
+        "Consolidation",
+        "Edema",
+        "Emphysema",
+        "Fibrosis",
+        "Pleural_Thickening",
+        "Hernia",
     )
 
     def __init__(
@@ -609,8 +648,12 @@ class NIHChestXray14(PublicDataset):
                     raise DataError(f"unknown finding(s) {unknown}", path, row_no)
                 if name in out:
                     raise DataError(f"image {name} listed twice (first in row {out[name]['row']})", path, row_no)
-                out[name] = {"findings": findings, "patient": pid.lstrip("0") or "0", "row": row_no,
-                             "view": r[iv].strip() if iv is not None and iv < len(r) else None}
+                out[name] = {
+                    "findings": findings,
+                    "patient": pid.lstrip("0") or "0",
+                    "row": row_no,
+                    "view": r[iv].strip() if iv is not None and iv < len(r) else None,
+                }
             except DataError as e:
                 self._fail(e)
         return out
@@ -658,15 +701,17 @@ class NIHChestXray14(PublicDataset):
             image = files.get(stem, self.root / "images" / name)
             mapped = self.class_map.sources.get(self.source, {})
             kept = [(f, b) for f, b, _ in boxes.get(name, []) if mapped.get(f.lower())]
-            item = self._item(image, rec["patient"], rec["findings"],
-                              boxes=[b for _, b in kept] if kept else None, view=rec["view"])
+            item = self._item(
+                image, rec["patient"], rec["findings"], boxes=[b for _, b in kept] if kept else None, view=rec["view"]
+            )
             if kept:
                 item["info"]["box_findings"] = [f for f, _ in kept]
             if name in official:
                 item["info"]["official_split"] = official[name]
             try:
-                self._check_exists(image if stem in files else None, f"image {name} under {self.root}",
-                                   self.data_entry_csv, rec["row"])
+                self._check_exists(
+                    image if stem in files else None, f"image {name} under {self.root}", self.data_entry_csv, rec["row"]
+                )
             except DataError as e:
                 self._fail(e, item)
                 continue
@@ -736,7 +781,9 @@ class COVIDLungs(PublicDataset):
     source = "covid_lungs"
     patient_namespace = "covid"
 
-    def __init__(self, root, labels_csv="labels.csv", annotations_csv="annotations.csv", lung_annotations=True, **kwargs):
+    def __init__(
+        self, root, labels_csv="labels.csv", annotations_csv="annotations.csv", lung_annotations=True, **kwargs
+    ):
         super().__init__(root, **kwargs)
         self.labels_csv = find_file(self.root, labels_csv)
         self.annotations_csv = find_file(self.root, annotations_csv, required=False) if annotations_csv else None
@@ -787,10 +834,13 @@ class COVIDLungs(PublicDataset):
             mask = self.root / "masks" / name
             bx = boxes.get(name)
             item = self._item(
-                image, patient, findings,
+                image,
+                patient,
+                findings,
                 mask=mask if (self.lung_annotations and mask.is_file()) else None,
                 boxes=[b for b, _ in bx] if bx is not None else None,
-                view=view, finding_raw=finding,
+                view=view,
+                finding_raw=finding,
             )
             if self.lung_annotations:
                 item["info"]["mask_kind"] = item["info"]["box_kind"] = "lung"
@@ -832,8 +882,13 @@ class QUViralLungs(PublicDataset):
             image = self.root / "images" / name
             mask = self.root / "masks" / name
             patient = get("patient") or Path(name).stem
-            item = self._item(image, patient.lower(), [label] if label else [],
-                              mask=mask if self.lung_annotations else None, boxes=None)
+            item = self._item(
+                image,
+                patient.lower(),
+                [label] if label else [],
+                mask=mask if self.lung_annotations else None,
+                boxes=None,
+            )
             if self.lung_annotations:
                 item["info"]["mask_kind"] = "lung"
             try:
@@ -891,8 +946,14 @@ class COVIDLesions(PublicDataset):
     source = "covid_lesions"
     patient_namespace = "covid"
 
-    def __init__(self, root, labels_csv="labels.csv", lung_annotations=False,
-                 covid_lungs_root: str | os.PathLike | None = None, **kwargs):
+    def __init__(
+        self,
+        root,
+        labels_csv="labels.csv",
+        lung_annotations=False,
+        covid_lungs_root: str | os.PathLike | None = None,
+        **kwargs,
+    ):
         super().__init__(root, **kwargs)
         self.labels_csv = find_file(self.root, labels_csv)
         self.lung_annotations = lung_annotations
@@ -913,15 +974,26 @@ class COVIDLesions(PublicDataset):
             pid = get("patient") or Path(name).stem
             image = self.root / "images" / name
             mask = self.root / folder / name
-            item = self._item(image, self.groups.get(pid, pid), findings, mask=mask, boxes=None,
-                              view=get("view") or None, finding_raw=finding,
-                              mask_kind="lung" if self.lung_annotations else "lesion",
-                              covid=int(any(f.lower() == "covid-19" for f in findings)))
+            item = self._item(
+                image,
+                self.groups.get(pid, pid),
+                findings,
+                mask=mask,
+                boxes=None,
+                view=get("view") or None,
+                finding_raw=finding,
+                mask_kind="lung" if self.lung_annotations else "lesion",
+                covid=int(any(f.lower() == "covid-19" for f in findings)),
+            )
             try:
                 unknown = [f for f in findings if f.lower() not in mapped]
                 if annotated and unknown:
-                    raise DataError(f"finding(s) {unknown} not in the class map for {self.source!r} (they would "
-                                    "become negative); map them to a class or to null", path, row_no)
+                    raise DataError(
+                        f"finding(s) {unknown} not in the class map for {self.source!r} (they would "
+                        "become negative); map them to a class or to null",
+                        path,
+                        row_no,
+                    )
                 if not name:
                     raise DataError("empty image name", path, row_no)
                 self._check_exists(image, "image", path, row_no)

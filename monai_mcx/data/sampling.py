@@ -60,8 +60,9 @@ class SourceWeightedSampler(Sampler):
         seed: base seed.
     """
 
-    def __init__(self, dataset: Any, fractions: Mapping[str, float] | None = None, num_samples: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, dataset: Any, fractions: Mapping[str, float] | None = None, num_samples: int | None = None, seed: int = 0
+    ) -> None:
         self.sources = _sources(dataset)
         self.weights = source_weights(self.sources, fractions)
         self.total = int(num_samples) if num_samples is not None else len(self.sources)

@@ -39,7 +39,9 @@ def split_by_patient(
         ValueError: fractions outside [0, 1) or summing to >= 1.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 <= val_fraction, test_fraction and val + test < 1, got {val_fraction}, {test_fraction}")
+        raise ValueError(
+            f"need 0 <= val_fraction, test_fraction and val + test < 1, got {val_fraction}, {test_fraction}"
+        )
     by_patient: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
         by_patient[str(it.get("patient"))].append(i)

@@ -1,5 +1,11 @@
 """Ignite-based trainer and evaluator for dict outputs and partial labels."""
 
+from monai_mcx.engines.checkpoint import (
+    CheckpointError,
+    LastCheckpoint,
+    SafeCheckpointLoader,
+    load_checkpoint,
+    save_checkpoint,
+)
 from monai_mcx.engines.utils import TARGET_KEYS, loss_items, prepare_cxr_batch
 from monai_mcx.engines.workflows import MultiTaskEvaluator, MultiTaskTrainer
-from monai_mcx.engines.checkpoint import CheckpointError, LastCheckpoint, SafeCheckpointLoader, load_checkpoint, save_checkpoint

@@ -130,8 +130,11 @@ def wrap_ddp(
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
     if device.type == "cuda":
         return nn.parallel.DistributedDataParallel(
-            network, device_ids=[device.index], output_device=device.index,
-            find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers,
+            network,
+            device_ids=[device.index],
+            output_device=device.index,
+            find_unused_parameters=find_unused_parameters,
+            broadcast_buffers=broadcast_buffers,
         )
     return nn.parallel.DistributedDataParallel(
         network, find_unused_parameters=find_unused_parameters, broadcast_buffers=broadcast_buffers
@@ -176,8 +179,15 @@ class SyncBuffers:
 def _rank0_only_types() -> tuple[type, ...]:
     from monai import handlers as mh
 
-    names = ("StatsHandler", "TensorBoardHandler", "CheckpointSaver", "MetricsSaver", "ClassificationSaver",
-             "MLFlowHandler", "ClearMLHandler")
+    names = (
+        "StatsHandler",
+        "TensorBoardHandler",
+        "CheckpointSaver",
+        "MetricsSaver",
+        "ClassificationSaver",
+        "MLFlowHandler",
+        "ClearMLHandler",
+    )
     return tuple(getattr(mh, n) for n in names if hasattr(mh, n))
 
 

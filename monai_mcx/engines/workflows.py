@@ -151,7 +151,9 @@ class MultiTaskEvaluator(SupervisedEvaluator):
     ) -> None:
         kwargs.setdefault("decollate", False)
         _amp_on_cuda_only(device, kwargs)
-        super().__init__(device=device, val_data_loader=val_data_loader, network=network, prepare_batch=prepare_batch, **kwargs)
+        super().__init__(
+            device=device, val_data_loader=val_data_loader, network=network, prepare_batch=prepare_batch, **kwargs
+        )
 
     def _iteration(self, engine: MultiTaskEvaluator, batchdata: dict) -> dict:
         if batchdata is None:

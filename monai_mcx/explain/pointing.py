@@ -124,11 +124,19 @@ class PointingGame:
     The suffix-less keys are the means over classes.
     """
 
-    _METRICS = ("pointing_game", "pointing_game_baseline", "mass_inside", "mass_inside_baseline",
-                "top_box_pointing_game", "pointing_game_top_box", "mass_inside_top_box")
+    _METRICS = (
+        "pointing_game",
+        "pointing_game_baseline",
+        "mass_inside",
+        "mass_inside_baseline",
+        "top_box_pointing_game",
+        "pointing_game_top_box",
+        "mass_inside_top_box",
+    )
 
-    def __init__(self, class_names: Sequence[str], tolerance: float = 0.0, sigma_fraction: float = 0.25,
-                 prefix: str = "explain") -> None:
+    def __init__(
+        self, class_names: Sequence[str], tolerance: float = 0.0, sigma_fraction: float = 0.25, prefix: str = "explain"
+    ) -> None:
         self.class_names = list(class_names)
         self.tolerance = float(tolerance)
         self.sigma_fraction = float(sigma_fraction)

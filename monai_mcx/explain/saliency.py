@@ -38,8 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_LAYER", "SALIENCY_METHODS", "ClassLogits", "SaliencyMaps", "to_original_geometry",
-           "saliency_overlay", "saliency_png_bytes", "saliency_nifti_bytes"]
+__all__ = [
+    "DEFAULT_LAYER",
+    "SALIENCY_METHODS",
+    "ClassLogits",
+    "SaliencyMaps",
+    "to_original_geometry",
+    "saliency_overlay",
+    "saliency_png_bytes",
+    "saliency_nifti_bytes",
+]
 
 #: the documented default layer: the stride-32 encoder feature pooled by the classification head
 DEFAULT_LAYER = "stride32"
@@ -122,16 +130,23 @@ class SaliencyMaps:
     and image).
     """
 
-    def __init__(self, net: nn.Module, layer: str = DEFAULT_LAYER, method: str = "gradcam",
-                 class_indices: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        layer: str = DEFAULT_LAYER,
+        method: str = "gradcam",
+        class_indices: Sequence[int] | None = None,
+    ) -> None:
         if method not in SALIENCY_METHODS:
             raise ValueError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}.")
         self.wrapper = ClassLogits(net)
         names = dict(self.wrapper.named_modules())
         if layer not in names or layer == "":
             examples = [n for n in names if n.count(".") <= 2 and n][:8]
-            raise ValueError(f"saliency layer {layer!r} is not a module of the network; use {DEFAULT_LAYER!r} or a "
-                             f"module name such as {examples}.")
+            raise ValueError(
+                f"saliency layer {layer!r} is not a module of the network; use {DEFAULT_LAYER!r} or a "
+                f"module name such as {examples}."
+            )
         self.layer = layer
         self.method = method
         k = len(getattr(net, "class_names", ())) or self.wrapper.classification_head.fc.out_features

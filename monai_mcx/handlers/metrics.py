@@ -11,7 +11,6 @@ some class reaches its own threshold; a negative image gets an empty mask and no
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -34,8 +33,14 @@ from monai_mcx.metrics import (
 )
 from monai_mcx.utils import write_json_atomic
 
-__all__ = ["MultiTaskMetrics", "MetricsJSONWriter", "resolve_class_thresholds", "SCORE_KEYS", "BOX_THRESHOLD_KEY",
-           "class_threshold_key"]
+__all__ = [
+    "MultiTaskMetrics",
+    "MetricsJSONWriter",
+    "resolve_class_thresholds",
+    "SCORE_KEYS",
+    "BOX_THRESHOLD_KEY",
+    "class_threshold_key",
+]
 
 #: metrics averaged into the single key metric used for best-checkpoint selection
 SCORE_KEYS = ("classification/auc", "segmentation/dice_positive", "localization/ap50")
@@ -101,8 +106,10 @@ class MultiTaskMetrics(Metric):
         self.class_names = list(class_names)
         self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
         if list(self.postprocessor.class_names) != self.class_names:
-            raise ValueError(f"MultiTaskMetrics class_names {self.class_names} differ from the post-processor's "
-                             f"{self.postprocessor.class_names}.")
+            raise ValueError(
+                f"MultiTaskMetrics class_names {self.class_names} differ from the post-processor's "
+                f"{self.postprocessor.class_names}."
+            )
         if isinstance(box_threshold, str) and box_threshold not in ("rsna", "choose"):
             raise ValueError(f"box_threshold must be a number, None or 'rsna', got {box_threshold!r}.")
         self.threshold = threshold
@@ -148,8 +155,10 @@ class MultiTaskMetrics(Metric):
             has = (targets[BatchKeys.HAS_BOXES].reshape(-1).cpu() > 0.5).numpy()
             for i in np.nonzero(has)[0]:
                 det = pred[PredKeys.DETECTIONS][i]
-                det = {DetKeys.BOXES.value: det[DetKeys.BOXES].detach().float().cpu().reshape(-1, 4),
-                       DetKeys.SCORES.value: det[DetKeys.SCORES].detach().float().cpu().reshape(-1)}
+                det = {
+                    DetKeys.BOXES.value: det[DetKeys.BOXES].detach().float().cpu().reshape(-1, 4),
+                    DetKeys.SCORES.value: det[DetKeys.SCORES].detach().float().cpu().reshape(-1),
+                }
                 truth = targets[BatchKeys.BOXES][i].detach().float().cpu().numpy().reshape(-1, 4)
                 self._det.append((base + int(i), det, truth))
 
@@ -160,7 +169,11 @@ class MultiTaskMetrics(Metric):
         by the concatenation of every rank's (image indices shifted), so that every rank computes the metrics of
         the whole set — the same numbers as a one-process evaluation. Collective: every rank must call
         :meth:`compute`."""
-        if getattr(self, "_gathered", False) or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if (
+            getattr(self, "_gathered", False)
+            or not (dist.is_available() and dist.is_initialized())
+            or dist.get_world_size() == 1
+        ):
             return
         self._gathered = True
         mine = {k: getattr(self, k) for k in self._STATE}
@@ -191,8 +204,13 @@ class MultiTaskMetrics(Metric):
                 labels = np.stack([self._labels[i] for i in known])
                 if self.threshold is not None:
                     deployed = deployed.with_settings(
-                        class_thresholds=resolve_class_thresholds(self.threshold, probs[known], labels, self.class_names))
-                out.update(classification_metrics(probs[known], labels, self.class_names, threshold=deployed.class_thresholds))
+                        class_thresholds=resolve_class_thresholds(
+                            self.threshold, probs[known], labels, self.class_names
+                        )
+                    )
+                out.update(
+                    classification_metrics(probs[known], labels, self.class_names, threshold=deployed.class_thresholds)
+                )
             out.update({class_threshold_key(c): t for c, t in zip(self.class_names, deployed.class_thresholds)})
             gate = deployed.gate(torch.as_tensor(probs)).numpy()
         self.class_thresholds = list(deployed.class_thresholds)
@@ -203,20 +221,28 @@ class MultiTaskMetrics(Metric):
             true = np.stack([t for _, _, t in self._seg])
             out.update(segmentation_metrics(pred, true))
             if gated:
-                out.update({f"{k}/gated": v for k, v in segmentation_metrics(pred & gate[idx][:, None, None], true).items()})
+                out.update(
+                    {f"{k}/gated": v for k, v in segmentation_metrics(pred & gate[idx][:, None, None], true).items()}
+                )
         if self._det:
             dets = [d for _, d, _ in self._det]
             truths = [t for _, _, t in self._det]
             keep = [True if gate is None else bool(gate[j]) for j, _, _ in self._det]
             dets_gated = [select_detections(d, 0.0, keep=k) for d, k in zip(dets, keep)]
             if self.box_threshold is not None:
-                t = choose_box_threshold(dets_gated, truths)[0] if isinstance(self.box_threshold, str) else self.box_threshold
+                t = (
+                    choose_box_threshold(dets_gated, truths)[0]
+                    if isinstance(self.box_threshold, str)
+                    else self.box_threshold
+                )
                 deployed = deployed.with_settings(box_score_threshold=float(t))
             t = deployed.box_score_threshold
             out[BOX_THRESHOLD_KEY] = t
             out.update(detection_metrics(dets, truths, self.max_detections, score_threshold=t))
             if gated:
-                out.update({f"{k}/gated": v for k, v in detection_metrics(dets_gated, truths, self.max_detections, t).items()})
+                out.update(
+                    {f"{k}/gated": v for k, v in detection_metrics(dets_gated, truths, self.max_detections, t).items()}
+                )
         self.deployed = deployed
         out = {k: float(v) for k, v in out.items()}
         parts = [out[k] for k in SCORE_KEYS if k in out and not math.isnan(out[k])]
@@ -261,7 +287,9 @@ class MetricsJSONWriter:
     evaluation epoch completes. NaN (a metric undefined on this data, e.g. AUC with one class) is
     written as ``null``."""
 
-    def __init__(self, output_dir: str | os.PathLike, filename: str = "metrics.json", extra: dict | None = None) -> None:
+    def __init__(
+        self, output_dir: str | os.PathLike, filename: str = "metrics.json", extra: dict | None = None
+    ) -> None:
         self.path = Path(output_dir) / filename
         self.extra = dict(extra or {})
 

@@ -49,8 +49,14 @@ __all__ = ["PredictionWriter", "overlay_image"]
 
 logger = logging.getLogger(__name__)
 
-def overlay_image(gray: np.ndarray, mask: np.ndarray | None, boxes: Sequence[Sequence[float]] = (),
-                  scores: Sequence[float] = (), alpha: float = 0.4) -> Image.Image:
+
+def overlay_image(
+    gray: np.ndarray,
+    mask: np.ndarray | None,
+    boxes: Sequence[Sequence[float]] = (),
+    scores: Sequence[float] = (),
+    alpha: float = 0.4,
+) -> Image.Image:
     """RGB overlay: ``gray`` ``(rows, cols)`` in [0, 1], ``mask`` ``(rows, cols)`` bool tinted red, ``boxes``
     ``[x1, y1, x2, y2]`` (x = column, pixel edges) drawn in yellow with their ``scores``."""
     g = (np.clip(np.nan_to_num(gray), 0, 1) * 255).astype(np.uint8)
@@ -97,10 +103,16 @@ class PredictionWriter:
     ``original_size`` (``(W, H)`` per item); ``error`` (from :class:`GuardLoadd`) marks unreadable items.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, class_names: Sequence[str],
-                 postprocessor: MultiCheXNetPostprocessor | None = None, write_nifti: bool = True,
-                 write_overlay: bool = True, write_mask_png: bool = True,
-                 overlay_reader: Callable[[str], np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        class_names: Sequence[str],
+        postprocessor: MultiCheXNetPostprocessor | None = None,
+        write_nifti: bool = True,
+        write_overlay: bool = True,
+        write_mask_png: bool = True,
+        overlay_reader: Callable[[str], np.ndarray] | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
@@ -171,15 +183,22 @@ class PredictionWriter:
             res = pp.to_original(pred, i, orig)
             record: dict = {"image": src, "size_wh": orig}
             if res[PredKeys.CLASS_PROBS] is not None:
-                record["class_probabilities"] = dict(zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS])))
-                record["gate"] = {"rule": pp.gate_rule, "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
-                                  "positive": bool(res["gate"])}
+                record["class_probabilities"] = dict(
+                    zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS]))
+                )
+                record["gate"] = {
+                    "rule": pp.gate_rule,
+                    "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
+                    "positive": bool(res["gate"]),
+                }
             if res["has_boxes"]:
                 record["box_score_threshold"] = pp.box_score_threshold
                 for key in ("boxes", "boxes_ungated"):
-                    suffix = key[len("boxes"):]
-                    record[key] = [{"box": [round(float(v), 2) for v in b], "score": float(sc)}
-                                   for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])]
+                    suffix = key[len("boxes") :]
+                    record[key] = [
+                        {"box": [round(float(v), 2) for v in b], "score": float(sc)}
+                        for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])
+                    ]
             mask_wh = res["mask"]  # (W, H), gated
             if mask_wh is not None:
                 if self.write_mask_png:
@@ -194,7 +213,9 @@ class PredictionWriter:
                 record["mask_area_px"] = int(mask_wh.sum())
             if self.write_overlay:
                 gray = self._background(src, images[i].detach().cpu(), orig)
-                im = overlay_image(gray, None if mask_wh is None else mask_wh.T, res["boxes"].tolist(), res["scores"].tolist())
+                im = overlay_image(
+                    gray, None if mask_wh is None else mask_wh.T, res["boxes"].tolist(), res["scores"].tolist()
+                )
                 buf = io.BytesIO()
                 im.save(buf, format="PNG")
                 write_bytes_atomic(buf.getvalue(), self.output_dir / f"{stem}_overlay.png")
@@ -205,23 +226,44 @@ class PredictionWriter:
 
     def write_summary(self, engine: Engine) -> None:
         buf = io.StringIO()
-        fields = ["image", "gate_positive", *[f"p_{c}" for c in self.class_names], "n_boxes", "max_box_score",
-                  "mask_area_px", "json", "mask_nifti", "overlay", "error"]
+        fields = [
+            "image",
+            "gate_positive",
+            *[f"p_{c}" for c in self.class_names],
+            "n_boxes",
+            "max_box_score",
+            "mask_area_px",
+            "json",
+            "mask_nifti",
+            "overlay",
+            "error",
+        ]
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
         for r in self.rows:
             if r.get("error"):
                 w.writerow({"image": r["image"], "error": r["error"]})
                 continue
-            row = {"image": r["image"], "gate_positive": r.get("gate", {}).get("positive", ""), "n_boxes": len(r.get("boxes", [])),
-                   "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""),
-                   "mask_area_px": r.get("mask_area_px", ""), "json": r.get("json", ""),
-                   "mask_nifti": r.get("mask_nifti", ""), "overlay": r.get("overlay", ""), "error": ""}
+            row = {
+                "image": r["image"],
+                "gate_positive": r.get("gate", {}).get("positive", ""),
+                "n_boxes": len(r.get("boxes", [])),
+                "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""),
+                "mask_area_px": r.get("mask_area_px", ""),
+                "json": r.get("json", ""),
+                "mask_nifti": r.get("mask_nifti", ""),
+                "overlay": r.get("overlay", ""),
+                "error": "",
+            }
             for c, p in r.get("class_probabilities", {}).items():
                 row[f"p_{c}"] = round(p, 6)
             w.writerow(row)
         write_bytes_atomic(buf.getvalue().encode(), self.output_dir / "predictions.csv")
         n_err = sum(1 for r in self.rows if r.get("error"))
         if n_err:
-            logger.warning("%d of %d inputs could not be read; see the 'error' column of %s", n_err, len(self.rows),
-                           self.output_dir / "predictions.csv")
+            logger.warning(
+                "%d of %d inputs could not be read; see the 'error' column of %s",
+                n_err,
+                len(self.rows),
+                self.output_dir / "predictions.csv",
+            )

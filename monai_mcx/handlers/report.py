@@ -37,8 +37,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
-from monai_mcx.utils import write_json_atomic, write_text_atomic
 from monai_mcx.metrics import box_iou_float64, dice_per_image
+from monai_mcx.utils import write_text_atomic
 
 __all__ = [
     "EvaluationReport",
@@ -133,8 +133,14 @@ def draw_case(ax, case: dict, show_scores: bool = True, linewidth: float = 1.5) 
 
     img = _np(case["image"]).astype(np.float32)
     w, h = img.shape
-    ax.imshow(img.T, cmap="gray", extent=(0, w, h, 0), interpolation="nearest", vmin=float(img.min()),
-              vmax=float(img.max()) if img.max() > img.min() else float(img.min()) + 1)
+    ax.imshow(
+        img.T,
+        cmap="gray",
+        extent=(0, w, h, 0),
+        interpolation="nearest",
+        vmin=float(img.min()),
+        vmax=float(img.max()) if img.max() > img.min() else float(img.min()) + 1,
+    )
     xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
     for key, colour in (("true_mask", "#00ff00"), ("pred_mask", "#ff0000")):
         m = case.get(key)
@@ -259,8 +265,15 @@ class EvaluationReport:
         self._all_probs: list[np.ndarray] = []  # every image (for the gate)
         self._images: list[dict] = []  # every image: path, box scores
         self._dice: list[tuple[int, float]] = []  # (image index, ungated Dice) for images with a non-empty true mask
-        self._counts = {"images": 0, "label": 0, "mask": 0, "mask_positive": 0, "boxes": 0, "boxes_positive": 0,
-                        "true_boxes": 0}
+        self._counts = {
+            "images": 0,
+            "label": 0,
+            "mask": 0,
+            "mask_positive": 0,
+            "boxes": 0,
+            "boxes_positive": 0,
+            "true_boxes": 0,
+        }
         self._pos_per_class = np.zeros(len(self.class_names))
         self._cases: list[tuple[float, int, dict]] = []
         self._index = 0
@@ -317,7 +330,9 @@ class EvaluationReport:
                     case.update(true_boxes=tb, all_boxes=pb, all_scores=ps)
                     if len(tb):
                         self._counts["boxes_positive"] += 1
-                        if rank is None:  # ranked at the post-processor's operating point (the final one is unknown yet)
+                        if (
+                            rank is None
+                        ):  # ranked at the post-processor's operating point (the final one is unknown yet)
                             rank, kind = box_quality(pb[ps >= self.postprocessor.box_score_threshold], tb), "box IoU"
             self._images.append(info)
             if rank is None:
@@ -400,8 +415,14 @@ class EvaluationReport:
         import io
 
         rows = self.per_image_rows(gates)
-        fields = ["image", "gate_positive", *[f"p_{c}" for c in self.class_names], "n_boxes", "max_box_score",
-                  "mask_area_px_input"]
+        fields = [
+            "image",
+            "gate_positive",
+            *[f"p_{c}" for c in self.class_names],
+            "n_boxes",
+            "max_box_score",
+            "mask_area_px_input",
+        ]
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -467,8 +488,14 @@ class EvaluationReport:
         ax = fig.add_subplot(1, 1, 1)
         bins = np.linspace(0, 1, 21)
         ax.hist(dice, bins=bins, color="C0", alpha=0.7, label=f"ungated (mean {np.mean(dice):.3f})")
-        ax.hist(dice_gated, bins=bins, histtype="step", color="C3", linewidth=1.5,
-                label=f"gated (mean {np.mean(dice_gated):.3f})")
+        ax.hist(
+            dice_gated,
+            bins=bins,
+            histtype="step",
+            color="C3",
+            linewidth=1.5,
+            label=f"gated (mean {np.mean(dice_gated):.3f})",
+        )
         ax.set_xlabel("Dice (images with a lesion in the true mask)")
         ax.set_ylabel("images")
         ax.set_xlim(0, 1)
@@ -513,8 +540,11 @@ class EvaluationReport:
                 gate = bool(gates[case["index"]])
                 title = f"{label} #{c + 1}: {case['rank_kind']} {case['rank']:.2f}" + ("" if gate else ", gated out")
                 draw_case(ax, dict(self._deployed_case(case, gate), title=title))
-        fig.suptitle(f"truth green, deployed prediction red (gated; boxes with score >= "
-                     f"{self.deployed.box_score_threshold:.3g}); ranked by ungated Dice / box IoU", fontsize=8)
+        fig.suptitle(
+            f"truth green, deployed prediction red (gated; boxes with score >= "
+            f"{self.deployed.box_score_threshold:.3g}); ranked by ungated Dice / box IoU",
+            fontsize=8,
+        )
         fig.tight_layout()
         name = "plots/gallery.png"
         _save(fig, self.output_dir / name)
@@ -527,36 +557,54 @@ class EvaluationReport:
         d = self.deployed
         thr_text = ", ".join(f"{n} {t:.4g}" for n, t in zip(d.class_names, d.class_thresholds))
         lines = [f"# {self.title}", ""]
-        lines += [f"All numbers are those of [`{self.metrics_file}`]({self.metrics_file}), rounded to 4 decimals "
-                  "(`n/a`: undefined on this data, `null` in the JSON). *Gated*: the classifier gates the other heads "
-                  f"with the deployed rule and thresholds ({GATE_RULE_TEXT}; thresholds {thr_text}); a negative image "
-                  "gets an empty mask and no boxes. AP / mAP rank all the decoded boxes; the RSNA metric, boxes per "
-                  f"negative image and sensitivity at IoU 0.5 count the boxes at the operating point "
-                  f"(score >= {d.box_score_threshold:.4g}).", ""]
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-            lines += [f"*Distributed evaluation: the metrics cover the whole split; the counts, curves and gallery below "
-                      f"cover rank {torch.distributed.get_rank()}'s shard only.*", ""]
+        lines += [
+            f"All numbers are those of [`{self.metrics_file}`]({self.metrics_file}), rounded to 4 decimals "
+            "(`n/a`: undefined on this data, `null` in the JSON). *Gated*: the classifier gates the other heads "
+            f"with the deployed rule and thresholds ({GATE_RULE_TEXT}; thresholds {thr_text}); a negative image "
+            "gets an empty mask and no boxes. AP / mAP rank all the decoded boxes; the RSNA metric, boxes per "
+            f"negative image and sensitivity at IoU 0.5 count the boxes at the operating point "
+            f"(score >= {d.box_score_threshold:.4g}).",
+            "",
+        ]
+        if (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_world_size() > 1
+        ):
+            lines += [
+                f"*Distributed evaluation: the metrics cover the whole split; the counts, curves and gallery below "
+                f"cover rank {torch.distributed.get_rank()}'s shard only.*",
+                "",
+            ]
         c = self._counts
         gated_out = int((~gates).sum()) if self._all_probs else 0
-        lines += ["## Images", "", "| task | images evaluated | with lesion / positive | note |", "| --- | ---: | ---: | --- |"]
+        lines += [
+            "## Images",
+            "",
+            "| task | images evaluated | with lesion / positive | note |",
+            "| --- | ---: | ---: | --- |",
+        ]
         lines.append(f"| all | {c['images']} | | {gated_out} gated out by the classifier |")
         pos = ", ".join(f"{n}: {int(p)}" for n, p in zip(self.class_names, self._pos_per_class))
         lines.append(f"| classification | {c['label']} | {pos} | images with a known class label |")
         lines.append(f"| segmentation | {c['mask']} | {c['mask_positive']} | images with a known mask |")
-        lines.append(f"| localization | {c['boxes']} | {c['boxes_positive']} | images with known boxes; {c['true_boxes']} true boxes |")
+        lines.append(
+            f"| localization | {c['boxes']} | {c['boxes_positive']} | images with known boxes; {c['true_boxes']} true boxes |"
+        )
         lines.append("")
         lines += ["## Thresholds (the deployed model's)", ""]
         note = f" ({self.threshold_note})" if self.threshold_note else ""
         if self._all_probs:
-            lines += [f"- class thresholds{note}: {thr_text}",
-                      f"- gate (`{d.gate_rule}`): {GATE_RULE_TEXT}"]
+            lines += [f"- class thresholds{note}: {thr_text}", f"- gate (`{d.gate_rule}`): {GATE_RULE_TEXT}"]
         else:
             lines += ["- gate: none (no classifier: every image goes through)"]
         lines += [f"- predicted mask: probability >= {d.seg_threshold:g}"]
         if any(k.startswith("localization/") for k in metrics):
             bnote = f" ({self.box_threshold_note})" if self.box_threshold_note else ""
-            lines += [f"- box operating point{bnote}: score >= {d.box_score_threshold:.4g} (inference, MONAI Label and "
-                      "the gallery output these boxes)"]
+            lines += [
+                f"- box operating point{bnote}: score >= {d.box_score_threshold:.4g} (inference, MONAI Label and "
+                "the gallery output these boxes)"
+            ]
         lines += ["- per-image decisions: [`per_image.csv`](per_image.csv)", ""]
         lines += ["## Metrics", "", "| metric | ungated | gated |", "| --- | ---: | ---: |"]
         keys = sorted(k for k in metrics if not k.endswith("/gated"))
@@ -565,9 +613,11 @@ class EvaluationReport:
             lines.append(f"| `{k}` | {format_value(metrics[k])} | {format_value(metrics[g]) if g in metrics else ''} |")
         if any(not k.startswith(("classification/", "segmentation/", "localization/")) for k in keys):
             lines.append("")
-            lines.append("Keys outside a task (e.g. the evaluator's key metric) are the checkpoint-selection score, "
-                         "the mean of `classification/auc`, `segmentation/dice_positive` and `localization/ap50`.")
-        for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len('/gated')] not in metrics):
+            lines.append(
+                "Keys outside a task (e.g. the evaluator's key metric) are the checkpoint-selection score, "
+                "the mean of `classification/auc`, `segmentation/dice_positive` and `localization/ap50`."
+            )
+        for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len("/gated")] not in metrics):
             lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |")
         lines.append("")
         lines += ["## Plots", ""]
@@ -580,8 +630,17 @@ class EvaluationReport:
         else:
             lines += ["No ROC/PR curves: no class with both positive and negative labels.", ""]
         if dice_link:
-            lines += [f"Dice of the images with a lesion: [{dice_link}]({dice_link})", "", f"![Dice histogram]({dice_link})", ""]
+            lines += [
+                f"Dice of the images with a lesion: [{dice_link}]({dice_link})",
+                "",
+                f"![Dice histogram]({dice_link})",
+                "",
+            ]
         if gallery_link:
-            lines += [f"Best and worst cases (by Dice where a true mask exists, else by box IoU): [{gallery_link}]({gallery_link})",
-                      "", f"![gallery]({gallery_link})", ""]
+            lines += [
+                f"Best and worst cases (by Dice where a true mask exists, else by box IoU): [{gallery_link}]({gallery_link})",
+                "",
+                f"![gallery]({gallery_link})",
+                "",
+            ]
         return "\n".join(lines)

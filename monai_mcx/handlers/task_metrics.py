@@ -55,7 +55,9 @@ class SegmentationDice(TaskMetric):
     """Dice over the images with a lesion (``segmentation/dice_positive``), or the SIIM empty-aware Dice with
     ``empty_aware=True``; ``gated=True`` for the classifier-gated variant."""
 
-    def __init__(self, class_names: Sequence[str] = ("lesion",), empty_aware: bool = False, gated: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, class_names: Sequence[str] = ("lesion",), empty_aware: bool = False, gated: bool = False, **kwargs: Any
+    ) -> None:
         key = "segmentation/dice_empty_aware" if empty_aware else "segmentation/dice_positive"
         super().__init__(key + ("/gated" if gated else ""), class_names, **kwargs)
 

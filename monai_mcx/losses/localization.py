@@ -25,13 +25,12 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.data.box_utils import box_pair_giou
 from monai.losses import FocalLoss
 from monai.utils import look_up_option
+from torch import Tensor, nn
 
 from ..networks.box_decoding import flatten_head_maps, num_anchors_per_location
 
@@ -77,13 +76,19 @@ class LocalizationLoss(nn.Module):
         self.box_coder = box_coder if box_coder is not None else BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.matcher = ATSSMatcher(num_candidates=num_candidates, center_in_gt=center_in_gt)
         self.focal = FocalLoss(
-            include_background=True, to_onehot_y=False, gamma=focal_gamma, alpha=focal_alpha,
-            use_softmax=False, reduction="none",
+            include_background=True,
+            to_onehot_y=False,
+            gamma=focal_gamma,
+            alpha=focal_alpha,
+            use_softmax=False,
+            reduction="none",
         )
         self.box_loss = look_up_option(box_loss, ("giou", "smooth_l1"))
         self.box_weight = float(box_weight)
 
-    def match(self, anchors: Tensor, boxes: Tensor, num_anchor_locs_per_level: Sequence[int], num_anchors: int) -> Tensor:
+    def match(
+        self, anchors: Tensor, boxes: Tensor, num_anchor_locs_per_level: Sequence[int], num_anchors: int
+    ) -> Tensor:
         """ATSS matching for one image: ``(N,)`` long, matched box index or negative (-1 background, -2 ignore)."""
         if boxes.numel() == 0:
             return torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)

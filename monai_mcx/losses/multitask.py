@@ -154,10 +154,10 @@ class MultiCheXNetLoss(nn.Module):
         selection: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Args:
-            outputs: the network's output dict (the heads computed).
-            targets: the batch targets (class docstring).
-            selection: from :meth:`select`; default: drawn here for the heads present in ``outputs``. A task
-                in ``selection`` whose head is absent from ``outputs`` must have no sample; its term is 0.
+        outputs: the network's output dict (the heads computed).
+        targets: the batch targets (class docstring).
+        selection: from :meth:`select`; default: drawn here for the heads present in ``outputs``. A task
+            in ``selection`` whose head is absent from ``outputs`` must have no sample; its term is 0.
         """
         if selection is None:
             selection = self.select(targets, [t for t, k in _OUTPUT_KEYS.items() if k in outputs])

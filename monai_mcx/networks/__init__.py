@@ -11,7 +11,6 @@ from .encoders import (
     build_encoder,
 )
 from .heads import ClassificationHead, LocalizationHead, SegmentationDecoder
-from .multichexnet import TASKS, MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
 from .merge import (
     MergeError,
     MergeWeights,
@@ -21,4 +20,5 @@ from .merge import (
     merge_multichexnet,
     trainable_parameters,
 )
+from .multichexnet import TASKS, MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
 from .pretrained import load_pretrained_encoder

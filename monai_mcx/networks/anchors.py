@@ -25,7 +25,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
 __all__ = ["make_anchor_generator", "fit_anchor_shapes", "shape_iou"]

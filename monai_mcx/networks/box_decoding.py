@@ -21,10 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
-
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.apps.detection.utils.box_selector import BoxSelector
+from torch import Tensor, nn
 
 from monai_mcx.keys import DetKeys, PredKeys
 
@@ -101,7 +100,9 @@ def decode_boxes(
         ]
         logits_list = [c[b] for c in cls_levels]
         boxes, scores, labels = box_selector.select_boxes_per_image(boxes_list, logits_list, size)
-        results.append({DetKeys.BOXES.value: boxes.float(), DetKeys.SCORES.value: scores, DetKeys.LABELS.value: labels.long()})
+        results.append(
+            {DetKeys.BOXES.value: boxes.float(), DetKeys.SCORES.value: scores, DetKeys.LABELS.value: labels.long()}
+        )
     return results
 
 

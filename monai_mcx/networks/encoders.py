@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
-
 from monai.networks.layers.utils import get_act_layer
 from monai.networks.nets import DenseNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+from torch import Tensor, nn
 
 __all__ = [
     "DenseNetEncoder",
@@ -138,9 +137,7 @@ class FlexUNetBackboneEncoder(nn.Module):
     def __init__(self, backbone: str, in_channels: int = 1, pretrained: bool = False, **encoder_kwargs) -> None:
         super().__init__()
         if backbone not in FLEXUNET_BACKBONE.register_dict:
-            raise ValueError(
-                f"Unknown MONAI backbone {backbone!r}; valid: {sorted(FLEXUNET_BACKBONE.register_dict)}."
-            )
+            raise ValueError(f"Unknown MONAI backbone {backbone!r}; valid: {sorted(FLEXUNET_BACKBONE.register_dict)}.")
         entry = FLEXUNET_BACKBONE.register_dict[backbone]
         params = dict(entry["parameter"])  # copy: the registry's dict is shared
         params.update(spatial_dims=2, in_channels=in_channels, pretrained=pretrained)
@@ -220,4 +217,3 @@ def encoder_out_channels(encoder: nn.Module) -> list[int]:
             f"An encoder must expose out_channels (4 ints, strides 4..32); {type(encoder).__name__} has {ch!r}."
         )
     return [int(c) for c in ch]
-

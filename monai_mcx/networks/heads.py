@@ -15,14 +15,13 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from monai.apps.detection.networks.retinanet_network import (
     RetinaNetClassificationHead,
     RetinaNetRegressionHead,
 )
 from monai.networks.blocks import Convolution
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
+from torch import Tensor, nn
 
 __all__ = ["ClassificationHead", "SegmentationDecoder", "LocalizationHead"]
 
@@ -61,8 +60,12 @@ class _UpFuse(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, act, norm) -> None:
         super().__init__()
         self.fuse = Convolution(
-            spatial_dims=2, in_channels=in_channels + skip_channels, out_channels=out_channels,
-            kernel_size=3, act=act, norm=norm,
+            spatial_dims=2,
+            in_channels=in_channels + skip_channels,
+            out_channels=out_channels,
+            kernel_size=3,
+            act=act,
+            norm=norm,
         )
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:

@@ -81,7 +81,7 @@ def _name(source: StateSource) -> str:
 
 
 def _part_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def _prefixes(state: Mapping[str, Any]) -> list[str]:
@@ -89,8 +89,15 @@ def _prefixes(state: Mapping[str, Any]) -> list[str]:
 
 
 def _check_part(module: nn.Module, part_state: Mapping[str, torch.Tensor], prefix: str, file: str, part: str) -> None:
-    weights.check_state_dict(module, part_state, file, strict=True, what=f"{part} ({prefix}*) of the network",
-                             error=MergeError, prefix=prefix)
+    weights.check_state_dict(
+        module,
+        part_state,
+        file,
+        strict=True,
+        what=f"{part} ({prefix}*) of the network",
+        error=MergeError,
+        prefix=prefix,
+    )
 
 
 @dataclass
@@ -152,7 +159,9 @@ def merge_multichexnet(
         module = getattr(target, module_name, None)
         if module is None:
             tasks = getattr(target, "tasks", None)
-            raise MergeError(f"the target network has no {module_name} (tasks={tasks}); cannot load it from {_name(src)!r}")
+            raise MergeError(
+                f"the target network has no {module_name} (tasks={tasks}); cannot load it from {_name(src)!r}"
+            )
         key = _name(src) if not isinstance(src, Mapping) else f"<state dict {id(src)}>"
         if key not in cache:
             cache[key] = read_state_dict(src, map_location)[0]
@@ -189,8 +198,11 @@ _PART_FIELDS = {
 }
 
 
-def check_source_descriptions(description: Any, encoder_from: StateSource | None = None,
-                              heads_from: Mapping[str, StateSource | None] | None = None) -> None:
+def check_source_descriptions(
+    description: Any,
+    encoder_from: StateSource | None = None,
+    heads_from: Mapping[str, StateSource | None] | None = None,
+) -> None:
     """Check each source checkpoint's model description (when it has one) against the target's ``description``.
 
     A source file with a sidecar description (``model.json``) is verified against its weights (hash) and must agree
@@ -207,8 +219,10 @@ def check_source_descriptions(description: Any, encoder_from: StateSource | None
         if not src or isinstance(src, Mapping) or part not in _PART_FIELDS:
             continue
         if not description_path(src).is_file():
-            logger.warning(f"merge: {src} has no model description ({description_path(src).name}); merging its "
-                           f"{part} as a legacy checkpoint, unchecked")
+            logger.warning(
+                f"merge: {src} has no model description ({description_path(src).name}); merging its "
+                f"{part} as a legacy checkpoint, unchecked"
+            )
             continue
         try:
             theirs = load_description(src)
@@ -217,12 +231,16 @@ def check_source_descriptions(description: Any, encoder_from: StateSource | None
         fields = _PART_FIELDS[part]
         if part == "localization" and "localization" not in description.tasks:
             continue
-        bad = [f"{f}: {theirs.field_value(f)!r} in {str(theirs.path)!r}, {description.field_value(f)!r} in the target"
-               for f in fields if not _same_value(theirs.field_value(f), description.field_value(f))]
+        bad = [
+            f"{f}: {theirs.field_value(f)!r} in {str(theirs.path)!r}, {description.field_value(f)!r} in the target"
+            for f in fields
+            if not _same_value(theirs.field_value(f), description.field_value(f))
+        ]
         if bad:
-            raise MergeError(f"cannot merge the {part} of {str(src)!r} into this network, the descriptions "
-                             "disagree:\n  "
-                             + "\n  ".join(bad))
+            raise MergeError(
+                f"cannot merge the {part} of {str(src)!r} into this network, the descriptions "
+                "disagree:\n  " + "\n  ".join(bad)
+            )
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -231,8 +249,9 @@ def _same_value(a: Any, b: Any) -> bool:
     return _same(a, b)
 
 
-def _apply_init(network, pretrained_encoder, encoder_from, heads_from, pretrained_kwargs,
-                description: Any = None) -> MergeReport | None:
+def _apply_init(
+    network, pretrained_encoder, encoder_from, heads_from, pretrained_kwargs, description: Any = None
+) -> MergeReport | None:
     if description is not None:
         check_source_descriptions(description, encoder_from, heads_from)
     if pretrained_encoder and encoder_from:
@@ -317,7 +336,10 @@ class LoadReport:
                     absent[top] = absent.get(top, 0) + 1
                 else:
                     lines.append(f"  {k}: {r}")
-            lines += [f"  {top}.* ({n} tensors): not in the model (a part the new model does not build)" for top, n in absent.items()]
+            lines += [
+                f"  {top}.* ({n} tensors): not in the model (a part the new model does not build)"
+                for top, n in absent.items()
+            ]
         if self.missing:
             lines.append(f"kept as initialised (not in the checkpoint or skipped): {_short(self.missing, 12)}")
         return "\n".join(lines)
@@ -426,8 +448,10 @@ def transfer_network(
     if pretrained_description is not None:
         described = list(pretrained_description.class_names)
         if pretrained_class_names is not None and list(pretrained_class_names) != described:
-            raise MergeError(f"pretrained_class_names {list(pretrained_class_names)} contradict the model description "
-                             f"of {pretrained_ckpt!r}, which says {described}")
+            raise MergeError(
+                f"pretrained_class_names {list(pretrained_class_names)} contradict the model description "
+                f"of {pretrained_ckpt!r}, which says {described}"
+            )
         pretrained_class_names = described
     if pretrained_ckpt:
         names = list(getattr(network, "class_names", []) or [])

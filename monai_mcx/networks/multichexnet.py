@@ -100,7 +100,9 @@ class MultiCheXNet(nn.Module):
         if "classification" in self.tasks:
             self.classification_head = ClassificationHead(channels[-1], len(self.class_names), dropout=dropout)
         if "segmentation" in self.tasks:
-            self.segmentation_head = SegmentationDecoder(channels, decoder_channels=seg_decoder_channels, out_channels=1)
+            self.segmentation_head = SegmentationDecoder(
+                channels, decoder_channels=seg_decoder_channels, out_channels=1
+            )
         if "localization" in self.tasks:
             self.localization_head = LocalizationHead(
                 channels,

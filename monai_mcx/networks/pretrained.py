@@ -100,7 +100,7 @@ def convert_densenet_state_dict(state: Mapping[str, torch.Tensor]) -> tuple[dict
     out: dict[str, torch.Tensor] = {}
     dropped: list[str] = []
     for key, value in state.items():
-        k = key[len("encoder."):] if key.startswith("encoder.") else key
+        k = key[len("encoder.") :] if key.startswith("encoder.") else key
         if _DROP.match(k) or not k.startswith("features."):
             dropped.append(key)
             continue
@@ -182,7 +182,9 @@ def load_pretrained_encoder(
     if shapes:
         problems.append("shape-mismatched keys: " + ", ".join(shapes[:6]) + (" ..." if len(shapes) > 6 else ""))
     if unexpected:
-        problems.append("keys the encoder lacks: " + ", ".join(unexpected[:6]) + (" ..." if len(unexpected) > 6 else ""))
+        problems.append(
+            "keys the encoder lacks: " + ", ".join(unexpected[:6]) + (" ..." if len(unexpected) > 6 else "")
+        )
     if strict and missing:
         problems.append("encoder keys the file lacks: " + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else ""))
     if problems:

@@ -72,8 +72,13 @@ class AddBoxLabelsd(MapTransform):
         value: the label (our localization task has one lesion class).
     """
 
-    def __init__(self, keys: KeysCollection = "boxes", label_keys: KeysCollection = "box_labels", value: int = 1,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "boxes",
+        label_keys: KeysCollection = "box_labels",
+        value: int = 1,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = ensure_tuple_rep(label_keys, len(self.keys))
         self.value = int(value)
@@ -101,8 +106,14 @@ class RemoveBoxLabelsd(MapTransform):
         update_positive: recompute ``positive`` (when the item has the ``has_*`` flags).
     """
 
-    def __init__(self, keys: KeysCollection = "boxes", label_keys: KeysCollection = "box_labels", mask_key: str = "mask",
-                 update_positive: bool = True, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "boxes",
+        label_keys: KeysCollection = "box_labels",
+        mask_key: str = "mask",
+        update_positive: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_keys = ensure_tuple_rep(label_keys, len(self.keys))
         self.mask_key = mask_key
@@ -139,9 +150,14 @@ class ClipBoxesToImaged(MapTransform):
         min_size: minimum side in pixels of a kept box after clipping.
     """
 
-    def __init__(self, keys: KeysCollection = "boxes", box_ref_image_keys: KeysCollection = "image",
-                 label_keys: KeysCollection = ("box_labels",), min_size: float = 1.0,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "boxes",
+        box_ref_image_keys: KeysCollection = "image",
+        label_keys: KeysCollection = ("box_labels",),
+        min_size: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.box_ref_image_keys = ensure_tuple_rep(box_ref_image_keys, len(self.keys))
         self.label_keys = ensure_tuple(label_keys)
@@ -155,7 +171,9 @@ class ClipBoxesToImaged(MapTransform):
             if boxes.shape[0]:
                 clipped, keep = clip_boxes_to_image(boxes, spatial, remove_empty=False)
                 keep = torch.as_tensor(keep, dtype=torch.bool)
-                keep &= ((clipped[:, 2] - clipped[:, 0]) >= self.min_size) & ((clipped[:, 3] - clipped[:, 1]) >= self.min_size)
+                keep &= ((clipped[:, 2] - clipped[:, 0]) >= self.min_size) & (
+                    (clipped[:, 3] - clipped[:, 1]) >= self.min_size
+                )
                 boxes = clipped[keep]
             else:
                 keep = torch.zeros(0, dtype=torch.bool)
@@ -185,9 +203,18 @@ class RandCropWithBoxesd(RandomizableTransform, MapTransform):
         min_size: minimum side (pixels) of a kept box.
     """
 
-    def __init__(self, keys: KeysCollection, box_keys: KeysCollection = "boxes", box_ref_image_key: str = "image",
-                 label_keys: KeysCollection = ("box_labels",), prob: float = 0.5, min_scale: float = 0.8,
-                 max_scale: float = 1.0, min_size: float = 1.0, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        box_keys: KeysCollection = "boxes",
+        box_ref_image_key: str = "image",
+        label_keys: KeysCollection = ("box_labels",),
+        prob: float = 0.5,
+        min_scale: float = 0.8,
+        max_scale: float = 1.0,
+        min_size: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         if not 0 < min_scale <= max_scale <= 1:
@@ -253,10 +280,18 @@ class RandZoomWithBoxesd(RandomizableTransform, MapTransform):
         padding_mode: ``BorderPad`` mode for zoom-out.
     """
 
-    def __init__(self, keys: KeysCollection, box_keys: KeysCollection = "boxes", box_ref_image_key: str = "image",
-                 prob: float = 0.5, min_zoom: float = 0.9, max_zoom: float = 1.1,
-                 mode: Sequence[str] | str = "bilinear", padding_mode: str = "constant",
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        box_keys: KeysCollection = "boxes",
+        box_ref_image_key: str = "image",
+        prob: float = 0.5,
+        min_zoom: float = 0.9,
+        max_zoom: float = 1.1,
+        mode: Sequence[str] | str = "bilinear",
+        padding_mode: str = "constant",
+        allow_missing_keys: bool = False,
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         if not 0 < min_zoom <= max_zoom:
@@ -319,9 +354,17 @@ class RandRotateWithBoxesd(RandomizableTransform, MapTransform):
         mode: interpolation per key (``"bilinear"`` for images, ``"nearest"`` for masks).
     """
 
-    def __init__(self, keys: KeysCollection, box_keys: KeysCollection = "boxes", box_ref_image_key: str = "image",
-                 label_keys: KeysCollection = ("box_labels",), prob: float = 0.5, max_angle: float = 7.0,
-                 mode: Sequence[str] | str = "bilinear", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        box_keys: KeysCollection = "boxes",
+        box_ref_image_key: str = "image",
+        label_keys: KeysCollection = ("box_labels",),
+        prob: float = 0.5,
+        max_angle: float = 7.0,
+        mode: Sequence[str] | str = "bilinear",
+        allow_missing_keys: bool = False,
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         if max_angle < 0:
@@ -357,7 +400,9 @@ class RandRotateWithBoxesd(RandomizableTransform, MapTransform):
                     x1, y1 = max(0, int(np.floor(b[0]))), max(0, int(np.floor(b[1])))
                     x2, y2 = min(spatial[0], int(np.ceil(b[2]))), min(spatial[1], int(np.ceil(b[3])))
                     canvas[i, x1:x2, y1:y2] = 1.0
-                rotated = torch.as_tensor(Rotate(angle=rad, keep_size=True, mode="nearest", padding_mode="zeros")(canvas))
+                rotated = torch.as_tensor(
+                    Rotate(angle=rad, keep_size=True, mode="nearest", padding_mode="zeros")(canvas)
+                )
                 out, keep_l = [], []
                 for r in rotated:
                     xs = torch.nonzero(r.any(dim=1)).flatten()
@@ -421,16 +466,42 @@ def cxr_box_augmentations(
         if spatial_size is None:
             raise ValueError("cxr_box_augmentations: crop_prob > 0 needs spatial_size (crops are resized back to it)")
         out += [
-            RandCropWithBoxesd(img_keys, box_key, image_key, (box_label_key,), prob=crop_prob,
-                               min_scale=crop_scale[0], max_scale=crop_scale[1], min_size=min_box_size),
+            RandCropWithBoxesd(
+                img_keys,
+                box_key,
+                image_key,
+                (box_label_key,),
+                prob=crop_prob,
+                min_scale=crop_scale[0],
+                max_scale=crop_scale[1],
+                min_size=min_box_size,
+            ),
             ResizeWithBoxesd(img_keys, spatial_size, box_keys=box_key, box_ref_image_key=image_key, mode=modes_resize),
         ]
     if zoom_prob > 0:
-        out.append(RandZoomWithBoxesd(img_keys, box_key, image_key, prob=zoom_prob, min_zoom=zoom_range[0],
-                                      max_zoom=zoom_range[1], mode=["bilinear", "nearest-exact"][: len(img_keys)]))
+        out.append(
+            RandZoomWithBoxesd(
+                img_keys,
+                box_key,
+                image_key,
+                prob=zoom_prob,
+                min_zoom=zoom_range[0],
+                max_zoom=zoom_range[1],
+                mode=["bilinear", "nearest-exact"][: len(img_keys)],
+            )
+        )
     if rotate_prob > 0:
-        out.append(RandRotateWithBoxesd(img_keys, box_key, image_key, (box_label_key,), prob=rotate_prob,
-                                        max_angle=max_angle, mode=["bilinear", "nearest"][: len(img_keys)]))
+        out.append(
+            RandRotateWithBoxesd(
+                img_keys,
+                box_key,
+                image_key,
+                (box_label_key,),
+                prob=rotate_prob,
+                max_angle=max_angle,
+                mode=["bilinear", "nearest"][: len(img_keys)],
+            )
+        )
     if flip_prob > 0:
         out.append(RandFlipBoxd(img_keys, box_key, image_key, prob=flip_prob, spatial_axis=0))
     if rot90_prob > 0:
@@ -438,7 +509,9 @@ def cxr_box_augmentations(
             w, h = ensure_tuple_rep(spatial_size, 2)
             if w != h:
                 raise ValueError(f"rot90 with a non-square spatial_size {spatial_size} would change the batch shape")
-        out.append(RandRotateBox90d(img_keys, box_key, image_key, prob=rot90_prob, max_k=rot90_max_k, spatial_axes=(0, 1)))
+        out.append(
+            RandRotateBox90d(img_keys, box_key, image_key, prob=rot90_prob, max_k=rot90_max_k, spatial_axes=(0, 1))
+        )
     out += [
         ClipBoxesToImaged(box_key, image_key, (box_label_key,), min_size=min_box_size),
         RemoveBoxLabelsd(box_key, box_label_key, mask_key=mask_key or "mask"),

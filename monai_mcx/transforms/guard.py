@@ -59,8 +59,13 @@ class GuardLoadd(MapTransform):
         catch: exception types turned into placeholders (default: every ``Exception``).
     """
 
-    def __init__(self, transform: Callable, spatial_size: Sequence[int], keys: str = "image",
-                 catch: tuple[type[BaseException], ...] = (Exception,)) -> None:
+    def __init__(
+        self,
+        transform: Callable,
+        spatial_size: Sequence[int],
+        keys: str = "image",
+        catch: tuple[type[BaseException], ...] = (Exception,),
+    ) -> None:
         super().__init__(keys)
         self.transform = transform
         self.spatial_size = [int(s) for s in spatial_size]
@@ -92,8 +97,11 @@ class GuardLoadd(MapTransform):
             tensor = torch.zeros([1, *self.spatial_size], dtype=torch.float32)
         out[key] = MetaTensor(
             tensor.as_subclass(torch.Tensor) if isinstance(tensor, MetaTensor) else tensor,
-            meta={"filename_or_obj": src, "spatial_shape": np.asarray(orig),
-                  "pixel_spacing": np.asarray([float(s) for s in spacing], dtype=np.float64)},
+            meta={
+                "filename_or_obj": src,
+                "spatial_shape": np.asarray(orig),
+                "pixel_spacing": np.asarray([float(s) for s in spacing], dtype=np.float64),
+            },
         )
         out[ERROR_KEY] = error
         return out

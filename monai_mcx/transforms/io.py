@@ -229,8 +229,9 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
     bits = int(ds.get("BitsStored", 0) or 0)
     if not 1 <= bits <= 16:
         raise DataError(f"BitsStored={bits} is not supported (1..16)", path)
-    _check_size(int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), path, 0 if as_mask else min_size,
-                max_pixels)
+    _check_size(
+        int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), path, 0 if as_mask else min_size, max_pixels
+    )
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and ts.is_compressed:
         missing = _missing_decoder(ts, path)
@@ -331,8 +332,12 @@ def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
         raise DataError(f"image too large to decode ({e})", path) from e
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"unreadable or truncated image ({type(e).__name__}: {e})", path) from e
-    meta = {"source_format": path.suffix.lower().lstrip("."), "pil_mode": mode, "bits_stored": bits or 0,
-            "exif_orientation": orientation}
+    meta = {
+        "source_format": path.suffix.lower().lstrip("."),
+        "pil_mode": mode,
+        "bits_stored": bits or 0,
+        "exif_orientation": orientation,
+    }
     if as_mask:
         return _binary_mask(arr, path, grey_masks), None, meta
     if bits == 8:
@@ -435,9 +440,18 @@ def read_cxr(
 
 #: metadata every loaded image carries (defaults where the format has no such field)
 _META_DEFAULTS = {
-    "source_format": "", "photometric_interpretation": "", "presentation_lut_shape": "", "bits_stored": 0,
-    "transfer_syntax": "", "modality": "", "view_position": "", "voi_applied": False, "inverted": False,
-    "pil_mode": "", "exif_orientation": 1, "intensity": "",
+    "source_format": "",
+    "photometric_interpretation": "",
+    "presentation_lut_shape": "",
+    "bits_stored": 0,
+    "transfer_syntax": "",
+    "modality": "",
+    "view_position": "",
+    "voi_applied": False,
+    "inverted": False,
+    "pil_mode": "",
+    "exif_orientation": 1,
+    "intensity": "",
 }
 
 
@@ -479,9 +493,17 @@ class LoadCXR(Transform):
             it at half its maximum with a warning naming the file.
     """
 
-    def __init__(self, apply_voi: bool = True, invert_monochrome1: bool = True, scale: str = "auto",
-                 as_mask: bool = False, dtype: torch.dtype = torch.float32, min_size: int = DEFAULT_MIN_SIZE,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, grey_masks: str = "error"):
+    def __init__(
+        self,
+        apply_voi: bool = True,
+        invert_monochrome1: bool = True,
+        scale: str = "auto",
+        as_mask: bool = False,
+        dtype: torch.dtype = torch.float32,
+        min_size: int = DEFAULT_MIN_SIZE,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        grey_masks: str = "error",
+    ):
         _check_options(scale, grey_masks)
         self.apply_voi = apply_voi
         self.invert_monochrome1 = invert_monochrome1
@@ -493,8 +515,16 @@ class LoadCXR(Transform):
         self.grey_masks = grey_masks
 
     def __call__(self, filename: str | os.PathLike) -> MetaTensor:
-        arr, meta = read_cxr(filename, self.apply_voi, self.invert_monochrome1, self.scale, self.as_mask,
-                             self.min_size, self.max_pixels, self.grey_masks)
+        arr, meta = read_cxr(
+            filename,
+            self.apply_voi,
+            self.invert_monochrome1,
+            self.scale,
+            self.as_mask,
+            self.min_size,
+            self.max_pixels,
+            self.grey_masks,
+        )
         return _to_metatensor(arr, meta, self.dtype)
 
 
@@ -514,14 +544,25 @@ class LoadCXRd(MapTransform):
         DataError: naming the file (image or mask) and the problem.
     """
 
-    def __init__(self, keys: KeysCollection, mask_keys: KeysCollection = (), box_keys: KeysCollection = (),
-                 allow_missing_keys: bool = False, grey_masks: str = "error", **kwargs):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_keys: KeysCollection = (),
+        box_keys: KeysCollection = (),
+        allow_missing_keys: bool = False,
+        grey_masks: str = "error",
+        **kwargs,
+    ):
         super().__init__(keys, allow_missing_keys)
         self.mask_keys = [mask_keys] if isinstance(mask_keys, str) else list(mask_keys)
         self.box_keys = [box_keys] if isinstance(box_keys, str) else list(box_keys)
         self.loader = LoadCXR(**kwargs)
-        self.mask_loader = LoadCXR(as_mask=True, dtype=kwargs.get("dtype", torch.float32), grey_masks=grey_masks,
-                                   max_pixels=kwargs.get("max_pixels", DEFAULT_MAX_PIXELS))
+        self.mask_loader = LoadCXR(
+            as_mask=True,
+            dtype=kwargs.get("dtype", torch.float32),
+            grey_masks=grey_masks,
+            max_pixels=kwargs.get("max_pixels", DEFAULT_MAX_PIXELS),
+        )
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

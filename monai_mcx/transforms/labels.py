@@ -97,7 +97,9 @@ class PrepareAnnotationsd(MapTransform):
 
         mask = d.get(self.mask_key)
         if mask is None:
-            d[self.mask_key] = MetaTensor(torch.zeros((1, *spatial), dtype=torch.float32), meta=dict(getattr(image, "meta", {})))
+            d[self.mask_key] = MetaTensor(
+                torch.zeros((1, *spatial), dtype=torch.float32), meta=dict(getattr(image, "meta", {}))
+            )
             d["has_mask"] = torch.tensor(0.0)
         else:
             if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
@@ -190,8 +192,13 @@ def task_positives(targets: Mapping[str, object]) -> dict[str, torch.Tensor]:
         mask_nonempty = torch.zeros(b, dtype=torch.bool, device=device)
     out["segmentation"] = torch.where(known("has_mask"), mask_nonempty, label_pos)
     boxes = targets.get("boxes")
-    box_nonempty = torch.tensor([int(torch.as_tensor(x).reshape(-1, 4).shape[0]) > 0 for x in boxes], dtype=torch.bool,
-                                device=device) if boxes is not None else torch.zeros(b, dtype=torch.bool, device=device)
+    box_nonempty = (
+        torch.tensor(
+            [int(torch.as_tensor(x).reshape(-1, 4).shape[0]) > 0 for x in boxes], dtype=torch.bool, device=device
+        )
+        if boxes is not None
+        else torch.zeros(b, dtype=torch.bool, device=device)
+    )
     out["localization"] = torch.where(known("has_boxes"), box_nonempty, label_pos)
     return {k: v.float() for k, v in out.items()}
 

@@ -119,8 +119,10 @@ class BundleSpec:
         parser["bundle_root"] = self.bundle_dir
         parser["device"] = "$torch.device('cpu')"  # the task moves the network to the request's device
         if not os.path.isfile(self.model_path):
-            logger.warning(f"no weights at {self.model_path}: using the settings of an untrained model "
-                           f"{ {k: self.overrides.get(k, v) for k, v in UNTRAINED_DEFAULTS.items()} }")
+            logger.warning(
+                f"no weights at {self.model_path}: using the settings of an untrained model "
+                f"{ {k: self.overrides.get(k, v) for k, v in UNTRAINED_DEFAULTS.items()} }"
+            )
             parser["model_description"] = untrained_description(self.overrides)
         parser.update(dict(self.overrides))
         self.parser = parser

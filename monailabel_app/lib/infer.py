@@ -60,8 +60,13 @@ class MultiCheXNetInfer(BasicInferTask):
             DICOM included; ask for ``.nii.gz`` / ``.nrrd`` with ``params={"result_extension": ...}``).
     """
 
-    def __init__(self, spec: BundleSpec, description: str = "MultiCheXNet: lesion mask + class probabilities + boxes",
-                 result_extension: str = ".png", **kwargs):
+    def __init__(
+        self,
+        spec: BundleSpec,
+        description: str = "MultiCheXNet: lesion mask + class probabilities + boxes",
+        result_extension: str = ".png",
+        **kwargs,
+    ):
         self.spec = spec
         self.postprocessor = spec.build_postprocessor()
         super().__init__(
@@ -133,8 +138,9 @@ class MultiCheXNetInfer(BasicInferTask):
         x = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
         x = x[None].float().to(torch.device(device))  # (1, 1, w, h)
         orig = data.get(ORIGINAL_SIZE) or [int(s) for s in x.shape[2:]]
-        overrides = {k: data[k] for k in ("class_thresholds", "seg_threshold", "box_score_threshold")
-                     if data.get(k) is not None}
+        overrides = {
+            k: data[k] for k in ("class_thresholds", "seg_threshold", "box_score_threshold") if data.get(k) is not None
+        }
         pp = self.postprocessor.with_settings(**overrides)
         with torch.no_grad():
             pred = MultiCheXNetInferer(pp)(x, network)
@@ -142,13 +148,18 @@ class MultiCheXNetInfer(BasicInferTask):
         result: dict = {"size_wh": res["size_wh"]}
         if res[PredKeys.CLASS_PROBS] is not None:
             result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res[PredKeys.CLASS_PROBS])}
-        result["gate"] = {"rule": pp.gate_rule, "thresholds": dict(zip(pp.class_names, pp.class_thresholds)),
-                          "positive": bool(res["gate"])}
+        result["gate"] = {
+            "rule": pp.gate_rule,
+            "thresholds": dict(zip(pp.class_names, pp.class_thresholds)),
+            "positive": bool(res["gate"]),
+        }
         result["box_score_threshold"] = pp.box_score_threshold
         for key in ("boxes", "boxes_ungated"):
-            suffix = key[len("boxes"):]
-            result[key] = [{"box": [round(float(v), 2) for v in b], "score": float(sc), "label": LESION}
-                           for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])]
+            suffix = key[len("boxes") :]
+            result[key] = [
+                {"box": [round(float(v), 2) for v in b], "score": float(sc), "label": LESION}
+                for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])
+            ]
         mask = res["mask"].astype("uint8")  # (W, H), gated
         result["mask_area_px"] = int(mask.sum())
         data[self.output_label_key] = mask  # (W, H) uint8: the writer transposes to rows x cols

@@ -78,7 +78,9 @@ def classifier_drift(before: nn.Module, after: nn.Module, images: Iterable[torch
         if "class_logits" not in a:
             break
         n += int(x.shape[0])
-        diffs.append((torch.sigmoid(b["class_logits"].float()) - torch.sigmoid(a["class_logits"].float())).abs().reshape(-1))
+        diffs.append(
+            (torch.sigmoid(b["class_logits"].float()) - torch.sigmoid(a["class_logits"].float())).abs().reshape(-1)
+        )
     if not diffs:
         return {"images": 0, "mean_abs": 0.0, "max_abs": 0.0}
     d = torch.cat(diffs)
@@ -92,8 +94,12 @@ def _tmp(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
-def publish_model(state_dict: Mapping[str, torch.Tensor], model_path: str | os.PathLike, description: Any | None,
-                  note: Mapping[str, Any] | None = None) -> tuple[Path, Path | None]:
+def publish_model(
+    state_dict: Mapping[str, torch.Tensor],
+    model_path: str | os.PathLike,
+    description: Any | None,
+    note: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path | None]:
     """Publish new weights and their description together.
 
     Both files are written to temporary names beside ``model_path`` first; then ``model.pt`` and
@@ -123,8 +129,12 @@ def publish_model(state_dict: Mapping[str, torch.Tensor], model_path: str | os.P
         if description is not None:
             training = dict(description.training or {})
             training["monailabel"] = {**dict(note or {}), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            new_desc = description.replace(weights_sha256=state_dict_sha256(state), weights_file=model_path.name,
-                                           weights_key=None, training=training)
+            new_desc = description.replace(
+                weights_sha256=state_dict_sha256(state),
+                weights_file=model_path.name,
+                weights_key=None,
+                training=training,
+            )
             new_desc.validate(str(description_path(model_path)))
             tmp_json = _tmp(model_path, ".json")
             import json
@@ -160,7 +170,9 @@ def load_published(model_path: str | os.PathLike, retries: int = 3, wait_s: floa
         if desc.weights_sha256 in (None, state_dict_sha256(state)):
             desc.path = description_path(model_path)
             return desc, state
-        last = StaleDescriptionError(f"{description_path(model_path)}: describes other weights than {model_path} "
-                                     f"(sha256 {desc.weights_sha256[:12]}... vs {state_dict_sha256(state)[:12]}...)")
+        last = StaleDescriptionError(
+            f"{description_path(model_path)}: describes other weights than {model_path} "
+            f"(sha256 {desc.weights_sha256[:12]}... vs {state_dict_sha256(state)[:12]}...)"
+        )
         time.sleep(wait_s)
     raise last

@@ -41,13 +41,13 @@ from monai.transforms import (
     SelectItemsd,
 )
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
 from monai_mcx.keys import BatchKeys, PredKeys
 
 from .bundle import BundleSpec
 from .publish import classifier_drift, freeze_for_segmentation, load_published, publish_model
 
 logger = logging.getLogger(__name__)
-
 
 
 class SegLogitsInferer(Inferer):
@@ -90,9 +90,14 @@ class MultiCheXNetSegTrain(BasicTrainTask):
         kwargs: ``BasicTrainTask`` arguments.
     """
 
-    def __init__(self, spec: BundleSpec, model_dir: str | None = None, teacher_forcing: str = "positive_only",
-                 description: str = "Fine-tune MultiCheXNet's segmentation head + encoder on the annotated lesion masks",
-                 **kwargs):
+    def __init__(
+        self,
+        spec: BundleSpec,
+        model_dir: str | None = None,
+        teacher_forcing: str = "positive_only",
+        description: str = "Fine-tune MultiCheXNet's segmentation head + encoder on the annotated lesion masks",
+        **kwargs,
+    ):
         self.spec = spec
         self.teacher_forcing = teacher_forcing
         model_dir = model_dir or os.path.join(spec.bundle_dir, "models", "monailabel")
@@ -162,12 +167,18 @@ class MultiCheXNetSegTrain(BasicTrainTask):
             pre = Compose(self.val_pre_transforms(context))
             images = [pre(dict(item))["image"][None].float() for item in context.datalist]
             drift = classifier_drift(old_net, new_net, images)
-        note = {"pairs": len(context.datalist), "epochs": int(context.trainer.state.epoch),
-                "train_encoder": self._flag(context, "train_encoder", False), "classifier_drift": drift}
+        note = {
+            "pairs": len(context.datalist),
+            "epochs": int(context.trainer.state.epoch),
+            "train_encoder": self._flag(context, "train_encoder", False),
+            "classifier_drift": drift,
+        }
         max_drift = float(context.request.get("max_drift", 0.05))
         if drift["max_abs"] > max_drift:
-            logger.warning(f"not published: the classifier moved by up to {drift['max_abs']:.4f} (> max_drift "
-                           f"{max_drift}) on the {drift['images']} annotated images; its thresholds would not hold")
+            logger.warning(
+                f"not published: the classifier moved by up to {drift['max_abs']:.4f} (> max_drift "
+                f"{max_drift}) on the {drift['images']} annotated images; its thresholds would not hold"
+            )
             note["published"] = False
         else:
             publish_model(state, self.spec.model_path, desc, note)
@@ -217,7 +228,15 @@ class MultiCheXNetSegTrain(BasicTrainTask):
         return SegLogitsInferer()
 
     def train_key_metric(self, context: Context) -> dict[str, Metric]:
-        return {self.TRAIN_METRIC_MEAN_DICE: MeanDice(output_transform=from_engine(["pred", "label"]), include_background=True)}
+        return {
+            self.TRAIN_METRIC_MEAN_DICE: MeanDice(
+                output_transform=from_engine(["pred", "label"]), include_background=True
+            )
+        }
 
     def val_key_metric(self, context: Context) -> dict[str, Metric]:
-        return {self.VAL_METRIC_MEAN_DICE: MeanDice(output_transform=from_engine(["pred", "label"]), include_background=True)}
+        return {
+            self.VAL_METRIC_MEAN_DICE: MeanDice(
+                output_transform=from_engine(["pred", "label"]), include_background=True
+            )
+        }
