@@ -37,6 +37,14 @@ if str(REPO) not in sys.path:
 CONFIGS = REPO / "bundle" / "configs"
 
 
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository when inside it (the results files must not name this machine's folders)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def build(overrides: dict):
     from monai.bundle import ConfigParser
 
@@ -114,8 +122,8 @@ def main(argv=None) -> int:
                 r["has_boxes"].append(it["boxes"] is not None)
     seconds = time.perf_counter() - t0
     out: dict = {
-        "ckpt": str(args.ckpt),
-        "datalist": str(args.datalist),
+        "ckpt": _rel(args.ckpt),
+        "datalist": _rel(args.datalist),
         "split": args.split,
         "gate": args.gate,
         "box_score": args.box_score,
