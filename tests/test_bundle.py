@@ -123,8 +123,14 @@ def test_evaluate_through_config_workflow_writes_metrics_json(evaluated_bundle):
     assert 0.0 <= metrics["classification/auc"] <= 1.0
 
 
-def test_evaluate_and_infer_through_cli(trained_bundle):
+def test_evaluate_and_infer_through_cli(trained_bundle, tmp_path):
+    import shutil
+
     root, overrides = trained_bundle
+    # a copy of the models: this evaluation (another process: scores equal to ~1e-7 only) writes its thresholds into
+    # model.json, which must not replace the description that the shared evaluated_bundle fixture wrote
+    shutil.copytree(root / "models", tmp_path / "models")
+    overrides = dict(overrides, ckpt_dir=str(tmp_path / "models"))
     out = root / "eval_cli"
     _cli(
         "run",
