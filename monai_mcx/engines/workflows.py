@@ -47,8 +47,9 @@ class MultiTaskTrainer(SupervisedTrainer):
     forcing, :meth:`monai_mcx.losses.MultiCheXNetLoss.select`) is not computed, nor is its loss (the anchor
     matching included); the loss of the heads that run is the same number as with every head computed. Its
     parameters get no gradient in that step: with ``optim_set_to_none=False`` (MONAI's default) their
-    ``grad`` is zero, as in the full computation, so momentum and weight decay act exactly as before; with
-    ``True`` it is ``None`` and the optimizer leaves them alone. Also, the
+    ``grad`` is zero once the head has had a first backward pass, so momentum and weight decay act as with every
+    head computed (before that first pass, and with ``True``, it is ``None`` and the optimizer leaves the head
+    alone; a resumed run restores the zero buffers, ``LastCheckpoint``). Also, the
     BatchNorm running statistics of the segmentation decoder are updated only by the
     batches in which it runs (the localization head uses GroupNorm, which keeps none).
     It needs a loss with ``select``/``needed_tasks`` and a network with ``tasks`` and a
