@@ -30,6 +30,7 @@ class BatchKeys(StrEnum):
     POSITIVE = "positive"
     IMAGE_PATH = "image_path"
     ORIGINAL_SIZE = "original_size"
+    MASK_PATH = "mask_path"
     ERROR = "error"
 
 

@@ -37,6 +37,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
+from monai_mcx.handlers.metrics import ORIGINAL_SUFFIX
 from monai_mcx.metrics import box_iou_float64, dice_per_image
 from monai_mcx.utils import write_text_atomic
 
@@ -606,11 +607,31 @@ class EvaluationReport:
                 "the gallery output these boxes)"
             ]
         lines += ["- per-image decisions: [`per_image.csv`](per_image.csv)", ""]
-        lines += ["## Metrics", "", "| metric | ungated | gated |", "| --- | ---: | ---: |"]
-        keys = sorted(k for k in metrics if not k.endswith("/gated"))
+        orig = ORIGINAL_SUFFIX
+        has_orig = any(k.endswith(orig) for k in metrics)
+        lines += ["## Metrics", ""]
+        if has_orig:
+            lines += [
+                "Segmentation and localization numbers are computed twice: at the network input (`spatial_size`, "
+                "the *network px* columns) and at each image's original resolution (*original px*: the mask "
+                "probability resized to the image as inference writes it, against the mask file at its own size; "
+                "boxes scaled back to the original pixels), which is how SIIM-ACR and most papers report Dice. "
+                "Box metrics agree at both resolutions (IoU does not change under a per-axis scaling) up to "
+                "clipping and rounding. Classification numbers do not depend on the resolution.",
+                "",
+                "| metric | ungated, network px | gated, network px | ungated, original px | gated, original px |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+        else:
+            lines += ["| metric | ungated | gated |", "| --- | ---: | ---: |"]
+
+        def cell(key: str) -> str:
+            return format_value(metrics[key]) if key in metrics else ""
+
+        keys = sorted(k for k in metrics if not k.endswith(("/gated", orig)))
         for k in keys:
-            g = f"{k}/gated"
-            lines.append(f"| `{k}` | {format_value(metrics[k])} | {format_value(metrics[g]) if g in metrics else ''} |")
+            row = f"| `{k}` | {cell(k)} | {cell(f'{k}/gated')} |"
+            lines.append(row + (f" {cell(k + orig)} | {cell(f'{k}/gated{orig}')} |" if has_orig else ""))
         if any(not k.startswith(("classification/", "segmentation/", "localization/")) for k in keys):
             lines.append("")
             lines.append(
@@ -618,7 +639,7 @@ class EvaluationReport:
                 "the mean of `classification/auc`, `segmentation/dice_positive` and `localization/ap50`."
             )
         for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len("/gated")] not in metrics):
-            lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |")
+            lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |" + (" | |" if has_orig else ""))
         lines.append("")
         lines += ["## Plots", ""]
         if curve_links:
