@@ -99,7 +99,7 @@ def tasks_of(item: dict) -> set[str]:
 
 def batches(items: list[dict], batch_size: int, seed: int, grouped: bool = False) -> list[dict]:
     """Shuffled mixed batches, or (``grouped``) the batches of ``TaskGroupedSampler`` (one annotation kind each,
-    what ``--task_grouped_batches true`` gives the bundle)."""
+    what ``--task_grouped_batches true`` gives the bundle; a group's last batch may be smaller)."""
     from monai_mcx.data import collate_cxr
     from monai_mcx.data.sampling import TaskGroupedSampler
 
@@ -141,37 +141,30 @@ class Variant:
         self.history: list[dict] = []
         self.heads_run = {t: 0 for t in tasks}
         self.steps = 0
+        self.trainer = None
 
-    def train_epoch(self, epoch: int) -> float:
-        from ignite.engine import Events
-
-        data = batches(self.items, self.batch_size, seed=epoch, grouped=self.grouped)
-        trainer = self.trainer_cls(
-            device=torch.device("cpu"),
-            max_epochs=1,
-            train_data_loader=data,
-            network=self.net,
-            optimizer=self.opt,
-            loss_function=self.loss,
-        )
-
-        def count(engine):
-            pred = engine.state.output["pred"]
-            self.steps += 1
-            for t, key in (
-                ("classification", "class_logits"),
-                ("segmentation", "seg_logits"),
-                ("localization", "box_cls_logits"),
-            ):
-                if t in self.heads_run and key in pred:
-                    self.heads_run[t] += 1
-
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, count)
-        gc.collect()
+    def step(self, batch: dict) -> float:
+        """One training step (forward, loss, backward, optimizer) of this variant's ``MultiTaskTrainer``, timed."""
+        if self.trainer is None:
+            self.trainer = self.trainer_cls(
+                device=torch.device("cpu"),
+                max_epochs=1,
+                train_data_loader=[batch],
+                network=self.net,
+                optimizer=self.opt,
+                loss_function=self.loss,
+            )
         t0 = time.perf_counter()
-        trainer.run()
+        out = self.trainer._iteration(self.trainer, batch)
         dt = time.perf_counter() - t0
-        self.epoch_seconds.append(dt)
+        self.steps += 1
+        for t, key in (
+            ("classification", "class_logits"),
+            ("segmentation", "seg_logits"),
+            ("localization", "box_cls_logits"),
+        ):
+            if t in self.heads_run and key in out["pred"]:
+                self.heads_run[t] += 1
         return dt
 
     @torch.no_grad()
@@ -235,10 +228,19 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
     )
     for epoch in range(args.epochs):
         k = epoch % len(variants)
-        for v in variants[k:] + variants[:k]:
-            dt = v.train_epoch(epoch)
+        order = variants[k:] + variants[:k]
+        plans = {v.name: batches(v.items, v.batch_size, seed=epoch, grouped=v.grouped) for v in order}
+        seconds = {v.name: 0.0 for v in order}
+        gc.collect()
+        # steps interleaved across the variants (round robin), so that a change of load hits all of them alike
+        for i in range(max(len(p) for p in plans.values())):
+            for v in order:
+                if i < len(plans[v.name]):
+                    seconds[v.name] += v.step(plans[v.name][i])
+        for v in order:
+            v.epoch_seconds.append(seconds[v.name])
             v.history.append(v.validate(val))
-            print(f"[{name}] epoch {epoch + 1} {v.name}: {dt:.2f} s {v.history[-1]}", flush=True)
+            print(f"[{name}] epoch {epoch + 1} {v.name}: {seconds[v.name]:.2f} s {v.history[-1]}", flush=True)
 
     runs = {
         v.name: {
@@ -259,6 +261,14 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
     singles = {k: v for k, v in runs.items() if k.startswith("single_")}
     med = {k: float(np.median(v["epoch_seconds"])) for k, v in runs.items()}
     sum_single = sum(med[k] for k in singles)
+
+    def epoch_ratio(name: str) -> tuple[float, list[float]]:
+        """Median over epochs of (this variant's epoch / the single-task models' same epoch, summed): the
+        variants of one epoch ran back to back, so each ratio is measured under one load."""
+        n = min(len(v["epoch_seconds"]) for v in runs.values())
+        per = [runs[name]["epoch_seconds"][e] / sum(v["epoch_seconds"][e] for v in singles.values()) for e in range(n)]
+        return round(float(np.median(per)), 3), [round(x, 3) for x in per]
+
     targets, t_mcx, t_single = {}, {}, {}
     for v in singles.values():
         task = v["tasks"][0]
@@ -276,7 +286,8 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
         t_g = {t: time_to(g["history"], g["epoch_seconds"], METRIC[t], x) for t, x in targets.items()}
         g_all = max(t_g.values()) if t_g and all(x is not None for x in t_g.values()) else None
         grouped = {
-            "ratio_epoch_vs_sum_single": round(med["multichexnet_grouped"] / sum_single, 3),
+            "ratio_epoch_vs_sum_single": epoch_ratio("multichexnet_grouped")[0],
+            "ratio_per_epoch": epoch_ratio("multichexnet_grouped")[1],
             "time_to_target_s": t_g,
             "time_to_all_targets_s": g_all,
             "ratio_time_to_quality": round(g_all / single_all, 3) if g_all and single_all else None,
@@ -296,7 +307,8 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
         "encoder": args.encoder,
         "median_epoch_s": {k: round(x, 3) for k, x in med.items()},
         "sum_single_epoch_s": round(sum_single, 3),
-        "ratio_epoch_mcx_vs_sum_single": round(med["multichexnet"] / sum_single, 3),
+        "ratio_epoch_mcx_vs_sum_single": epoch_ratio("multichexnet")[0],
+        "ratio_per_epoch": epoch_ratio("multichexnet")[1],
         "quality_targets": targets,
         "time_to_target_s_mcx": t_mcx,
         "time_to_target_s_single": t_single,
@@ -436,10 +448,11 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
         f"per epoch at equal quality; disjoint data ≤ {TARGET_DISJOINT} ×.",
         "",
         f"Encoder `{args.encoder}`, {args.size} px, batch {args.batch_size}, {args.epochs} epochs, AdamW lr "
-        f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Epochs interleaved "
-        "(rotating order); median seconds per epoch. **The machine was shared with a long training and other "
-        "jobs (load average below): only the ratios, measured in one run, are meaningful, not the absolute "
-        "seconds.**",
+        f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Training steps "
+        "interleaved round robin across the variants (a change of load hits all of them alike): s/epoch columns are medians over epochs; *MCX / sum* is the median over epochs of "
+        "(MultiCheXNet's epoch / the three single-task models' same epoch, summed), each ratio taken from "
+        "variants that ran back to back under one load. **The machine was shared with other jobs (load average "
+        "below): only the ratios, measured in one run, are meaningful, not the absolute seconds.**",
         "",
         "| data | train items | MCX s/epoch | single s/epoch (cls / seg / loc) | sum single | MCX / sum | goal | holds |"
         " time to quality MCX / sum single |",

@@ -110,21 +110,20 @@ def annotation_signature(item: Mapping) -> tuple[str, ...]:
 
 
 class TaskGroupedSampler(Sampler):
-    """Every item once per epoch, in batches whose items share one :func:`annotation_signature`.
+    """A batch sampler: every item once per epoch, in batches whose items share one :func:`annotation_signature`.
 
     Items are grouped by the annotations they carry; each group is shuffled (``seed + epoch``) and cut into
-    batches of ``batch_size``; a group's last, partial batch is filled up with other items of the same group
-    drawn at random (so a few items appear twice in an epoch, and every batch is single-signature even though the
-    ``DataLoader`` cuts the stream into fixed ``batch_size`` chunks); the batch order is then shuffled. Use it as
-    the training ``DataLoader``'s ``sampler`` with the same ``batch_size``. Like
-    :class:`~monai_mcx.engines.checkpoint.ResumableSampler`, ``set_epoch`` (called by MONAI's engines) fixes the
-    order and :meth:`skip_next` lets :class:`~monai_mcx.engines.checkpoint.LastCheckpoint` resume mid-epoch.
-    Under a process group, rank ``r`` takes batches ``r, r + world, ...`` (all ranks get the same number of
-    batches; the last ones are repeated when needed).
+    batches of ``batch_size`` (a group's last batch may be smaller); the batch order is then shuffled. Use it as
+    the training ``DataLoader``'s ``batch_sampler`` (``train.json --task_grouped_batches true`` does). Like
+    :class:`~monai_mcx.engines.checkpoint.ResumableSampler`, ``set_epoch`` (called by
+    :class:`~monai_mcx.engines.MultiTaskTrainer` at every epoch start) fixes the order and
+    :meth:`skip_next_batches` lets :class:`~monai_mcx.engines.checkpoint.LastCheckpoint` resume mid-epoch on the
+    batches not yet seen. Under a process group, rank ``r`` takes batches ``r, r + world, ...`` (every rank gets
+    the same number of batches; the first ones are repeated where needed).
 
     Args:
         dataset: a dataset whose ``data`` (MONAI ``Dataset``/``CacheDataset``) or items are datalist dicts.
-        batch_size: the ``DataLoader``'s batch size.
+        batch_size: items per batch.
         shuffle: shuffle within groups and the order of the batches (False: datalist order, groups in order of
             first appearance).
         seed: base seed.
@@ -162,8 +161,9 @@ class TaskGroupedSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def skip_next(self, num_samples: int) -> None:
-        self._skip = max(0, int(num_samples))
+    def skip_next_batches(self, num_batches: int) -> None:
+        """Skip the first ``num_batches`` batches of the next pass (a run resumed mid-epoch)."""
+        self._skip = max(0, int(num_batches))
 
     def batches(self, epoch: int | None = None) -> list[list[int]]:
         """This rank's batches (lists of dataset indices) for ``epoch`` (default: the current one)."""
@@ -171,12 +171,7 @@ class TaskGroupedSampler(Sampler):
         out: list[list[int]] = []
         for idx in self.groups.values():
             order = rng.permutation(idx).tolist() if self.shuffle else list(idx)
-            for s in range(0, len(order), self.batch_size):
-                batch = order[s : s + self.batch_size]
-                missing = self.batch_size - len(batch)
-                if missing > 0:  # fill the partial batch from the same group
-                    batch = batch + rng.choice(order, size=missing, replace=len(order) < missing).tolist()
-                out.append([int(i) for i in batch])
+            out += [[int(i) for i in order[s : s + self.batch_size]] for s in range(0, len(order), self.batch_size)]
         if self.shuffle:
             out = [out[i] for i in rng.permutation(len(out))]
         per_rank = -(-len(out) // self.world)
@@ -185,9 +180,9 @@ class TaskGroupedSampler(Sampler):
 
     def __len__(self) -> int:
         n = sum(-(-len(g) // self.batch_size) for g in self.groups.values())
-        return -(-n // self.world) * self.batch_size
+        return -(-n // self.world)
 
     def __iter__(self):
-        idx = [i for b in self.batches() for i in b]
+        batches = self.batches()
         skip, self._skip = self._skip, 0
-        return iter(idx[skip:])
+        return iter(batches[skip:])

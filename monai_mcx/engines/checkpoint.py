@@ -623,7 +623,10 @@ class LastCheckpoint:
         if self._in_epoch:
             loader = getattr(engine, "data_loader", None)
             sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "skip_next"):
+            batch_sampler = getattr(loader, "batch_sampler", None)
+            if hasattr(batch_sampler, "skip_next_batches"):  # e.g. TaskGroupedSampler
+                batch_sampler.skip_next_batches(self._in_epoch)
+            elif hasattr(sampler, "skip_next"):
                 sampler.skip_next(self._in_epoch * int(loader.batch_size or 1))
             else:
                 warnings.warn(
