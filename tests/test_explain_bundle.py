@@ -398,3 +398,34 @@ def test_monailabel_infer_task_returns_saliency_on_request(fake_monailabel, sing
         res = task.run_inferer({"image": x, infer.ORIGINAL_SIZE: [70, 50], "saliency": flag}, device="cpu")["result"]
         assert res["saliency"] == saliency_result(SaliencyMaps(net), x[None], (70, 50), CLASSES)
         assert res["class_probabilities"] == plain["class_probabilities"]
+
+
+def test_saliency_evaluation_gathers_ranks(monkeypatch):
+    """Under torch.distributed every rank reports the scores of all shards (here: a faked 2-rank gather), and the
+    handler runs on every rank of multi_gpu_evaluate.json (rank0_handlers keeps it)."""
+    import torch.distributed as dist
+
+    from monai_mcx.engines.distributed import rank0_handlers
+    from monai_mcx.handlers.explain import SaliencyEvaluation
+
+    region = np.zeros((8, 8), dtype=bool)
+    region[:4] = True
+    hit, miss = np.zeros((8, 8)), np.zeros((8, 8))
+    hit[1, 1], miss[6, 6] = 1.0, 1.0
+    h = SaliencyEvaluation(types.SimpleNamespace(class_indices=[0]), ["p"])
+    h.game.add("p", hit, region)
+    other = SaliencyEvaluation(types.SimpleNamespace(class_indices=[0]), ["p"])
+    other.game.add("p", miss, region)
+    other.game.add("p", miss, region)
+
+    def all_gather_object(parts, obj):
+        parts[0], parts[1] = obj, other.game._rows
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    engine = _Engine({})
+    h.completed(engine)
+    assert engine.state.metrics["explain/n_images"] == 3
+    assert engine.state.metrics["explain/pointing_game"] == pytest.approx(1 / 3)
+    assert rank0_handlers([h], rank=1) == [h]

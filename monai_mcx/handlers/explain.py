@@ -24,7 +24,8 @@ The keys go into ``engine.state.metrics`` at ``EPOCH_COMPLETED``; list this hand
 evaluator's handlers so both see them (Ignite runs the handlers of one event in the order they were attached; the
 key metric's ``completed`` runs first, so nothing it writes is overwritten).
 
-Cost: one forward + backward pass per class on the selected images of each batch (``max_images`` caps it).
+Cost: one forward + backward pass per class on the selected images of each batch (``max_images`` caps it, per
+rank). Under ``torch.distributed`` the scores of every rank are gathered before the keys are computed.
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ class SaliencyEvaluation:
         tolerance: pointing tolerance in pixels of the network input (0: the maximum must be inside).
         sigma_fraction: of the centred-Gaussian baseline (:func:`monai_mcx.explain.centred_gaussian`).
         prefix: key prefix.
+
+    ``rank0_only = False``: under ``multi_gpu_evaluate.json`` it runs on every rank (each scores its shard, then
+    :meth:`completed` gathers them), as the metrics do.
     """
+
+    rank0_only = False
 
     def __init__(
         self,
@@ -157,6 +163,22 @@ class SaliencyEvaluation:
         """The ``explain/...`` keys of the images scored so far."""
         return self.game.compute()
 
+    def _gather_ranks(self) -> None:
+        """Under ``torch.distributed`` (each rank evaluated a shard), merge every rank's scores so that all ranks
+        report the whole split. Collective: every rank must call it."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        parts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, self.game._rows)
+        self.game.reset()
+        for rows in parts:
+            for c, table in rows.items():
+                for m, values in table.items():
+                    self.game._rows[c][m].extend(values)
+
     def completed(self, engine: Engine) -> None:
+        self._gather_ranks()
         self.metrics = self.compute()
         engine.state.metrics.update(self.metrics)
