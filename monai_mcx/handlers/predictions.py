@@ -193,7 +193,9 @@ class PredictionWriter:
         if isinstance(meta, Mapping) and "pixel_spacing" in meta:
             spacings = torch.as_tensor(np.asarray(meta["pixel_spacing"])).reshape(n, -1).tolist()
         pp = self.postprocessor
-        maps = self._saliency_maps(images, [not e for e in errors])
+        net_input = engine.state.output.get(CommonKeys.IMAGE) if isinstance(engine.state.output, Mapping) else None
+        net_input = net_input if net_input is not None and tuple(net_input.shape) == tuple(images.shape) else images
+        maps = self._saliency_maps(net_input, [not e for e in errors])  # on the evaluator's own input batch
         for i in range(n):
             src = str(names[i])
             if errors[i]:

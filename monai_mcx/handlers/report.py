@@ -583,7 +583,7 @@ class EvaluationReport:
 
     def _saliency_panels(self, cases: list[dict]) -> dict[int, dict]:
         """``{case index: draw_case dict}``: each gallery case's saliency map (its most probable class) over the
-        X-ray, truth in green. Empty without ``saliency`` (or when it fails: the gallery is best effort)."""
+        X-ray, truth in green. Empty without ``saliency``."""
         if self.saliency is None or not cases or any("input" not in c for c in cases):
             return {}
         device = next(self.saliency.wrapper.parameters()).device
