@@ -216,7 +216,8 @@ class ModelDescription:
         box_threshold_method / box_threshold_split / box_threshold_date: how it was chosen (e.g. ``"rsna"``: the
             threshold maximising the RSNA challenge metric on the validation split).
         calibration: open slot (issue 14), e.g. ``{"method": "temperature", "temperature": {class: T}}``; None.
-        saliency: open slot (issue 14), e.g. ``{"method": "gradcam", "layer": "encoder.features.norm5"}``; None.
+        saliency: ``{"method", "layer"}`` of the saliency maps (:func:`monai_mcx.explain.saliency_settings`), e.g.
+            ``{"method": "gradcam", "layer": "stride32"}`` (what ``train.json`` writes); None: that default.
 
     Provenance:
         training: :func:`training_summary` (data sources, items per split, epochs, date, run name, ...).
