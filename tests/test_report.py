@@ -90,7 +90,10 @@ def test_training_logs_overlay_images_to_tensorboard(trained_bundle):
             steps.setdefault(tag, set()).update(e.step for e in acc.Images(tag))
     assert "validation/overlay/0" in steps, steps
     assert steps["validation/overlay/0"] == {1, 2}  # one per validation round (2 epochs)
-    assert len(steps) == 4
+    overlays = {t for t in steps if t.startswith("validation/overlay/")}
+    saliency = {t for t in steps if t.startswith("validation/saliency/")}  # #14: the same cases' Grad-CAM
+    assert len(overlays) == 4 and len(saliency) == 4 and overlays | saliency == set(steps), steps
+    assert all(steps[t] == {1, 2} for t in saliency)
 
 
 # --------------------------------------------------------------------------------------------- geometry
