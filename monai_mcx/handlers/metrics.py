@@ -45,7 +45,7 @@ from monai_mcx.metrics import (
     detection_metrics,
     segmentation_metrics,
 )
-from monai_mcx.utils import write_json_atomic
+from monai_mcx.utils import as_bool, write_json_atomic
 
 __all__ = [
     "MultiTaskMetrics",
@@ -129,7 +129,7 @@ class MultiTaskMetrics(Metric):
         mask_loader: Callable | None = None,
     ) -> None:
         self.class_names = list(class_names)
-        self.original_resolution = bool(original_resolution)
+        self.original_resolution = as_bool(original_resolution, "metrics_original_resolution")
         self._mask_loader = mask_loader
         self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
         if list(self.postprocessor.class_names) != self.class_names:

@@ -54,7 +54,7 @@ from PIL import Image, ImageDraw
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, PredKeys
 from monai_mcx.transforms.guard import ERROR_KEY
-from monai_mcx.utils import write_bytes_atomic, write_json_atomic
+from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
 
 __all__ = ["PredictionWriter", "overlay_image"]
 
@@ -135,8 +135,8 @@ class PredictionWriter:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
-        self.write_nifti = bool(write_nifti)
-        self.write_overlay = bool(write_overlay)
+        self.write_nifti = as_bool(write_nifti, "write_nifti")
+        self.write_overlay = as_bool(write_overlay, "write_overlay")
         self.write_mask_png = bool(write_mask_png)
         self.overlay_reader = overlay_reader
         self.saliency = saliency
