@@ -355,17 +355,30 @@ class MultiCheXNetInferer(Inferer):
     Args:
         postprocessor: the post-processing (its settings are the deployed model's).
         inferer: how to run the network (default: a plain forward, as MONAI's ``SimpleInferer``).
+        tasks: the heads to run (``network(inputs, tasks=...)``, e.g. ``["classification"]`` for a fast triage
+            pass); None runs every head. Without the classification head there is no gate: every image gets its
+            mask and boxes.
 
     ``inferer(inputs, network)`` returns the post-processed dict of the module docstring. Post-processing runs
     in float32 with autocast off (AMP only affects the network's forward).
     """
 
-    def __init__(self, postprocessor: MultiCheXNetPostprocessor, inferer: Inferer | None = None) -> None:
+    def __init__(
+        self,
+        postprocessor: MultiCheXNetPostprocessor,
+        inferer: Inferer | None = None,
+        tasks: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         self.postprocessor = postprocessor
         self.inferer = inferer
+        self.tasks = None if tasks is None else [str(t) for t in tasks]
+        if self.tasks is not None and not self.tasks:
+            raise ValueError("MultiCheXNetInferer: tasks must name at least one head (or be None for every head).")
 
     def __call__(self, inputs: Tensor, network: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self.tasks is not None:
+            kwargs.setdefault("tasks", self.tasks)
         outputs = (
             self.inferer(inputs, network, *args, **kwargs)
             if self.inferer is not None

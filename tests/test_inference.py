@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -270,3 +271,41 @@ def test_benchmark_quick_writes_records_with_the_schema(tmp_path):
     assert {"ratio_vs_sum_single", "holds_vs_sum_single", "ratio_vs_classification_only"} <= set(payload["targets"][0])
     assert "torch" in payload["machine"] and "load_average_start" in payload
     assert "MultiCheXNet latency" in out_md.read_text()
+
+
+def test_heads_option_runs_only_the_named_heads(inference_run, tmp_path):
+    """``--heads "['classification']"``: the network runs the encoder and the classifier only; the probabilities
+    are those of the full run, and no mask or box is written."""
+    root, full = inference_run
+    out = tmp_path / "cls_only"
+    calls = []
+    from monai_mcx.networks import MultiCheXNet
+
+    original = MultiCheXNet.forward
+
+    def spy(self, image, tasks=None):
+        calls.append(tasks)
+        return original(self, image, tasks=tasks)
+
+    with mock.patch.object(MultiCheXNet, "forward", spy):
+        run_bundle(
+            "inference.json",
+            workflow_type="infer",
+            bundle_root=str(BUNDLE),
+            input=str(root / "inputs"),
+            ckpt_dir=str(root / "models"),
+            output_dir=str(out),
+            batch_size=2,
+            heads=["classification"],
+        )
+    assert calls and all(t == ["classification"] for t in calls)
+    compared = 0
+    for rec_file in sorted(full.glob("*.json")):
+        ref = json.loads(rec_file.read_text())
+        if "class_probabilities" not in ref:
+            continue
+        got = json.loads((out / rec_file.name).read_text())
+        assert got["class_probabilities"] == pytest.approx(ref["class_probabilities"], abs=1e-6)
+        assert not got.get("boxes") and not got.get("mask_nifti")
+        compared += 1
+    assert compared >= 2
