@@ -53,6 +53,7 @@ SOURCES = ("kermany", "rsna", "covid_lesions")
 #: train_real.json's source fractions
 FRACTIONS = {"kermany": 0.45, "rsna": 0.40, "covid_lesions": 0.15}
 TF_MODES = ("positive_only", "all", "balanced")
+TASK_NAMES = ("classification", "segmentation", "localization")
 TRANSFER_INITS = ("from_multichexnet", "from_single_classifier", "random_init")
 
 LESION_PRESETS = {
@@ -484,6 +485,13 @@ def render_lesions(entry: dict) -> list[str]:
             f"{gated(m, 'rsna/ap50')} | {gated(m, 'covid_lesions/dice_positive')} | {r.get('samples_seen', '-')} | "
             f"{_f(r.get('train_seconds'), 1)} | {_f(r.get('latency_ms'), 1)} |"
         )
+    if any(r.get("latency_interleaved") for r in recs):
+        lines += [
+            "",
+            "Latency: median batch-1 forward (eval mode, no box decoding) of the four trained models measured "
+            "interleaved (one forward of each in turn) on the same loaded CPU; the sum row adds the three "
+            "single-task models (three passes per image).",
+        ]
     lines += [""] + observations(recs) + [""]
     # (b)
     lines += [
@@ -618,6 +626,7 @@ def run_lesion_suite(args, write) -> dict:
         "tf_all",
     ]
     plan += [f"transfer_{init}_{mode}" for mode in ("frozen", "unfrozen") for init in TRANSFER_INITS]
+    plan += ["latency"]
 
     def entry(complete: bool, missing: list[str]) -> dict:
         return {
@@ -795,6 +804,11 @@ def run_lesion_suite(args, write) -> dict:
             elif step.startswith("tf_"):
                 mode = step.removeprefix("tf_")
                 done[step] = cached(step, lambda: joint_like(f"multichexnet_{mode}", None, mode))
+            elif step == "latency":
+                main_rows = ("multichexnet", "single_classification", "single_segmentation", "single_localization")
+                if not all(r in done for r in main_rows):
+                    continue
+                done[step] = cached(step, lambda: latency_row({r: done[r]["ckpt"] for r in main_rows}, p, args))
             else:
                 init, mode = step.removeprefix("transfer_").rsplit("_", 1)
                 ckpts = {k: done[k]["ckpt"] for k in ("multichexnet", "single_classification") if k in done}
@@ -823,7 +837,35 @@ def run_lesion_suite(args, write) -> dict:
     return final
 
 
+def latency_row(ckpts: dict, p: dict, args) -> dict:
+    """Batch-1 forward latency (eval mode, no box decoding) of the trained models, measured INTERLEAVED (one
+    forward of each model in turn, ``latency_repeats`` rounds, median per model), so that the models share the
+    machine's load; the per-run values measured right after each training depend on the load at that moment."""
+    from monai_mcx.artifact import load_description
+
+    nets = {}
+    for row, ckpt in ckpts.items():
+        net = load_description(ckpt).build_network()
+        net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        nets[row] = net.to(args.device).eval()
+    x = torch.rand(1, 1, p["size"], p["size"], device=args.device)
+    times: dict[str, list[float]] = {row: [] for row in nets}
+    with torch.inference_mode():
+        for i in range(p["latency_repeats"] + 2):
+            for row, net in nets.items():
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                net(x)
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if i >= 2:
+                    times[row].append(time.perf_counter() - t)
+    return {"latency_ms": {row: round(1000 * float(np.median(v)), 2) for row, v in times.items()}}
+
+
 def _records(done: dict, sizes: dict) -> list[dict]:
+    lat = (done.get("latency") or {}).get("latency_ms") or {}
     recs = []
     size_of = {"multichexnet": "joint", "single_classification": "classification"}
     for row in ("multichexnet", "single_classification", "single_segmentation", "single_localization"):
@@ -848,6 +890,8 @@ def _records(done: dict, sizes: dict) -> list[dict]:
                         )
                     },
                     "subset_sizes": sizes[size_of.get(row, row.removeprefix("single_"))],
+                    "latency_ms_after_training": r.get("latency_ms"),
+                    **({"latency_ms": lat[row], "latency_interleaved": True} if row in lat else {}),
                 }
             )
     singles = [done.get(f"single_{t}") for t in ("classification", "segmentation", "localization")]
@@ -862,7 +906,9 @@ def _records(done: dict, sizes: dict) -> list[dict]:
                 "row": "three_single_task_sum",
                 "metrics": metrics,
                 "train_seconds": round(sum(s["train_seconds"] for s in singles), 2),
-                "latency_ms": round(sum(s["latency_ms"] for s in singles), 2),
+                "latency_ms": round(
+                    sum(lat.get(f"single_{t}", s["latency_ms"]) for t, s in zip(TASK_NAMES, singles)), 2
+                ),
                 "samples_seen": sum(s["samples_seen"] for s in singles),
                 "description": "the three single-task models together: metrics from each, times and latencies added",
             }
