@@ -432,8 +432,14 @@ def render_lesions(entry: dict) -> list[str]:
         "## Part 1: LESION tasks on real X-rays (cxr-lesions + Kermany)",
         "",
         f"Produced by `{entry.get('command')}` on {entry.get('created')} ({entry.get('device')}, "
-        f"{entry.get('threads')} threads, torch {entry.get('torch')}); wall time {entry.get('total_minutes', 0):.1f} min"
-        f"{'' if entry.get('complete') else ' -- INCOMPLETE run, see the missing rows below'}.",
+        f"{entry.get('threads')} threads, torch {entry.get('torch')}); wall time of this invocation "
+        f"{entry.get('total_minutes', 0):.1f} min"
+        + (
+            f" ({len(entry['rows_from_cache'])} rows read from the row cache of earlier invocations)"
+            if entry.get("rows_from_cache")
+            else ""
+        )
+        + f"{'' if entry.get('complete') else ' -- INCOMPLETE run, see the missing rows below'}.",
         "",
         f"**Preset `{entry.get('preset')}` (reduced CPU setting):** {p.get('size')} px, `{p.get('encoder')}`, "
         f"{p.get('epochs')} epochs x {p.get('samples_per_epoch')} samples (batch {p.get('batch_size')}) for the joint "
@@ -646,17 +652,23 @@ def run_lesion_suite(args, write) -> dict:
             "total_minutes": (time.perf_counter() - t_start) / 60,
             "complete": complete,
             "missing_rows": missing,
+            "rows_from_cache": sorted(set(from_row_cache)),
             "records": list(records),
         }
+
+    from_row_cache: list[str] = []
 
     def cached(name: str, fn):
         path = rows_dir / f"{name}.json"
         if path.is_file():
             row = json.loads(path.read_text())
             if row.get("settings") == p:
+                from_row_cache.append(name)
                 return row
+        t = time.perf_counter()
         row = fn()
         row["settings"] = p
+        row["step_wall_seconds"] = round(time.perf_counter() - t, 1)
         path.write_text(json.dumps(row, indent=1))
         return row
 
