@@ -255,3 +255,45 @@ def test_lesion_suite_quick_on_real_images(tmp_path):
     again = json.loads((out / "results.json").read_text())["suites"]["lesions"]
     assert len(again["rows_from_cache"]) == 13 and again["records"] == entry["records"]  # 12 rows + latency
     assert "rows read from the row cache" in (out / "results.md").read_text()
+
+
+@pytest.mark.shared
+def test_evaluate_real_post_processes_through_the_one_post_processor(tmp_path, monkeypatch):
+    """scripts/evaluate_real.py takes probabilities, gate, masks and boxes from MultiCheXNetPostprocessor."""
+    import importlib.util
+
+    from monai_mcx.data.public import COVIDLesions, RSNAPneumonia
+    from monai_mcx.inferers import MultiCheXNetPostprocessor
+
+    lesions, ckpt = SHARED / "data" / "cxr-lesions", REPO / "bundle" / "models" / "model.pt"
+    if not (lesions / "rsna").is_dir() or not ckpt.is_file():
+        pytest.skip(f"needs {lesions} and the shipped model {ckpt}")
+    rsna = sorted(RSNAPneumonia(lesions / "rsna").load(), key=lambda it: it["image"])
+    items = [it for it in rsna if it["boxes"]][:3] + [it for it in rsna if not it["boxes"]][:3]
+    items += COVIDLesions(lesions / "covid_lesions").load()[:2]
+    keys = ("image", "patient", "source", "label", "mask", "boxes")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(
+        json.dumps(
+            {"class_names": ["pneumonia"], "training": [], "validation": [{k: it.get(k) for k in keys} for it in items]}
+        )
+    )
+    calls = []
+    real_call = MultiCheXNetPostprocessor.__call__
+
+    def spy(self, outputs, images):
+        calls.append(self.settings())
+        return real_call(self, outputs, images)
+
+    monkeypatch.setattr(MultiCheXNetPostprocessor, "__call__", spy)
+    spec = importlib.util.spec_from_file_location("evaluate_real", REPO / "scripts" / "evaluate_real.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    args = ["--ckpt", str(ckpt), "--datalist", str(datalist), "--output-dir", str(tmp_path), "--gate", "0.6"]
+    assert mod.main(args + ["--box-score", "0.2"]) == 0
+    assert calls and calls[0]["class_thresholds"] == {"pneumonia": 0.6} and calls[0]["box_score_threshold"] == 0.2
+    m = json.loads((tmp_path / "results_real.json").read_text())["metrics"]
+    for key in ("rsna/auc", "rsna/ap50", "rsna/rsna_metric/gated", "covid_lesions/dice_positive"):
+        assert key in m, key
+    assert m["rsna/boxes_per_negative/gated"] <= m["rsna/boxes_per_negative"]
+    assert m["rsna/mask_px_per_negative/gated"] <= m["rsna/mask_px_per_negative"]
