@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     from monai.transforms import Compose
 
     from monai_mcx.data import collate_cxr, load_datalist
+    from monai_mcx.inferers import MultiCheXNetPostprocessor, select_detections
+    from monai_mcx.keys import PredKeys
     from monai_mcx.metrics.classification import roc_auc
     from monai_mcx.metrics.detection import detection_metrics, rsna_metric
     from monai_mcx.metrics.segmentation import dice_per_image
@@ -95,21 +97,29 @@ def main(argv=None) -> int:
     state = torch.load(args.ckpt, map_location="cpu", weights_only=True)
     net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
     net.eval()
-    decoder = parser.get_parsed_content("box_decoder")
     transform = Compose(parser.get_parsed_content("preprocessing_base"))
     class_names = parser.get_parsed_content("class_names")
+    # the one post-processing path (monai_mcx.inferers): probabilities, gate, mask, every candidate box
+    post = MultiCheXNetPostprocessor(
+        class_names=class_names,
+        class_thresholds=args.gate,
+        seg_threshold=0.5,
+        box_score_threshold=args.box_score,
+        box_decoder=parser.get_parsed_content("box_decoder"),
+    )
     items = load_datalist(args.datalist, args.split, class_names, max_items=args.max_items)
     t0 = time.perf_counter()
     rec = defaultdict(lambda: defaultdict(list))
     for i in range(0, len(items), args.batch_size):
         batch = collate_cxr([transform(dict(it)) for it in items[i : i + args.batch_size]])
         with torch.no_grad():
-            pred = net(batch["image"])
-            probs = torch.sigmoid(pred["class_logits"])[:, 0]
-            seg = torch.sigmoid(pred["seg_logits"]) >= 0.5 if "seg_logits" in pred else None
-            dets = decoder(pred, batch["image"]) if "box_cls_logits" in pred else None
+            pred = post(net(batch["image"]), batch["image"])
+            probs = pred[PredKeys.CLASS_PROBS][:, 0]
+            seg = pred[PredKeys.SEG_MASK] if PredKeys.SEG_MASK in pred else None
+            dets = pred.get(PredKeys.DETECTIONS)
         for j, it in enumerate(items[i : i + args.batch_size]):
             r = rec[it["source"]]
+            r["gate"].append(bool(pred[PredKeys.GATE][j]))
             r["prob"].append(float(probs[j]))
             r["label"].append(None if it["label"] is None else float(it["label"][0]))
             if seg is not None:
@@ -140,11 +150,10 @@ def main(argv=None) -> int:
     if "rsna" in rec and rec["rsna"]["det"]:
         r = rec["rsna"]
         truths = [torch.as_tensor(b).reshape(-1, 4) for b in r["boxes"]]
-        gate = [p >= args.gate for p in r["prob"]]
+        gate = r["gate"]
 
         def keep(d, score, g=True):
-            k = (d["scores"] >= score) if g else torch.zeros_like(d["scores"], dtype=torch.bool)
-            return {"boxes": d["boxes"][k], "scores": d["scores"][k]}
+            return select_detections(d, score, keep=g)
 
         for tag, gated in (("", False), ("/gated", True)):
             preds = [keep(d, args.box_score, g or not gated) for d, g in zip(r["det"], gate)]
@@ -169,7 +178,7 @@ def main(argv=None) -> int:
         pos = [i for i, mk in enumerate(r["mask"]) if mk.any()]
         d = dice_per_image(np.stack([r["seg"][i] for i in pos]), np.stack([r["mask"][i] for i in pos]))
         m["covid_lesions/dice_positive"] = float(d.mean())
-        gate = [r["prob"][i] >= args.gate for i in pos]
+        gate = [r["gate"][i] for i in pos]
         m["covid_lesions/dice_positive/gated"] = float(np.mean([x if g else 0.0 for x, g in zip(d, gate)]))
         out["counts"]["covid_lesions"]["with_lesion"] = len(pos)
     m = {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4)) for k, v in m.items()}

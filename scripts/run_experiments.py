@@ -1,5 +1,17 @@
 #!/usr/bin/env python
-"""MultiCheXNet's experiments on real chest X-rays (../shared/data/cxr-real), by one command.
+"""MultiCheXNet's experiments on real chest X-rays, by one command: ``docs/results.md`` / ``results.json``.
+
+Two suites (``--suite all`` runs both; ``--suite lesions`` / ``--suite lung`` re-runs one and keeps the other's
+entry in ``results.json``, keyed by suite, from which ``results.md`` is rendered):
+
+* ``lesions`` (:mod:`lesion_suite`): REAL LESION tasks -- Kermany classes, RSNA opacity boxes, covid_lesions
+  lesion masks (``../shared/data/cxr-lesions``) with the ``train_real.json`` recipe: MultiCheXNet vs the three
+  single-task models, teacher forcing on real negatives, transfer to COVID-19 vs other pneumonias with
+  cross-validation. Reduced CPU preset, resumable per row (see ``scripts/lesion_suite.py``).
+* ``lung`` (below): the older suite on ``../shared/data/cxr-real`` whose segmentation and localization targets
+  are LUNG OUTLINES, not lesions.
+
+The lung-outline suite:
 
 Every run goes through the bundle (``bundle/configs/train.json``, ``finetune.json`` for transfer) with
 ``monai.bundle.ConfigWorkflow`` and overrides, so the engines, losses, transforms and metrics are the ones a
@@ -55,8 +67,9 @@ import torch
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "scripts"):  # monai_mcx, and lesion_suite.py beside this file
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from monai_mcx.data.public import COVIDLungs, KermanyPneumonia, QUViralLungs  # noqa: E402
 from monai_mcx.data.splits import check_patient_splits, split_by_patient  # noqa: E402
@@ -268,8 +281,14 @@ def train_run(
     extra: dict | None = None,
     finetune: bool = False,
     merge: dict | None = None,
+    base_configs: tuple[str, ...] = (),
+    return_network: bool = False,
 ) -> dict:
-    """Train one configuration through the bundle; return metrics, timings and the checkpoint path."""
+    """Train one configuration through the bundle; return metrics, timings and the checkpoint path.
+
+    ``base_configs``: configs merged between ``train.json`` and ``finetune.json`` (e.g. ``("train_real.json",)``);
+    ``return_network``: also return the trained network (key ``"network"``; not JSON).
+    """
     from monai.bundle import ConfigWorkflow
 
     from monai_mcx.artifact import save_model
@@ -300,7 +319,8 @@ def train_run(
         overrides["initialize"] = init + [
             {"_target_": "monai_mcx.networks.merge.MergeWeights", "network": "@network", **merge}
         ]
-    configs = [str(CONFIGS / "train.json")] + ([str(CONFIGS / "finetune.json")] if finetune else [])
+    configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / c) for c in base_configs]
+    configs += [str(CONFIGS / "finetune.json")] if finetune else []
     wf = ConfigWorkflow(
         workflow_type="train",
         config_file=configs,
@@ -327,7 +347,7 @@ def train_run(
     save_model(net, wf.parser.get_parsed_content("model_description"), ckpt)
     lat = latency_ms(net, p["size"], torch.device(args.device), p["latency_repeats"])
     report = getattr(net, "transfer_report", None)
-    return {
+    out = {
         "metrics": metrics,
         "train_seconds": round(total - val_seconds, 2),
         "val_seconds": round(val_seconds, 2),
@@ -336,6 +356,9 @@ def train_run(
         "epochs": epochs,
         "skipped_keys": len(report.skipped) if report is not None else None,
     }
+    if return_network:
+        out["network"] = net
+    return out
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -343,13 +366,70 @@ def _fmt(v, digits=3):
     return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
 
 
-def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
+#: results.json keys of the suites, in the order of results.md
+SUITES = ("lesions", "lung_outline")
+
+
+def load_results(out_dir: Path) -> dict:
+    """``results.json`` as ``{"suites": {name: entry}}``; a file of the older flat layout (one lung-outline run:
+    header keys + ``records``) becomes the ``lung_outline`` entry."""
+    path = out_dir / "results.json"
+    if not path.is_file():
+        return {"suites": {}}
+    data = json.loads(path.read_text())
+    if "suites" not in data:
+        data = {"suites": {"lung_outline": data}}
+    return data
+
+
+def write_suite(out_dir: Path, suite: str, entry: dict) -> None:
+    """Store one suite's entry in ``results.json`` (the other suites' entries are kept) and render ``results.md``
+    from every suite in the file."""
     from monai_mcx.utils import write_json_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic({**header, "records": records}, out_dir / "results.json")
+    data = load_results(out_dir)
+    old = data["suites"].get(suite, {})
+    if old.get("discussion") and "discussion" not in entry:  # hand-written: kept, the renderer names its run
+        entry = {**entry, "discussion": old["discussion"], "discussion_for": old.get("discussion_for")}
+    data["suites"][suite] = entry
+    write_json_atomic(data, out_dir / "results.json")
+    render_results(out_dir, data)
+
+
+def render_results(out_dir: Path, data: dict) -> None:
+    """``results.md``: the lesion suite, then the lung-outline suite (whichever ``results.json`` holds)."""
+    from lesion_suite import render_lesions
+
     lines = [
         "# Results: MultiCheXNet on real chest X-rays",
+        "",
+        "Generated from `docs/results.json` by `python scripts/run_experiments.py` (`--suite lesions` or "
+        "`--suite lung` re-runs one part and keeps the other). Part 1 uses real LESION annotations (RSNA opacity "
+        "boxes, covid_lesions masks); part 2 is the older suite whose segmentation and localization targets are "
+        "LUNG OUTLINES (not lesions).",
+        "",
+    ]
+    suites = data["suites"]
+    if "lesions" in suites:
+        lines += render_lesions(suites["lesions"])
+    if "lung_outline" in suites:
+        lines += render_lung(suites["lung_outline"])
+    tmp = out_dir / ".results.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, out_dir / "results.md")
+
+
+def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
+    """The lung-outline suite's entry (``header`` + ``records``) into ``results.json`` / ``results.md``."""
+    write_suite(out_dir, "lung_outline", {**header, "suite": "lung_outline", "records": records})
+
+
+def render_lung(entry: dict) -> list[str]:
+    """The lung-outline section of ``results.md``."""
+    header, records = entry, entry.get("records", [])
+    lines = [
+        "## Part 2: LUNG-OUTLINE tasks (cxr-real; segmentation and boxes of the lungs, not lesions)",
         "",
         f"Produced by `{header['command']}` on {header['created']} ({header['device']}, {header['threads']} threads, "
         f"torch {header['torch']}). Preset `{header['preset']}`: {header['resolution']} px, encoder `{header['encoder']}`, "
@@ -369,7 +449,7 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
     ]
     # 1
     lines += [
-        "## MultiCheXNet vs single-task baselines",
+        "### (lung outlines) MultiCheXNet vs single-task baselines",
         "",
         "| row | epochs | train images | AUC (cls) | Dice (seg) | mAP@[.5:.95] (loc) | AP@0.5 (loc) | train time (s) | latency (ms, batch 1) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -392,7 +472,7 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
     lines += _observations(records)
     # 2
     tf_rows = [r for r in records if r["experiment"] == "teacher_forcing"]
-    lines += ["## Teacher forcing on/off (synthetic demo data, lesions only on positives)", ""]
+    lines += ["### (lung outlines) Teacher forcing on/off (synthetic demo data, lesions only on positives)", ""]
     if tf_rows:
         r0 = tf_rows[0]
         lines += [
@@ -416,7 +496,7 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
     # 3
     lines += [
         "",
-        "## Transfer to COVID-19 vs other findings (new classifier)",
+        "### (lung outlines) Transfer to COVID-19 vs other findings (new classifier)",
         "",
         "covid_lungs alone is degenerate (282 COVID-19, 1 'No Finding'), so negatives are Kermany normal and "
         "pneumonia images of the same patient-level split. The two sources differ in age (adult vs pediatric), "
@@ -439,9 +519,20 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
         + " (train/validation images).",
         "",
     ]
-    tmp = out_dir / ".results.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_dir / "results.md")
+    return lines + discussion_lines(entry)
+
+
+def discussion_lines(entry: dict) -> list[str]:
+    """A suite's hand-written discussion (``results.json`` ``discussion``), headed by the run it was written for."""
+    if not entry.get("discussion"):
+        return []
+    return [
+        f"#### Discussion (written by hand after the run of {entry.get('discussion_for') or '?'}; the script does not "
+        "regenerate it: if the run above is newer, the numbers quoted here may differ)",
+        "",
+        entry["discussion"].rstrip(),
+        "",
+    ]
 
 
 def _observations(records: list[dict]) -> list[str]:
@@ -474,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1],
     )
-    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data" / "cxr-real")
+    shared = Path(os.environ.get("MCX_SHARED", REPO.parent / "shared"))  # as the tests' conftest
+    ap.add_argument("--data-root", type=Path, default=shared / "data" / "cxr-real", help="cxr-real pack")
     ap.add_argument(
         "--output-dir", type=Path, default=REPO / "docs", help="where results.md / results.json go (default: docs/)"
     )
@@ -494,13 +586,53 @@ def main(argv: list[str] | None = None) -> int:
         "--transfer-unfrozen", action="store_true", help="also fine-tune the whole network in the transfer rows"
     )
     ap.add_argument("--skip", nargs="*", default=[], choices=["multitask", "teacher_forcing", "transfer"])
+    ap.add_argument(
+        "--suite",
+        default="all",
+        choices=["all", "lesions", "lung"],
+        help="lesions: real lesion tasks (cxr-lesions + Kermany); lung: the lung-outline suite (cxr-real); "
+        "all (default): both. results.json keeps the suites not run",
+    )
+    ap.add_argument("--lesions-root", type=Path, default=shared / "data" / "cxr-lesions", help="cxr-lesions pack")
+    ap.add_argument("--lesion-size", type=int, help="lesion suite: resolution (px)")
+    ap.add_argument("--lesion-epochs", type=int, help="lesion suite: epochs of every training")
+    ap.add_argument("--lesion-samples", type=int, help="lesion suite: samples per epoch of the joint model")
+    ap.add_argument(
+        "--lesion-rows",
+        nargs="*",
+        help="lesion suite: run only these rows (e.g. transfer_random_init_frozen); the others are read from the "
+        "row cache when finished (to split the suite over processes)",
+    )
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
 
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    if args.suite in ("all", "lesions"):
+        from lesion_suite import run_lesion_suite
+
+        if not ((args.data_root / "kermany").is_dir() and (args.lesions_root / "rsna").is_dir()):
+            print(
+                f"error: the lesion suite needs {args.data_root / 'kermany'} and {args.lesions_root} (rsna/, covid_lesions/)",
+                file=sys.stderr,
+            )
+            return 2
+        t0 = time.perf_counter()
+        final = run_lesion_suite(args, lambda entry: write_suite(args.output_dir, "lesions", entry))
+        print(
+            f"lesion suite: {len(final['records'])} rows in {(time.perf_counter() - t0) / 60:.1f} min "
+            f"(missing: {final['missing_rows'] or 'none'})"
+        )
+    if args.suite in ("all", "lung"):
+        return run_lung_suite(args, argv)
+    return 0
+
+
+def run_lung_suite(args, argv) -> int:
+    """The lung-outline suite (module docstring): trains its rows and writes its section."""
     preset = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
     p = dict(PRESETS[preset])
     for opt, key in (

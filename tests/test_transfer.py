@@ -155,6 +155,8 @@ def test_run_experiments_quick_writes_result_records(tmp_path):
             sys.executable,
             str(REPO / "scripts" / "run_experiments.py"),
             "--quick",
+            "--suite",
+            "lung",
             "--data-root",
             str(data),
             "--output-dir",
@@ -170,7 +172,7 @@ def test_run_experiments_quick_writes_result_records(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = json.loads((out / "results.json").read_text())["records"]
+    records = json.loads((out / "results.json").read_text())["suites"]["lung_outline"]["records"]
     experiments = {r["experiment"] for r in records}
     assert experiments == {"multitask_vs_single", "teacher_forcing", "transfer"}
     for r in records:
