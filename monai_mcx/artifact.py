@@ -579,7 +579,12 @@ class ModelDescription:
         from monai_mcx.metrics.calibration import TemperatureScaling
 
         ts = TemperatureScaling.from_dict({"temperatures": dict(temperatures)}, self.class_names, source="calibration")
-        cal = {**ts.to_dict(), "split": split, "fitted_on": None if fitted_on is None else int(fitted_on), "date": _now()}
+        cal = {
+            **ts.to_dict(),
+            "split": split,
+            "fitted_on": None if fitted_on is None else int(fitted_on),
+            "date": _now(),
+        }
         return self.replace(calibration=cal)
 
     def with_box_threshold(self, score: float, method: str, split: str | None) -> ModelDescription:
@@ -844,7 +849,11 @@ class OperatingPointWriter:
         """The calibration and sensitivity-target thresholds that go with newly chosen class thresholds."""
         temps = {c: metrics.get(f"calibration/temperature/{c}") for c in self.class_names}
         fitted = metrics.get("calibration/fitted_on")
-        if self.calibrate and fitted is not None and all(t is not None and math.isfinite(float(t)) for t in temps.values()):
+        if (
+            self.calibrate
+            and fitted is not None
+            and all(t is not None and math.isfinite(float(t)) for t in temps.values())
+        ):
             desc = desc.with_calibration({c: float(t) for c, t in temps.items()}, self.split, int(fitted))
         elif not self.calibrate:
             desc = desc.with_calibration(None)

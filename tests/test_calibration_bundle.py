@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +62,9 @@ def test_postprocessor_applies_the_description_calibration():
     from monai_mcx.artifact import ModelDescription
     from monai_mcx.inferers import MultiCheXNetPostprocessor
 
-    desc = ModelDescription(class_names=["a", "b"], tasks=["classification"], encoder="densenet-tiny", spatial_size=[8, 8])
+    desc = ModelDescription(
+        class_names=["a", "b"], tasks=["classification"], encoder="densenet-tiny", spatial_size=[8, 8]
+    )
     desc = desc.with_thresholds({"a": 0.3, "b": 0.6}, "youden", "validation").with_calibration(
         {"a": 2.0, "b": 0.5}, "validation", 10
     )
@@ -142,7 +143,9 @@ def test_test_split_applies_the_stored_calibration_without_refitting():
 
     logits, y = _overconfident(400, scale=4.0, seed=2)
     stored = MultiCheXNetPostprocessor(CLASSES, class_thresholds=0.4, calibration={"temperatures": {"pneumonia": 2.5}})
-    m, out = _metrics(logits, y, stored, n_boot=50, target_thresholds={"pneumonia": {"sens90": 0.2, "sens95": 0.1}})
+    m, out = _metrics(
+        logits, y, stored, n_boot=50, target_thresholds={"sens90": {"pneumonia": 0.2}, "sens95": {"pneumonia": 0.1}}
+    )
     assert m.fitted_calibration is None and "calibration/fitted_on" not in out
     assert out["calibration/temperature/pneumonia"] == 2.5
     p = _sigmoid(logits / 2.5)
@@ -191,7 +194,9 @@ def test_operating_point_writer_stores_the_calibration(tmp_path):
 
     from monai_mcx.artifact import ModelDescription, OperatingPointWriter, load_description, save_model
 
-    desc = ModelDescription(class_names=CLASSES, tasks=["classification"], encoder="densenet-tiny", spatial_size=[16, 16])
+    desc = ModelDescription(
+        class_names=CLASSES, tasks=["classification"], encoder="densenet-tiny", spatial_size=[16, 16]
+    )
     save_model(desc.build_network(), desc, tmp_path / "model.pt")
     metrics = {
         "classification/threshold/pneumonia": 0.42,
@@ -300,4 +305,7 @@ def test_bundle_calibrates_on_validation_and_inference_writes_calibrated_probabi
         assert p == pytest.approx(1 / (1 + math.exp(-z / t2)), abs=1e-4)
         assert rec["gate"]["positive"] == (p >= desc2.class_thresholds["pneumonia"])
     csv_text = (pred_dir / "predictions.csv").read_text().splitlines()
-    assert "calibrated" in csv_text[0].split(",") and csv_text[1].split(",")[csv_text[0].split(",").index("calibrated")] == "True"
+    assert (
+        "calibrated" in csv_text[0].split(",")
+        and csv_text[1].split(",")[csv_text[0].split(",").index("calibrated")] == "True"
+    )

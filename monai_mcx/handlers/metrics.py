@@ -108,7 +108,7 @@ class MultiTaskMetrics(Metric):
             logits of the evaluated images with known labels, before the thresholds are chosen: on the validation
             split), ``"none"`` (or False: raw ``sigmoid`` probabilities, no calibration).
         sensitivity_targets: fixed sensitivities of the reported operating points (``0.9`` -> ``sens90``).
-        target_thresholds: ``{class: {"sens90": t, ...}}`` chosen on validation (the model description's
+        target_thresholds: ``{"sens90": {class: t}, ...}`` chosen on validation (the model description's
             ``sensitivity_thresholds``); None: chosen on the evaluated data.
         n_boot: bootstrap replicates of the confidence intervals (resampling patients: the targets' ``patient``
             ids; one image = one patient where they are missing, see :attr:`patients_known`).
@@ -150,7 +150,13 @@ class MultiTaskMetrics(Metric):
             raise ValueError(f"calibration must be None, 'temperature' or 'none', got {calibration!r}.")
         self.calibration = calibration
         self.sensitivity_targets = [float(t) for t in sensitivity_targets]
-        self.target_thresholds = dict(target_thresholds) if target_thresholds else None
+        # {op: {class: t}} (the description's layout) -> {class: {op: t}} (class_operating_points')
+        self.target_thresholds = None
+        if target_thresholds:
+            self.target_thresholds = {}
+            for op, table in dict(target_thresholds).items():
+                for c, t in dict(table).items():
+                    self.target_thresholds.setdefault(str(c), {})[str(op)] = float(t)
         self.n_boot = int(n_boot)
         self.ci = float(ci)
         #: the temperatures fitted by the last ``compute()`` (``calibration="temperature"``), else None
