@@ -290,9 +290,9 @@ def save_reliability_diagram(
     ax, axh = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect")
     edges = np.linspace(0, 1, n_bins + 1)
-    curves = [("before", probs_before, "tab:red")]
+    curves = [("raw", probs_before, "tab:red")]
     if probs_after is not None:
-        curves.append(("after", probs_after, "tab:blue"))
+        curves.append(("calibrated", probs_after, "tab:blue"))
     for i, (tag, probs, color) in enumerate(curves):
         mean_p, frac, count = reliability_curve(probs, labels, n_bins)
         ece = expected_calibration_error(probs, labels, n_bins)
