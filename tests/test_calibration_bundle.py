@@ -123,7 +123,7 @@ def test_youden_on_calibrated_probabilities_gives_the_same_gate_decisions():
     separates the evaluated images exactly as the one chosen on the raw probabilities."""
     from monai_mcx.inferers import MultiCheXNetPostprocessor
 
-    logits, y = _overconfident(800, scale=3.0, seed=5)
+    logits, y = _overconfident(800, scale=3.0, seed=1)  # seed 1: float64 scores would flip the image at the threshold
     plain = MultiCheXNetPostprocessor(CLASSES)
     m_cal, out_cal = _metrics(logits, y, plain, calibration="temperature", threshold="youden", n_boot=50)
     m_raw, out_raw = _metrics(logits, y, plain, calibration="none", threshold="youden", n_boot=50)
@@ -134,6 +134,12 @@ def test_youden_on_calibrated_probabilities_gives_the_same_gate_decisions():
     gate_raw = m_raw.deployed.gate(m_raw.deployed.probabilities(z))
     assert gate_cal.any() and not gate_cal.all()
     assert torch.equal(gate_cal, gate_raw)
+    # what inference decides (the post-processor, float32) is what evaluation scored: the image at the threshold too
+    pred = m_cal.deployed({"class_logits": z}, torch.zeros(len(z), 1, 8, 8))
+    assert torch.equal(pred["gate"], gate_cal)
+    g = gate_cal.numpy()
+    assert out_cal["classification/sensitivity/pneumonia"] == pytest.approx(g[y == 1].mean(), abs=1e-12)
+    assert out_cal["classification/specificity/pneumonia"] == pytest.approx(1 - g[y == 0].mean(), abs=1e-12)
     for k in ("classification/sensitivity/pneumonia", "classification/specificity/pneumonia", "classification/auc"):
         assert out_cal[k] == pytest.approx(out_raw[k])
 

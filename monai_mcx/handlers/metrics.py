@@ -344,7 +344,9 @@ class MultiTaskMetrics(Metric):
             y = np.stack([self._labels[i] for i in known]) if known else np.zeros((0, len(self.class_names)))
             self.fitted_calibration = TemperatureScaling.fit(logits[known], y, self.class_names)
             deployed = deployed.with_settings(calibration=self.fitted_calibration)
-        return deployed, np.asarray(deployed.probabilities(logits), dtype=np.float64)
+        # float32 torch, exactly as the post-processor computes them at inference (the thresholds are probabilities)
+        probs = deployed.probabilities(torch.as_tensor(logits, dtype=torch.float32))
+        return deployed, probs.double().numpy()
 
     def _calibration_metrics(
         self, deployed: MultiCheXNetPostprocessor, logits: np.ndarray, labels: np.ndarray, n_fit: int

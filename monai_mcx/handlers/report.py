@@ -391,7 +391,8 @@ class EvaluationReport:
         ``metrics.json``."""
         if not self._all_logits or any(z is None for z in self._all_logits):
             return
-        probs = np.asarray(self.deployed.probabilities(np.stack(self._all_logits)), dtype=np.float64)
+        z = torch.as_tensor(np.stack(self._all_logits), dtype=torch.float32)  # as the post-processor computes them
+        probs = self.deployed.probabilities(z).double().numpy()
         self._all_probs = list(probs)
         self._probs = [probs[j] for j in self._known]
 
