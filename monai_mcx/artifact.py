@@ -22,7 +22,8 @@ Flow in the bundle:
   ``last.pt``), with the hash of the weights just saved. Thresholds start at 0.5 (``method: "default"``).
 * ``evaluate.json`` (on top of ``train.json``) loads the description (:func:`load_description`, hash verified),
   builds the network from it, and on the validation split :class:`OperatingPointWriter` writes the chosen
-  per-class thresholds (and the box operating point, when the evaluation reports one) INTO ``model.json``.
+  per-class thresholds (and the box operating point, when the evaluation reports one) INTO ``model.json``, with the
+  per-class temperatures fitted before them (``calibration``) and the thresholds at fixed sensitivity targets.
 * ``inference.json``, ``finetune.json``, ``monai_mcx.export``, ``networks.merge`` and the MONAI Label app read the
   description and build the network (:meth:`ModelDescription.build_network`) and the post-processing
   (:meth:`ModelDescription.post_processing`) from it. A config value that contradicts it is an error naming both
