@@ -224,7 +224,8 @@ class ModelDescription:
         sensitivity_thresholds: ``{"sens90": {class: t}, "sens95": {class: t}}``: the thresholds reaching 90 % / 95 %
             sensitivity on the validation split (calibrated probabilities), chosen with the class thresholds; a test
             evaluation reports sensitivity / specificity at them. None: not chosen.
-        saliency: open slot (issue 14), e.g. ``{"method": "gradcam", "layer": "encoder.features.norm5"}``; None.
+        saliency: ``{"method", "layer"}`` of the saliency maps (:func:`monai_mcx.explain.saliency_settings`), e.g.
+            ``{"method": "gradcam", "layer": "stride32"}`` (what ``train.json`` writes); None: that default.
 
     Provenance:
         training: :func:`training_summary` (data sources, items per split, epochs, date, run name, ...).

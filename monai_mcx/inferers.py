@@ -51,6 +51,8 @@ __all__ = [
     "gate_decision",
     "select_detections",
     "to_original",
+    "probs_to_original",
+    "scale_boxes_to_original",
     "MultiCheXNetPostprocessor",
     "MultiCheXNetInferer",
 ]
@@ -110,6 +112,32 @@ def _np(x: Any, dtype=np.float64) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def probs_to_original(probs: Tensor | np.ndarray, original_size: Sequence[int]) -> Tensor:
+    """A probability map of the network geometry resized to the ORIGINAL image: the one resampling rule of masks.
+
+    Args:
+        probs: ``(w, h)`` or ``(1, 1, w, h)`` probabilities at the network input size.
+        original_size: ``(W, H)`` of the original image (x first, MONAI order).
+
+    Returns:
+        ``(W, H)`` float32 CPU tensor, bilinear (``align_corners=False``); threshold it for the mask.
+    """
+    seg = torch.as_tensor(probs).detach().float().cpu()
+    seg = seg.reshape(1, 1, *seg.shape[-2:])
+    return F.interpolate(seg, size=[int(v) for v in original_size], mode="bilinear", align_corners=False)[0, 0]
+
+
+def scale_boxes_to_original(boxes: Any, input_size: Sequence[int], original_size: Sequence[int]) -> np.ndarray:
+    """``xyxy`` boxes in the network input's pixels -> the original image's pixels (float64, ``(M, 4)``).
+
+    Each axis is scaled by ``original / input`` (the inverse of the bundle's resize) and clipped to
+    ``[0, W] x [0, H]``; ``input_size`` and ``original_size`` are ``(W, H)``.
+    """
+    orig = [float(v) for v in original_size]
+    scale = np.array([o / float(s) for o, s in zip(orig, input_size)] * 2)
+    return np.clip(_np(boxes).reshape(-1, 4) * scale, 0, np.array(orig * 2, dtype=np.float64))
+
+
 def to_original(
     pred: Mapping[str, Any], index: int, original_size: Sequence[int], seg_threshold: float = 0.5
 ) -> dict[str, Any]:
@@ -145,10 +173,9 @@ def to_original(
     out["mask"] = out["mask_ungated"] = None
     in_size = None
     if PredKeys.SEG_PROBS in pred:
-        seg = pred[PredKeys.SEG_PROBS][index : index + 1].detach().float().cpu()  # (1, 1, w, h)
-        in_size = [int(s) for s in seg.shape[2:]]
-        seg = F.interpolate(seg, size=orig, mode="bilinear", align_corners=False)[0, 0]
-        mask = (seg >= float(seg_threshold)).numpy()
+        seg = pred[PredKeys.SEG_PROBS][index]  # (1, w, h)
+        in_size = [int(s) for s in seg.shape[-2:]]
+        mask = (probs_to_original(seg, orig) >= float(seg_threshold)).numpy()
         out["mask_ungated"] = mask
         out["mask"] = mask & positive
     out["has_boxes"] = PredKeys.DETECTIONS_OP in pred
@@ -159,8 +186,7 @@ def to_original(
             size = pred.get(PredKeys.INPUT_SIZE) or in_size
             if size is None:
                 raise ValueError("to_original needs the network input size (the post-processor records it).")
-            scale = np.array([o / float(s) for o, s in zip(orig, size)] * 2)
-            boxes = np.clip(_np(det[DetKeys.BOXES]).reshape(-1, 4) * scale, 0, np.array(orig * 2, dtype=np.float64))
+            boxes = scale_boxes_to_original(det[DetKeys.BOXES], size, orig)
             scores = _np(det[DetKeys.SCORES]).reshape(-1)
             labels = _np(det.get(DetKeys.LABELS, np.zeros(len(scores))), dtype=np.int64).reshape(-1)
         out[f"boxes{suffix}"], out[f"scores{suffix}"], out[f"labels{suffix}"] = boxes, scores, labels

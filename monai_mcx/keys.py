@@ -31,6 +31,7 @@ class BatchKeys(StrEnum):
     IMAGE_PATH = "image_path"
     PATIENT = "patient"
     ORIGINAL_SIZE = "original_size"
+    MASK_PATH = "mask_path"
     ERROR = "error"
 
 

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and file-type sniffing."""
+"""Small shared helpers: atomic file writes, file-type sniffing and command-line flags."""
 
 from __future__ import annotations
 
@@ -10,7 +10,43 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "is_dicom_file"]
+__all__ = [
+    "atomic_write",
+    "write_bytes_atomic",
+    "write_text_atomic",
+    "write_json_atomic",
+    "is_dicom_file",
+    "as_bool",
+]
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0", "none", "")
+
+
+def as_bool(value: object, name: str = "flag") -> bool:
+    """A config / command-line flag as a bool.
+
+    ``python -m monai.bundle run ... --resume false`` hands the bundle the STRING ``"false"`` (python-fire parses
+    only ``False``/``True``), which Python counts as true. Every flag of the bundle goes through this function:
+    booleans and ``0``/``1`` as they are, the strings ``true``/``yes``/``on``/``1`` and ``false``/``no``/``off``/
+    ``0``/``none`` (any case), ``None`` as false.
+
+    Raises:
+        ValueError: naming ``name`` for anything else (e.g. ``--resume flase``).
+    """
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+    raise ValueError(f"option {name!r} must be true or false, got {value!r}.")
 
 
 @contextmanager

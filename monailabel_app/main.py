@@ -16,6 +16,8 @@ Start (see README.md beside this file)::
 * ``model_name``: the task name in ``/info`` and ``/infer/<name>`` (default ``multichexnet``).
 * ``skip_trainers``: ``true`` to serve inference only.
 * ``teacher_forcing``: default teacher-forcing mode of the train task (``positive_only``).
+* ``saliency``: ``true`` to add each class's Grad-CAM map to every infer result (``saliency`` of the result JSON; a
+  request can ask for it with ``params={"saliency": true}``); default ``false``.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ class MultiCheXNetApp(MONAILabelApp):
             logger.warning(f"no weights at {self.spec.model_path}: the infer task is not available")
             return {}
         preload = strtobool(self.conf.get("preload", "false"))
-        return {self.model_name: MultiCheXNetInfer(self.spec, preload=preload)}
+        saliency = strtobool(self.conf.get("saliency", "false"))
+        return {self.model_name: MultiCheXNetInfer(self.spec, preload=preload, saliency=saliency)}
 
     def init_trainers(self) -> dict[str, TrainTask]:
         if strtobool(self.conf.get("skip_trainers", "false")):

@@ -97,9 +97,15 @@ def tasks_of(item: dict) -> set[str]:
     return out
 
 
-def batches(items: list[dict], batch_size: int, seed: int) -> list[dict]:
+def batches(items: list[dict], batch_size: int, seed: int, grouped: bool = False) -> list[dict]:
+    """Shuffled mixed batches, or (``grouped``) the batches of ``TaskGroupedSampler`` (one annotation kind each,
+    what ``--task_grouped_batches true`` gives the bundle; a group's last batch may be smaller)."""
     from monai_mcx.data import collate_cxr
+    from monai_mcx.data.sampling import TaskGroupedSampler
 
+    if grouped:
+        sampler = TaskGroupedSampler(items, batch_size, seed=0, signature=lambda it: tuple(sorted(tasks_of(it))))
+        return [collate_cxr([items[i] for i in b]) for b in sampler.batches(epoch=seed)]
     order = np.random.default_rng(seed).permutation(len(items))
     return [collate_cxr([items[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
 
@@ -109,14 +115,22 @@ class Variant:
     """One model being trained: network, loss, optimizer, its training items, its history."""
 
     def __init__(
-        self, name: str, tasks: tuple[str, ...], items: list[dict], encoder: str, anchors, lr: float, batch_size: int
+        self,
+        name: str,
+        tasks: tuple[str, ...],
+        items: list[dict],
+        encoder: str,
+        anchors,
+        lr: float,
+        batch_size: int,
+        grouped: bool = False,
     ):
         from monai_mcx.engines import MultiTaskTrainer
         from monai_mcx.losses import LocalizationLoss, MultiCheXNetLoss
         from monai_mcx.networks import BoxDecoder, MultiCheXNet, make_anchor_generator
 
         torch.manual_seed(0)
-        self.name, self.tasks, self.items, self.batch_size = name, tasks, items, batch_size
+        self.name, self.tasks, self.items, self.batch_size, self.grouped = name, tasks, items, batch_size, grouped
         self.net = MultiCheXNet(encoder, class_names=("pneumonia",), tasks=tasks, num_anchors=len(anchors))
         gen = make_anchor_generator(anchors)
         self.loss = MultiCheXNetLoss(localization_loss=LocalizationLoss(gen) if "localization" in tasks else None)
@@ -127,37 +141,30 @@ class Variant:
         self.history: list[dict] = []
         self.heads_run = {t: 0 for t in tasks}
         self.steps = 0
+        self.trainer = None
 
-    def train_epoch(self, epoch: int) -> float:
-        from ignite.engine import Events
-
-        data = batches(self.items, self.batch_size, seed=epoch)
-        trainer = self.trainer_cls(
-            device=torch.device("cpu"),
-            max_epochs=1,
-            train_data_loader=data,
-            network=self.net,
-            optimizer=self.opt,
-            loss_function=self.loss,
-        )
-
-        def count(engine):
-            pred = engine.state.output["pred"]
-            self.steps += 1
-            for t, key in (
-                ("classification", "class_logits"),
-                ("segmentation", "seg_logits"),
-                ("localization", "box_cls_logits"),
-            ):
-                if t in self.heads_run and key in pred:
-                    self.heads_run[t] += 1
-
-        trainer.add_event_handler(Events.ITERATION_COMPLETED, count)
-        gc.collect()
+    def step(self, batch: dict) -> float:
+        """One training step (forward, loss, backward, optimizer) of this variant's ``MultiTaskTrainer``, timed."""
+        if self.trainer is None:
+            self.trainer = self.trainer_cls(
+                device=torch.device("cpu"),
+                max_epochs=1,
+                train_data_loader=[batch],
+                network=self.net,
+                optimizer=self.opt,
+                loss_function=self.loss,
+            )
         t0 = time.perf_counter()
-        trainer.run()
+        out = self.trainer._iteration(self.trainer, batch)
         dt = time.perf_counter() - t0
-        self.epoch_seconds.append(dt)
+        self.steps += 1
+        for t, key in (
+            ("classification", "class_logits"),
+            ("segmentation", "seg_logits"),
+            ("localization", "box_cls_logits"),
+        ):
+            if t in self.heads_run and key in out["pred"]:
+                self.heads_run[t] += 1
         return dt
 
     @torch.no_grad()
@@ -207,6 +214,10 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
     """Train MultiCheXNet and the single-task models interleaved on one data set; one summary record."""
     present = [t for t in TASKS if any(t in tasks_of(it) for it in train)]
     variants = [Variant("multichexnet", TASKS, train, args.encoder, anchors, args.lr, args.batch_size)]
+    if len({tuple(sorted(tasks_of(it))) for it in train}) > 1:  # disjoint (or partly disjoint) labels
+        variants.append(
+            Variant("multichexnet_grouped", TASKS, train, args.encoder, anchors, args.lr, args.batch_size, grouped=True)
+        )
     for t in present:
         own = [it for it in train if t in tasks_of(it)]
         variants.append(Variant(f"single_{t}", (t,), own, args.encoder, anchors, args.lr, args.batch_size))
@@ -217,10 +228,19 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
     )
     for epoch in range(args.epochs):
         k = epoch % len(variants)
-        for v in variants[k:] + variants[:k]:
-            dt = v.train_epoch(epoch)
+        order = variants[k:] + variants[:k]
+        plans = {v.name: batches(v.items, v.batch_size, seed=epoch, grouped=v.grouped) for v in order}
+        seconds = {v.name: 0.0 for v in order}
+        gc.collect()
+        # steps interleaved across the variants (round robin), so that a change of load hits all of them alike
+        for i in range(max(len(p) for p in plans.values())):
+            for v in order:
+                if i < len(plans[v.name]):
+                    seconds[v.name] += v.step(plans[v.name][i])
+        for v in order:
+            v.epoch_seconds.append(seconds[v.name])
             v.history.append(v.validate(val))
-            print(f"[{name}] epoch {epoch + 1} {v.name}: {dt:.2f} s {v.history[-1]}", flush=True)
+            print(f"[{name}] epoch {epoch + 1} {v.name}: {seconds[v.name]:.2f} s {v.history[-1]}", flush=True)
 
     runs = {
         v.name: {
@@ -238,9 +258,17 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
 def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dict, args) -> dict:
     """One record from the per-epoch seconds and validation metrics of every variant (``runs[name]``)."""
     mcx = runs["multichexnet"]
-    singles = {k: v for k, v in runs.items() if k != "multichexnet"}
+    singles = {k: v for k, v in runs.items() if k.startswith("single_")}
     med = {k: float(np.median(v["epoch_seconds"])) for k, v in runs.items()}
     sum_single = sum(med[k] for k in singles)
+
+    def epoch_ratio(name: str) -> tuple[float, list[float]]:
+        """Median over epochs of (this variant's epoch / the single-task models' same epoch, summed): the
+        variants of one epoch ran back to back, so each ratio is measured under one load."""
+        n = min(len(v["epoch_seconds"]) for v in runs.values())
+        per = [runs[name]["epoch_seconds"][e] / sum(v["epoch_seconds"][e] for v in singles.values()) for e in range(n)]
+        return round(float(np.median(per)), 3), [round(x, 3) for x in per]
+
     targets, t_mcx, t_single = {}, {}, {}
     for v in singles.values():
         task = v["tasks"][0]
@@ -252,6 +280,18 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
         t_single[task] = time_to(v["history"], v["epoch_seconds"], key, targets[task])
     mcx_all = max(t_mcx.values()) if all(x is not None for x in t_mcx.values()) else None
     single_all = sum(t_single.values()) if all(x is not None for x in t_single.values()) else None
+    grouped = None
+    if "multichexnet_grouped" in runs:  # task-grouped batches (disjoint data), against the same targets
+        g = runs["multichexnet_grouped"]
+        t_g = {t: time_to(g["history"], g["epoch_seconds"], METRIC[t], x) for t, x in targets.items()}
+        g_all = max(t_g.values()) if t_g and all(x is not None for x in t_g.values()) else None
+        grouped = {
+            "ratio_epoch_vs_sum_single": epoch_ratio("multichexnet_grouped")[0],
+            "ratio_per_epoch": epoch_ratio("multichexnet_grouped")[1],
+            "time_to_target_s": t_g,
+            "time_to_all_targets_s": g_all,
+            "ratio_time_to_quality": round(g_all / single_all, 3) if g_all and single_all else None,
+        }
     best = {
         k: {m: round(max(h.get(m, float("nan")) for h in v["history"]), 4) for m in v["history"][0]}
         for k, v in runs.items()
@@ -267,13 +307,15 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
         "encoder": args.encoder,
         "median_epoch_s": {k: round(x, 3) for k, x in med.items()},
         "sum_single_epoch_s": round(sum_single, 3),
-        "ratio_epoch_mcx_vs_sum_single": round(med["multichexnet"] / sum_single, 3),
+        "ratio_epoch_mcx_vs_sum_single": epoch_ratio("multichexnet")[0],
+        "ratio_per_epoch": epoch_ratio("multichexnet")[1],
         "quality_targets": targets,
         "time_to_target_s_mcx": t_mcx,
         "time_to_target_s_single": t_single,
         "time_to_all_targets_s_mcx": mcx_all,
         "time_to_all_targets_s_sum_single": single_all,
         "ratio_time_to_quality": round(mcx_all / single_all, 3) if mcx_all and single_all else None,
+        "grouped": grouped,
         "best_val": best,
         "heads_run_steps": {k: v.get("heads_run") for k, v in runs.items()},
         "training_items": {k: v.get("n_items") for k, v in runs.items()},
@@ -304,7 +346,10 @@ def records_from_log(log: Path, args) -> list[dict]:
         if n == 0 or "multichexnet" not in variants or len(variants) < 2:
             continue
         for k, v in variants.items():
-            v["epoch_seconds"], v["tasks"] = v["epoch_seconds"][:n], (TASKS if k == "multichexnet" else (k[7:],))
+            v["epoch_seconds"], v["tasks"] = (
+                v["epoch_seconds"][:n],
+                (TASKS if k.startswith("multichexnet") else (k[7:],)),
+            )
             v["history"] = [{m: (float("nan") if x is None else x) for m, x in h.items()} for h in v["history"][:n]]
         present = [t for t in TASKS if f"single_{t}" in variants]
         records.append(summarize(ds, *sizes.get(ds, (0, 0)), present, variants, args))
@@ -403,10 +448,11 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
         f"per epoch at equal quality; disjoint data ≤ {TARGET_DISJOINT} ×.",
         "",
         f"Encoder `{args.encoder}`, {args.size} px, batch {args.batch_size}, {args.epochs} epochs, AdamW lr "
-        f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Epochs interleaved "
-        "(rotating order); median seconds per epoch. **The machine was shared with a long training and other "
-        "jobs (load average below): only the ratios, measured in one run, are meaningful, not the absolute "
-        "seconds.**",
+        f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Training steps "
+        "interleaved round robin across the variants (a change of load hits all of them alike): s/epoch columns are medians over epochs; *MCX / sum* is the median over epochs of "
+        "(MultiCheXNet's epoch / the three single-task models' same epoch, summed), each ratio taken from "
+        "variants that ran back to back under one load. **The machine was shared with other jobs (load average "
+        "below): only the ratios, measured in one run, are meaningful, not the absolute seconds.**",
         "",
         "| data | train items | MCX s/epoch | single s/epoch (cls / seg / loc) | sum single | MCX / sum | goal | holds |"
         " time to quality MCX / sum single |",
@@ -425,6 +471,15 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
             f"{fmt(r['sum_single_epoch_s'])} | {r['ratio_epoch_mcx_vs_sum_single']:.3f} | ≤ {goal} | "
             f"{'yes' if r['ratio_epoch_mcx_vs_sum_single'] <= goal else 'no'} | {ttq} |"
         )
+        g = r.get("grouped")
+        if g:
+            lines.append(
+                f"| {r['dataset']}, task-grouped batches | {r['n_train']} | {fmt(med['multichexnet_grouped'])} | "
+                f"{singles} | {fmt(r['sum_single_epoch_s'])} | {g['ratio_epoch_vs_sum_single']:.3f} | ≤ {goal} | "
+                f"{'yes' if g['ratio_epoch_vs_sum_single'] <= goal else 'no'} | "
+                f"{fmt(g['time_to_all_targets_s'], 1)} s / {fmt(r['time_to_all_targets_s_sum_single'], 1)} s"
+                f" = {fmt(g['ratio_time_to_quality'], 3)} |"
+            )
     lines += [
         "",
         "Quality targets (fraction "
@@ -438,9 +493,11 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
         )
         tg = ", ".join(f"{METRIC[t]} ≥ {x}" for t, x in r["quality_targets"].items())
         heads = r["heads_run_steps"].get("multichexnet")
+        heads_g = r["heads_run_steps"].get("multichexnet_grouped")
         lines.append(
             f"- `{r['dataset']}` ({r['epochs']} epochs): targets {tg}. Best: {best}."
             + (f" Steps in which MultiCheXNet ran each head: {heads}." if heads else "")
+            + (f" With task-grouped batches: {heads_g}." if heads_g else "")
         )
     if memory:
         lines += [

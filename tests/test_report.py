@@ -17,11 +17,26 @@ from monai_mcx.handlers.tensorboard import overlay_rgb
 
 from conftest import SMALL
 
-ROW = re.compile(r"^\| `([^`]+)` \| ([^|]*) \| ([^|]*) \|$")
+ROW = re.compile(r"^\| `([^`]+)` \|(( [^|]* \|)+)$")
 
 
-def _table(report: str) -> dict[str, tuple[str, str]]:
-    return {m.group(1): (m.group(2).strip(), m.group(3).strip()) for m in map(ROW.match, report.splitlines()) if m}
+def _table(report: str) -> dict[str, tuple[str, ...]]:
+    """``key -> (ungated, gated[, ungated original px, gated original px])`` from report.md's metric table."""
+    return {
+        m.group(1): tuple(c.strip() for c in m.group(2).split("|")[:-1])
+        for m in map(ROW.match, report.splitlines())
+        if m
+    }
+
+
+def _column(key: str) -> tuple[str, int]:
+    """The table row and column of a metrics.json key."""
+    base, col = key, 0
+    if base.endswith("/original"):
+        base, col = base[: -len("/original")], 2
+    if base.endswith("/gated"):
+        base, col = base[: -len("/gated")], col + 1
+    return base, col
 
 
 # --------------------------------------------------------------------------------------------- bundle evaluate
@@ -37,10 +52,11 @@ def test_evaluate_writes_report_plots_and_thresholds(evaluated_bundle):
         assert (out / link).is_file() and (out / link).stat().st_size > 1000, link
     # the table holds every metric of metrics.json, with the same numbers; gated beside ungated
     table = _table(report)
+    assert any(k.endswith("/original") for k in metrics)  # evaluate.json: both resolutions
     for key, value in metrics.items():
-        base, gated = (key[: -len("/gated")], True) if key.endswith("/gated") else (key, False)
+        base, col = _column(key)
         assert base in table, key
-        assert table[base][1 if gated else 0] == format_value(value), (key, value, table[base])
+        assert table[base][col] == format_value(value), (key, value, table[base])
     assert table["segmentation/dice_positive"][1] == format_value(metrics["segmentation/dice_positive/gated"])
     # thresholds chosen on validation, reported, and saved for inference next to the checkpoint
     thr = json.loads((root / "models" / "model.json").read_text())  # the model description
@@ -74,7 +90,10 @@ def test_training_logs_overlay_images_to_tensorboard(trained_bundle):
             steps.setdefault(tag, set()).update(e.step for e in acc.Images(tag))
     assert "validation/overlay/0" in steps, steps
     assert steps["validation/overlay/0"] == {1, 2}  # one per validation round (2 epochs)
-    assert len(steps) == 4
+    overlays = {t for t in steps if t.startswith("validation/overlay/")}
+    saliency = {t for t in steps if t.startswith("validation/saliency/")}  # #14: the same cases' Grad-CAM
+    assert len(overlays) == 4 and len(saliency) == 4 and overlays | saliency == set(steps), steps
+    assert all(steps[t] == {1, 2} for t in saliency)
 
 
 # --------------------------------------------------------------------------------------------- geometry

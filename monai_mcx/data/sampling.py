@@ -4,19 +4,25 @@ Joint training on Kermany (~4000 class-labelled images), RSNA (~450 with boxes) 
 lesion masks) with plain shuffling gives the dense heads a lesion image in one batch out of ten: the small
 sets drown. :class:`SourceWeightedSampler` draws a fixed number of samples per epoch with a chosen share
 per ``source`` (with replacement), so an "epoch" is a fixed budget of iterations whatever the data sizes.
+
+On *disjoint* data (each image labelled for one task) a mixed batch holds every task, so every head and the
+anchor matching run on every batch. :class:`TaskGroupedSampler` orders an epoch in batches whose items all carry
+the same annotations, so that ``MultiTaskTrainer(skip_unlabelled_heads=True)`` runs only the heads a batch can
+train (the trade-off: consecutive steps follow one task's gradient instead of a mix).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["SourceWeightedSampler", "source_weights"]
+__all__ = ["SourceWeightedSampler", "TaskGroupedSampler", "source_weights", "annotation_signature"]
 
 
 def _sources(dataset: Any) -> list[str]:
@@ -94,3 +100,89 @@ class SourceWeightedSampler(Sampler):
         idx = self.indices()
         skip, self._skip = self._skip, 0
         return iter(idx[skip:])
+
+
+def annotation_signature(item: Mapping) -> tuple[str, ...]:
+    """The tasks a datalist item is annotated for: ``classification`` (``label`` known), ``segmentation``
+    (``mask`` known) and ``localization`` (``boxes`` known, an empty list included); ``null`` is unknown."""
+    keys = (("label", "classification"), ("mask", "segmentation"), ("boxes", "localization"))
+    return tuple(task for key, task in keys if item.get(key) is not None)
+
+
+class TaskGroupedSampler(Sampler):
+    """A batch sampler: every item once per epoch, in batches whose items share one :func:`annotation_signature`.
+
+    Items are grouped by the annotations they carry; each group is shuffled (``seed + epoch``) and cut into
+    batches of ``batch_size`` (a group's last batch may be smaller); the batch order is then shuffled. Use it as
+    the training ``DataLoader``'s ``batch_sampler`` (``train.json --task_grouped_batches true`` does). Like
+    :class:`~monai_mcx.engines.checkpoint.ResumableSampler`, ``set_epoch`` (called by
+    :class:`~monai_mcx.engines.MultiTaskTrainer` at every epoch start) fixes the order and
+    :meth:`skip_next_batches` lets :class:`~monai_mcx.engines.checkpoint.LastCheckpoint` resume mid-epoch on the
+    batches not yet seen. Under a process group, rank ``r`` takes batches ``r, r + world, ...`` (every rank gets
+    the same number of batches; the first ones are repeated where needed).
+
+    Args:
+        dataset: a dataset whose ``data`` (MONAI ``Dataset``/``CacheDataset``) or items are datalist dicts.
+        batch_size: items per batch.
+        shuffle: shuffle within groups and the order of the batches (False: datalist order, groups in order of
+            first appearance).
+        seed: base seed.
+        signature: item -> group key (default :func:`annotation_signature`, for datalist items; a transformed
+            item would be grouped by its ``has_*`` flags instead).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        signature: Callable[[Mapping], Hashable] | None = None,
+    ) -> None:
+        data = getattr(dataset, "data", dataset)
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._skip = 0
+        key = signature or annotation_signature
+        groups: dict[Hashable, list[int]] = defaultdict(list)
+        for i, it in enumerate(data):
+            groups[key(it) if isinstance(it, Mapping) else ()].append(i)
+        if not groups:
+            raise ValueError("TaskGroupedSampler: the dataset is empty.")
+        self.groups = dict(groups)
+        initialized = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if initialized else 0
+        self.world = dist.get_world_size() if initialized else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def skip_next_batches(self, num_batches: int) -> None:
+        """Skip the first ``num_batches`` batches of the next pass (a run resumed mid-epoch)."""
+        self._skip = max(0, int(num_batches))
+
+    def batches(self, epoch: int | None = None) -> list[list[int]]:
+        """This rank's batches (lists of dataset indices) for ``epoch`` (default: the current one)."""
+        rng = np.random.default_rng(self.seed + (self.epoch if epoch is None else int(epoch)))
+        out: list[list[int]] = []
+        for idx in self.groups.values():
+            order = rng.permutation(idx).tolist() if self.shuffle else list(idx)
+            out += [[int(i) for i in order[s : s + self.batch_size]] for s in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            out = [out[i] for i in rng.permutation(len(out))]
+        per_rank = -(-len(out) // self.world)
+        out = (out * self.world)[: per_rank * self.world]  # every rank the same number of batches
+        return out[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        n = sum(-(-len(g) // self.batch_size) for g in self.groups.values())
+        return -(-n // self.world)
+
+    def __iter__(self):
+        batches = self.batches()
+        skip, self._skip = self._skip, 0
+        return iter(batches[skip:])

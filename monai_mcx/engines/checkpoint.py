@@ -50,7 +50,7 @@ from monai_mcx.networks.weights import (
     strip_module_prefix,
     unwrap_module,
 )
-from monai_mcx.utils import atomic_write
+from monai_mcx.utils import as_bool, atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -329,6 +329,7 @@ def configure_determinism(seed: int | None = 0, deterministic: bool = False) -> 
     deterministic kernel warns instead of failing) with the cuBLAS workspace setting CUDA requires."""
     from monai.utils import set_determinism
 
+    deterministic = as_bool(deterministic, "deterministic")
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     set_determinism(seed=seed)
@@ -523,7 +524,7 @@ class LastCheckpoint:
         self.path = Path(save_dir) / filename
         self.save_dict = dict(save_dict)
         self.interval_iters = int(interval_iters or 0)
-        self.resume = bool(resume)
+        self.resume = as_bool(resume, "resume")
         self.generators = dict(generators or {})
         self.validator = validator
         self.map_location = map_location
@@ -623,7 +624,10 @@ class LastCheckpoint:
         if self._in_epoch:
             loader = getattr(engine, "data_loader", None)
             sampler = getattr(loader, "sampler", None)
-            if hasattr(sampler, "skip_next"):
+            batch_sampler = getattr(loader, "batch_sampler", None)
+            if hasattr(batch_sampler, "skip_next_batches"):  # e.g. TaskGroupedSampler
+                batch_sampler.skip_next_batches(self._in_epoch)
+            elif hasattr(sampler, "skip_next"):
                 sampler.skip_next(self._in_epoch * int(loader.batch_size or 1))
             else:
                 warnings.warn(

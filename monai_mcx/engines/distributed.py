@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from monai_mcx.utils import as_bool
+
 __all__ = [
     "is_distributed",
     "get_rank",
@@ -125,6 +127,8 @@ def wrap_ddp(
     ``SyncBatchNorm``.
     """
     init_process_group(backend)
+    find_unused_parameters = as_bool(find_unused_parameters, "ddp_find_unused_parameters")
+    sync_batchnorm = as_bool(sync_batchnorm, "sync_batchnorm")
     device = torch.device(device) if device is not None else next(network.parameters()).device
     if sync_batchnorm and device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)

@@ -8,12 +8,14 @@ import torch
 
 from monai_mcx.keys import BatchKeys as K
 
-__all__ = ["prepare_cxr_batch", "TARGET_KEYS", "PASS_THROUGH_KEYS", "loss_items"]
+__all__ = ["prepare_cxr_batch", "TARGET_KEYS", "PASSTHROUGH_KEYS", "loss_items"]
 
 #: batch keys moved to the device and handed to the loss / metrics as ``targets``
 TARGET_KEYS = tuple(k.value for k in (K.LABEL, K.HAS_LABEL, K.MASK, K.HAS_MASK, K.BOXES, K.HAS_BOXES, K.POSITIVE))
-#: batch keys copied into ``targets`` as plain per-item lists (``patient``: the ids the bootstrap resamples)
-PASS_THROUGH_KEYS = (K.PATIENT.value,)
+#: per-item host-side values handed to the metrics as they are (not tensors, never moved to the device): the
+#: original image size ``(W, H)`` and the mask file, for metrics at the original resolution; the ``patient`` ids,
+#: which the bootstrap of the operating points resamples
+PASSTHROUGH_KEYS = (K.ORIGINAL_SIZE.value, K.MASK_PATH.value, K.PATIENT.value)
 
 
 def prepare_cxr_batch(
@@ -22,9 +24,9 @@ def prepare_cxr_batch(
     """Split a collated batch into ``(inputs, targets)`` on ``device``.
 
     ``inputs`` is the image batch ``(B, 1, W, H)``; ``targets`` holds :data:`TARGET_KEYS` (``boxes`` stays a
-    list of ``(N_i, 4)`` tensors) plus ``image`` (the same inputs, for anchor generation) and the
-    :data:`PASS_THROUGH_KEYS` (``patient`` ids, a list, not moved to the device). Missing keys are skipped, so an
-    inference batch without annotations works too.
+    list of ``(N_i, 4)`` tensors), :data:`PASSTHROUGH_KEYS` as they are (lists, on the host) and ``image`` (the
+    same inputs, for anchor generation). Missing keys are skipped, so an inference batch without annotations
+    works too.
     """
     image = batchdata[K.IMAGE]
     inputs = torch.as_tensor(image).to(device=device, non_blocking=non_blocking, **kwargs)
@@ -37,7 +39,7 @@ def prepare_cxr_batch(
             targets[key] = [torch.as_tensor(v).to(device=device, non_blocking=non_blocking) for v in value]
         else:
             targets[key] = torch.as_tensor(value).to(device=device, non_blocking=non_blocking)
-    for key in PASS_THROUGH_KEYS:  # non-tensor values (ids): handed on as they are, never moved to the device
+    for key in PASSTHROUGH_KEYS:
         if key in batchdata:
             targets[key] = list(batchdata[key])
     return inputs, targets

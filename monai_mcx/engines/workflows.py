@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
+from torch.utils.data.distributed import DistributedSampler
 
 from monai_mcx.engines.utils import prepare_cxr_batch
 from monai_mcx.keys import PredKeys
@@ -70,6 +72,22 @@ class MultiTaskTrainer(SupervisedTrainer):
         super().__init__(*args, prepare_batch=prepare_batch, **_amp_on_cuda_only(device, kwargs))
         self.clip_grad_norm = clip_grad_norm
         self.skip_unlabelled_heads = bool(skip_unlabelled_heads) and self._can_skip_heads()
+        self._epoch_samplers()
+
+    def _epoch_samplers(self) -> None:
+        """Call ``set_epoch`` of the training sampler at every epoch start. MONAI's engines do it only for a
+        ``DistributedSampler``; a sampler such as :class:`~monai_mcx.data.sampling.SourceWeightedSampler` would
+        otherwise draw the same items in every epoch."""
+        loader = self.data_loader
+        samplers = [getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)]
+        for sampler in samplers:
+            if isinstance(sampler, DistributedSampler) or not callable(getattr(sampler, "set_epoch", None)):
+                continue  # MONAI's Workflow already sets a DistributedSampler's epoch
+
+            def set_epoch(engine: Engine, sampler: Any = sampler) -> None:
+                sampler.set_epoch(engine.state.epoch)
+
+            self.add_event_handler(Events.EPOCH_STARTED, set_epoch)
 
     def _can_skip_heads(self) -> bool:
         net = self.network

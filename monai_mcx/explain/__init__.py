@@ -4,18 +4,24 @@ the lesion (pointing game, saliency mass inside the truth, against a centred-Gau
 from .pointing import PointingGame, boxes_to_region, centred_gaussian, mass_inside, pointing_hit, truth_region
 from .saliency import (
     DEFAULT_LAYER,
+    DEFAULT_SALIENCY,
     SALIENCY_METHODS,
     ClassLogits,
     SaliencyMaps,
     saliency_nifti_bytes,
     saliency_overlay,
     saliency_png_bytes,
+    saliency_result,
+    saliency_settings,
     to_original_geometry,
 )
 
 __all__ = [
     "DEFAULT_LAYER",
+    "DEFAULT_SALIENCY",
     "SALIENCY_METHODS",
+    "saliency_settings",
+    "saliency_result",
     "ClassLogits",
     "SaliencyMaps",
     "to_original_geometry",

@@ -10,8 +10,8 @@ by
 Both are compared with the same numbers for a trivial baseline, a centred Gaussian (:func:`centred_gaussian`): lesions
 of chest X-rays are mostly in the middle of the lung fields, so a saliency method must beat "look at the centre".
 The explanation's consistency with the model's own boxes is measured by the same two numbers with the
-localization head's top-scoring box in place of the truth (``*_top_box``), next to the top box's own pointing game
-(its centre inside the truth).
+localization head's top-scoring box in place of the truth (``top_box_agreement``, ``top_box_mass_inside``), next to
+the top box's own pointing game (its centre inside the truth, ``top_box_pointing_game``).
 
 An all-zero map (no positive evidence: Grad-CAM's ReLU removed everything) scores a miss and is treated as uniform for
 the mass (mass inside = the truth's share of the image). Box convention: ``[x1, y1, x2, y2]`` in pixel edges
@@ -115,24 +115,29 @@ class PointingGame:
         prefix: key prefix (``"explain"``).
 
     :meth:`add` one positive image with a known, non-empty truth at a time; :meth:`compute` returns the flat keys
-    (``NaN`` for a class without images):
+    (``NaN`` for a class without images), each also per class with ``/<class>`` appended:
 
-    ``<prefix>/pointing_game[/<class>]``, ``<prefix>/pointing_game_baseline[/<class>]``, ``<prefix>/mass_inside[...]``,
-    ``<prefix>/mass_inside_baseline[...]``, ``<prefix>/top_box_pointing_game[...]`` (the top box's centre inside the
-    truth), ``<prefix>/pointing_game_top_box[...]`` and ``<prefix>/mass_inside_top_box[...]`` (saliency max / mass
-    inside the top predicted box; over images that have a predicted box), ``<prefix>/n_images[...]``.
-    The suffix-less keys are the means over classes.
+    - ``<prefix>/pointing_game``, ``<prefix>/mass_inside``: the saliency against the truth;
+    - ``<prefix>/pointing_game/baseline``, ``<prefix>/mass_inside/baseline``: the centred Gaussian against the truth;
+    - ``<prefix>/top_box_agreement``: the saliency maximum inside the localization head's top predicted box (over
+      the images that have a predicted box); ``<prefix>/top_box_mass_inside``: the saliency mass inside it;
+    - ``<prefix>/top_box_pointing_game``: the top box's centre inside the truth (the box head's own pointing game);
+    - ``<prefix>/n_images``, ``<prefix>/n_images_top_box``: how many images were scored.
+
+    The keys without a class are the means over the classes that have images (``n_images``: the total).
     """
 
-    _METRICS = (
-        "pointing_game",
-        "pointing_game_baseline",
-        "mass_inside",
-        "mass_inside_baseline",
-        "top_box_pointing_game",
-        "pointing_game_top_box",
-        "mass_inside_top_box",
-    )
+    #: internal name -> key stem (``<prefix>/<stem>[/<class>]``)
+    KEYS = {
+        "pointing_game": "pointing_game",
+        "pointing_game_baseline": "pointing_game/baseline",
+        "mass_inside": "mass_inside",
+        "mass_inside_baseline": "mass_inside/baseline",
+        "top_box_pointing_game": "top_box_pointing_game",
+        "pointing_game_top_box": "top_box_agreement",
+        "mass_inside_top_box": "top_box_mass_inside",
+    }
+    _METRICS = tuple(KEYS)
 
     def __init__(
         self, class_names: Sequence[str], tolerance: float = 0.0, sigma_fraction: float = 0.25, prefix: str = "explain"
@@ -193,11 +198,15 @@ class PointingGame:
             r = self._rows[c]
             for m in self._METRICS:
                 v = float(np.mean(r[m])) if r[m] else float("nan")
-                out[f"{self.prefix}/{m}/{c}"] = v
+                out[f"{self.prefix}/{self.KEYS[m]}/{c}"] = v
                 if not math.isnan(v):
                     means[m].append(v)
             out[f"{self.prefix}/n_images/{c}"] = float(len(r["pointing_game"]))
+            out[f"{self.prefix}/n_images_top_box/{c}"] = float(len(r["pointing_game_top_box"]))
         for m, vs in means.items():
-            out[f"{self.prefix}/{m}"] = float(np.mean(vs)) if vs else float("nan")
+            out[f"{self.prefix}/{self.KEYS[m]}"] = float(np.mean(vs)) if vs else float("nan")
         out[f"{self.prefix}/n_images"] = float(sum(len(self._rows[c]["pointing_game"]) for c in self.class_names))
+        out[f"{self.prefix}/n_images_top_box"] = float(
+            sum(len(self._rows[c]["pointing_game_top_box"]) for c in self.class_names)
+        )
         return out

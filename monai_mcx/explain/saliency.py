@@ -40,18 +40,50 @@ from torch import Tensor, nn
 
 __all__ = [
     "DEFAULT_LAYER",
+    "DEFAULT_SALIENCY",
     "SALIENCY_METHODS",
+    "saliency_settings",
     "ClassLogits",
     "SaliencyMaps",
     "to_original_geometry",
     "saliency_overlay",
     "saliency_png_bytes",
     "saliency_nifti_bytes",
+    "saliency_result",
 ]
 
 #: the documented default layer: the stride-32 encoder feature pooled by the classification head
 DEFAULT_LAYER = "stride32"
 SALIENCY_METHODS = ("gradcam", "gradcampp")
+#: the model description's ``saliency`` slot for new models (an absent slot means this)
+DEFAULT_SALIENCY = {"method": "gradcam", "layer": DEFAULT_LAYER}
+
+
+def saliency_settings(description: object = None) -> dict:
+    """The saliency settings ``{"method", "layer"}`` of a model: its description's ``saliency`` slot (a
+    :class:`~monai_mcx.artifact.ModelDescription`, the slot's dict itself, or None), with :data:`DEFAULT_SALIENCY`
+    for what is absent. Raises ``ValueError`` naming the description for an unknown method or extra keys."""
+    slot = getattr(description, "saliency", description)
+    where = getattr(description, "path", None) or "the model description"
+    if slot is None:
+        return dict(DEFAULT_SALIENCY)
+    if not isinstance(slot, dict):
+        raise ValueError(f"{where}: saliency must be an object {{'method', 'layer'}} or null, got {slot!r}.")
+    unknown = sorted(set(slot) - set(DEFAULT_SALIENCY))
+    if unknown:
+        raise ValueError(f"{where}: saliency has unknown keys {unknown} (known: {sorted(DEFAULT_SALIENCY)}).")
+    out = {**DEFAULT_SALIENCY, **{k: v for k, v in slot.items() if v is not None}}
+    if out["method"] not in SALIENCY_METHODS:
+        raise ValueError(f"{where}: saliency method {out['method']!r} is not one of {list(SALIENCY_METHODS)}.")
+    out["layer"] = str(out["layer"])
+    return out
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The network inside ``DistributedDataParallel`` / ``DataParallel`` (the module itself otherwise)."""
+    while isinstance(net, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        net = net.module
+    return net
 
 
 class ClassLogits(nn.Module):
@@ -66,6 +98,7 @@ class ClassLogits(nn.Module):
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
+        net = _unwrap(net)
         head = getattr(net, "classification_head", None)
         if head is None:
             tasks = getattr(net, "tasks", "?")
@@ -149,10 +182,20 @@ class SaliencyMaps:
             )
         self.layer = layer
         self.method = method
-        k = len(getattr(net, "class_names", ())) or self.wrapper.classification_head.fc.out_features
+        k = len(getattr(_unwrap(net), "class_names", ())) or self.wrapper.classification_head.fc.out_features
         self.class_indices = list(range(k)) if class_indices is None else [int(c) for c in class_indices]
         if not self.class_indices:
             raise ValueError("class_indices must not be empty.")
+
+    @classmethod
+    def from_description(cls, net: nn.Module, description: object = None, **kwargs) -> SaliencyMaps:
+        """Maps with the method and layer of a model description's ``saliency`` slot (:func:`saliency_settings`;
+        absent: Grad-CAM on ``stride32``). ``kwargs``: ``class_indices``."""
+        return cls(net, **saliency_settings(description), **kwargs)
+
+    def settings(self) -> dict:
+        """``{"method", "layer"}`` as recorded next to the written maps."""
+        return {"method": self.method, "layer": self.layer}
 
     def _cam(self):
         from monai.visualize import GradCAM, GradCAMpp
@@ -225,3 +268,42 @@ def saliency_nifti_bytes(maps_wh: np.ndarray, spacing: Sequence[float] = (1.0, 1
     img = nib.Nifti1Image(arr, affine)
     img.header.set_data_dtype(np.float32)
     return gzip.compress(img.to_bytes(), compresslevel=6)
+
+
+def saliency_result(
+    saliency: SaliencyMaps, image: Tensor, original_size: Sequence[int], class_names: Sequence[str]
+) -> dict:
+    """One image's saliency as plain JSON values, for a result that travels without side files (MONAI Label).
+
+    Args:
+        saliency: the maps (method and layer recorded).
+        image: ``(1, C, W, H)`` network input (network geometry), on the network's device.
+        original_size: ``(W0, H0)`` of the original image; maps are resampled with :func:`to_original_geometry`.
+        class_names: the classifier's class names (``saliency.class_indices`` index them).
+
+    Returns:
+        ``{"method", "layer", "classes", "size_wh", "peak_xy" {class: [x, y] or None},
+        "png_base64" {class: base64 of a grayscale 8-bit PNG, rows x cols at the original size, 255 = saliency 1}}``.
+    """
+    import base64
+
+    from PIL import Image
+
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"saliency_result: expected one image (1, C, W, H), got {tuple(image.shape)}.")
+    maps = to_original_geometry(saliency(image)[0].cpu(), original_size).numpy()  # (K', W0, H0)
+    names = [str(class_names[c]) for c in saliency.class_indices]
+    out: dict = {
+        **saliency.settings(),
+        "classes": names,
+        "size_wh": [int(v) for v in original_size],
+        "peak_xy": {},
+        "png_base64": {},
+    }
+    for k, name in enumerate(names):
+        m = maps[k]
+        out["peak_xy"][name] = [int(v) for v in np.unravel_index(int(m.argmax()), m.shape)] if m.max() > 0 else None
+        buf = io.BytesIO()
+        Image.fromarray((np.clip(m.T, 0, 1) * 255).round().astype(np.uint8)).save(buf, format="PNG")
+        out["png_base64"][name] = base64.b64encode(buf.getvalue()).decode("ascii")
+    return out

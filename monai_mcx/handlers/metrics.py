@@ -8,6 +8,14 @@ point ``localization/box_threshold``), and ``.../gated`` for the variants where 
 with exactly the deployed rule and thresholds (:func:`monai_mcx.inferers.gate_decision`: an image is positive when
 some class reaches its own threshold; a negative image gets an empty mask and no boxes).
 
+Segmentation and localization keys are computed at the network input (``spatial_size``). With
+``original_resolution=True`` the same metrics are also computed at each image's ORIGINAL resolution, as SIIM-ACR and
+most papers report Dice, under ``<key>/original`` and ``<key>/gated/original``: the mask probability is resized
+to the image's size by :func:`monai_mcx.inferers.probs_to_original` (what inference writes) and compared with the
+mask file reloaded at its own size; boxes and true boxes are scaled by ``original / input`` per axis
+(:func:`monai_mcx.inferers.scale_boxes_to_original`). IoU does not change under a per-axis scaling, so the box
+metrics agree at both resolutions up to clipping and rounding; Dice does not (the mask is resampled).
+
 Calibration and operating points (issue 14): with ``calibration="temperature"`` (evaluation of the validation
 split) per-class temperatures are fitted on the RAW class logits of the labelled images BEFORE the class thresholds
 are chosen, and the thresholds, the classification metrics, the gate and the operating points all use the calibrated
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,7 +41,12 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.utils.enums import CommonKeys
 
-from monai_mcx.inferers import MultiCheXNetPostprocessor, select_detections
+from monai_mcx.inferers import (
+    MultiCheXNetPostprocessor,
+    probs_to_original,
+    scale_boxes_to_original,
+    select_detections,
+)
 from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
 from monai_mcx.metrics import (
     TemperatureScaling,
@@ -43,7 +57,7 @@ from monai_mcx.metrics import (
     detection_metrics,
     segmentation_metrics,
 )
-from monai_mcx.utils import write_json_atomic
+from monai_mcx.utils import as_bool, write_json_atomic
 
 __all__ = [
     "MultiTaskMetrics",
@@ -51,6 +65,7 @@ __all__ = [
     "resolve_class_thresholds",
     "SCORE_KEYS",
     "BOX_THRESHOLD_KEY",
+    "ORIGINAL_SUFFIX",
     "class_threshold_key",
 ]
 
@@ -58,6 +73,8 @@ __all__ = [
 SCORE_KEYS = ("classification/auc", "segmentation/dice_positive", "localization/ap50")
 #: the ``metrics.json`` key of the box operating point used by the thresholded box metrics
 BOX_THRESHOLD_KEY = "localization/box_threshold"
+#: suffix of the keys computed at each image's original resolution (``MultiTaskMetrics(original_resolution=True)``)
+ORIGINAL_SUFFIX = "/original"
 
 
 def class_threshold_key(name: str) -> str:
@@ -103,6 +120,12 @@ class MultiTaskMetrics(Metric):
             the evaluated data with :func:`monai_mcx.metrics.choose_box_threshold`: maximises the RSNA challenge
             metric of the gated boxes).
         max_detections: boxes per image counted by AP (COCO's 100).
+        original_resolution: also compute the segmentation and localization metrics at each image's original
+            resolution (keys ``.../original``; module docstring). Needs the batch's ``original_size`` and
+            ``mask_path`` (:class:`~monai_mcx.transforms.PrepareAnnotationsd` records the mask file; an in-memory
+            mask has none and is left out of the ``/original`` Dice, with a warning).
+        mask_loader: reads a mask file at its own size for ``original_resolution`` (default
+            ``LoadCXR(as_mask=True)``, the loader of :class:`~monai_mcx.transforms.PrepareAnnotationsd`).
         calibration: the classifier's calibration: None (the post-processor's, e.g. the model description's on a
             test split: nothing refit), ``"temperature"`` (or True: fit per-class temperature scaling on the raw
             logits of the evaluated images with known labels, before the thresholds are chosen: on the validation
@@ -124,6 +147,8 @@ class MultiTaskMetrics(Metric):
         output_transform: Callable = _from_engine_output,
         device: str | torch.device = "cpu",
         max_detections: int = 100,
+        original_resolution: bool = False,
+        mask_loader: Callable | None = None,
         calibration: str | bool | None = None,
         sensitivity_targets: Sequence[float] = (0.9, 0.95),
         target_thresholds: dict | None = None,
@@ -131,6 +156,8 @@ class MultiTaskMetrics(Metric):
         ci: float = 0.95,
     ) -> None:
         self.class_names = list(class_names)
+        self.original_resolution = as_bool(original_resolution, "metrics_original_resolution")
+        self._mask_loader = mask_loader
         self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
         if list(self.postprocessor.class_names) != self.class_names:
             raise ValueError(
@@ -177,6 +204,10 @@ class MultiTaskMetrics(Metric):
         self._det: list[tuple[int, dict, np.ndarray]] = []  # (image index, all detections, true boxes)
         self._logits: list[np.ndarray | None] = []  # every image: raw class logits (K,), None when unavailable
         self._patients: list[str | None] = []  # every image: patient id, None when unknown
+        # original resolution: (image index, seg probs (w, h) float16, mask file, original (W, H))
+        self._seg_orig: list[tuple[int, np.ndarray, str, list[int]]] = []
+        self._det_geom: list[tuple[list[int], list[int]]] = []  # per _det entry: (input (w, h), original (W, H))
+        self._missing_mask_files = 0
         self._n = 0
 
     def update(self, output: tuple[dict, dict]) -> None:
@@ -206,6 +237,8 @@ class MultiTaskMetrics(Metric):
             true = (targets[BatchKeys.MASK].detach().float().cpu() > 0.5).numpy()
             for i in np.nonzero(has)[0]:
                 self._seg.append((base + int(i), seg[i, 0], true[i, 0]))
+            if self.original_resolution:
+                self._update_seg_original(pred, targets, has, base)
         if PredKeys.DETECTIONS in pred and BatchKeys.HAS_BOXES in targets:
             has = (targets[BatchKeys.HAS_BOXES].reshape(-1).cpu() > 0.5).numpy()
             for i in np.nonzero(has)[0]:
@@ -216,6 +249,8 @@ class MultiTaskMetrics(Metric):
                 }
                 truth = targets[BatchKeys.BOXES][i].detach().float().cpu().numpy().reshape(-1, 4)
                 self._det.append((base + int(i), det, truth))
+                if self.original_resolution:
+                    self._det_geom.append((list(pred[PredKeys.INPUT_SIZE]), self._original_size(targets, i)))
 
     def _raw_logits(self, pred: dict) -> np.ndarray | None:
         """``(B, K)`` raw (uncalibrated) class logits: ``class_logits``, else the logit of ``class_probs_raw``, else
@@ -230,7 +265,26 @@ class MultiTaskMetrics(Metric):
             return logits_from_probs(pred[PredKeys.CLASS_PROBS].detach().double().cpu().numpy())
         return None
 
-    _STATE = ("_probs", "_labels", "_seg", "_det", "_logits", "_patients")
+    @staticmethod
+    def _original_size(targets: dict, i: int) -> list[int]:
+        sizes = targets.get(BatchKeys.ORIGINAL_SIZE)
+        if sizes is None:
+            raise ValueError(
+                "MultiTaskMetrics(original_resolution=True) needs the batch's 'original_size' (collate_cxr adds it "
+                "for images loaded as MetaTensors)."
+            )
+        return [int(v) for v in sizes[i]]
+
+    def _update_seg_original(self, pred: dict, targets: dict, has: np.ndarray, base: int) -> None:
+        probs = pred[PredKeys.SEG_PROBS].detach().float().cpu().numpy().astype(np.float16)
+        paths = targets.get(BatchKeys.MASK_PATH) or [""] * len(has)
+        for i in np.nonzero(has)[0]:
+            if not paths[i]:
+                self._missing_mask_files += 1
+                continue
+            self._seg_orig.append((base + int(i), probs[i, 0], str(paths[i]), self._original_size(targets, i)))
+
+    _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom", "_logits", "_patients")
 
     def _gather_ranks(self) -> None:
         """Under ``torch.distributed`` (each rank evaluated its shard of the data), replace the per-sample lists
@@ -257,6 +311,8 @@ class MultiTaskMetrics(Metric):
             merged["_patients"] += part["_patients"]
             merged["_seg"] += [(offset + j, p, t) for j, p, t in part["_seg"]]
             merged["_det"] += [(offset + j, d, t) for j, d, t in part["_det"]]
+            merged["_seg_orig"] += [(offset + j, p, f, o) for j, p, f, o in part["_seg_orig"]]
+            merged["_det_geom"] += part["_det_geom"]
             offset += part["_n"]
         for k in self._STATE:
             setattr(self, k, merged[k])
@@ -300,6 +356,8 @@ class MultiTaskMetrics(Metric):
                 out.update(
                     {f"{k}/gated": v for k, v in segmentation_metrics(pred & gate[idx][:, None, None], true).items()}
                 )
+        if self._seg_orig:
+            out.update(self._segmentation_original(deployed.seg_threshold, gate))
         if self._det:
             dets = [d for _, d, _ in self._det]
             truths = [t for _, _, t in self._det]
@@ -319,6 +377,16 @@ class MultiTaskMetrics(Metric):
                 out.update(
                     {f"{k}/gated": v for k, v in detection_metrics(dets_gated, truths, self.max_detections, t).items()}
                 )
+            if self.original_resolution and len(self._det_geom) == len(dets):
+                variants = [("", dets)] + ([("/gated", dets_gated)] if gated else [])
+                truths_o = [scale_boxes_to_original(b, i, o) for b, (i, o) in zip(truths, self._det_geom)]
+                for suffix, ds in variants:
+                    ds_o = [
+                        {**d, DetKeys.BOXES.value: scale_boxes_to_original(d[DetKeys.BOXES], i, o)}
+                        for d, (i, o) in zip(ds, self._det_geom)
+                    ]
+                    res = detection_metrics(ds_o, truths_o, self.max_detections, score_threshold=t)
+                    out.update({f"{k}{suffix}{ORIGINAL_SUFFIX}": v for k, v in res.items()})
         self.deployed = deployed
         out = {k: float(v) for k, v in out.items()}
         parts = [out[k] for k in SCORE_KEYS if k in out and not math.isnan(out[k])]
@@ -381,6 +449,36 @@ class MultiTaskMetrics(Metric):
             ci=self.ci,
         )
         out["classification/patients_known"] = float(self.patients_known)
+        return out
+
+    def _segmentation_original(self, seg_threshold: float, gate: np.ndarray | None) -> dict[str, float]:
+        """Dice at each image's original resolution: predicted probabilities resized to the image (the inference
+        rule), true mask reloaded from its file at its own size."""
+        if self._mask_loader is None:
+            from monai_mcx.transforms.io import LoadCXR
+
+            self._mask_loader = LoadCXR(as_mask=True)
+        if self._missing_mask_files:
+            warnings.warn(
+                f"{self._missing_mask_files} image(s) with an in-memory mask (no mask file) are left out of the "
+                "original-resolution Dice.",
+                stacklevel=2,
+            )
+        preds, truths, keep = [], [], []
+        for j, probs, path, orig in self._seg_orig:
+            true = torch.as_tensor(np.asarray(self._mask_loader(path)))
+            true = (true[None] if true.ndim == 2 else true).amax(dim=0) > 0  # (W, H), any channel set
+            if list(true.shape) != list(orig):
+                raise ValueError(
+                    f"{path}: mask size {tuple(true.shape)} differs from its image's original size {tuple(orig)} (W, H)."
+                )
+            preds.append((probs_to_original(probs.astype(np.float32), orig) >= seg_threshold).numpy())
+            truths.append(true.numpy())
+            keep.append(True if gate is None else bool(gate[j]))
+        out = {f"{k}{ORIGINAL_SUFFIX}": v for k, v in segmentation_metrics(preds, truths).items()}
+        if gate is not None:
+            gated = [p & k for p, k in zip(preds, keep)]
+            out.update({f"{k}/gated{ORIGINAL_SUFFIX}": v for k, v in segmentation_metrics(gated, truths).items()})
         return out
 
     def completed(self, engine: Engine, name: str) -> None:

@@ -11,7 +11,16 @@ appended, e.g. ``a_dcm``):
   x first) with the image's pixel spacing in the affine;
 - ``<stem>_mask.png``: the same mask as a PNG, 0/255, rows x columns;
 - ``<stem>_overlay.png``: the X-ray at its original size in gray, the mask tinted red and the boxes drawn
-  (yellow, with their scores).
+  (yellow, with their scores);
+- with ``saliency`` (``inference.json --saliency true``): ``<stem>_saliency_<class>.png``, the class's Grad-CAM
+  heat map blended over the X-ray at its original size, and ``<stem>_saliency.nii.gz``, the ``K`` maps as float32
+  in [0, 1], array ``(W, H, K)`` (MONAI order, x first; one slice per class, in ``class_names`` order) with the
+  image's pixel spacing in the affine. The maps are computed in the network's geometry
+  (:class:`monai_mcx.explain.SaliencyMaps`, method and layer from the model description's ``saliency`` slot) and
+  resampled to the original size exactly as the lesion probabilities are before thresholding
+  (:func:`monai_mcx.explain.to_original_geometry`). The JSON lists them under ``saliency`` (method, layer, file
+  names, and each class's peak ``[x, y]`` in original pixels). Computing them needs one extra forward + backward
+  pass per class on the batch (in its own ``enable_grad`` block, eval mode); the predictions are not affected.
 
 At the end of the run ``predictions.csv`` summarises all images, one row per input file; a file that could
 not be read has a row whose ``error`` column names the file and the problem (and no other output).
@@ -31,8 +40,10 @@ import csv
 import io
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +55,7 @@ from PIL import Image, ImageDraw
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, PredKeys
 from monai_mcx.transforms.guard import ERROR_KEY
-from monai_mcx.utils import write_bytes_atomic, write_json_atomic
+from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
 
 __all__ = ["PredictionWriter", "overlay_image"]
 
@@ -76,6 +87,11 @@ def overlay_image(
     return im
 
 
+def _safe(name: str) -> str:
+    """A class name as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "class"
+
+
 def _nifti_bytes(mask_wh: np.ndarray, spacing: Sequence[float]) -> bytes:
     import gzip
 
@@ -99,6 +115,8 @@ class PredictionWriter:
         overlay_reader: ``path -> (rows, cols)`` array in [0, 1] for the overlay background (default: re-read
             the file with :func:`monai_mcx.transforms.io.read_cxr`); when it fails, the network input is
             resized to the original size instead.
+        saliency: a :class:`monai_mcx.explain.SaliencyMaps` of the evaluator's network to write the saliency
+            files (module docstring), or None (default: none written).
 
     Batch keys used: ``image`` ``(B, 1, W, H)``, and from ``collate_cxr`` ``image_path`` and
     ``original_size`` (``(W, H)`` per item); ``error`` (from :class:`GuardLoadd`) marks unreadable items.
@@ -113,14 +131,16 @@ class PredictionWriter:
         write_overlay: bool = True,
         write_mask_png: bool = True,
         overlay_reader: Callable[[str], np.ndarray] | None = None,
+        saliency: Any | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
         self.postprocessor = postprocessor if postprocessor is not None else MultiCheXNetPostprocessor(self.class_names)
-        self.write_nifti = bool(write_nifti)
-        self.write_overlay = bool(write_overlay)
+        self.write_nifti = as_bool(write_nifti, "write_nifti")
+        self.write_overlay = as_bool(write_overlay, "write_overlay")
         self.write_mask_png = bool(write_mask_png)
         self.overlay_reader = overlay_reader
+        self.saliency = saliency
         self.rows: list[dict] = []
         self._stems: set[str] = set()
 
@@ -174,6 +194,9 @@ class PredictionWriter:
         if isinstance(meta, Mapping) and "pixel_spacing" in meta:
             spacings = torch.as_tensor(np.asarray(meta["pixel_spacing"])).reshape(n, -1).tolist()
         pp = self.postprocessor
+        net_input = engine.state.output.get(CommonKeys.IMAGE) if isinstance(engine.state.output, Mapping) else None
+        net_input = net_input if net_input is not None and tuple(net_input.shape) == tuple(images.shape) else images
+        maps = self._saliency_maps(net_input, [not e for e in errors])  # on the evaluator's own input batch
         for i in range(n):
             src = str(names[i])
             if errors[i]:
@@ -215,8 +238,13 @@ class PredictionWriter:
                     write_bytes_atomic(_nifti_bytes(mask_wh, spacing), self.output_dir / f"{stem}_mask.nii.gz")
                     record["mask_nifti"] = f"{stem}_mask.nii.gz"
                 record["mask_area_px"] = int(mask_wh.sum())
-            if self.write_overlay:
+            gray = None
+            if maps is not None:
                 gray = self._background(src, images[i].detach().cpu(), orig)
+                spacing = spacings[i] if spacings else (1.0, 1.0)
+                record["saliency"] = self._write_saliency(maps[i], orig, gray, spacing, stem)
+            if self.write_overlay:
+                gray = self._background(src, images[i].detach().cpu(), orig) if gray is None else gray
                 im = overlay_image(
                     gray, None if mask_wh is None else mask_wh.T, res["boxes"].tolist(), res["scores"].tolist()
                 )
@@ -227,6 +255,44 @@ class PredictionWriter:
             write_json_atomic(record, self.output_dir / f"{stem}.json")
             record["json"] = f"{stem}.json"
             self.rows.append(record)
+
+    # -- saliency -------------------------------------------------------------------------------------------
+    def _saliency_maps(self, images: torch.Tensor, readable: Sequence[bool]) -> torch.Tensor | None:
+        """``(B, K, W, H)`` maps in the network's geometry for the batch (zeros for unreadable placeholders), or
+        None without ``saliency``. Runs on the network's device."""
+        if self.saliency is None or not any(readable):
+            return None
+        keep = [i for i, ok in enumerate(readable) if ok]
+        device = next(self.saliency.wrapper.parameters()).device
+        x = images[keep]
+        x = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).to(device)
+        m = self.saliency(x).detach().float().cpu()
+        out = torch.zeros((images.shape[0], *m.shape[1:]), dtype=torch.float32)
+        out[keep] = m
+        return out
+
+    def _write_saliency(
+        self, maps: torch.Tensor, orig: list[int], gray: np.ndarray, spacing: Sequence[float], stem: str
+    ) -> dict:
+        """Write one image's saliency PNGs and NIfTI; return the JSON entry."""
+        from monai_mcx.explain import saliency_nifti_bytes, saliency_png_bytes, to_original_geometry
+
+        sal = to_original_geometry(maps, orig).numpy()  # (K, W0, H0)
+        names = [self.class_names[c] for c in self.saliency.class_indices]
+        entry: dict = {**self.saliency.settings(), "classes": names, "png": {}, "peak_xy": {}}
+        for k, name in enumerate(names):
+            fname = f"{stem}_saliency_{_safe(name)}.png"
+            write_bytes_atomic(saliency_png_bytes(gray, sal[k].T), self.output_dir / fname)
+            entry["png"][name] = fname
+            peak = float(sal[k].max())
+            entry["peak_xy"][name] = (
+                [int(v) for v in np.unravel_index(int(sal[k].argmax()), sal[k].shape)] if peak > 0 else None
+            )
+        fname = f"{stem}_saliency.nii.gz"
+        write_bytes_atomic(saliency_nifti_bytes(np.moveaxis(sal, 0, -1), spacing), self.output_dir / fname)
+        entry["nifti"] = fname
+        entry["nifti_layout"] = "(W, H, K): x first, one slice per class in 'classes' order, float32 in [0, 1]"
+        return entry
 
     def write_summary(self, engine: Engine) -> None:
         buf = io.StringIO()
@@ -241,6 +307,7 @@ class PredictionWriter:
             "json",
             "mask_nifti",
             "overlay",
+            "saliency_nifti",
             "error",
         ]
         w = csv.DictWriter(buf, fieldnames=fields)
@@ -259,6 +326,7 @@ class PredictionWriter:
                 "json": r.get("json", ""),
                 "mask_nifti": r.get("mask_nifti", ""),
                 "overlay": r.get("overlay", ""),
+                "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
                 "error": "",
             }
             for c, p in r.get("class_probabilities", {}).items():

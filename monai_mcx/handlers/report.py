@@ -15,7 +15,11 @@ epoch completes it writes under ``output_dir``:
 - ``plots/dice_hist.png``: Dice of the images with a non-empty true mask (ungated and gated);
 - ``plots/gallery.png``: the best and worst cases (by Dice where the image has a true mask, else by the
   per-image box IoU of :func:`box_quality`) with the X-ray, true (green) and predicted (red) mask contours and
-  boxes (predicted ones with their scores).
+  boxes (predicted ones with their scores); with ``saliency``, each case has a second panel below it: the Grad-CAM
+  map of its most probable class over the X-ray, with the truth in green;
+- with ``explain/...`` keys in the metrics (:class:`monai_mcx.handlers.explain.SaliencyEvaluation`): a section
+  "Explanations (saliency)" comparing the pointing game and the saliency mass inside the truth with the
+  centred-Gaussian baseline and with the localization head's top box.
 
 The thresholds chosen on the validation split (class thresholds, box operating point: see
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
@@ -41,6 +45,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
+from monai_mcx.handlers.metrics import ORIGINAL_SUFFIX
 from monai_mcx.metrics import box_iou_float64, dice_per_image
 from monai_mcx.utils import write_text_atomic
 
@@ -129,7 +134,8 @@ def draw_case(ax, case: dict, show_scores: bool = True, linewidth: float = 1.5) 
 
     ``case`` keys: ``image`` ``(W, H)``; optional ``true_mask``/``pred_mask`` ``(W, H)`` (bool or probabilities,
     ``> 0.5`` inside), ``true_boxes``/``pred_boxes`` ``(N, 4)`` xyxy in image pixels (x along dim 0),
-    ``pred_scores`` ``(N,)``, ``title``. The image is shown transposed (rows = y) with ``extent=(0, W, H, 0)``
+    ``pred_scores`` ``(N,)``, ``saliency`` ``(W, H)`` in [0, 1] (a jet heat map blended over the X-ray with
+    opacity ``0.5 * saliency``), ``title``. The image is shown transposed (rows = y) with ``extent=(0, W, H, 0)``
     so a box ``[x1, y1, x2, y2]`` is the rectangle of columns ``x1..x2`` and rows ``y1..y2``. Truth green,
     prediction red.
     """
@@ -145,6 +151,11 @@ def draw_case(ax, case: dict, show_scores: bool = True, linewidth: float = 1.5) 
         vmin=float(img.min()),
         vmax=float(img.max()) if img.max() > img.min() else float(img.min()) + 1,
     )
+    if case.get("saliency") is not None:
+        sal = np.clip(np.nan_to_num(_np(case["saliency"]).astype(np.float32)), 0, 1)
+        if sal.shape != img.shape:
+            raise ValueError(f"draw_case: saliency {sal.shape} and image {img.shape} differ.")
+        ax.imshow(sal.T, cmap="jet", vmin=0, vmax=1, alpha=0.5 * sal.T, extent=(0, w, h, 0), interpolation="bilinear")
     xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
     for key, colour in (("true_mask", "#00ff00"), ("pred_mask", "#ff0000")):
         m = case.get(key)
@@ -233,6 +244,8 @@ class EvaluationReport:
         threshold_note: how the classification thresholds were obtained (printed in the report).
         box_threshold_note: how the box operating point was obtained (printed in the report).
         title: the report's heading.
+        saliency: a :class:`monai_mcx.explain.SaliencyMaps` of the evaluator's network: the gallery shows each
+            case's saliency (computed at the end, for the gallery cases only); None: no saliency panels.
     """
 
     def __init__(
@@ -246,6 +259,7 @@ class EvaluationReport:
         threshold_note: str = "",
         box_threshold_note: str = "",
         title: str = "MultiCheXNet evaluation report",
+        saliency: Any | None = None,
     ) -> None:
         from monai_mcx.inferers import MultiCheXNetPostprocessor
 
@@ -259,6 +273,7 @@ class EvaluationReport:
         self.threshold_note = threshold_note
         self.box_threshold_note = box_threshold_note
         self.title = title
+        self.saliency = saliency
         self.plot_files: list[str] = []
         self.reset()
 
@@ -347,6 +362,9 @@ class EvaluationReport:
             if rank is None:
                 continue
             case["image"] = _np(images[i, 0]).astype(np.float32)
+            if self.saliency is not None:  # the network input, for the gallery's saliency panel
+                case["input"] = images[i].detach().cpu()
+                case["probs"] = None if probs is None else probs[i].reshape(-1)
             case["rank"], case["rank_kind"] = rank, kind
             self._cases.append((rank, idx, case))
         self._prune()
@@ -670,16 +688,22 @@ class EvaluationReport:
             return None
         ncol = max(len(best), len(worst))
         rows = [(label, cases) for label, cases in (("best", best), ("worst", worst)) if cases]
-        fig = Figure(figsize=(2.3 * ncol, 2.5 * len(rows)))
+        panels = self._saliency_panels([c for _, cases in rows for c in cases])
+        per = 2 if panels else 1
+        fig = Figure(figsize=(2.3 * ncol, 2.5 * len(rows) * per))
         for r, (label, cases) in enumerate(rows):
             for c, case in enumerate(cases):
-                ax = fig.add_subplot(len(rows), ncol, r * ncol + c + 1)
+                ax = fig.add_subplot(len(rows) * per, ncol, r * per * ncol + c + 1)
                 gate = bool(gates[case["index"]])
                 title = f"{label} #{c + 1}: {case['rank_kind']} {case['rank']:.2f}" + ("" if gate else ", gated out")
                 draw_case(ax, dict(self._deployed_case(case, gate), title=title))
+                if panels:
+                    ax = fig.add_subplot(len(rows) * per, ncol, (r * per + 1) * ncol + c + 1)
+                    draw_case(ax, panels[case["index"]])
         fig.suptitle(
             f"truth green, deployed prediction red (gated; boxes with score >= "
-            f"{self.deployed.box_score_threshold:.3g}); ranked by ungated Dice / box IoU",
+            f"{self.deployed.box_score_threshold:.3g}); ranked by ungated Dice / box IoU"
+            + (f"\nbelow each case: {self._saliency_text()} of its most probable class, truth green" if panels else ""),
             fontsize=8,
         )
         fig.tight_layout()
@@ -687,6 +711,79 @@ class EvaluationReport:
         _save(fig, self.output_dir / name)
         self.plot_files.append(name)
         return name
+
+    # -- saliency (issue 14) -----------------------------------------------------------------------------
+    def _saliency_text(self) -> str:
+        st = self.saliency.settings() if hasattr(self.saliency, "settings") else {}
+        method = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}.get(st.get("method"), "saliency")
+        return f"{method} on `{st.get('layer', '?')}`"
+
+    def _saliency_panels(self, cases: list[dict]) -> dict[int, dict]:
+        """``{case index: draw_case dict}``: each gallery case's saliency map (its most probable class) over the
+        X-ray, truth in green. Empty without ``saliency``."""
+        if self.saliency is None or not cases or any("input" not in c for c in cases):
+            return {}
+        device = next(self.saliency.wrapper.parameters()).device
+        x = torch.stack([c["input"] for c in cases]).float().to(device)
+        maps = self.saliency(x).cpu().numpy()  # (n, K', W, H)
+        indices = list(self.saliency.class_indices)
+        panels = {}
+        for j, case in enumerate(cases):
+            probs = case.get("probs")
+            k = int(np.argmax([probs[c] for c in indices])) if probs is not None else 0
+            name = self.class_names[indices[k]] if indices[k] < len(self.class_names) else str(indices[k])
+            p = f" p={float(probs[indices[k]]):.2f}" if probs is not None else ""
+            panels[case["index"]] = {
+                "image": case["image"],
+                "saliency": maps[j, k],
+                "true_mask": case.get("true_mask"),
+                "true_boxes": case.get("true_boxes"),
+                "title": f"saliency: {name}{p}",
+            }
+        return panels
+
+    def _explain_section(self, metrics: dict) -> list[str]:
+        """The "Explanations (saliency)" section, from the ``explain/...`` keys (empty list without them)."""
+        if "explain/pointing_game" not in metrics:
+            return []
+        v = format_value
+        n = metrics.get("explain/n_images")
+        n_box = metrics.get("explain/n_images_top_box")
+        method = self._saliency_text() if self.saliency is not None else "the saliency of the model description"
+        lines = [
+            "## Explanations (saliency)",
+            "",
+            f"Does the diagnosis look at the lesion? {method}, scored on the {int(n or 0)} evaluated images that are "
+            "positive for a class and have a true lesion (mask or boxes), in the network's geometry. *Pointing game*: "
+            "share of the images whose saliency maximum lies inside the truth; *mass inside*: mean share of the "
+            "saliency inside the truth. The baseline is a centred Gaussian (sd a quarter of the width and height): "
+            "a saliency that does not beat it says nothing about the lesion.",
+            "",
+            "| class | images | pointing game | baseline | mass inside | baseline | top-box agreement |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for c in [None, *self.class_names]:
+            suf = "" if c is None else f"/{c}"
+            if c is not None and not metrics.get(f"explain/n_images{suf}"):
+                continue
+            lines.append(
+                f"| {'all (mean over classes)' if c is None else c} | {int(metrics.get(f'explain/n_images{suf}') or 0)} "
+                f"| {v(metrics.get(f'explain/pointing_game{suf}'))} "
+                f"| {v(metrics.get(f'explain/pointing_game/baseline{suf}'))} "
+                f"| {v(metrics.get(f'explain/mass_inside{suf}'))} "
+                f"| {v(metrics.get(f'explain/mass_inside/baseline{suf}'))} "
+                f"| {v(metrics.get(f'explain/top_box_agreement{suf}'))} |"
+            )
+        lines += [
+            "",
+            f"*Top-box agreement*: share of the images whose saliency maximum lies inside the localization head's "
+            f"top-scoring box (ungated; {int(n_box or 0)} images have a decoded box); the top box's own centre lies "
+            f"inside the truth for {v(metrics.get('explain/top_box_pointing_game'))} of them, and "
+            f"{v(metrics.get('explain/top_box_mass_inside'))} of the saliency mass falls inside it. Keys "
+            "`explain/...` of `metrics.json`; the gallery shows the saliency of each case.",
+            "",
+        ]
+        return lines
 
     def _markdown(self, metrics: dict, curve_links, dice_link, gallery_link, gates: np.ndarray) -> str:
         from monai_mcx.inferers import GATE_RULE_TEXT
@@ -743,21 +840,42 @@ class EvaluationReport:
                 "the gallery output these boxes)"
             ]
         lines += ["- per-image decisions: [`per_image.csv`](per_image.csv)", ""]
-        lines += ["## Metrics", "", "| metric | ungated | gated |", "| --- | ---: | ---: |"]
-        keys = sorted(k for k in metrics if not k.endswith("/gated"))
+        orig = ORIGINAL_SUFFIX
+        has_orig = any(k.endswith(orig) for k in metrics)
+        lines += ["## Metrics", ""]
+        if has_orig:
+            lines += [
+                "Segmentation and localization numbers are computed twice: at the network input (`spatial_size`, "
+                "the *network px* columns) and at each image's original resolution (*original px*: the mask "
+                "probability resized to the image as inference writes it, against the mask file at its own size; "
+                "boxes scaled back to the original pixels), which is how SIIM-ACR and most papers report Dice. "
+                "Box metrics agree at both resolutions (IoU does not change under a per-axis scaling) up to "
+                "clipping and rounding. Classification numbers do not depend on the resolution.",
+                "",
+                "| metric | ungated, network px | gated, network px | ungated, original px | gated, original px |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+        else:
+            lines += ["| metric | ungated | gated |", "| --- | ---: | ---: |"]
+
+        def cell(key: str) -> str:
+            return format_value(metrics[key]) if key in metrics else ""
+
+        keys = sorted(k for k in metrics if not k.endswith(("/gated", orig)))
         for k in keys:
-            g = f"{k}/gated"
-            lines.append(f"| `{k}` | {format_value(metrics[k])} | {format_value(metrics[g]) if g in metrics else ''} |")
-        if any(not k.startswith(("classification/", "segmentation/", "localization/")) for k in keys):
+            row = f"| `{k}` | {cell(k)} | {cell(f'{k}/gated')} |"
+            lines.append(row + (f" {cell(k + orig)} | {cell(f'{k}/gated{orig}')} |" if has_orig else ""))
+        if any(not k.startswith(("classification/", "segmentation/", "localization/", "explain/")) for k in keys):
             lines.append("")
             lines.append(
                 "Keys outside a task (e.g. the evaluator's key metric) are the checkpoint-selection score, "
                 "the mean of `classification/auc`, `segmentation/dice_positive` and `localization/ap50`."
             )
         for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len("/gated")] not in metrics):
-            lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |")
+            lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |" + (" | |" if has_orig else ""))
         lines.append("")
         lines += getattr(self, "_calibration_lines", [])
+        lines += self._explain_section(metrics)
         lines += ["## Plots", ""]
         if curve_links:
             lines += ["| class | ROC | precision-recall |", "| --- | --- | --- |"]

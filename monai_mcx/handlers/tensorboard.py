@@ -9,6 +9,10 @@ Geometry (``docs/CONTRACTS.md``): tensors are ``(C, W, H)`` with x = spatial dim
 ``[x1, y1, x2, y2]`` in pixel-edge coordinates; the returned picture is ``(H', W', 3)`` (rows, columns),
 i.e. the array is transposed once, here, and a box's x lands on the columns.
 Colours: truth green, prediction red (where both overlap the pixel is yellow).
+
+With ``saliency`` (a :class:`monai_mcx.explain.SaliencyMaps` of the evaluated network; ``train.json``'s
+``tensorboard_saliency``, on by default), each case also gets ``<saliency_tag>/<i>``: the Grad-CAM map of the
+case's most probable class blended over the X-ray (:func:`saliency_rgb`), with the same contours and boxes drawn.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from monai.utils.enums import CommonKeys
 
 from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
 
-__all__ = ["overlay_rgb", "TensorBoardOverlayHandler", "TRUE_RGB", "PRED_RGB"]
+__all__ = ["overlay_rgb", "saliency_rgb", "TensorBoardOverlayHandler", "TRUE_RGB", "PRED_RGB"]
 
 TRUE_RGB = (0, 255, 0)
 PRED_RGB = (255, 0, 0)
@@ -119,6 +123,40 @@ def overlay_rgb(
     return rgb
 
 
+def saliency_rgb(
+    image: Any, saliency: Any, upscale: int = 1, alpha: float = 0.45, line_width: int | None = None, **overlays: Any
+) -> np.ndarray:
+    """:func:`overlay_rgb` with a saliency heat map blended under the contours and boxes.
+
+    Args:
+        image: ``(W, H)`` or ``(1, W, H)``.
+        saliency: ``(W, H)`` in [0, 1] (the network's geometry, as ``image``).
+        upscale, line_width: as :func:`overlay_rgb`.
+        alpha: the heat map's opacity at saliency 1 (``alpha * saliency`` elsewhere).
+        overlays: ``true_mask``, ``pred_mask``, ``true_boxes``, ``pred_boxes`` (drawn over the heat map).
+
+    Returns:
+        ``(H * upscale, W * upscale, 3)`` ``uint8``.
+    """
+    from monai_mcx.explain import saliency_overlay
+
+    img = _np(image).astype(np.float32)
+    img = img[0] if img.ndim == 3 else img
+    sal = _np(saliency).astype(np.float32)
+    if sal.shape != img.shape:
+        raise ValueError(f"saliency shape {sal.shape} differs from the image's {img.shape}.")
+    s = max(1, int(upscale))
+    lo, hi = float(img.min()), float(img.max())
+    grey = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    heat = np.asarray(saliency_overlay(grey.T, sal.T, alpha=alpha))  # (H, W, 3)
+    heat = np.repeat(np.repeat(heat, s, axis=0), s, axis=1)
+    plain = overlay_rgb(img, upscale=s, line_width=line_width)  # the grey picture alone
+    drawn = overlay_rgb(img, upscale=s, line_width=line_width, **overlays)
+    changed = np.any(drawn != plain, axis=-1)  # the contour and box pixels
+    heat[changed] = drawn[changed]
+    return heat
+
+
 class TensorBoardOverlayHandler:
     """Log ``num_images`` validation cases as TensorBoard images each time the evaluator runs.
 
@@ -134,6 +172,9 @@ class TensorBoardOverlayHandler:
         tag: tag prefix.
         upscale: magnification; default makes the longer side at least 256 px.
         summary_writer: an existing ``SummaryWriter``.
+        saliency: a :class:`monai_mcx.explain.SaliencyMaps` of the evaluator's network: also log each case's
+            saliency (module docstring) under ``saliency_tag``; None: overlays only.
+        saliency_tag: tag prefix of the saliency images.
     """
 
     def __init__(
@@ -143,12 +184,16 @@ class TensorBoardOverlayHandler:
         tag: str = "validation/overlay",
         upscale: int | None = None,
         summary_writer: Any | None = None,
+        saliency: Any | None = None,
+        saliency_tag: str = "validation/saliency",
     ) -> None:
         self.log_dir = str(log_dir)
         self.num_images = int(num_images)
         self.tag = tag
         self.upscale = upscale
         self._writer = summary_writer
+        self.saliency = saliency
+        self.saliency_tag = saliency_tag
         self._cases: list[dict] = []
 
     @property
@@ -176,6 +221,11 @@ class TensorBoardOverlayHandler:
             if len(self._cases) >= self.num_images:
                 break
             case = {"image": _np(images[i, 0])}
+            if self.saliency is not None:
+                img = images[i].detach()
+                case["_input"] = img.as_tensor() if hasattr(img, "as_tensor") else img
+                if PredKeys.CLASS_PROBS in pred:
+                    case["_class"] = int(torch.argmax(pred[PredKeys.CLASS_PROBS][i]).item())
             if BatchKeys.MASK in targets and float(targets[BatchKeys.HAS_MASK][i]) > 0.5:
                 case["true_mask"] = _np(targets[BatchKeys.MASK][i, 0])
             if PredKeys.SEG_MASK in pred:
@@ -188,9 +238,27 @@ class TensorBoardOverlayHandler:
 
     def _write(self, engine: Engine) -> None:
         step = int(engine.state.epoch)
+        maps = self._saliency_maps()
         for i, case in enumerate(self._cases):
+            drawn = {k: v for k, v in case.items() if not k.startswith("_")}
             w, h = case["image"].shape
             s = self.upscale or max(1, int(np.ceil(256 / max(w, h))))
-            rgb = overlay_rgb(upscale=s, **case)
+            rgb = overlay_rgb(upscale=s, **drawn)
             self.writer.add_image(f"{self.tag}/{i}", rgb, global_step=step, dataformats="HWC")
+            if maps is not None:
+                channel = (
+                    self.saliency.class_indices.index(case["_class"])
+                    if case.get("_class") in (self.saliency.class_indices)
+                    else 0
+                )
+                rgb = saliency_rgb(saliency=maps[i, channel], upscale=s, **drawn)
+                self.writer.add_image(f"{self.saliency_tag}/{i}", rgb, global_step=step, dataformats="HWC")
         self.writer.flush()
+
+    def _saliency_maps(self) -> np.ndarray | None:
+        """``(n, K', W, H)`` maps of the collected cases (in the network's eval mode), or None."""
+        if self.saliency is None or not self._cases:
+            return None
+        x = torch.stack([c["_input"] for c in self._cases]).float()
+        x = x.to(next(self.saliency.wrapper.parameters()).device)
+        return self.saliency(x).cpu().numpy()

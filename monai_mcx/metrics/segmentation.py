@@ -46,9 +46,18 @@ def segmentation_metrics(pred: Any, target: Any) -> dict[str, float]:
 
     - ``dice_positive``: mean Dice over the images whose truth is non-empty (``NaN`` if there are none);
     - ``dice_empty_aware``: mean over all images with the SIIM rule of :func:`dice_per_image` (``NaN`` if ``N = 0``).
+
+    ``pred`` and ``target`` are arrays ``(N, ...)`` or two equally long sequences of per-image masks whose
+    sizes may differ between images (e.g. masks at each image's original resolution).
     """
-    d = dice_per_image(pred, target)
-    positive = _flat_binary(target, "target").any(dim=2).reshape(-1).numpy()
+    if isinstance(pred, (list, tuple)) or isinstance(target, (list, tuple)):
+        if len(pred) != len(target):
+            raise ValueError(f"pred and target must hold as many images, got {len(pred)} and {len(target)}.")
+        d = np.asarray([dice_per_image(p[None], t[None])[0] for p, t in zip(pred, target)], dtype=np.float64)
+        positive = np.asarray([bool(_flat_binary(t[None], "target").any()) for t in target], dtype=bool)
+    else:
+        d = dice_per_image(pred, target)
+        positive = _flat_binary(target, "target").any(dim=2).reshape(-1).numpy()
     return {
         "segmentation/dice_positive": float(d[positive].mean()) if positive.any() else float("nan"),
         "segmentation/dice_empty_aware": float(d.mean()) if d.size else float("nan"),

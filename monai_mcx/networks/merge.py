@@ -36,6 +36,7 @@ from torch import nn
 from monai_mcx.networks import weights
 from monai_mcx.networks.pretrained import load_pretrained_encoder
 from monai_mcx.networks.weights import MergeError, StateSource
+from monai_mcx.utils import as_bool
 
 __all__ = [
     "PART_PREFIXES",
@@ -444,6 +445,7 @@ def transfer_network(
     (``finetune.json`` loads it, hash-verified); its ``class_names`` are the pretrained class names when
     ``pretrained_class_names`` is not given, and they must agree when both are.
     """
+    freeze = as_bool(freeze, "freeze_encoder")
     report = None
     if pretrained_description is not None:
         described = list(pretrained_description.class_names)

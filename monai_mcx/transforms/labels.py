@@ -13,6 +13,7 @@ whatever the class label says. The item's ``positive`` key (set here) is only th
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -47,7 +48,9 @@ class PrepareAnnotationsd(MapTransform):
     Input (after the image was loaded channel-first as ``(1, W, H)``): ``label`` list or None,
     ``mask`` path or None, ``boxes`` list of ``[x1, y1, x2, y2]`` (StandardMode, x = spatial dim 0) or None.
 
-    Output keys: ``label`` ``(K,)`` float, ``has_label``; ``mask`` ``(1, W, H)`` float 0/1, ``has_mask``;
+    Output keys: ``label`` ``(K,)`` float, ``has_label``; ``mask`` ``(1, W, H)`` float 0/1, ``has_mask``,
+    ``mask_path`` (the mask file, ``""`` for an in-memory or absent mask: metrics at the original resolution
+    reload it, see :class:`monai_mcx.handlers.MultiTaskMetrics`);
     ``boxes`` ``(N, 4)`` float, ``has_boxes``; ``positive`` (image-level ground-truth positivity: any class
     if the label is known, else a non-empty mask, else a non-empty box list). Teacher forcing does not use
     ``positive``: it uses the per-task flags of :func:`task_positives`, computed after the geometry.
@@ -96,13 +99,15 @@ class PrepareAnnotationsd(MapTransform):
             d["has_label"] = torch.tensor(1.0)
 
         mask = d.get(self.mask_key)
+        is_path = isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__")
+        d["mask_path"] = os.fsdecode(mask) if is_path else ""
         if mask is None:
             d[self.mask_key] = MetaTensor(
                 torch.zeros((1, *spatial), dtype=torch.float32), meta=dict(getattr(image, "meta", {}))
             )
             d["has_mask"] = torch.tensor(0.0)
         else:
-            if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
+            if is_path:
                 try:
                     m = self._load_mask(mask)
                 except DataError as e:  # names the mask file; say which image it belongs to

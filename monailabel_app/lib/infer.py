@@ -14,6 +14,13 @@ Result JSON (``data["result"]``, plain Python types), the same fields as the bun
 at the operating point) and ``boxes_ungated``: lists of {"box": [x1, y1, x2, y2] (original pixels, x = column),
 "score", "label"}, ``box_score_threshold``, ``mask_area_px``, ``size_wh``. A request may override
 ``class_thresholds`` (one number or one per class), ``seg_threshold`` and ``box_score_threshold``.
+
+Saliency (optional, off by default: one extra forward + backward pass per class): with the task's config
+``saliency`` true (``--conf saliency true`` at server start) or a request's ``params={"saliency": true}``, the result
+JSON also has ``saliency``, computed by :func:`monai_mcx.explain.saliency_result` with the method and layer of the
+model description's ``saliency`` slot (default Grad-CAM on ``stride32``): ``{"method", "layer", "classes",
+"size_wh", "peak_xy" {class: [x, y]}, "png_base64" {class: base64 grayscale 8-bit PNG, rows x cols of the study,
+255 = saliency 1}}``. It travels inside the JSON because a MONAI Label infer result carries one label file.
 """
 
 from __future__ import annotations
@@ -35,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 ORIGINAL_SIZE = "mcx_original_size"
 LESION = "lesion"
+
+
+def _truthy(value) -> bool:
+    """A request / config flag: ``True``, ``"true"``, ``"1"``, ``"yes"`` (MONAI Label passes config values as given)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 class RecordOriginalSized(MapTransform):
@@ -65,10 +79,12 @@ class MultiCheXNetInfer(BasicInferTask):
         spec: BundleSpec,
         description: str = "MultiCheXNet: lesion mask + class probabilities + boxes",
         result_extension: str = ".png",
+        saliency: bool = False,
         **kwargs,
     ):
         self.spec = spec
         self.postprocessor = spec.build_postprocessor()
+        self.model_description = spec.description
         super().__init__(
             path=spec.model_path,
             network=spec.build_network(),
@@ -82,6 +98,7 @@ class MultiCheXNetInfer(BasicInferTask):
                 "class_thresholds": self.postprocessor.class_thresholds,
                 "seg_threshold": self.postprocessor.seg_threshold,
                 "box_score_threshold": self.postprocessor.box_score_threshold,
+                "saliency": bool(saliency),
             },
             load_strict=True,
             **kwargs,
@@ -108,6 +125,7 @@ class MultiCheXNetInfer(BasicInferTask):
         load_weights(network, state, strict=self.load_strict)
         network.to(torch.device(device)).eval()
         self.postprocessor = self.spec.build_postprocessor(desc)
+        self.model_description = desc if desc is not None else self.spec.description
         self._networks[device] = (network, stamp)
         logger.info(f"MultiCheXNet weights loaded from {path}" + (f" with its description {dpath}" if desc else ""))
         return network
@@ -163,6 +181,11 @@ class MultiCheXNetInfer(BasicInferTask):
             ]
         mask = res["mask"].astype("uint8")  # (W, H), gated
         result["mask_area_px"] = int(mask.sum())
+        if _truthy(data.get("saliency")) and res[PredKeys.CLASS_PROBS] is not None:
+            from monai_mcx.explain import SaliencyMaps, saliency_result
+
+            maps = SaliencyMaps.from_description(network, self.model_description)
+            result["saliency"] = saliency_result(maps, x, orig, pp.class_names)
         data[self.output_label_key] = mask  # (W, H) uint8: the writer transposes to rows x cols
         data[self.output_json_key] = result
         return data
