@@ -4,9 +4,10 @@ For each readable image (``<stem>`` = file name without its extensions; a repeat
 appended, e.g. ``a_dcm``):
 
 - ``<stem>.json``: class probabilities (``calibrated``: true when they are the model's temperature-scaled
-  ``sigmoid(z / T)``, with ``calibration`` giving the temperatures; false for raw ``sigmoid(z)``), the gate decision (rule and per-class thresholds), the boxes at the
-  operating point with scores in the ORIGINAL image's pixel coordinates ``[x1, y1, x2, y2]`` (x = column, pixel
-  edges, MONAI ``StandardMode``; ``boxes`` gated, ``boxes_ungated`` not), the mask area;
+  ``sigmoid(z / T)``, with ``calibration`` giving the temperatures; false for raw ``sigmoid(z)``), the gate
+  decision (rule and per-class thresholds), the boxes at the operating point with scores in the ORIGINAL image's
+  pixel coordinates ``[x1, y1, x2, y2]`` (x = column, pixel edges, MONAI ``StandardMode``; ``boxes`` gated,
+  ``boxes_ungated`` not), the mask area;
 - ``<stem>_mask.nii.gz``: the lesion mask at the original size, uint8 0/1, array ``(W, H)`` (MONAI order,
   x first) with the image's pixel spacing in the affine;
 - ``<stem>_mask.png``: the same mask as a PNG, 0/255, rows x columns;
