@@ -22,7 +22,8 @@ Flow in the bundle:
   ``last.pt``), with the hash of the weights just saved. Thresholds start at 0.5 (``method: "default"``).
 * ``evaluate.json`` (on top of ``train.json``) loads the description (:func:`load_description`, hash verified),
   builds the network from it, and on the validation split :class:`OperatingPointWriter` writes the chosen
-  per-class thresholds (and the box operating point, when the evaluation reports one) INTO ``model.json``.
+  per-class thresholds (and the box operating point, when the evaluation reports one) INTO ``model.json``, with the
+  per-class temperatures fitted before them (``calibration``) and the thresholds at fixed sensitivity targets.
 * ``inference.json``, ``finetune.json``, ``monai_mcx.export``, ``networks.merge`` and the MONAI Label app read the
   description and build the network (:meth:`ModelDescription.build_network`) and the post-processing
   (:meth:`ModelDescription.post_processing`) from it. A config value that contradicts it is an error naming both
@@ -215,7 +216,14 @@ class ModelDescription:
             every candidate above ``candidate_score_thresh`` is kept).
         box_threshold_method / box_threshold_split / box_threshold_date: how it was chosen (e.g. ``"rsna"``: the
             threshold maximising the RSNA challenge metric on the validation split).
-        calibration: open slot (issue 14), e.g. ``{"method": "temperature", "temperature": {class: T}}``; None.
+        calibration: the classifier's calibration, fitted by evaluation on the validation split (raw logits of the
+            images with known labels) and applied by the post-processing everywhere probabilities leave the model:
+            ``{"method": "temperature", "temperatures": {class: T}, "split": "validation", "fitted_on": n,
+            "date": ...}`` (:class:`monai_mcx.metrics.TemperatureScaling`: ``p = sigmoid(z / T)``); None:
+            uncalibrated (``sigmoid(z)``). The class thresholds are chosen on these calibrated probabilities.
+        sensitivity_thresholds: ``{"sens90": {class: t}, "sens95": {class: t}}``: the thresholds reaching 90 % / 95 %
+            sensitivity on the validation split (calibrated probabilities), chosen with the class thresholds; a test
+            evaluation reports sensitivity / specificity at them. None: not chosen.
         saliency: ``{"method", "layer"}`` of the saliency maps (:func:`monai_mcx.explain.saliency_settings`), e.g.
             ``{"method": "gradcam", "layer": "stride32"}`` (what ``train.json`` writes); None: that default.
 
@@ -251,6 +259,7 @@ class ModelDescription:
     box_threshold_split: str | None = None
     box_threshold_date: str | None = None
     calibration: dict | None = None
+    sensitivity_thresholds: dict | None = None
     saliency: dict | None = None
     training: dict = field(default_factory=dict)
     weights_file: str | None = None
@@ -317,6 +326,18 @@ class ModelDescription:
             problems.append(f"mask_threshold {self.mask_threshold} is outside [0, 1]")
         if self.box_score_threshold is not None and not 0.0 <= float(self.box_score_threshold) <= 1.0:
             problems.append(f"box_score_threshold {self.box_score_threshold} is outside [0, 1]")
+        if self.calibration is not None:
+            try:
+                from monai_mcx.metrics.calibration import TemperatureScaling
+
+                TemperatureScaling.from_dict(self.calibration, self.class_names, source="calibration")
+            except (ValueError, TypeError, AttributeError) as e:
+                problems.append(f"calibration {self.calibration!r} is invalid ({e})")
+        for op, table in (self.sensitivity_thresholds or {}).items():
+            if not isinstance(table, Mapping) or any(
+                not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0 for t in table.values()
+            ):
+                problems.append(f"sensitivity_thresholds[{op!r}] must map classes to thresholds in [0, 1], got {table}")
         if self.weights_sha256 is not None and (len(str(self.weights_sha256)) != 64):
             problems.append(f"weights_sha256 {self.weights_sha256!r} is not a SHA-256 hex digest")
         if problems:
@@ -550,6 +571,24 @@ class ModelDescription:
             class_thresholds=table, thresholds_method=str(method), thresholds_split=split, thresholds_date=_now()
         )
 
+    def with_calibration(
+        self, temperatures: Mapping[str, float] | None, split: str | None = None, fitted_on: int | None = None
+    ) -> ModelDescription:
+        """A copy with per-class temperatures ``{class: T}`` (fitted on ``split``, ``fitted_on`` images), or without
+        calibration (``None``: raw probabilities)."""
+        if temperatures is None:
+            return self.replace(calibration=None)
+        from monai_mcx.metrics.calibration import TemperatureScaling
+
+        ts = TemperatureScaling.from_dict({"temperatures": dict(temperatures)}, self.class_names, source="calibration")
+        cal = {
+            **ts.to_dict(),
+            "split": split,
+            "fitted_on": None if fitted_on is None else int(fitted_on),
+            "date": _now(),
+        }
+        return self.replace(calibration=cal)
+
     def with_box_threshold(self, score: float, method: str, split: str | None) -> ModelDescription:
         """A copy with the box operating point ``score`` and how it was chosen."""
         return self.replace(
@@ -763,6 +802,12 @@ class OperatingPointWriter:
     still belongs to the checkpoint's weights. Optionally copies the result to ``copy_to`` (e.g. the evaluation's
     ``output_dir``). ``enabled=False`` makes it a no-op (evaluating the test split with the saved thresholds).
 
+    Calibration: with ``calibrate=True`` the temperatures the evaluation fitted (``calibration/temperature/<class>``
+    with ``calibration/fitted_on``) go into the description's ``calibration`` slot with the thresholds chosen on the
+    calibrated probabilities; with ``calibrate=False`` new thresholds (chosen on raw probabilities) clear it. The
+    thresholds at the sensitivity targets (``classification/sens90/threshold/<class>``, ...) go into
+    ``sensitivity_thresholds``.
+
     Args:
         ckpt: the checkpoint whose description is updated.
         class_names: the classes (the description's).
@@ -771,6 +816,7 @@ class OperatingPointWriter:
         box_threshold_key: metric key of the box operating point (``localization/box_threshold``).
         box_method: how the box threshold was chosen (recorded), e.g. ``"rsna"``.
         copy_to: extra folders to write a copy of the updated description to (``model.json``).
+        calibrate: whether the evaluation calibrated the probabilities (``evaluate.json``'s ``calibrate``).
     """
 
     def __init__(
@@ -783,6 +829,7 @@ class OperatingPointWriter:
         box_method: str = "rsna",
         copy_to: Sequence[str | os.PathLike] = (),
         enabled: bool = True,
+        calibrate: bool | str = True,
     ) -> None:
         self.ckpt = Path(ckpt)
         self.class_names = list(class_names)
@@ -792,12 +839,33 @@ class OperatingPointWriter:
         self.box_method = box_method
         self.copy_to = [copy_to] if isinstance(copy_to, (str, os.PathLike)) else list(copy_to)
         self.enabled = bool(enabled)
+        self.calibrate = calibrate not in (False, None, "none")
         self.description: ModelDescription | None = None
 
     def attach(self, engine) -> None:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _calibration(self, desc: ModelDescription, metrics: Mapping) -> ModelDescription:
+        """The calibration and sensitivity-target thresholds that go with newly chosen class thresholds."""
+        temps = {c: metrics.get(f"calibration/temperature/{c}") for c in self.class_names}
+        fitted = metrics.get("calibration/fitted_on")
+        if (
+            self.calibrate
+            and fitted is not None
+            and all(t is not None and math.isfinite(float(t)) for t in temps.values())
+        ):
+            desc = desc.with_calibration({c: float(t) for c, t in temps.items()}, self.split, int(fitted))
+        elif not self.calibrate:
+            desc = desc.with_calibration(None)
+        ops: dict[str, dict[str, float]] = {}
+        for key, v in metrics.items():
+            parts = str(key).split("/")
+            if len(parts) == 4 and parts[0] == "classification" and parts[2] == "threshold" and parts[3] in temps:
+                if v is not None and math.isfinite(float(v)):
+                    ops.setdefault(parts[1], {})[parts[3]] = float(v)
+        return desc.replace(sensitivity_thresholds=ops or None)
 
     def __call__(self, engine) -> ModelDescription | None:
         if not self.enabled:
@@ -815,6 +883,7 @@ class OperatingPointWriter:
         desc = load_description(self.ckpt)
         if table:
             desc = desc.with_thresholds(table, self.method, self.split)
+            desc = self._calibration(desc, metrics)
         box = metrics.get(self.box_threshold_key)
         if box is not None and not math.isnan(float(box)):
             desc = desc.with_box_threshold(float(box), self.box_method, self.split)
@@ -826,6 +895,7 @@ class OperatingPointWriter:
         self.description = desc
         logger.info(
             f"operating point written to {description_path(self.ckpt)}: class thresholds {table}"
+            + (f", calibration {desc.calibration['temperatures']}" if desc.calibration else "")
             + (f", box score threshold {box}" if box is not None else "")
         )
         return desc

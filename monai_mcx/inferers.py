@@ -13,9 +13,13 @@ consumer goes through this one component:
 Post-processed prediction (keys :class:`monai_mcx.keys.PredKeys`), network input geometry ``(B, C, W, H)``,
 x along spatial dim 0, boxes MONAI ``StandardMode`` (``xyxy``, pixel edges):
 
-- ``class_probs`` ``(B, K)``: sigmoid of ``class_logits``;
+- ``class_probs`` ``(B, K)``: the probabilities that leave the model, ``sigmoid(class_logits / T_k)`` with the
+  model's per-class temperatures (``calibration`` of the model description, see
+  :class:`monai_mcx.metrics.TemperatureScaling`; plain ``sigmoid(class_logits)`` for a model without one);
+- ``class_probs_raw`` ``(B, K)``: ``sigmoid(class_logits)``, uncalibrated (what evaluation refits the temperatures
+  on);
 - ``gate`` ``(B,)`` bool, the gate rule (:func:`gate_decision`): an image is **positive when some class ``k``
-  reaches its own threshold**, ``any_k p_k >= t_k``; a network without a classifier lets every image through;
+  reaches its own threshold**, ``any_k p_k >= t_k`` on the (calibrated) ``class_probs``; a network without a classifier lets every image through;
 - ``seg_probs`` ``(B, 1, W, H)``, ``seg_mask`` (``seg_probs >= seg_threshold``) and ``seg_mask_gated``
   (``seg_mask`` and the gate);
 - ``detections``: per image every box the decoder keeps (its candidate score floor, NMS, detections per
@@ -150,7 +154,8 @@ def to_original(
         seg_threshold: the mask threshold (the post-processor's).
 
     Returns:
-        ``size_wh`` ``[W, H]``; ``class_probs`` ``(K,)`` numpy or None; ``gate`` bool; ``mask`` /
+        ``size_wh`` ``[W, H]``; ``class_probs`` ``(K,)`` numpy or None (calibrated when the post-processor is);
+        ``gate`` bool; ``mask`` /
         ``mask_ungated`` ``(W, H)`` bool numpy (None without a segmentation head); ``boxes`` ``(M, 4)`` float64
         ``xyxy`` original pixels with ``scores`` ``(M,)`` and ``labels`` ``(M,)`` (gated, operating point),
         ``boxes_ungated`` / ``scores_ungated`` / ``labels_ungated`` (operating point, ungated); empty arrays
@@ -204,6 +209,10 @@ class MultiCheXNetPostprocessor:
         candidate_score_thresh, topk_candidates_per_level, nms_thresh, detections_per_img: the decoder's
             ``BoxSelector`` settings (``candidate_score_thresh`` is the floor of the boxes kept for AP; the
             operating point is ``box_score_threshold``).
+        calibration: the classifier's calibration: a :class:`monai_mcx.metrics.TemperatureScaling`, its
+            ``to_dict()`` (``{"method": "temperature", "temperatures": {class: T}, ...}``, the model description's
+            ``calibration``), or None (uncalibrated: ``class_probs`` = ``sigmoid(class_logits)``). The class
+            thresholds must have been chosen on probabilities calibrated the same way.
 
     ``postprocessor(outputs, images)``: ``outputs`` the network's dict, ``images`` the ``(B, C, W, H)`` input
     batch (its shape gives the anchors and the input size). Runs without gradient, in float32.
@@ -222,9 +231,11 @@ class MultiCheXNetPostprocessor:
         topk_candidates_per_level: int = 1000,
         nms_thresh: float = 0.4,
         detections_per_img: int = 20,
+        calibration: Any = None,
     ) -> None:
         self.class_names = [str(c) for c in class_names]
         self.class_thresholds = self._thresholds(class_thresholds)
+        self.calibration = self._calibration(calibration)
         self.seg_threshold = float(seg_threshold)
         self.box_score_threshold = float(box_score_threshold)
         self.gate_rule = GATE_RULE
@@ -241,6 +252,36 @@ class MultiCheXNetPostprocessor:
                 detections_per_img=detections_per_img,
             )
         self.box_decoder = box_decoder
+
+    def _calibration(self, value: Any) -> Any:
+        """None (uncalibrated) or a :class:`~monai_mcx.metrics.TemperatureScaling` over ``class_names``."""
+        from monai_mcx.metrics.calibration import TemperatureScaling
+
+        if value is None or value is False or (isinstance(value, Mapping) and not value):
+            return None
+        if isinstance(value, TemperatureScaling):
+            if list(value.class_names) != self.class_names:
+                raise ValueError(
+                    f"calibration is for the classes {value.class_names}, the post-processor's are {self.class_names}."
+                )
+            return value
+        if isinstance(value, Mapping):
+            return TemperatureScaling.from_dict(value, self.class_names, source="calibration")
+        raise TypeError(f"calibration must be None, a TemperatureScaling or its dict, got {type(value).__name__}.")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether ``class_probs`` are calibrated (the model has a calibration)."""
+        return self.calibration is not None
+
+    def probabilities(self, class_logits: Tensor | np.ndarray) -> Tensor | np.ndarray:
+        """The probabilities that leave the model: ``sigmoid(class_logits / T)`` (``sigmoid(class_logits)`` when
+        uncalibrated); ``(..., K)`` numpy or torch, type kept."""
+        if self.calibration is not None:
+            return self.calibration.probabilities(class_logits)
+        if isinstance(class_logits, Tensor):
+            return torch.sigmoid(class_logits)
+        return 1.0 / (1.0 + np.exp(-np.asarray(class_logits, dtype=np.float64)))
 
     def _thresholds(self, value: float | Sequence[float] | Mapping[str, float]) -> list[float]:
         k = len(self.class_names)
@@ -259,10 +300,11 @@ class MultiCheXNetPostprocessor:
     @classmethod
     def from_description(cls, description: Any, **overrides: Any) -> MultiCheXNetPostprocessor:
         """The post-processing of a described model (:class:`monai_mcx.artifact.ModelDescription`, or the path of
-        its checkpoint / description file): class names and per-class thresholds, gate rule, mask threshold, box
-        operating point (None in the description: every candidate box) and the candidate box decoder (anchors,
-        NMS, detections per image). ``overrides`` (``class_thresholds``, ``seg_threshold``,
-        ``box_score_threshold``) replace single settings, e.g. for an explicit what-if.
+        its checkpoint / description file): class names and per-class thresholds, the calibration (per-class
+        temperatures; None: uncalibrated), gate rule, mask threshold, box operating point (None in the description:
+        every candidate box) and the candidate box decoder (anchors, NMS, detections per image). ``overrides``
+        (``class_thresholds``, ``seg_threshold``, ``box_score_threshold``, ``calibration``) replace single
+        settings, e.g. for an explicit what-if.
         """
         if isinstance(description, (str, bytes)) or hasattr(description, "__fspath__"):
             from monai_mcx.artifact import load_description
@@ -279,6 +321,7 @@ class MultiCheXNetPostprocessor:
             seg_threshold=pp["mask_threshold"],
             box_score_threshold=0.0 if box_t is None else box_t,
             box_decoder=description.build_box_decoder(),
+            calibration=pp.get("calibration"),
         )
         return out.with_settings(**overrides) if overrides else out
 
@@ -288,9 +331,13 @@ class MultiCheXNetPostprocessor:
         class_thresholds: float | Sequence[float] | Mapping[str, float] | None = None,
         box_score_threshold: float | None = None,
         seg_threshold: float | None = None,
+        calibration: Any = None,
     ) -> MultiCheXNetPostprocessor:
-        """A copy with other thresholds (the same decoder): how evaluation applies the thresholds it chose."""
+        """A copy with other thresholds (the same decoder): how evaluation applies the thresholds it chose.
+        ``None`` keeps a setting; ``calibration=False`` (or ``{}``) removes the calibration (raw probabilities)."""
         other = copy.copy(self)
+        if calibration is not None:
+            other.calibration = self._calibration(calibration)
         if class_thresholds is not None:
             other.class_thresholds = self._thresholds(class_thresholds)
         if box_score_threshold is not None:
@@ -303,6 +350,7 @@ class MultiCheXNetPostprocessor:
         """The deployed settings as plain values (for reports and the model description)."""
         return {
             "class_thresholds": dict(zip(self.class_names, self.class_thresholds)),
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "gate_rule": self.gate_rule,
             "seg_threshold": self.seg_threshold,
             "box_score_threshold": self.box_score_threshold,
@@ -323,7 +371,8 @@ class MultiCheXNetPostprocessor:
         with torch.no_grad():
             gate = None
             if PredKeys.CLASS_LOGITS in pred:
-                pred[PredKeys.CLASS_PROBS.value] = torch.sigmoid(pred[PredKeys.CLASS_LOGITS])
+                pred[PredKeys.CLASS_PROBS_RAW.value] = torch.sigmoid(pred[PredKeys.CLASS_LOGITS])
+                pred[PredKeys.CLASS_PROBS.value] = self.probabilities(pred[PredKeys.CLASS_LOGITS])
                 gate = self.gate(pred[PredKeys.CLASS_PROBS])
             if gate is None:
                 gate = torch.ones(batch, dtype=torch.bool, device=images.device)

@@ -29,6 +29,7 @@ class BatchKeys(StrEnum):
     HAS_BOXES = "has_boxes"
     POSITIVE = "positive"
     IMAGE_PATH = "image_path"
+    PATIENT = "patient"
     ORIGINAL_SIZE = "original_size"
     MASK_PATH = "mask_path"
     ERROR = "error"
@@ -38,7 +39,8 @@ class PredKeys(StrEnum):
     """Keys of the network output (raw heads) and of the post-processed prediction (network geometry).
 
     Raw: ``class_logits`` ``(B, K)``, ``seg_logits`` ``(B, 1, W, H)``, ``box_cls_logits`` / ``box_regression``
-    (per-level anchor maps). Post-processed: ``class_probs`` ``(B, K)``, ``gate`` ``(B,)`` bool (the deployed
+    (per-level anchor maps). Post-processed: ``class_probs`` ``(B, K)`` (calibrated when the model has a calibration),
+    ``class_probs_raw`` ``(B, K)`` (``sigmoid(class_logits)``, uncalibrated), ``gate`` ``(B,)`` bool (the deployed
     gate rule), ``seg_probs`` ``(B, 1, W, H)``, ``seg_mask`` / ``seg_mask_gated`` ``(B, 1, W, H)`` bool,
     ``detections`` (every decoded box, for AP), ``detections_op`` (boxes at the operating point, ungated),
     ``detections_gated`` (at the operating point, gated: the deployed output), ``input_size`` ``[W, H]`` of the
@@ -50,6 +52,7 @@ class PredKeys(StrEnum):
     BOX_CLS_LOGITS = "box_cls_logits"
     BOX_REGRESSION = "box_regression"
     CLASS_PROBS = "class_probs"
+    CLASS_PROBS_RAW = "class_probs_raw"
     GATE = "gate"
     SEG_PROBS = "seg_probs"
     SEG_MASK = "seg_mask"

@@ -110,10 +110,10 @@ def test_calibration_metrics_keys_and_values(tmp_path):
     out = calibration_metrics(logits, labels, ["pneumonia"], ts)
     raw, cal = 1 / (1 + np.exp(-l0)), ts.probabilities(logits)[:, 0]
     assert out["calibration/temperature/pneumonia"] == ts.temperatures[0]
-    assert abs(out["calibration/brier_before/pneumonia"] - sklearn_metrics.brier_score_loss(y0, raw)) < 1e-12
-    assert abs(out["calibration/brier_after/pneumonia"] - sklearn_metrics.brier_score_loss(y0, cal)) < 1e-12
-    assert out["calibration/nll_after"] < out["calibration/nll_before"]
-    assert out["calibration/ece_after"] < out["calibration/ece_before"]
+    assert abs(out["calibration/brier/pneumonia/raw"] - sklearn_metrics.brier_score_loss(y0, raw)) < 1e-12
+    assert abs(out["calibration/brier/pneumonia"] - sklearn_metrics.brier_score_loss(y0, cal)) < 1e-12
+    assert out["calibration/nll"] < out["calibration/nll/raw"]
+    assert out["calibration/ece"] < out["calibration/ece/raw"]
     path = tmp_path / "plots" / "reliability_pneumonia.png"
     save_reliability_diagram(path, y0, raw, cal, class_name="pneumonia")
     from PIL import Image
@@ -203,25 +203,26 @@ def test_operating_point_metrics_keys_and_validation_thresholds():
         p, y, ["a", "b"], thresholds=[0.5, 0.6], patients=[str(i) for i in range(n)], n_boot=200
     )
     for c in ("a", "b"):
-        for op in ("chosen", "sens90", "sens95"):
-            for m in (
-                "threshold",
-                "sensitivity",
-                "sensitivity_low",
-                "sensitivity_high",
-                "specificity",
-                "specificity_low",
-                "specificity_high",
-            ):
-                assert f"operating_point/{op}/{m}/{c}" in out
-    assert out["operating_point/chosen/threshold/b"] == 0.6
-    assert out["operating_point/n_patients/b"] == 250
-    assert out["operating_point/sens95/sensitivity/a"] >= 0.95  # chosen on these data
+        for m in ("sensitivity", "specificity"):
+            for suffix in ("", "/ci_low", "/ci_high"):
+                assert f"classification/{m}/{c}{suffix}" in out
+                for op in ("sens90", "sens95"):
+                    assert f"classification/{op}/{m}/{c}{suffix}" in out
+        for op in ("sens90", "sens95"):
+            assert f"classification/{op}/threshold/{c}" in out
+    # the point estimates at the chosen thresholds are classification_metrics' values
+    from monai_mcx.metrics import classification_metrics
+
+    ref = classification_metrics(p[:, :1], y[:, :1], ["a"], threshold=0.5)
+    assert out["classification/sensitivity/a"] == pytest.approx(ref["classification/sensitivity/a"])
+    assert out["classification/specificity/a"] == pytest.approx(ref["classification/specificity/a"])
+    assert out["classification/n_patients/b"] == 250
+    assert out["classification/sens95/sensitivity/a"] >= 0.95  # chosen on these data
     # thresholds chosen on validation are used as given
     given = {"a": {"sens90": 0.2, "sens95": 0.1}, "b": {"sens90": 0.3, "sens95": 0.15}}
     out2 = class_operating_points(p, y, ["a", "b"], 0.5, target_thresholds=given, n_boot=50)
-    assert out2["operating_point/sens90/threshold/b"] == 0.3
+    assert out2["classification/sens90/threshold/b"] == 0.3
     known = ~np.isnan(y[:, 1])
-    assert out2["operating_point/sens90/sensitivity/b"] == pytest.approx(
+    assert out2["classification/sens90/sensitivity/b"] == pytest.approx(
         sklearn_metrics.recall_score(y[known, 1], p[known, 1] >= 0.3)
     )

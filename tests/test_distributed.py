@@ -52,8 +52,15 @@ def _torchrun(config_files: list[str], overrides: dict, timeout: int = 420) -> s
 def _evaluate_single_process(overrides: dict, ckpt_dir: Path, out: Path) -> dict:
     run_bundle(
         ["train.json", "evaluate.json"],
-        **dict(overrides, ckpt_dir=str(ckpt_dir), output_dir=str(out), class_threshold=0.5, box_threshold=0.3),
-    )  # train.json's fixed operating point
+        **dict(
+            overrides,
+            ckpt_dir=str(ckpt_dir),
+            output_dir=str(out),
+            class_threshold=0.5,
+            box_threshold=0.3,
+            calibrate="none",
+        ),
+    )  # train.json's fixed operating point and raw probabilities (training's validation does not calibrate)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -119,6 +126,7 @@ def test_torchrun_two_processes_gloo(tmp_path, demo_datalist, single_thread):
             output_dir=str(tmp_path / "eval_ddp"),
             class_threshold=0.5,
             box_threshold=0.3,
+            calibrate="none",
         ),
     )
     _assert_same_metrics(json.loads((tmp_path / "eval_ddp" / "metrics.json").read_text()), single)

@@ -13,8 +13,9 @@ __all__ = ["prepare_cxr_batch", "TARGET_KEYS", "PASSTHROUGH_KEYS", "loss_items"]
 #: batch keys moved to the device and handed to the loss / metrics as ``targets``
 TARGET_KEYS = tuple(k.value for k in (K.LABEL, K.HAS_LABEL, K.MASK, K.HAS_MASK, K.BOXES, K.HAS_BOXES, K.POSITIVE))
 #: per-item host-side values handed to the metrics as they are (not tensors, never moved to the device): the
-#: original image size ``(W, H)`` and the mask file, for metrics at the original resolution
-PASSTHROUGH_KEYS = (K.ORIGINAL_SIZE.value, K.MASK_PATH.value)
+#: original image size ``(W, H)`` and the mask file, for metrics at the original resolution; the ``patient`` ids,
+#: which the bootstrap of the operating points resamples
+PASSTHROUGH_KEYS = (K.ORIGINAL_SIZE.value, K.MASK_PATH.value, K.PATIENT.value)
 
 
 def prepare_cxr_batch(

@@ -15,6 +15,15 @@ to the image's size by :func:`monai_mcx.inferers.probs_to_original` (what infere
 mask file reloaded at its own size; boxes and true boxes are scaled by ``original / input`` per axis
 (:func:`monai_mcx.inferers.scale_boxes_to_original`). IoU does not change under a per-axis scaling, so the box
 metrics agree at both resolutions up to clipping and rounding; Dice does not (the mask is resampled).
+
+Calibration and operating points (issue 14): with ``calibration="temperature"`` (evaluation of the validation
+split) per-class temperatures are fitted on the RAW class logits of the labelled images BEFORE the class thresholds
+are chosen, and the thresholds, the classification metrics, the gate and the operating points all use the calibrated
+probabilities ``sigmoid(z / T)``. Keys: ``calibration/temperature/<class>``, ``calibration/{ece,brier,nll}/<class>``
+(calibrated) and ``.../<class>/raw`` (``sigmoid(z)``), ``calibration/fitted_on``; sensitivity and specificity with
+95 % patient-bootstrap intervals ``classification/{sensitivity,specificity}/<class>/ci_{low,high}`` at the chosen
+threshold, and ``classification/sens90/{threshold,sensitivity,specificity}/<class>[/ci_low|/ci_high]`` (and
+``sens95``) at fixed sensitivity targets (:func:`monai_mcx.metrics.class_operating_points`).
 """
 
 from __future__ import annotations
@@ -40,7 +49,10 @@ from monai_mcx.inferers import (
 )
 from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
 from monai_mcx.metrics import (
+    TemperatureScaling,
+    calibration_metrics,
     choose_box_threshold,
+    class_operating_points,
     classification_metrics,
     detection_metrics,
     segmentation_metrics,
@@ -114,6 +126,16 @@ class MultiTaskMetrics(Metric):
             mask has none and is left out of the ``/original`` Dice, with a warning).
         mask_loader: reads a mask file at its own size for ``original_resolution`` (default
             ``LoadCXR(as_mask=True)``, the loader of :class:`~monai_mcx.transforms.PrepareAnnotationsd`).
+        calibration: the classifier's calibration: None (the post-processor's, e.g. the model description's on a
+            test split: nothing refit), ``"temperature"`` (or True: fit per-class temperature scaling on the raw
+            logits of the evaluated images with known labels, before the thresholds are chosen: on the validation
+            split), ``"none"`` (or False: raw ``sigmoid`` probabilities, no calibration).
+        sensitivity_targets: fixed sensitivities of the reported operating points (``0.9`` -> ``sens90``).
+        target_thresholds: ``{"sens90": {class: t}, ...}`` chosen on validation (the model description's
+            ``sensitivity_thresholds``); None: chosen on the evaluated data.
+        n_boot: bootstrap replicates of the confidence intervals (resampling patients: the targets' ``patient``
+            ids; one image = one patient where they are missing, see :attr:`patients_known`).
+        ci: coverage of the intervals.
     """
 
     def __init__(
@@ -127,6 +149,11 @@ class MultiTaskMetrics(Metric):
         max_detections: int = 100,
         original_resolution: bool = False,
         mask_loader: Callable | None = None,
+        calibration: str | bool | None = None,
+        sensitivity_targets: Sequence[float] = (0.9, 0.95),
+        target_thresholds: dict | None = None,
+        n_boot: int = 1000,
+        ci: float = 0.95,
     ) -> None:
         self.class_names = list(class_names)
         self.original_resolution = as_bool(original_resolution, "metrics_original_resolution")
@@ -142,6 +169,27 @@ class MultiTaskMetrics(Metric):
         self.threshold = threshold
         self.box_threshold = box_threshold
         self.max_detections = int(max_detections)
+        if calibration is True:
+            calibration = "temperature"
+        elif calibration is False:
+            calibration = "none"
+        if calibration not in (None, "temperature", "none"):
+            raise ValueError(f"calibration must be None, 'temperature' or 'none', got {calibration!r}.")
+        self.calibration = calibration
+        self.sensitivity_targets = [float(t) for t in sensitivity_targets]
+        # {op: {class: t}} (the description's layout) -> {class: {op: t}} (class_operating_points')
+        self.target_thresholds = None
+        if target_thresholds:
+            self.target_thresholds = {}
+            for op, table in dict(target_thresholds).items():
+                for c, t in dict(table).items():
+                    self.target_thresholds.setdefault(str(c), {})[str(op)] = float(t)
+        self.n_boot = int(n_boot)
+        self.ci = float(ci)
+        #: the temperatures fitted by the last ``compute()`` (``calibration="temperature"``), else None
+        self.fitted_calibration: TemperatureScaling | None = None
+        #: whether the last ``compute()`` had a patient id for every image (else images were bootstrapped alone)
+        self.patients_known: bool = True
         #: per-class classification thresholds used by the last ``compute()``
         self.class_thresholds: list[float] | None = None
         #: the post-processor with the thresholds of the last ``compute()`` (what evaluation deploys)
@@ -154,6 +202,8 @@ class MultiTaskMetrics(Metric):
         self._labels: list[np.ndarray | None] = []  # every image: (K,) or None when unknown
         self._seg: list[tuple[int, np.ndarray, np.ndarray]] = []  # (image index, pred mask, true mask)
         self._det: list[tuple[int, dict, np.ndarray]] = []  # (image index, all detections, true boxes)
+        self._logits: list[np.ndarray | None] = []  # every image: raw class logits (K,), None when unavailable
+        self._patients: list[str | None] = []  # every image: patient id, None when unknown
         # original resolution: (image index, seg probs (w, h) float16, mask file, original (W, H))
         self._seg_orig: list[tuple[int, np.ndarray, str, list[int]]] = []
         self._det_geom: list[tuple[list[int], list[int]]] = []  # per _det entry: (input (w, h), original (W, H))
@@ -172,7 +222,12 @@ class MultiTaskMetrics(Metric):
         base = self._n
         self._n += n
         has_label = targets.get(BatchKeys.HAS_LABEL)
+        raw = self._raw_logits(pred)
+        patients = targets.get(BatchKeys.PATIENT)
         for i in range(n if probs is not None else 0):
+            self._logits.append(None if raw is None else raw[i])
+            pid = None if patients is None else patients[i]
+            self._patients.append(None if pid is None or str(pid) == "" else str(pid))
             self._probs.append(probs[i])
             known = has_label is not None and float(has_label.reshape(-1)[i]) > 0.5
             self._labels.append(targets[BatchKeys.LABEL][i].detach().float().cpu().numpy() if known else None)
@@ -197,6 +252,19 @@ class MultiTaskMetrics(Metric):
                 if self.original_resolution:
                     self._det_geom.append((list(pred[PredKeys.INPUT_SIZE]), self._original_size(targets, i)))
 
+    def _raw_logits(self, pred: dict) -> np.ndarray | None:
+        """``(B, K)`` raw (uncalibrated) class logits: ``class_logits``, else the logit of ``class_probs_raw``, else
+        of ``class_probs`` when the post-processor is uncalibrated; None when the raw values are unknown."""
+        from monai_mcx.metrics.calibration import logits_from_probs
+
+        if PredKeys.CLASS_LOGITS in pred:
+            return pred[PredKeys.CLASS_LOGITS].detach().double().cpu().numpy()
+        if PredKeys.CLASS_PROBS_RAW in pred:
+            return logits_from_probs(pred[PredKeys.CLASS_PROBS_RAW].detach().double().cpu().numpy())
+        if PredKeys.CLASS_PROBS in pred and not self.postprocessor.calibrated:
+            return logits_from_probs(pred[PredKeys.CLASS_PROBS].detach().double().cpu().numpy())
+        return None
+
     @staticmethod
     def _original_size(targets: dict, i: int) -> list[int]:
         sizes = targets.get(BatchKeys.ORIGINAL_SIZE)
@@ -216,7 +284,7 @@ class MultiTaskMetrics(Metric):
                 continue
             self._seg_orig.append((base + int(i), probs[i, 0], str(paths[i]), self._original_size(targets, i)))
 
-    _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom")
+    _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom", "_logits", "_patients")
 
     def _gather_ranks(self) -> None:
         """Under ``torch.distributed`` (each rank evaluated its shard of the data), replace the per-sample lists
@@ -239,6 +307,8 @@ class MultiTaskMetrics(Metric):
         for part in parts:
             merged["_probs"] += part["_probs"]
             merged["_labels"] += part["_labels"]
+            merged["_logits"] += part["_logits"]
+            merged["_patients"] += part["_patients"]
             merged["_seg"] += [(offset + j, p, t) for j, p, t in part["_seg"]]
             merged["_det"] += [(offset + j, d, t) for j, d, t in part["_det"]]
             merged["_seg_orig"] += [(offset + j, p, f, o) for j, p, f, o in part["_seg_orig"]]
@@ -253,11 +323,16 @@ class MultiTaskMetrics(Metric):
         out: dict[str, float] = {}
         deployed = self.postprocessor
         gate = None
+        self.fitted_calibration = None
         if self._probs:
             probs = np.stack(self._probs)
             known = [i for i, y in enumerate(self._labels) if y is not None]
+            logits = np.stack(self._logits) if all(z is not None for z in self._logits) else None
+            deployed, probs = self._calibrate(deployed, probs, logits, known)
             if known:
                 labels = np.stack([self._labels[i] for i in known])
+                if logits is not None:
+                    out.update(self._calibration_metrics(deployed, logits[known], labels, len(known)))
                 if self.threshold is not None:
                     deployed = deployed.with_settings(
                         class_thresholds=resolve_class_thresholds(
@@ -267,6 +342,7 @@ class MultiTaskMetrics(Metric):
                 out.update(
                     classification_metrics(probs[known], labels, self.class_names, threshold=deployed.class_thresholds)
                 )
+                out.update(self._operating_points(probs[known], labels, deployed.class_thresholds, known))
             out.update({class_threshold_key(c): t for c, t in zip(self.class_names, deployed.class_thresholds)})
             gate = deployed.gate(torch.as_tensor(probs)).numpy()
         self.class_thresholds = list(deployed.class_thresholds)
@@ -315,6 +391,64 @@ class MultiTaskMetrics(Metric):
         out = {k: float(v) for k, v in out.items()}
         parts = [out[k] for k in SCORE_KEYS if k in out and not math.isnan(out[k])]
         out["score"] = float(np.mean(parts)) if parts else 0.0
+        return out
+
+    def _calibrate(
+        self, deployed: MultiCheXNetPostprocessor, probs: np.ndarray, logits: np.ndarray | None, known: list[int]
+    ) -> tuple[MultiCheXNetPostprocessor, np.ndarray]:
+        """Apply :attr:`calibration`: the post-processor (with its calibration) and the probabilities ``(N, K)`` that
+        the thresholds, metrics and gate use. A refit starts from the RAW logits, never from probabilities that an
+        earlier calibration already scaled."""
+        if self.calibration is None:
+            return deployed, probs
+        if logits is None:
+            raise ValueError(
+                f"MultiTaskMetrics(calibration={self.calibration!r}) needs the raw class logits (class_logits or "
+                "class_probs_raw in the prediction); the post-processor output has neither."
+            )
+        if self.calibration == "none":
+            deployed = deployed.with_settings(calibration=False)
+        else:
+            y = np.stack([self._labels[i] for i in known]) if known else np.zeros((0, len(self.class_names)))
+            self.fitted_calibration = TemperatureScaling.fit(logits[known], y, self.class_names)
+            deployed = deployed.with_settings(calibration=self.fitted_calibration)
+        # float32 torch, exactly as the post-processor computes them at inference (the thresholds are probabilities)
+        probs = deployed.probabilities(torch.as_tensor(logits, dtype=torch.float32))
+        return deployed, probs.double().numpy()
+
+    def _calibration_metrics(
+        self, deployed: MultiCheXNetPostprocessor, logits: np.ndarray, labels: np.ndarray, n_fit: int
+    ) -> dict[str, float]:
+        """ECE / Brier / NLL of the raw (``.../raw``) and, when calibrated, the calibrated probabilities, and the
+        temperatures; ``calibration/fitted_on`` when this evaluation fitted them."""
+        scaling = deployed.calibration
+        out = calibration_metrics(logits, labels, self.class_names, scaling or TemperatureScaling(self.class_names))
+        if scaling is None:  # uncalibrated: only the raw values are what leaves the model
+            return {k: v for k, v in out.items() if k.endswith("/raw")}
+        if self.fitted_calibration is not None:
+            out["calibration/fitted_on"] = float(n_fit)
+        return out
+
+    def _operating_points(
+        self, probs: np.ndarray, labels: np.ndarray, thresholds: Sequence[float], known: list[int]
+    ) -> dict[str, float]:
+        """Sensitivity / specificity with patient-bootstrap intervals at the chosen thresholds and at the
+        sensitivity targets (:func:`monai_mcx.metrics.class_operating_points`)."""
+        pats = [self._patients[i] if i < len(self._patients) else None for i in known]
+        self.patients_known = all(p is not None for p in pats)
+        pats = [p if p is not None else f"<image {i}>" for p, i in zip(pats, known)]  # one image = one patient
+        out = class_operating_points(
+            probs,
+            labels,
+            self.class_names,
+            thresholds,
+            patients=pats,
+            sensitivity_targets=self.sensitivity_targets,
+            target_thresholds=self.target_thresholds,
+            n_boot=self.n_boot,
+            ci=self.ci,
+        )
+        out["classification/patients_known"] = float(self.patients_known)
         return out
 
     def _segmentation_original(self, seg_threshold: float, gate: np.ndarray | None) -> dict[str, float]:

@@ -3,9 +3,11 @@
 For each readable image (``<stem>`` = file name without its extensions; a repeated stem gets the extension
 appended, e.g. ``a_dcm``):
 
-- ``<stem>.json``: class probabilities, the gate decision (rule and per-class thresholds), the boxes at the
-  operating point with scores in the ORIGINAL image's pixel coordinates ``[x1, y1, x2, y2]`` (x = column, pixel
-  edges, MONAI ``StandardMode``; ``boxes`` gated, ``boxes_ungated`` not), the mask area;
+- ``<stem>.json``: class probabilities (``calibrated``: true when they are the model's temperature-scaled
+  ``sigmoid(z / T)``, with ``calibration`` giving the temperatures; false for raw ``sigmoid(z)``), the gate
+  decision (rule and per-class thresholds), the boxes at the operating point with scores in the ORIGINAL image's
+  pixel coordinates ``[x1, y1, x2, y2]`` (x = column, pixel edges, MONAI ``StandardMode``; ``boxes`` gated,
+  ``boxes_ungated`` not), the mask area;
 - ``<stem>_mask.nii.gz``: the lesion mask at the original size, uint8 0/1, array ``(W, H)`` (MONAI order,
   x first) with the image's pixel spacing in the affine;
 - ``<stem>_mask.png``: the same mask as a PNG, 0/255, rows x columns;
@@ -209,6 +211,9 @@ class PredictionWriter:
                 record["class_probabilities"] = dict(
                     zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS]))
                 )
+                record["calibrated"] = pp.calibrated
+                if pp.calibrated:
+                    record["calibration"] = pp.calibration.to_dict()
                 record["gate"] = {
                     "rule": pp.gate_rule,
                     "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
@@ -296,6 +301,7 @@ class PredictionWriter:
             "image",
             "gate_positive",
             *[f"p_{c}" for c in self.class_names],
+            "calibrated",
             "n_boxes",
             "max_box_score",
             "mask_area_px",
@@ -314,6 +320,7 @@ class PredictionWriter:
             row = {
                 "image": r["image"],
                 "gate_positive": r.get("gate", {}).get("positive", ""),
+                "calibrated": r.get("calibrated", ""),
                 "n_boxes": len(r.get("boxes", [])),
                 "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""),
                 "mask_area_px": r.get("mask_area_px", ""),

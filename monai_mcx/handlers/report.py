@@ -8,6 +8,10 @@ epoch completes it writes under ``output_dir``:
 - ``report.md``: the table of ``engine.state.metrics`` (the same numbers as ``metrics.json``, 4 decimals), the
   ``/gated`` variant beside each metric, the number of images per task, the thresholds, links to the plots;
 - ``plots/roc_<class>.png``, ``plots/pr_<class>.png``: ROC and precision-recall curves per class;
+- ``plots/reliability_<class>.png``: reliability diagram per class, raw ``sigmoid(z)`` against the calibrated
+  ``sigmoid(z / T)`` probabilities (the temperatures of ``calibration/temperature/<class>``), and a section
+  "Calibration and operating points" with ECE / Brier / NLL before and after and sensitivity / specificity with
+  95 % patient-bootstrap intervals at the chosen threshold and at fixed sensitivity targets;
 - ``plots/dice_hist.png``: Dice of the images with a non-empty true mask (ungated and gated);
 - ``plots/gallery.png``: the best and worst cases (by Dice where the image has a true mask, else by the
   per-image box IoU of :func:`box_quality`) with the X-ray, true (green) and predicted (red) mask contours and
@@ -278,6 +282,8 @@ class EvaluationReport:
         self._probs: list[np.ndarray] = []  # images with a known label
         self._labels: list[np.ndarray] = []
         self._all_probs: list[np.ndarray] = []  # every image (for the gate)
+        self._all_logits: list[np.ndarray | None] = []  # every image: raw class logits (recalibrated at write())
+        self._known: list[int] = []  # indices into _all_probs of the images with a known label
         self._images: list[dict] = []  # every image: path, box scores
         self._dice: list[tuple[int, float]] = []  # (image index, ungated Dice) for images with a non-empty true mask
         self._counts = {
@@ -306,6 +312,7 @@ class EvaluationReport:
         batch = getattr(engine.state, "batch", None) or {}
         paths = batch.get(BatchKeys.IMAGE_PATH) if isinstance(batch, dict) else None
         probs = _np(pred[PredKeys.CLASS_PROBS]) if PredKeys.CLASS_PROBS in pred else None
+        logits = _np(pred[PredKeys.CLASS_LOGITS]).astype(np.float64) if PredKeys.CLASS_LOGITS in pred else None
         for i in range(images.shape[0]):
             idx = self._index
             self._index += 1
@@ -313,7 +320,9 @@ class EvaluationReport:
             info: dict = {"image": str(paths[i]) if paths else f"#{idx}"}
             if probs is not None:
                 self._all_probs.append(probs[i].reshape(-1))
+                self._all_logits.append(None if logits is None else logits[i].reshape(-1))
             if probs is not None and float(targets[BatchKeys.HAS_LABEL][i]) > 0.5:
+                self._known.append(len(self._all_probs) - 1)
                 y = _np(targets[BatchKeys.LABEL][i]).reshape(-1)
                 self._probs.append(probs[i].reshape(-1))
                 self._labels.append(y)
@@ -382,10 +391,136 @@ class EvaluationReport:
 
         thr = [metrics.get(class_threshold_key(c)) for c in self.class_names]
         box = metrics.get(BOX_THRESHOLD_KEY)
+        temps = [metrics.get(f"calibration/temperature/{c}") for c in self.class_names]
+        calibration = None  # keep the post-processor's unless the metrics say how they calibrated
+        if all(t is not None for t in temps):
+            calibration = {"method": "temperature", "temperatures": dict(zip(self.class_names, temps))}
+        elif any(k.startswith("calibration/") and k.endswith("/raw") for k in metrics):
+            calibration = False  # the metrics used raw probabilities
         return self.postprocessor.with_settings(
             class_thresholds=thr if all(t is not None for t in thr) else None,
             box_score_threshold=box,
+            calibration=calibration,
         )
+
+    def _recalibrate(self) -> None:
+        """Recompute the collected probabilities from the raw logits with the deployed calibration (the one the
+        metrics used, possibly fitted in this very evaluation), so that gate, curves and per-image rows agree with
+        ``metrics.json``."""
+        if not self._all_logits or any(z is None for z in self._all_logits):
+            return
+        z = torch.as_tensor(np.stack(self._all_logits), dtype=torch.float32)  # as the post-processor computes them
+        probs = self.deployed.probabilities(z).double().numpy()
+        self._all_probs = list(probs)
+        self._probs = [probs[j] for j in self._known]
+
+    def _plot_reliability(self) -> list[tuple[str, str]]:
+        """``plots/reliability_<class>.png`` (raw against calibrated) for the classes with both label values."""
+        from monai_mcx.metrics.calibration import save_reliability_diagram
+
+        links: list[tuple[str, str]] = []
+        if not self._probs or not self._all_logits or any(z is None for z in self._all_logits):
+            return links
+        logits = np.stack([self._all_logits[j] for j in self._known])
+        raw = 1.0 / (1.0 + np.exp(-logits))
+        cal = np.stack(self._probs) if self.deployed.calibrated else None
+        labels = np.stack(self._labels)
+        for c, name in enumerate(self.class_names):
+            y = labels[:, c]
+            known = ~np.isnan(y)
+            if not known.any() or (y[known] > 0.5).all() or not (y[known] > 0.5).any():
+                continue
+            rel = f"plots/reliability_{_safe(name)}.png"
+            save_reliability_diagram(
+                self.output_dir / rel,
+                y[known],
+                raw[known, c],
+                None if cal is None else cal[known, c],
+                class_name=name,
+            )
+            self.plot_files.append(rel)
+            links.append((name, rel))
+        return links
+
+    def _calibration_section(self, metrics: dict, reliability_links: list[tuple[str, str]]) -> list[str]:
+        """Markdown: calibration before / after and the operating points with their confidence intervals."""
+        names = self.class_names
+        if not any(f"calibration/ece/{c}/raw" in metrics for c in names):
+            return []
+        d = self.deployed
+        lines = ["## Calibration and operating points", ""]
+        if d.calibrated:
+            temps = ", ".join(f"{c} T = {t:.4g}" for c, t in zip(names, d.calibration.temperatures))
+            fitted = metrics.get("calibration/fitted_on")
+            how = (
+                f"fitted on these {int(fitted)} labelled images (raw logits) before the thresholds were chosen"
+                if fitted is not None
+                else "read from the model description"
+            )
+            lines += [
+                f"Probabilities are calibrated by per-class temperature scaling, `p = sigmoid(z / T)` ({temps}; {how}). "
+                "Everything that leaves the model (inference JSON/CSV, MONAI Label, this report) is calibrated, and "
+                "the thresholds are chosen on the calibrated probabilities. Lower is better for all three scores; "
+                "ECE: 10 equal-width bins.",
+                "",
+                "| class | T | ECE raw | ECE calibrated | Brier raw | Brier calibrated | NLL raw | NLL calibrated |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for c in names:
+                vals = [metrics.get(f"calibration/temperature/{c}")]
+                for m in ("ece", "brier", "nll"):
+                    vals += [metrics.get(f"calibration/{m}/{c}/raw"), metrics.get(f"calibration/{m}/{c}")]
+                lines.append(f"| {c} | " + " | ".join(format_value(v) for v in vals) + " |")
+        else:
+            lines += [
+                "Probabilities are raw `sigmoid(z)` (no calibration).",
+                "",
+                "| class | ECE | Brier | NLL |",
+                "| --- | ---: | ---: | ---: |",
+            ]
+            for c in names:
+                vals = [metrics.get(f"calibration/{m}/{c}/raw") for m in ("ece", "brier", "nll")]
+                lines.append(f"| {c} | " + " | ".join(format_value(v) for v in vals) + " |")
+        lines.append("")
+        for c, rel in reliability_links:
+            lines += [f"![reliability {c}]({rel})", ""]
+
+        def ci(key: str) -> str:
+            v, lo, hi = metrics.get(key), metrics.get(f"{key}/ci_low"), metrics.get(f"{key}/ci_high")
+            if v is None:
+                return "n/a"
+            return f"{format_value(v)} [{format_value(lo)}, {format_value(hi)}]" if lo is not None else format_value(v)
+
+        ops = sorted({k.split("/")[1] for k in metrics if re.fullmatch(r"classification/sens[0-9.]+/threshold/.+", k)})
+        lines += [
+            "Operating points (sensitivity and specificity with 95 % confidence intervals, percentile bootstrap "
+            "over patients: all images of a patient are resampled together). *chosen*: the deployed class threshold; "
+            "*sensNN*: the highest threshold reaching NN % sensitivity on the validation split.",
+            "",
+            "| class | operating point | threshold | sensitivity [95 % CI] | specificity [95 % CI] | patients |",
+            "| --- | --- | ---: | --- | --- | ---: |",
+        ]
+        for c in names:
+            n_pat = metrics.get(f"classification/n_patients/{c}")
+            n_pat = "" if n_pat is None else str(int(n_pat))
+            lines.append(
+                f"| {c} | chosen | {format_value(metrics.get(f'classification/threshold/{c}'))} | "
+                f"{ci(f'classification/sensitivity/{c}')} | {ci(f'classification/specificity/{c}')} | {n_pat} |"
+            )
+            for op in ops:
+                lines.append(
+                    f"| {c} | {op} | {format_value(metrics.get(f'classification/{op}/threshold/{c}'))} | "
+                    f"{ci(f'classification/{op}/sensitivity/{c}')} | {ci(f'classification/{op}/specificity/{c}')} | "
+                    f"{n_pat} |"
+                )
+        if metrics.get("classification/patients_known") == 0.0:
+            lines += [
+                "",
+                "*Some images had no patient id: each of them was resampled as its own patient (the intervals are "
+                "too narrow where a patient has several images).*",
+            ]
+        lines.append("")
+        return lines
 
     def _gates(self) -> np.ndarray:
         """The deployed gate of every collected image (all True without a classifier)."""
@@ -396,10 +531,12 @@ class EvaluationReport:
     def write(self, metrics: dict[str, float | None]) -> Path:
         """Write the plots, ``per_image.csv`` and ``report.md`` for the collected data and the given flat ``metrics``."""
         self.deployed = self._deployed(metrics)
+        self._recalibrate()
         gates = self._gates()
         plots_dir = self.output_dir / "plots"
         self.plot_files = []
         curve_links = self._plot_curves(plots_dir, metrics)
+        self._calibration_lines = self._calibration_section(metrics, self._plot_reliability())
         dice_link = self._plot_dice(plots_dir, gates)
         gallery_link = self._plot_gallery(plots_dir, gates)
         self._write_per_image(gates)
@@ -737,6 +874,7 @@ class EvaluationReport:
         for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len("/gated")] not in metrics):
             lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |" + (" | |" if has_orig else ""))
         lines.append("")
+        lines += getattr(self, "_calibration_lines", [])
         lines += self._explain_section(metrics)
         lines += ["## Plots", ""]
         if curve_links:

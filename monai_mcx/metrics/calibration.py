@@ -223,13 +223,14 @@ def calibration_metrics(
         logits: ``(N, K)`` raw logits.
         labels: ``(N, K)`` 0/1 labels, ``NaN`` where unknown (left out per class).
         class_names: the ``K`` class names.
-        scaling: the fitted temperatures (fit them on validation; score them on validation and test).
+        scaling: the temperatures (fitted on validation; scored on validation and test).
         n_bins: bins of the ECE.
 
     Returns:
-        ``calibration/temperature/<class>`` and ``calibration/{ece,brier,nll}_{before,after}/<class>`` per class, and
-        ``calibration/{ece,brier,nll}_{before,after}`` = the mean over the classes where defined (``NaN`` values for a
-        class without known labels).
+        per class ``calibration/temperature/<class>``, ``calibration/{ece,brier,nll}/<class>`` (the calibrated
+        probabilities ``sigmoid(z / T)``) and ``calibration/{ece,brier,nll}/<class>/raw`` (``sigmoid(z)``); and
+        ``calibration/{ece,brier,nll}`` / ``calibration/{ece,brier,nll}/raw`` = the mean over the classes where
+        defined (``NaN`` values for a class without known labels).
     """
     z = _np(logits)
     y = _np(labels)
@@ -237,26 +238,25 @@ def calibration_metrics(
         z, y = z[:, None], y.reshape(-1, 1)
     if z.shape != y.shape or z.shape[1] != len(class_names):
         raise ValueError(f"calibration_metrics: logits {z.shape}, labels {y.shape}, {len(class_names)} classes.")
-    p_before = _sigmoid(z)
-    p_after = scaling.probabilities(z)
+    p_raw = _sigmoid(z)
+    p_cal = scaling.probabilities(z)
     out: dict[str, float] = {}
     per: dict[str, list[float]] = {}
     for k, name in enumerate(class_names):
         known = ~np.isnan(y[:, k])
         yk = y[known, k]
         out[f"calibration/temperature/{name}"] = float(scaling.temperatures[k])
-        for tag, p in (("before", p_before[known, k]), ("after", p_after[known, k])):
+        for suffix, p in (("", p_cal[known, k]), ("/raw", p_raw[known, k])):
             vals = {
                 "ece": expected_calibration_error(p, yk, n_bins=n_bins),
                 "brier": brier_score(p, yk),
                 "nll": binary_nll(p, yk),
             }
             for m, v in vals.items():
-                key = f"{m}_{tag}"
-                out[f"calibration/{key}/{name}"] = float(v)
-                per.setdefault(key, []).append(v)
+                out[f"calibration/{m}/{name}{suffix}"] = float(v)
+                per.setdefault(f"calibration/{m}{suffix}", []).append(v)
     for key, vs in per.items():
-        out[f"calibration/{key}"] = _nanmean(vs)
+        out[key] = _nanmean(vs)
     return out
 
 
@@ -290,9 +290,9 @@ def save_reliability_diagram(
     ax, axh = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect")
     edges = np.linspace(0, 1, n_bins + 1)
-    curves = [("before", probs_before, "tab:red")]
+    curves = [("raw", probs_before, "tab:red")]
     if probs_after is not None:
-        curves.append(("after", probs_after, "tab:blue"))
+        curves.append(("calibrated", probs_after, "tab:blue"))
     for i, (tag, probs, color) in enumerate(curves):
         mean_p, frac, count = reliability_curve(probs, labels, n_bins)
         ece = expected_calibration_error(probs, labels, n_bins)

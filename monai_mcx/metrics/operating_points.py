@@ -220,9 +220,11 @@ def class_operating_points(
         n_boot, ci, seed: see :func:`patient_bootstrap_ci`.
 
     Returns:
-        ``operating_point/<op>/<metric>/<class>`` for ``op`` in ``chosen``, ``sens90``, ``sens95`` ... and ``metric``
-        in ``threshold``, ``sensitivity``, ``sensitivity_low``, ``sensitivity_high``, ``specificity``,
-        ``specificity_low``, ``specificity_high``; and ``operating_point/n_patients/<class>``.
+        at the chosen threshold ``classification/{sensitivity,specificity}/<class>`` (the values of
+        :func:`monai_mcx.metrics.classification_metrics`) with ``.../ci_low`` and ``.../ci_high``; at each
+        sensitivity target ``op`` (``sens90``, ``sens95``, ...) ``classification/<op>/threshold/<class>`` and
+        ``classification/<op>/{sensitivity,specificity}/<class>`` with ``.../ci_low``, ``.../ci_high``; and
+        ``classification/n_patients/<class>`` (the bootstrap's resampling units).
     """
     p, y = _np(probs), _np(labels)
     if p.ndim == 1:
@@ -243,20 +245,17 @@ def class_operating_points(
         table = {"chosen": float(thr[k])}
         for t in sensitivity_targets:
             key = target_name(t)
-            table[key] = float(target_thresholds.get(name, {}).get(key, float("nan")))
+            table[key] = float((target_thresholds.get(name) or {}).get(key, float("nan")))
         res = operating_points(
             p[known, k], y[known, k], table, None if pats is None else pats[known], n_boot=n_boot, ci=ci, seed=seed
         )
         for op, row in res.items():
-            for m in (
-                "threshold",
-                "sensitivity",
-                "sensitivity_low",
-                "sensitivity_high",
-                "specificity",
-                "specificity_low",
-                "specificity_high",
-            ):
-                out[f"operating_point/{op}/{m}/{name}"] = row[m]
-        out[f"operating_point/n_patients/{name}"] = res["chosen"]["n_patients"]
+            prefix = "classification" if op == "chosen" else f"classification/{op}"
+            if op != "chosen":
+                out[f"{prefix}/threshold/{name}"] = row["threshold"]
+            for m in ("sensitivity", "specificity"):
+                out[f"{prefix}/{m}/{name}"] = row[m]
+                out[f"{prefix}/{m}/{name}/ci_low"] = row[f"{m}_low"]
+                out[f"{prefix}/{m}/{name}/ci_high"] = row[f"{m}_high"]
+        out[f"classification/n_patients/{name}"] = res["chosen"]["n_patients"]
     return out

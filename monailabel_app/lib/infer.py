@@ -166,6 +166,7 @@ class MultiCheXNetInfer(BasicInferTask):
         result: dict = {"size_wh": res["size_wh"]}
         if res[PredKeys.CLASS_PROBS] is not None:
             result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res[PredKeys.CLASS_PROBS])}
+            result["calibrated"] = pp.calibrated  # temperature-scaled probabilities of the model description
         result["gate"] = {
             "rule": pp.gate_rule,
             "thresholds": dict(zip(pp.class_names, pp.class_thresholds)),
