@@ -113,18 +113,22 @@ def _np(x: Any, dtype=np.float64) -> np.ndarray:
 
 
 def probs_to_original(probs: Tensor | np.ndarray, original_size: Sequence[int]) -> Tensor:
-    """A probability map of the network geometry resized to the ORIGINAL image: the one resampling rule of masks.
+    """Maps of the network geometry resized to the ORIGINAL image: the one resampling rule of masks and saliency.
 
     Args:
-        probs: ``(w, h)`` or ``(1, 1, w, h)`` probabilities at the network input size.
+        probs: ``(..., w, h)`` probabilities (or saliency maps) at the network input size: ``(w, h)``,
+            ``(1, w, h)``, ``(B, C, w, h)``, ...
         original_size: ``(W, H)`` of the original image (x first, MONAI order).
 
     Returns:
-        ``(W, H)`` float32 CPU tensor, bilinear (``align_corners=False``); threshold it for the mask.
+        ``(..., W, H)`` float32 CPU tensor (same leading dims), bilinear (``align_corners=False``); threshold it
+        for the mask.
     """
     seg = torch.as_tensor(probs).detach().float().cpu()
-    seg = seg.reshape(1, 1, *seg.shape[-2:])
-    return F.interpolate(seg, size=[int(v) for v in original_size], mode="bilinear", align_corners=False)[0, 0]
+    lead = seg.shape[:-2]
+    size = [int(v) for v in original_size]
+    out = F.interpolate(seg.reshape(-1, 1, *seg.shape[-2:]), size=size, mode="bilinear", align_corners=False)
+    return out.reshape(*lead, *size)
 
 
 def scale_boxes_to_original(boxes: Any, input_size: Sequence[int], original_size: Sequence[int]) -> np.ndarray:
@@ -175,7 +179,7 @@ def to_original(
     if PredKeys.SEG_PROBS in pred:
         seg = pred[PredKeys.SEG_PROBS][index]  # (1, w, h)
         in_size = [int(s) for s in seg.shape[-2:]]
-        mask = (probs_to_original(seg, orig) >= float(seg_threshold)).numpy()
+        mask = (probs_to_original(seg, orig)[0] >= float(seg_threshold)).numpy()
         out["mask_ungated"] = mask
         out["mask"] = mask & positive
     out["has_boxes"] = PredKeys.DETECTIONS_OP in pred

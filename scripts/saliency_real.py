@@ -139,13 +139,14 @@ def _figure(best, desc, pp, path: Path) -> None:
     from matplotlib.patches import Rectangle
 
     from monai_mcx.explain import saliency_overlay, to_original_geometry
+    from monai_mcx.keys import PredKeys
     from monai_mcx.transforms.io import read_cxr
 
     _, it, orig, smap, pred, k = best
     gray, _ = read_cxr(it["image"])  # (rows, cols) in [0, 1]
     s0 = to_original_geometry(torch.as_tensor(smap)[None], orig)[0].numpy()  # (W0, H0)
     res = pp.to_original(pred, 0, orig)
-    p = float(res["class_probs"][k])
+    p = float(res[PredKeys.CLASS_PROBS.value][k])
     fig = Figure(figsize=(8, 4.3), dpi=110)
     for j, title in enumerate(
         [

@@ -35,8 +35,9 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from monai_mcx.inferers import probs_to_original
 
 __all__ = [
     "DEFAULT_LAYER",
@@ -225,11 +226,7 @@ def to_original_geometry(maps: Tensor, original_size: Sequence[int]) -> Tensor:
     same leading dims at ``original_size`` ``(W0, H0)``, bilinear (``align_corners=False``), exactly as the
     predicted lesion probabilities are resampled before thresholding (:class:`monai_mcx.handlers.PredictionWriter`);
     clipped to [0, 1]."""
-    squeeze = maps.ndim == 3
-    x = maps[None] if squeeze else maps
-    y = F.interpolate(x.float(), size=[int(s) for s in original_size], mode="bilinear", align_corners=False)
-    y = y.clamp(0, 1)
-    return y[0] if squeeze else y
+    return probs_to_original(maps, original_size).clamp(0, 1).to(maps.device)
 
 
 def saliency_overlay(gray: np.ndarray, saliency: np.ndarray, alpha: float = 0.45, cmap: str = "jet"):
