@@ -68,6 +68,19 @@ def run_bundle(configs, workflow_type: str = "train", **overrides):
     return wf
 
 
+def run_inference(root: Path, out: Path, **overrides):
+    """inference.json (ConfigWorkflow) on ``root/inputs`` with the model of ``root/models``, into ``out``."""
+    return run_bundle(
+        "inference.json",
+        workflow_type="infer",
+        bundle_root=str(BUNDLE),
+        input=str(root / "inputs"),
+        ckpt_dir=str(root / "models"),
+        output_dir=str(out),
+        **overrides,
+    )
+
+
 @pytest.fixture
 def single_thread():
     """The CI/dev machines are small and shared: intra-op threads only add contention at tiny sizes."""

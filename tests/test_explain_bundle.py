@@ -28,7 +28,7 @@ from monai_mcx.explain import (
 )
 from monai_mcx.networks import MultiCheXNet
 
-from conftest import BUNDLE, run_bundle
+from conftest import BUNDLE, run_inference
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHORS = [[8, 8], [12, 12], [16, 10]]
@@ -91,16 +91,8 @@ def saliency_inference(tmp_path_factory):
     outs = {}
     for flag in (False, True):
         outs[flag] = root / f"pred_{flag}"
-        run_bundle(
-            "inference.json",
-            workflow_type="infer",
-            bundle_root=str(BUNDLE),
-            input=str(root / "inputs"),
-            ckpt_dir=str(root / "models"),
-            output_dir=str(outs[flag]),
-            batch_size=2,
-            saliency="true" if flag else "false",  # as `--saliency true` arrives from the command line (a string)
-        )
+        # saliency as `--saliency true` arrives from the command line (a string)
+        run_inference(root, outs[flag], batch_size=2, saliency="true" if flag else "false")
     return root, outs
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BUNDLE, run_bundle
+from conftest import BUNDLE, run_bundle, run_inference
 
 #: name -> (W, H) of the readable test images
 SIZES = {
@@ -111,15 +111,7 @@ def inference_run(tmp_path_factory):
     (root / "models").mkdir()
     save_model(desc.build_network(), desc, root / "models" / "model.pt")
     out = root / "predictions"
-    run_bundle(
-        "inference.json",
-        workflow_type="infer",
-        bundle_root=str(BUNDLE),
-        input=str(root / "inputs"),
-        ckpt_dir=str(root / "models"),
-        output_dir=str(out),
-        batch_size=2,  # the corrupt file shares a batch with a good one
-    )
+    run_inference(root, out, batch_size=2)  # the corrupt file shares a batch with a good one
     return root, out
 
 
@@ -288,16 +280,7 @@ def test_heads_option_runs_only_the_named_heads(inference_run, tmp_path):
         return original(self, image, tasks=tasks)
 
     with mock.patch.object(MultiCheXNet, "forward", spy):
-        run_bundle(
-            "inference.json",
-            workflow_type="infer",
-            bundle_root=str(BUNDLE),
-            input=str(root / "inputs"),
-            ckpt_dir=str(root / "models"),
-            output_dir=str(out),
-            batch_size=2,
-            heads=["classification"],
-        )
+        run_inference(root, out, batch_size=2, heads=["classification"])
     assert calls and all(t == ["classification"] for t in calls)
     compared = 0
     for rec_file in sorted(full.glob("*.json")):

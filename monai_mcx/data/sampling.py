@@ -50,7 +50,24 @@ def source_weights(sources: list[str], fractions: Mapping[str, float] | None) ->
     return w
 
 
-class SourceWeightedSampler(Sampler):
+class _EpochSampler(Sampler):
+    """Shared state of the resumable samplers here: ``seed``, ``epoch`` (``set_epoch``, called by
+    :class:`~monai_mcx.engines.MultiTaskTrainer` at every epoch start), a skip for the next pass and this process'
+    ``rank`` / ``world`` size (0 / 1 without a process group)."""
+
+    def _init_epochs(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.epoch = 0
+        self._skip = 0
+        initialized = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if initialized else 0
+        self.world = dist.get_world_size() if initialized else 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+
+class SourceWeightedSampler(_EpochSampler):
     """Draw ``num_samples`` items per epoch with replacement, ``fractions[source]`` of them from each source.
 
     The draw of an epoch depends only on ``seed + epoch`` (``set_epoch`` is called by MONAI's engines at every
@@ -74,15 +91,7 @@ class SourceWeightedSampler(Sampler):
         self.total = int(num_samples) if num_samples is not None else len(self.sources)
         if self.total <= 0:
             raise ValueError(f"num_samples must be > 0, got {num_samples}")
-        self.seed = int(seed)
-        self.epoch = 0
-        self._skip = 0
-        initialized = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if initialized else 0
-        self.world = dist.get_world_size() if initialized else 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._init_epochs(seed)
 
     def skip_next(self, num_samples: int) -> None:
         self._skip = max(0, int(num_samples))
@@ -109,7 +118,7 @@ def annotation_signature(item: Mapping) -> tuple[str, ...]:
     return tuple(task for key, task in keys if item.get(key) is not None)
 
 
-class TaskGroupedSampler(Sampler):
+class TaskGroupedSampler(_EpochSampler):
     """A batch sampler: every item once per epoch, in batches whose items share one :func:`annotation_signature`.
 
     Items are grouped by the annotations they carry; each group is shuffled (``seed + epoch``) and cut into
@@ -144,9 +153,7 @@ class TaskGroupedSampler(Sampler):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
-        self.seed = int(seed)
-        self.epoch = 0
-        self._skip = 0
+        self._init_epochs(seed)
         key = signature or annotation_signature
         groups: dict[Hashable, list[int]] = defaultdict(list)
         for i, it in enumerate(data):
@@ -154,12 +161,6 @@ class TaskGroupedSampler(Sampler):
         if not groups:
             raise ValueError("TaskGroupedSampler: the dataset is empty.")
         self.groups = dict(groups)
-        initialized = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if initialized else 0
-        self.world = dist.get_world_size() if initialized else 1
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def skip_next_batches(self, num_batches: int) -> None:
         """Skip the first ``num_batches`` batches of the next pass (a run resumed mid-epoch)."""
