@@ -204,7 +204,7 @@ class MultiTaskMetrics(Metric):
         self._det: list[tuple[int, dict, np.ndarray]] = []  # (image index, all detections, true boxes)
         self._logits: list[np.ndarray | None] = []  # every image: raw class logits (K,), None when unavailable
         self._patients: list[str | None] = []  # every image: patient id, None when unknown
-        # original resolution: (image index, seg probs (w, h) float16, mask file, original (W, H))
+        # original resolution: (image index, seg probs (w, h) float32 as inference has them, mask file, original (W, H))
         self._seg_orig: list[tuple[int, np.ndarray, str, list[int]]] = []
         self._det_geom: list[tuple[list[int], list[int]]] = []  # per _det entry: (input (w, h), original (W, H))
         self._missing_mask_files = 0
@@ -276,13 +276,15 @@ class MultiTaskMetrics(Metric):
         return [int(v) for v in sizes[i]]
 
     def _update_seg_original(self, pred: dict, targets: dict, has: np.ndarray, base: int) -> None:
-        probs = pred[PredKeys.SEG_PROBS].detach().float().cpu().numpy().astype(np.float16)
+        probs = (
+            pred[PredKeys.SEG_PROBS].detach().float().cpu().numpy()
+        )  # float32: a rounding would flip pixels at the threshold
         paths = targets.get(BatchKeys.MASK_PATH) or [""] * len(has)
         for i in np.nonzero(has)[0]:
             if not paths[i]:
                 self._missing_mask_files += 1
                 continue
-            self._seg_orig.append((base + int(i), probs[i, 0], str(paths[i]), self._original_size(targets, i)))
+            self._seg_orig.append((base + int(i), probs[i, 0].copy(), str(paths[i]), self._original_size(targets, i)))
 
     _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom", "_logits", "_patients")
 
