@@ -474,7 +474,7 @@ class MultiTaskMetrics(Metric):
                 raise ValueError(
                     f"{path}: mask size {tuple(true.shape)} differs from its image's original size {tuple(orig)} (W, H)."
                 )
-            preds.append((probs_to_original(probs.astype(np.float32), orig) >= seg_threshold).numpy())
+            preds.append((probs_to_original(probs, orig) >= seg_threshold).numpy())
             truths.append(true.numpy())
             keep.append(True if gate is None else bool(gate[j]))
         out = {f"{k}{ORIGINAL_SUFFIX}": v for k, v in segmentation_metrics(preds, truths).items()}

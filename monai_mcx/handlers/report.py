@@ -421,8 +421,8 @@ class EvaluationReport:
         links: list[tuple[str, str]] = []
         if not self._probs or not self._all_logits or any(z is None for z in self._all_logits):
             return links
-        logits = np.stack([self._all_logits[j] for j in self._known])
-        raw = 1.0 / (1.0 + np.exp(-logits))
+        logits = torch.as_tensor(np.stack([self._all_logits[j] for j in self._known]), dtype=torch.float32)
+        raw = self.deployed.with_settings(calibration=False).probabilities(logits).double().numpy()
         cal = np.stack(self._probs) if self.deployed.calibrated else None
         labels = np.stack(self._labels)
         for c, name in enumerate(self.class_names):
