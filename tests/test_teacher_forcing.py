@@ -94,3 +94,22 @@ def test_annotation_decides_over_the_class_label_and_label_only_where_unknown():
     assert pos["localization"].tolist() == [1.0, 0.0, 0.0, 0.0]
     targets["label"][2, 1] = 1.0  # unknown annotations: any positive class decides
     assert task_positives(targets)["segmentation"].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_empty_mask_if_no_boxes_makes_box_negatives_known_mask_negatives():
+    """RSNA boxes every opacity: with ``empty_mask_if_no_boxes`` an image annotated with no box has a known,
+    empty lesion mask, so teacher forcing ``all`` trains the mask head on it; off (the default) it stays
+    unknown and trains nothing, and an image with boxes keeps its unknown mask either way."""
+    image = MetaTensor(torch.rand(1, 64, 48), meta={"filename_or_obj": "rsna_neg.dcm"})
+    negative = {"image": image, "label": [0.0], "mask": None, "boxes": []}
+    positive = {"image": image.clone(), "label": [1.0], "mask": None, "boxes": [[4, 4, 20, 30]]}
+    class_only = {"image": image.clone(), "label": [0.0], "mask": None, "boxes": None}
+    on = PrepareAnnotationsd(num_classes=1, empty_mask_if_no_boxes=True)
+    neg, pos, cls = on(negative), on(positive), on(class_only)
+    assert float(neg["has_mask"]) == 1.0 and neg["mask"].shape == (1, 64, 48) and not bool(neg["mask"].any())
+    assert neg["mask_path"] == ""
+    assert float(pos["has_mask"]) == 0.0 and float(cls["has_mask"]) == 0.0
+    off = PrepareAnnotationsd(num_classes=1)(negative)
+    assert float(off["has_mask"]) == 0.0
+    assert _loss_counts([neg, pos], teacher_forcing="all")["segmentation"] == 1
+    assert _loss_counts([off, pos], teacher_forcing="all")["segmentation"] == 0

@@ -62,6 +62,10 @@ class PrepareAnnotationsd(MapTransform):
             :func:`monai_mcx.data.boxes.check_boxes` (NaN/Inf and inverted boxes are errors too).
         grey_masks: a mask path is loaded by :class:`~monai_mcx.transforms.io.LoadCXR` (``as_mask``): ``"error"``
             refuses grey-level masks, ``"threshold"`` binarises them at half their maximum with a warning.
+        empty_mask_if_no_boxes: an image whose mask is unknown (``None``) but whose box list is known and empty
+            gets a known, all-zero lesion mask (``has_mask`` = 1). Only for box sets that box every lesion
+            (RSNA: no box means no opacity), so that their negatives can teach the mask head to paint nothing;
+            an image with boxes keeps an unknown mask. Off by default: unknown is not empty.
     """
 
     def __init__(
@@ -73,11 +77,13 @@ class PrepareAnnotationsd(MapTransform):
         box_key: str = "boxes",
         box_tolerance: float = 2.0,
         grey_masks: str = "error",
+        empty_mask_if_no_boxes: bool = False,
     ) -> None:
         super().__init__(keys=[image_key], allow_missing_keys=False)
         self.num_classes = int(num_classes)
         self.image_key, self.label_key, self.mask_key, self.box_key = image_key, label_key, mask_key, box_key
         self.box_tolerance = float(box_tolerance)
+        self.empty_mask_if_no_boxes = bool(empty_mask_if_no_boxes)
         # masks load like images (EXIF orientation, grey-level check): monai_mcx.transforms.io.LoadCXR
         self._load_mask = LoadCXR(as_mask=True, grey_masks=grey_masks)
 
@@ -99,6 +105,9 @@ class PrepareAnnotationsd(MapTransform):
             d["has_label"] = torch.tensor(1.0)
 
         mask = d.get(self.mask_key)
+        boxes = d.get(self.box_key)
+        if mask is None and self.empty_mask_if_no_boxes and boxes is not None and len(boxes) == 0:
+            mask = np.zeros(spatial, dtype=np.uint8)  # no box on a fully boxed set: no lesion pixel
         is_path = isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__")
         d["mask_path"] = os.fsdecode(mask) if is_path else ""
         if mask is None:
@@ -128,7 +137,6 @@ class PrepareAnnotationsd(MapTransform):
             d[self.mask_key] = m
             d["has_mask"] = torch.tensor(1.0)
 
-        boxes = d.get(self.box_key)
         if boxes is None:
             d[self.box_key] = torch.zeros((0, 4), dtype=torch.float32)
             d["has_boxes"] = torch.tensor(0.0)
