@@ -227,6 +227,15 @@ def test_train_real_config_merges_over_train():
     assert "trainer" in cfg["train"] and cfg["train"]["sampler"]["_target_"].endswith("SourceWeightedSampler")
     base = [t["_target_"] for t in cfg["preprocessing_base"]]
     assert "ScaleIntensityd" not in base and cfg["preprocessing_base"][0]["scale"] == "auto"
+    # RSNA boxes every opacity: its images without a box train the mask head on an empty lesion mask
+    prepare = next(t for t in cfg["preprocessing_base"] if t["_target_"].endswith("PrepareAnnotationsd"))
+    assert prepare["empty_mask_if_no_boxes"] is True
+    # the GPU preset is merged over both and changes only the budget, not the recipe
+    gpu = ConfigParser.load_config_files(
+        [str(ROOT / "bundle/configs") + f"/{f}.json" for f in ("train", "train_real", "train_real_gpu")]
+    )
+    assert gpu["spatial_size"] == cfg["spatial_size"] and gpu["preprocessing_base"] == cfg["preprocessing_base"]
+    assert gpu["epochs"] > cfg["epochs"] and gpu["samples_per_epoch"] > cfg["samples_per_epoch"]
 
 
 # ---------------------------------------------------------------------------- the real packs
