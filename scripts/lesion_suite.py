@@ -234,6 +234,13 @@ def build_lesion_datalists(prepared: Path, work: Path, p: dict, seed: int) -> di
     return {"paths": paths, "sizes": sizes, "val_items": all_val, "transfer_items": transfer}
 
 
+def _shipped_recipe() -> str:
+    """The budget of ``train_real.json`` (what the shipped model was trained with), for the results' text."""
+    cfg = json.loads((CONFIGS / "train_real.json").read_text())
+    size = cfg.get("spatial_size", ["?"])[0]
+    return f"{size} px, {cfg.get('epochs')} epochs x {cfg.get('samples_per_epoch')} samples"
+
+
 def preprocess_items(items: list, p: dict, cache: Path) -> list[dict]:
     """The validation items through ``preprocessing_base`` of ``train.json`` + ``train_real.json`` (once, cached):
     ``image`` ``(1, S, S)`` float tensor, ``mask`` ``(S, S)`` bool tensor or None, ``boxes`` ``(n, 4)`` or None
@@ -445,8 +452,9 @@ def render_lesions(entry: dict) -> list[str]:
         f"{p.get('epochs')} epochs x {p.get('samples_per_epoch')} samples (batch {p.get('batch_size')}) for the joint "
         f"model, the `train_real.json` recipe otherwise (box-aware augmentation, sources 45/40/15, AdamW 1e-3 cosine); "
         f"Kermany subsampled to {p.get('kermany_train')} training / {p.get('kermany_val')} validation images. "
-        "The shipped model (`bundle/models`) was trained with 4 x 576 samples on every Kermany image: these rows are "
-        "a smaller, equal-budget comparison, not the shipped model's numbers (`docs/results_real.md`).",
+        f"The shipped model (`bundle/models`) was trained with `train_real.json` itself ({_shipped_recipe()}) on "
+        "every Kermany image: these rows are a smaller, equal-budget comparison, not the shipped model's numbers "
+        "(`docs/results_real.md`).",
         "",
         "Data: one patient-level split from `scripts/prepare_data.py --val-fraction 0.2` (seed "
         f"{entry.get('seed')}); covid_lesions re-split by patient with {int(100 * p.get('covid_val_fraction', 0.5))} % "
