@@ -72,12 +72,20 @@ def write_folders(root: Path, n: int, size: int) -> dict[str, Path]:
     return {"png": png, "dicom": dcm}
 
 
-def make_checkpoint(ckpt: Path, encoder: str) -> None:
-    from monai_mcx.networks import MultiCheXNet
+def make_checkpoint(ckpt: Path, encoder: str, size: int) -> None:
+    """A random-weight MultiCheXNet with its model description (``inference.json`` loads only described models)."""
+    from monai_mcx.artifact import ModelDescription, save_model
 
     torch.manual_seed(0)
     ckpt.mkdir(parents=True)
-    torch.save(MultiCheXNet(encoder, num_anchors=len(ANCHORS)).state_dict(), ckpt / "model.pt")
+    desc = ModelDescription(
+        class_names=["pneumonia"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder=encoder,
+        spatial_size=[size, size],
+        base_anchor_shapes=ANCHORS,
+    )
+    save_model(desc.build_network(), desc, ckpt / "model.pt")
 
 
 def workflow(folder: Path, out: Path, ckpt: Path, args, outputs: str):
@@ -166,7 +174,7 @@ def main(argv=None) -> list[dict]:
         root = Path(tmp)
         folders = write_folders(root / "data", args.images, args.file_size)
         ckpt = root / "ckpt"
-        make_checkpoint(ckpt, args.encoder)
+        make_checkpoint(ckpt, args.encoder, args.size)
         net, data = forward_batches(folders["png"], ckpt, args)
         configs = [("forward only", None, None)] + [
             (f"{fmt} {outs}", fmt, outs) for fmt in ("png", "dicom") for outs in ("json", "all")

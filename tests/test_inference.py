@@ -292,3 +292,47 @@ def test_heads_option_runs_only_the_named_heads(inference_run, tmp_path):
         assert not got.get("boxes") and not got.get("mask_nifti")
         compared += 1
     assert compared >= 2
+
+
+def test_background_writer_writes_the_same_files_as_the_synchronous_one(inference_run, tmp_path):
+    """``background_writes`` (default true) moves encoding and writing to a thread: the same files, the same JSON
+    and mask pixels, and ``predictions.csv`` lists them only after they exist."""
+    from PIL import Image
+
+    root, _ = inference_run
+    background, sync = tmp_path / "background", tmp_path / "sync"
+    run_inference(root, background, batch_size=2)
+    run_inference(root, sync, batch_size=2, background_writes=False)
+    names = sorted(p.name for p in background.iterdir() if not p.name.startswith("."))
+    assert names == sorted(p.name for p in sync.iterdir() if not p.name.startswith("."))
+    assert any(n.endswith("_overlay.png") for n in names) and any(n.endswith("_mask.nii.gz") for n in names)
+    for name in names:
+        if name.endswith(".json"):
+            assert json.loads((background / name).read_text()) == json.loads((sync / name).read_text()), name
+        elif name.endswith(".png"):
+            a, b = (np.asarray(Image.open(d / name)) for d in (background, sync))
+            assert np.array_equal(a, b), name
+    assert (background / "predictions.csv").read_text() == (sync / "predictions.csv").read_text()
+
+
+def test_background_writer_raises_a_write_error_in_the_engine(tmp_path):
+    """A file the writer thread cannot write is not lost silently: flush (and the next batch) raise its error."""
+    from monai_mcx.handlers.predictions import PredictionWriter
+
+    writer = PredictionWriter(tmp_path, ["pneumonia"])
+    done = []
+
+    def fail(path):
+        raise OSError(f"{path}: disk full")
+
+    writer._submit(fail, tmp_path / "a_mask.png")
+    with pytest.raises(OSError, match="a_mask.png: disk full"):
+        writer.flush()
+    writer.flush()  # reported once
+    writer._submit(fail, tmp_path / "b_mask.png")
+    writer._pending[0].exception()  # let it finish: the next batch's first write reports it
+    with pytest.raises(OSError, match="b_mask.png: disk full"):
+        writer._submit(done.append, "next batch")
+    writer._submit(done.append, "after")
+    writer.flush()
+    assert done == ["after"]
