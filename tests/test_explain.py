@@ -255,16 +255,19 @@ def _train_half_rule(side: int, size: int = 64, steps: int = 220, seed: int = 0)
 
 
 @pytest.mark.slow
-def test_saliency_maximum_lies_in_the_region_the_class_depends_on(single_thread):
+def test_saliency_mass_lies_in_the_region_the_class_depends_on(single_thread):
     """#14: the class depends only on one half of the image (a square there); on images with a square in BOTH halves,
-    Grad-CAM's maximum (default layer ``stride32``, 2 x 2 cells at 64 px) lies in that half, and in the other half
-    for a model trained on the opposite rule. The squares look the same in both halves, so the only difference the
-    maps can follow is the rule (the backgrounds are identical: a region that merely looks different would add an
-    arbitrary constant to the class activation map). Seeded; ~35 s on one CPU thread."""
-    size = 64
+    Grad-CAM's map (default layer ``stride32``, 4 x 4 cells at 128 px) puts most of its positive mass in that half,
+    on every test image, and in the other half for a model trained on the opposite rule. The squares look the same
+    in both halves, so the only difference the maps can follow is the rule (the backgrounds are identical).
+    The mass, not the maximum: at 64 px (2 x 2 cells) the maps were nearly flat (45-55 % per half) and their
+    maximum flipped between machines, and at 128 px the maximum still lands on the other square for some images
+    while the mass separates the two rules on every image (measured: >= 0.56 vs <= 0.46). Seeded; ~40 s on one
+    CPU thread."""
+    size = 128
     test_x, _ = _half_rule_images(16, size, torch.Generator().manual_seed(123), both=True)
     val_x, val_has = _half_rule_images(64, size, torch.Generator().manual_seed(7))
-    share_left = {}
+    left_mass = {}
     for side in (0, 1):
         net = _train_half_rule(side, size)
         with torch.no_grad():
@@ -273,7 +276,7 @@ def test_saliency_maximum_lies_in_the_region_the_class_depends_on(single_thread)
         assert accuracy >= 0.9, f"rule {side}: the classifier did not learn the rule (accuracy {accuracy:.2f})"
         maps = SaliencyMaps(net)(test_x)[:, 0]  # (16, W, H)
         assert maps.shape == (16, size, size) and torch.isfinite(maps).all()
-        peak_x = maps.flatten(1).argmax(1) // size  # x = dim 0
-        share_left[side] = float((peak_x < size // 2).float().mean())
-    assert share_left[0] >= 0.9, share_left  # the left-half rule looks left
-    assert share_left[1] <= 0.1, share_left  # the opposite rule looks right
+        positive = maps.clamp(min=0)
+        left_mass[side] = positive[:, : size // 2].sum((1, 2)) / positive.sum((1, 2)).clamp(min=1e-8)  # x = dim 0
+    assert bool((left_mass[0] > 0.5).all()), left_mass[0]  # the left-half rule looks left, on every image
+    assert bool((left_mass[1] < 0.5).all()), left_mass[1]  # the opposite rule looks right
