@@ -28,6 +28,7 @@ for p in (str(REPO), str(REPO / "scripts")):
         sys.path.insert(0, p)
 
 import benchmark_train as bt  # noqa: E402  (its data, batches and Variant: the same steps as the benchmark)
+from bench_sections import load_average  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -83,7 +84,7 @@ def main(argv=None) -> dict:
         "median_ratio_after_first_epoch": statistics.median(e["ratio"] for e in epochs[1:])
         if len(epochs) > 1
         else None,
-        "load_average": list(__import__("os").getloadavg()),
+        "load_average": load_average(),
         "command": "python scripts/profile_disjoint_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if a.output:

@@ -194,17 +194,12 @@ class PredictionWriter:
         self._pending.append(self._pool.submit(fn, *args))
 
     def _collect(self, wait: bool) -> None:
-        """Drop the finished writes (all of them when ``wait``), re-raising the first error of one."""
-        pending, self._pending = self._pending, []
-        for i, fut in enumerate(pending):
-            if wait or fut.done():
-                try:
-                    fut.result()
-                except BaseException:
-                    self._pending = [f for f in pending[i + 1 :] if not f.done()]
-                    raise
-            else:
-                self._pending.append(fut)
+        """Drop the finished writes (all of them when ``wait``), re-raising the first error among them (the
+        other finished writes are dropped with it: one error stops the run)."""
+        finished = [f for f in self._pending if wait or f.done()]
+        self._pending = [f for f in self._pending if f not in finished]
+        for fut in finished:
+            fut.result()
 
     def flush(self, engine: Engine | None = None) -> None:
         """Wait until every submitted file is written (raises the first writer error)."""
@@ -283,15 +278,17 @@ class PredictionWriter:
                         {"box": [round(float(v), 2) for v in b], "score": float(sc)}
                         for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])
                     ]
-            mask_wh = res["mask"]  # (W, H), gated
+            mask_wh = res[
+                "mask"
+            ]  # (W, H), gated; a new array per image, never changed after: the writer thread reads it
             if mask_wh is not None:
                 if self.write_mask_png:
-                    rows_cols = (mask_wh.T * 255).astype(np.uint8)  # a copy: the writer thread owns it
+                    rows_cols = (mask_wh.T * 255).astype(np.uint8)
                     self._submit(_write_png, rows_cols, self.output_dir / f"{stem}_mask.png")
                     record["mask"] = f"{stem}_mask.png"
                 if self.write_nifti:
                     spacing = spacings[i] if spacings else (1.0, 1.0)
-                    self._submit(_write_nifti, np.array(mask_wh), spacing, self.output_dir / f"{stem}_mask.nii.gz")
+                    self._submit(_write_nifti, mask_wh, spacing, self.output_dir / f"{stem}_mask.nii.gz")
                     record["mask_nifti"] = f"{stem}_mask.nii.gz"
                 record["mask_area_px"] = int(mask_wh.sum())
             gray = None
@@ -306,7 +303,7 @@ class PredictionWriter:
                     images[i].detach().cpu().clone(),
                     orig,
                     gray,
-                    None if mask_wh is None else np.array(mask_wh.T),
+                    None if mask_wh is None else mask_wh.T,
                     res["boxes"].tolist(),
                     res["scores"].tolist(),
                     self.output_dir / f"{stem}_overlay.png",
