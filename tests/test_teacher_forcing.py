@@ -113,3 +113,16 @@ def test_empty_mask_if_no_boxes_makes_box_negatives_known_mask_negatives():
     assert float(off["has_mask"]) == 0.0
     assert _loss_counts([neg, pos], teacher_forcing="all")["segmentation"] == 1
     assert _loss_counts([off, pos], teacher_forcing="all")["segmentation"] == 0
+
+
+def test_prepare_cxr_batch_hands_the_network_plain_tensors_and_keeps_the_metadata_in_the_batch():
+    # a MetaTensor input routes every operation of the forward pass through MONAI's metadata bookkeeping
+    items = [_item(32, [1.0], mask_box=(2, 2, 8, 8), boxes=[[2, 2, 8, 8]]), _item(32, [0.0])]
+    batch = collate_cxr(items)
+    assert isinstance(batch["image"], MetaTensor)
+    inputs, targets = prepare_cxr_batch(batch)
+    assert type(inputs) is torch.Tensor
+    assert type(targets["image"]) is torch.Tensor and type(targets["mask"]) is torch.Tensor
+    assert all(type(b) is torch.Tensor for b in targets["boxes"])
+    torch.testing.assert_close(inputs, batch["image"].as_tensor())
+    assert batch["image"].meta["filename_or_obj"] == ["img32.png", "img32.png"]
