@@ -144,6 +144,67 @@ def test_decode_empty_batch():
     assert out == []
 
 
+def _monai_per_image(cls, reg, anchors, coder, selector, image_size):
+    """The reference: MONAI's BoxSelector, one image and one level at a time (what decode_boxes replaced)."""
+    num_anchors = A
+    per_level = [int(m.shape[-2]) * int(m.shape[-1]) * num_anchors for m in cls]
+    cls_levels = flatten_head_maps(cls, num_anchors).split(per_level, dim=1)
+    reg_levels = flatten_head_maps(reg, num_anchors).split(per_level, dim=1)
+    out = []
+    for b in range(len(anchors)):
+        boxes_list = [coder.decode_single(r[b], a) for r, a in zip(reg_levels, anchors[b].split(per_level))]
+        boxes, scores, labels = selector.select_boxes_per_image(boxes_list, [c[b] for c in cls_levels], image_size)
+        out.append((boxes, scores, labels))
+    return out
+
+
+@pytest.mark.parametrize("num_classes", [1, 2])
+@pytest.mark.parametrize(
+    "thresh,topk,nms,max_det",
+    [(0.05, 1000, 0.5, 100), (0.3, 7, 0.3, 5), (0.97, 50, 0.5, 20), (0.9, 50, 0.3, -1), (0.9, 10, 0.5, 0)],
+)
+@pytest.mark.parametrize("torchvision_nms", [True, False])
+def test_batched_decoding_equals_monai_per_image_selection(
+    num_classes, thresh, topk, nms, max_det, torchvision_nms, monkeypatch
+):
+    if not torchvision_nms:  # the fall-back when torchvision (the ``detection`` extra) is not installed
+        import builtins
+
+        real_import = builtins.__import__
+
+        def no_torchvision(name, *args, **kwargs):
+            if name.startswith("torchvision"):
+                raise ImportError(name)
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    batch = 5
+    _, _, anchors = _setup(batch)
+    gen = torch.Generator().manual_seed(7 * num_classes + int(100 * thresh))
+    cls = [torch.randn(batch, A * num_classes, w, h, generator=gen) * 2.5 for w, h in GRIDS]
+    reg = [torch.randn(batch, A * 4, w, h, generator=gen) * 0.4 for w, h in GRIDS]
+    cls[0][2] = -20.0  # image 2: nothing above the threshold at the finest level
+    for m in cls:
+        m[4] = -20.0  # image 4: no candidate at all
+    coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+    selector = BoxSelector(
+        score_thresh=thresh, topk_candidates_per_level=topk, nms_thresh=nms, detections_per_img=max_det
+    )
+    ours = decode_boxes(cls, reg, anchors, coder, selector, IMAGE)
+    ref = _monai_per_image(cls, reg, anchors, coder, selector, IMAGE)
+    assert len(ours) == batch
+    for b, (det, (boxes, scores, labels)) in enumerate(zip(ours, ref)):
+        assert det["boxes"].shape == boxes.shape, f"image {b}"
+        torch.testing.assert_close(det["boxes"], boxes.float(), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(det["scores"], scores)
+        assert torch.equal(det["labels"], labels.long())
+    assert ours[4]["boxes"].shape == (0, 4)
+    assert sum(len(d["boxes"]) for d in ours) > 4  # every case selects something
+    if max_det <= 0:  # no cap on detections (MONAI: -1 or 0): the NMS alone removed candidates
+        above = sum(int((torch.sigmoid(c[0]) > thresh).sum()) for c in cls)
+        assert 0 < len(ours[0]["boxes"]) < min(above, topk * len(GRIDS))
+
+
 @pytest.mark.parametrize("box_loss", ["giou", "smooth_l1"])
 def test_loss_without_boxes_is_finite(box_loss):
     gen, images, _ = _setup(batch=2)

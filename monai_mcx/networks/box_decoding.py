@@ -7,9 +7,10 @@ Pieces used from MONAI:
 - anchors: :class:`monai.apps.detection.utils.anchor_utils.AnchorGeneratorWithAnchorShape`
   (see :mod:`monai_mcx.networks.anchors`);
 - :meth:`monai.apps.detection.utils.box_coder.BoxCoder.decode_single` (regression -> boxes);
-- :meth:`monai.apps.detection.utils.box_selector.BoxSelector.select_boxes_per_image` (sigmoid,
-  score threshold, per-level top-k, clipping to the image with removal of empty boxes, batched NMS,
-  detections per image).
+- the settings and steps of :meth:`monai.apps.detection.utils.box_selector.BoxSelector.select_boxes_per_image`
+  (sigmoid, score threshold, per-level top-k, clipping to the image with removal of empty boxes, NMS per class,
+  detections per image), run on the whole batch at once (:func:`decode_boxes`): MONAI's selector works one image
+  and one level at a time and took about 10 ms per image on CPU, more than the rest of the post-processing.
 
 The flattening of head maps (:func:`flatten_head_maps`) is the one of
 ``RetinaNetDetector._reshape_maps``, rewritten as a free function because MONAI only has it as a
@@ -55,6 +56,25 @@ def num_anchors_per_location(maps: Sequence[Tensor], num_total_anchors: int) -> 
     return num_total_anchors // locs
 
 
+def _batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, nms_thresh: float) -> Tensor:
+    """Indices kept by greedy NMS run separately in each group, by decreasing score: torchvision's compiled
+    ``batched_nms`` when torchvision is installed, else MONAI's ``batched_nms`` (a Python loop) per group."""
+    try:
+        from torchvision.ops import batched_nms
+    except ImportError:  # torchvision is optional (the ``detection`` extra)
+        batched_nms = None
+    if batched_nms is not None:
+        return batched_nms(boxes, scores, groups, nms_thresh)
+    from monai.data.box_utils import non_max_suppression
+
+    kept = []
+    for g in torch.unique(groups):
+        idx = torch.where(groups == g)[0]
+        kept.append(idx[torch.as_tensor(non_max_suppression(boxes[idx], scores[idx], nms_thresh), dtype=torch.long)])
+    keep = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long, device=boxes.device)
+    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
+
+
 def decode_boxes(
     box_cls_logits: list[Tensor],
     box_regression: list[Tensor],
@@ -63,7 +83,14 @@ def decode_boxes(
     box_selector: BoxSelector,
     image_size: Sequence[int],
 ) -> list[dict[str, Tensor]]:
-    """Decode dense head outputs into per-image detections.
+    """Decode dense head outputs into per-image detections, the whole batch at once.
+
+    The steps and settings are those of MONAI's ``BoxSelector.select_boxes_per_image`` (sigmoid, candidates
+    above ``score_thresh``, the ``topk_candidates_per_level`` best per level, clipping to the image with
+    removal of boxes under one pixel, NMS per class at ``nms_thresh``, the ``detections_per_img`` best), run on
+    tensors that hold every image and level: only the selected candidates are decoded, and the NMS is one call
+    over the batch (torchvision's ``batched_nms``, grouped by image and class). The results equal MONAI's
+    per-image selection up to the order of exactly tied scores (``tests/test_localization.py``).
 
     Args:
         box_cls_logits: per level ``(B, A*C, w_l, h_l)`` logits.
@@ -71,37 +98,67 @@ def decode_boxes(
         anchors: one ``(N, 4)`` ``xyxy`` tensor per image, ``N = sum_l w_l*h_l*A``, in the order of
             MONAI's anchor generator (``anchor_generator(images, box_cls_logits)``).
         box_coder: MONAI ``BoxCoder`` (the same weights as in training).
-        box_selector: MONAI ``BoxSelector`` (sigmoid, threshold, top-k per level, NMS, max detections).
+        box_selector: MONAI ``BoxSelector`` (its ``apply_sigmoid``, ``score_thresh``,
+            ``topk_candidates_per_level``, ``nms_thresh`` and ``detections_per_img``).
         image_size: ``(W, H)`` of the input images; boxes are clipped to ``[0, W] x [0, H]`` and empty
             ones removed.
 
     Returns:
         one dict per image: ``boxes`` ``(M, 4)`` float ``xyxy`` image pixels, ``scores`` ``(M,)``
-        (sigmoid probabilities), ``labels`` ``(M,)`` long, sorted by decreasing score.
+        (sigmoid probabilities, in the logits' dtype), ``labels`` ``(M,)`` long, sorted by decreasing score.
     """
     batch = len(anchors)
     if batch == 0:
         return []
     num_anchors = num_anchors_per_location(box_cls_logits, int(anchors[0].shape[0]))
     per_level = [int(m.shape[-2]) * int(m.shape[-1]) * num_anchors for m in box_cls_logits]
-    cls_flat = flatten_head_maps(box_cls_logits, num_anchors)
-    reg_flat = flatten_head_maps(box_regression, num_anchors)
+    cls_flat = flatten_head_maps(box_cls_logits, num_anchors)  # (B, N, C)
+    reg_flat = flatten_head_maps(box_regression, num_anchors)  # (B, N, 4)
     if reg_flat.shape[-1] != 4:
         raise ValueError(f"box_regression must have A*4 channels per level, got {reg_flat.shape[-1]} per anchor.")
-    cls_levels = cls_flat.split(per_level, dim=1)
-    reg_levels = reg_flat.split(per_level, dim=1)
-    size = [int(s) for s in image_size]
+    num_classes = int(cls_flat.shape[-1])
+    sel = box_selector
+    # candidates per level: scores above the threshold, the top k of them (flat index = anchor * C + class)
+    idx_levels, score_levels, valid_levels = [], [], []
+    start = 0
+    for logits in cls_flat.split(per_level, dim=1):
+        scores = logits.to(torch.float32).reshape(batch, -1)
+        scores = torch.sigmoid(scores) if sel.apply_sigmoid else scores
+        above = scores > sel.score_thresh
+        k = min(int(sel.topk_candidates_per_level), int(scores.shape[1]))
+        top, flat_idx = scores.masked_fill(~above, float("-inf")).topk(k, dim=1)
+        idx_levels.append(flat_idx + start * num_classes)
+        score_levels.append(top)
+        valid_levels.append(top > float("-inf"))
+        start += int(logits.shape[1])
+    flat_idx = torch.cat(idx_levels, dim=1)  # (B, K)
+    cand_scores = torch.cat(score_levels, dim=1)
+    valid = torch.cat(valid_levels, dim=1)
+    anchor_idx = torch.div(flat_idx, num_classes, rounding_mode="floor")
+    labels = flat_idx % num_classes
+    gather = anchor_idx[..., None].expand(-1, -1, 4)
+    rel = reg_flat.to(torch.float32).gather(1, gather)
+    ref = torch.stack([a.to(torch.float32) for a in anchors]).gather(1, gather)
+    boxes = box_coder.decode_single(rel.reshape(-1, 4), ref.reshape(-1, 4)).reshape(batch, -1, 4)
+    # clip to [0, W] x [0, H] and drop boxes under one pixel (MONAI's clip_boxes_to_image, remove_empty=True)
+    size = torch.as_tensor([float(s) for s in image_size], dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.minimum(boxes.clamp(min=0), torch.cat([size, size]))
+    valid &= (boxes[..., 2] >= boxes[..., 0] + 1) & (boxes[..., 3] >= boxes[..., 1] + 1)
+    image_idx = torch.arange(batch, device=boxes.device)[:, None].expand_as(labels)
+    b_boxes, b_scores, b_labels, b_image = boxes[valid], cand_scores[valid], labels[valid], image_idx[valid]
+    keep = _batched_nms(b_boxes, b_scores, b_image * num_classes + b_labels, float(sel.nms_thresh))
+    out_dtype = cls_flat.dtype
     results: list[dict[str, Tensor]] = []
     for b in range(batch):
-        anchor_levels = anchors[b].split(per_level, dim=0)
-        boxes_list = [
-            box_coder.decode_single(r[b].to(torch.float32), a.to(torch.float32))
-            for r, a in zip(reg_levels, anchor_levels)
-        ]
-        logits_list = [c[b] for c in cls_levels]
-        boxes, scores, labels = box_selector.select_boxes_per_image(boxes_list, logits_list, size)
+        k_b = keep[b_image[keep] == b]
+        if sel.detections_per_img > 0:
+            k_b = k_b[: int(sel.detections_per_img)]
         results.append(
-            {DetKeys.BOXES.value: boxes.float(), DetKeys.SCORES.value: scores, DetKeys.LABELS.value: labels.long()}
+            {
+                DetKeys.BOXES.value: b_boxes[k_b].float(),
+                DetKeys.SCORES.value: b_scores[k_b].to(out_dtype),
+                DetKeys.LABELS.value: b_labels[k_b].long(),
+            }
         )
     return results
 
