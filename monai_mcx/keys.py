@@ -33,6 +33,7 @@ class BatchKeys(StrEnum):
     ORIGINAL_SIZE = "original_size"
     MASK_PATH = "mask_path"
     ERROR = "error"
+    OVERLAY_IMAGE = "overlay_image"
 
 
 class PredKeys(StrEnum):

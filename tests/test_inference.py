@@ -336,3 +336,100 @@ def test_background_writer_raises_a_write_error_in_the_engine(tmp_path):
     writer._submit(done.append, "after")
     writer.flush()
     assert done == ["after"]
+
+
+def test_overlays_come_from_the_loaded_image_without_reading_the_file_again(inference_run, tmp_path, monkeypatch):
+    """``inference.json`` keeps a uint8 copy of each loaded image (``KeepOverlayImaged``) for its overlay: every
+    readable file is decoded once, and the overlays equal those drawn from the file read again."""
+    from PIL import Image
+
+    import monai_mcx.transforms.io as cxr_io
+
+    root, _ = inference_run
+    real_read, reads = cxr_io.read_cxr, []
+
+    def counting_read(filename, *args, **kwargs):
+        reads.append(Path(filename).name)
+        return real_read(filename, *args, **kwargs)
+
+    monkeypatch.setattr(cxr_io, "read_cxr", counting_read)
+    kept, reread = tmp_path / "kept", tmp_path / "reread"
+    run_inference(root, kept, batch_size=2)
+    readable = [Path(r["image"]).name for r in csv.DictReader((kept / "predictions.csv").open()) if not r["error"]]
+    assert len(readable) >= 5 and sorted(n for n in reads if n in readable) == sorted(readable)
+    reads.clear()
+    run_inference(root, reread, batch_size=2, **{"preprocessing#transform#transforms#1#enabled": False})
+    assert sorted(n for n in reads if n in readable) == sorted(readable * 2)  # without the copy: read twice
+    overlays = sorted(p.name for p in kept.glob("*_overlay.png"))
+    assert len(overlays) == len(readable)
+    for name in overlays:
+        a, b = (np.asarray(Image.open(d / name)) for d in (kept, reread))
+        assert np.array_equal(a, b), name
+
+
+def test_keep_overlay_image_stores_rows_by_cols_uint8_and_collates_as_a_list(tmp_path):
+    from monai.transforms import Compose, Resized
+
+    from monai_mcx.data import collate_cxr
+    from monai_mcx.handlers.predictions import overlay_image
+    from monai_mcx.transforms import GuardLoadd, KeepOverlayImaged
+    from monai_mcx.transforms.io import LoadCXRd, read_cxr
+
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 36), dtype=np.uint8)  # rows x cols
+    Image.fromarray(pixels).save(tmp_path / "ok.png")
+    pre = Compose([LoadCXRd("image"), KeepOverlayImaged("image"), Resized("image", (32, 32))])
+    guard = GuardLoadd(pre, spatial_size=(32, 32))
+    batch = collate_cxr([guard({"image": str(tmp_path / n)}) for n in ("ok.png", "missing.png")])
+    kept = batch["overlay_image"]
+    assert kept[1] is None and "missing.png" in batch["error"][1]  # the unreadable item's placeholder has none
+    assert kept[0].dtype == np.uint8 and kept[0].shape == (40, 36)
+    gray, _ = read_cxr(tmp_path / "ok.png")
+    assert np.array_equal(kept[0], (np.clip(gray, 0, 1) * 255).astype(np.uint8))
+    assert np.array_equal(np.asarray(overlay_image(kept[0], None)), np.asarray(overlay_image(gray, None)))
+    off = Compose([LoadCXRd("image"), KeepOverlayImaged("image", enabled=False)])
+    assert "overlay_image" not in off({"image": str(tmp_path / "ok.png")})
+
+
+def test_background_writer_bounds_the_writes_waiting_in_its_queue(tmp_path):
+    """Back-pressure: with a slow disk the engine waits instead of holding every image's files in memory."""
+    import threading
+
+    from monai_mcx.handlers.predictions import PredictionWriter
+
+    writer = PredictionWriter(tmp_path, ["pneumonia"])
+    writer.max_pending = 3
+    gate, written, queued = threading.Event(), [], []
+
+    def slow_write(i):
+        gate.wait(5)
+        written.append(i)
+
+    def release_soon():
+        gate.wait(0.3)
+        gate.set()
+
+    threading.Thread(target=release_soon).start()
+    for i in range(10):
+        writer._submit(slow_write, i)
+        queued.append(len(writer._pending))
+    writer.flush()
+    assert max(queued) <= 3 and written == list(range(10))
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.4, 0.7])
+def test_overlay_tint_equals_the_blend_computed_pixel_by_pixel(alpha):
+    """The overlay's look-up table gives exactly round((1 - alpha) * gray + alpha * (255, 0, 0)) on the mask."""
+    from monai_mcx.handlers.predictions import overlay_image
+
+    rng = np.random.default_rng(3)
+    gray = rng.random((37, 29)).astype(np.float32)
+    mask = rng.random((37, 29)) > 0.5
+    g = (gray * 255).astype(np.uint8)
+    expected = np.repeat(g[..., None], 3, axis=-1)
+    for r, c in zip(*np.nonzero(mask)):
+        v = float(g[r, c])
+        expected[r, c] = [round((1 - alpha) * v + alpha * 255), round((1 - alpha) * v), round((1 - alpha) * v)]
+    got = np.asarray(overlay_image(gray, mask, alpha=alpha))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # float32 vs float64 rounding at .5
+    assert np.array_equal(np.asarray(overlay_image(g, mask, alpha=alpha)), got)  # uint8 input: the same image
+    assert np.array_equal(np.asarray(overlay_image(gray, None)), np.repeat(g[..., None], 3, axis=-1))

@@ -10,10 +10,14 @@ from monai.data.utils import list_data_collate
 
 from monai_mcx.keys import BatchKeys
 
-__all__ = ["collate_cxr", "LIST_KEYS"]
+__all__ = ["collate_cxr", "LIST_KEYS", "HOST_KEYS"]
 
 #: keys kept as per-item lists instead of being stacked (variable length)
 LIST_KEYS = (BatchKeys.BOXES.value, BatchKeys.BOX_LABELS.value)
+#: keys kept as per-item lists of the values as they are (numpy arrays of varying size, ``None`` where an item
+#: lacks the key), never converted or moved to the device: the overlay background of
+#: :class:`monai_mcx.transforms.KeepOverlayImaged`
+HOST_KEYS = (BatchKeys.OVERLAY_IMAGE.value,)
 
 
 def collate_cxr(batch: Sequence[dict]) -> dict:
@@ -31,6 +35,7 @@ def collate_cxr(batch: Sequence[dict]) -> dict:
     for item in batch:
         flat.extend(item if isinstance(item, list) else [item])
     lists = {k: [torch.as_tensor(d[k]) for d in flat] for k in LIST_KEYS if k in flat[0]}
+    lists.update({k: [d.get(k) for d in flat] for k in HOST_KEYS if any(k in d for d in flat)})
     rest = [{k: v for k, v in d.items() if k not in lists} for d in flat]
     out = list_data_collate(rest)
     out.update(lists)

@@ -230,13 +230,14 @@ def to_original_geometry(maps: Tensor, original_size: Sequence[int]) -> Tensor:
 
 
 def saliency_overlay(gray: np.ndarray, saliency: np.ndarray, alpha: float = 0.45, cmap: str = "jet"):
-    """RGB heat-map overlay (a ``PIL.Image``): ``gray`` ``(rows, cols)`` in [0, 1] and ``saliency`` ``(rows, cols)``
-    in [0, 1] (transpose a ``(W, H)`` map first). The colour map is blended with weight ``alpha * saliency``, so
+    """RGB heat-map overlay (a ``PIL.Image``): ``gray`` ``(rows, cols)`` in [0, 1] (or uint8, 0-255) and ``saliency``
+    ``(rows, cols)`` in [0, 1] (transpose a ``(W, H)`` map first). The colour map is blended with weight ``alpha * saliency``, so
     regions without saliency keep the X-ray's gray."""
     from matplotlib import colormaps
     from PIL import Image
 
-    g = np.clip(np.nan_to_num(np.asarray(gray, dtype=np.float32)), 0, 1)
+    gray = np.asarray(gray)
+    g = gray / np.float32(255) if gray.dtype == np.uint8 else np.clip(np.nan_to_num(gray.astype(np.float32)), 0, 1)
     s = np.clip(np.nan_to_num(np.asarray(saliency, dtype=np.float32)), 0, 1)
     if g.shape != s.shape:
         raise ValueError(f"saliency_overlay: image {g.shape} and saliency {s.shape} differ (both rows x cols).")

@@ -10,5 +10,5 @@ from monai_mcx.transforms.geometry import (
     cxr_box_augmentations,
 )
 from monai_mcx.transforms.guard import ERROR_KEY, GuardLoadd
-from monai_mcx.transforms.io import LoadCXR, LoadCXRd
+from monai_mcx.transforms.io import KeepOverlayImaged, LoadCXR, LoadCXRd
 from monai_mcx.transforms.labels import AnnotationError, PrepareAnnotationsd, ResizeWithBoxesd

@@ -71,7 +71,16 @@ from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
 from monai_mcx.utils import is_dicom_file
 
-__all__ = ["LoadCXR", "LoadCXRd", "read_cxr", "PLUGIN_HINT", "DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "exif_size_wh"]
+__all__ = [
+    "LoadCXR",
+    "LoadCXRd",
+    "KeepOverlayImaged",
+    "read_cxr",
+    "PLUGIN_HINT",
+    "DEFAULT_MIN_SIZE",
+    "DEFAULT_MAX_PIXELS",
+    "exif_size_wh",
+]
 
 #: what to install for compressed DICOM transfer syntaxes
 PLUGIN_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or pillow / python-gdcm)"
@@ -599,4 +608,37 @@ class LoadCXRd(MapTransform):
                         check_box(b, w, h)
                     except DataError as e:
                         raise DataError(f"{key}[{i}]: {e.problem}", ref.meta.get("filename_or_obj")) from None
+        return d
+
+
+class KeepOverlayImaged(MapTransform):
+    """Keep a display copy of the loaded image for the prediction overlays, before any resizing.
+
+    Stores ``(rows, cols)`` uint8 (``floor(clip(image, 0, 1) * 255)``, the quantisation of
+    :func:`monai_mcx.handlers.predictions.overlay_image`) under ``name``, so that
+    :class:`monai_mcx.handlers.PredictionWriter` draws the overlay and saliency PNGs without reading and
+    decoding the file a second time. One byte per pixel: a 2048 x 2048 radiograph adds 4 MiB to its batch.
+    :func:`monai_mcx.data.collate_cxr` keeps the copies as a per-item list (:data:`monai_mcx.data.collate.HOST_KEYS`).
+
+    Args:
+        keys: the image key, a ``(1, W, H)`` tensor in [0, 1] as :class:`LoadCXRd` loads it (MONAI order).
+        name: the item key for the copy (default ``"overlay_image"``).
+        enabled: when False the transform does nothing (the writer then re-reads the file if it needs it).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", name: str = "overlay_image", enabled: bool = True) -> None:
+        super().__init__(keys)
+        self.name = str(name)
+        self.enabled = bool(enabled)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            if arr.ndim != 3 or arr.shape[0] != 1:
+                raise ValueError(f"KeepOverlayImaged: {key!r} must be (1, W, H), got shape {tuple(arr.shape)}")
+            d[self.name] = (np.clip(np.nan_to_num(arr[0].T), 0, 1) * 255).astype(np.uint8)
         return d
