@@ -199,6 +199,15 @@ def test_batched_decoding_equals_monai_per_image_selection(
         torch.testing.assert_close(det["scores"], scores)
         assert torch.equal(det["labels"], labels.long())
     assert ours[4]["boxes"].shape == (0, 4)
+    from monai.data import MetaTensor  # the outputs of a network called on a MetaTensor batch: the same boxes
+
+    def batched(t):
+        m = MetaTensor(t, meta={"filename_or_obj": "x.png"})
+        m.is_batch = True
+        return m
+
+    meta = decode_boxes([batched(c) for c in cls], [batched(r) for r in reg], anchors, coder, selector, IMAGE)
+    assert all(torch.equal(m["boxes"], d["boxes"]) and type(m["boxes"]) is torch.Tensor for m, d in zip(meta, ours))
     assert sum(len(d["boxes"]) for d in ours) > 4  # every case selects something
     if max_det <= 0:  # no cap on detections (MONAI: -1 or 0): the NMS alone removed candidates
         above = sum(int((torch.sigmoid(c[0]) > thresh).sum()) for c in cls)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.apps.detection.utils.box_selector import BoxSelector
+from monai.data import MetaTensor
 from torch import Tensor, nn
 
 from monai_mcx.keys import DetKeys, PredKeys
@@ -54,6 +55,10 @@ def num_anchors_per_location(maps: Sequence[Tensor], num_total_anchors: int) -> 
     if locs == 0 or num_total_anchors % locs != 0:
         raise ValueError(f"{num_total_anchors} anchors do not fit {locs} feature-map locations.")
     return num_total_anchors // locs
+
+
+def _plain(t: Tensor) -> Tensor:
+    return t.as_tensor() if isinstance(t, MetaTensor) else t
 
 
 def _batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, nms_thresh: float) -> Tensor:
@@ -110,6 +115,11 @@ def decode_boxes(
     batch = len(anchors)
     if batch == 0:
         return []
+    # plain tensors: a MONAI MetaTensor (the outputs of a network called on one) would apply its batch-metadata
+    # rules to the batched indexing below
+    box_cls_logits, box_regression, anchors = (
+        [_plain(t) for t in ts] for ts in (box_cls_logits, box_regression, anchors)
+    )
     num_anchors = num_anchors_per_location(box_cls_logits, int(anchors[0].shape[0]))
     per_level = [int(m.shape[-2]) * int(m.shape[-1]) * num_anchors for m in box_cls_logits]
     cls_flat = flatten_head_maps(box_cls_logits, num_anchors)  # (B, N, C)
