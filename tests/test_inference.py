@@ -433,3 +433,20 @@ def test_overlay_tint_equals_the_blend_computed_pixel_by_pixel(alpha):
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # float32 vs float64 rounding at .5
     assert np.array_equal(np.asarray(overlay_image(g, mask, alpha=alpha)), got)  # uint8 input: the same image
     assert np.array_equal(np.asarray(overlay_image(gray, None)), np.repeat(g[..., None], 3, axis=-1))
+
+
+def test_jpeg_overlays_on_request_and_an_unknown_format_is_refused(inference_run, tmp_path):
+    from monai_mcx.handlers.predictions import PredictionWriter
+
+    root, png_out = inference_run
+    out = tmp_path / "jpg"
+    run_inference(root, out, batch_size=2, overlay_format="jpg")
+    rec = json.loads((out / "a_png.json").read_text())
+    assert rec["overlay"] == "a_png_overlay.jpg" and not list(out.glob("*_overlay.png"))
+    jpg = Image.open(out / rec["overlay"])
+    assert jpg.format == "JPEG" and jpg.size == tuple(SIZES["a_png.png"])
+    png = np.asarray(Image.open(png_out / "a_png_overlay.png")).astype(int)
+    lossy = np.asarray(jpg.convert("RGB")).astype(int)
+    assert np.corrcoef(lossy.ravel(), png.ravel())[0, 1] > 0.9  # the same picture (of noise), lossy
+    with pytest.raises(ValueError, match="overlay_format must be one of"):
+        PredictionWriter(tmp_path, ["pneumonia"], overlay_format="gif")

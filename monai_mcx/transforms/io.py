@@ -640,5 +640,7 @@ class KeepOverlayImaged(MapTransform):
             arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
             if arr.ndim != 3 or arr.shape[0] != 1:
                 raise ValueError(f"KeepOverlayImaged: {key!r} must be (1, W, H), got shape {tuple(arr.shape)}")
-            d[self.name] = (np.clip(np.nan_to_num(arr[0].T), 0, 1) * 255).astype(np.uint8)
+            gray = np.nan_to_num(np.clip(arr[0], 0, 1), copy=False)  # a new float array: scaled in place
+            gray *= 255
+            d[self.name] = np.ascontiguousarray(gray.astype(np.uint8).T)  # (W, H) -> (rows, cols), C order
         return d
