@@ -464,8 +464,8 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
         f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Training steps "
         "interleaved round robin across the variants (a change of load hits all of them alike): s/epoch columns are medians over epochs; *MCX / sum* is the median over epochs of "
         "(MultiCheXNet's epoch / the three single-task models' same epoch, summed), each ratio taken from "
-        "variants that ran back to back under one load. **The machine was shared with other jobs (load average "
-        "below): only the ratios, measured in one run, are meaningful, not the absolute seconds.**",
+        "variants that ran back to back under one load. **Only the ratios, measured in one run, are meaningful** (the "
+        "machine may be shared: load average below), not the absolute seconds.",
         "",
         "| data | train items | MCX s/epoch | single s/epoch (cls / seg / loc) | sum single | MCX / sum | goal | holds |"
         " time to quality MCX / sum single |",
