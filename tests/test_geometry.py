@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from monai.apps.detection.transforms.dictionary import RandFlipBoxd, RandRotateBox90d
 from monai.data import MetaTensor
@@ -48,15 +48,22 @@ def _scene(draw, min_frac=0.25):
     return w, h, (x1, y1, x1 + bw, y1 + bh)
 
 
-def _check(out: dict, thresh: float) -> None:
+def _check(out: dict, thresh: float, edge_px: float | None = None) -> None:
+    """The mask still fills the box: IoU > ``thresh``, or, with ``edge_px``, > the IoU of the box with itself
+    shrunk by ``edge_px`` on every edge (the rounding that resamplings of the mask may add, which matters for
+    small boxes)."""
     mask = out["mask"][0] > 0.5
     assert out["image"].shape[1:] == out["mask"].shape[1:]
     assert set(np.unique(out["mask"].numpy())) <= {0.0, 1.0}
     if out["boxes"].shape[0] == 0:  # the box left the image: so did (almost all of) its mask
         assert float(mask.sum()) <= 0.05 * mask.numel()
         return
-    ref = _raster(out["boxes"][0].tolist(), *mask.shape)
-    assert _iou(ref, mask) > thresh, (out["boxes"][0].tolist(), tuple(mask.shape))
+    box = out["boxes"][0].tolist()
+    if edge_px is not None:
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        thresh = max(0.0, (bw - 2 * edge_px) * (bh - 2 * edge_px)) / (bw * bh)
+    ref = _raster(box, *mask.shape)
+    assert _iou(ref, mask) > thresh, (box, tuple(mask.shape), thresh)
 
 
 OPS = ("resize", "crop", "zoom", "flip", "rot90")
@@ -94,9 +101,11 @@ def test_single_geometry_moves_box_with_mask(scene, op, seed, size):
     flip=st.booleans(),
     size=st.tuples(st.integers(64, 128), st.integers(64, 128)),
 )
+@example(scene=(62, 55, (4, 0, 25, 19)), seed=32461, flip=False, size=(69, 92))  # failed CI with IoU > 0.9
 def test_composed_augmentations_keep_mask_and_boxes_in_sync(scene, seed, flip, size):
-    """Resize + crop/resize + zoom + flip through cxr_box_augmentations: three resamplings of the mask
-    each add up to half a pixel of rounding per edge, hence IoU > 0.9 (the boxes themselves are exact)."""
+    """Resize + crop/resize + zoom + flip through cxr_box_augmentations: three resamplings of the mask each add
+    up to half a pixel of rounding per edge, so the mask fills the box shrunk by 1.5 px per edge (the boxes
+    themselves are exact). A fixed IoU > 0.9 failed for a 25 x 31 px box at the image border (IoU 0.894)."""
     w, h, box = scene
     d = ResizeWithBoxesd(["image", "mask"], list(size), mode=["area", "nearest-exact"])(_item(w, h, box))
     aug = Compose(
@@ -112,7 +121,7 @@ def test_composed_augmentations_keep_mask_and_boxes_in_sync(scene, seed, flip, s
     aug.set_random_state(seed)
     out = aug(d)
     assert tuple(out["image"].shape[1:]) == tuple(size)
-    _check(out, 0.9)
+    _check(out, 0.0, edge_px=1.5)
 
 
 def test_monai_randzoomboxd_offset_motivates_own_zoom():
