@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from monai.data import MetaTensor
+from monai.utils import convert_to_tensor
 
 from monai_mcx.keys import BatchKeys as K
 
@@ -19,13 +19,6 @@ TARGET_KEYS = tuple(k.value for k in (K.LABEL, K.HAS_LABEL, K.MASK, K.HAS_MASK, 
 PASSTHROUGH_KEYS = (K.ORIGINAL_SIZE.value, K.MASK_PATH.value, K.PATIENT.value)
 
 
-def _plain(value: object) -> torch.Tensor:
-    """``value`` as a plain ``torch.Tensor``: a MONAI ``MetaTensor`` routes every torch operation through its
-    ``__torch_function__`` (metadata bookkeeping), which made the network's forward pass 10-15 % slower (densenet121,
-    batch 8, 128 px, CPU); the metadata stays in the collated batch (``engine.state.batch``)."""
-    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
-
-
 def prepare_cxr_batch(
     batchdata: Mapping[str, object], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
 ) -> tuple[torch.Tensor, dict]:
@@ -34,20 +27,23 @@ def prepare_cxr_batch(
     ``inputs`` is the image batch ``(B, 1, W, H)``; ``targets`` holds :data:`TARGET_KEYS` (``boxes`` stays a
     list of ``(N_i, 4)`` tensors), :data:`PASSTHROUGH_KEYS` as they are (lists, on the host) and ``image`` (the
     same inputs, for anchor generation). Missing keys are skipped, so an inference batch without annotations
-    works too. Tensors are returned as plain ``torch.Tensor`` (a ``MetaTensor``'s metadata stays in
-    ``batchdata``).
+    works too. Tensors are returned as plain ``torch.Tensor`` (``convert_to_tensor(track_meta=False)``): a
+    ``MetaTensor`` routes every torch operation through its metadata bookkeeping, which made the forward pass
+    10-15 % slower (densenet121, batch 8, 128 px, CPU); the metadata stays in ``batchdata``.
     """
     image = batchdata[K.IMAGE]
-    inputs = _plain(image).to(device=device, non_blocking=non_blocking, **kwargs)
+    inputs = convert_to_tensor(image, track_meta=False).to(device=device, non_blocking=non_blocking, **kwargs)
     targets: dict = {K.IMAGE.value: inputs}
     for key in TARGET_KEYS:
         if key not in batchdata:
             continue
         value = batchdata[key]
         if isinstance(value, (list, tuple)):
-            targets[key] = [_plain(v).to(device=device, non_blocking=non_blocking) for v in value]
+            targets[key] = [
+                convert_to_tensor(v, track_meta=False).to(device=device, non_blocking=non_blocking) for v in value
+            ]
         else:
-            targets[key] = _plain(value).to(device=device, non_blocking=non_blocking)
+            targets[key] = convert_to_tensor(value, track_meta=False).to(device=device, non_blocking=non_blocking)
     for key in PASSTHROUGH_KEYS:
         if key in batchdata:
             targets[key] = list(batchdata[key])

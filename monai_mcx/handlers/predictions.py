@@ -371,7 +371,7 @@ class PredictionWriter:
         path: Path,
     ) -> None:
         """Draw the mask and boxes over the background (``gray``, or the image read again when None), write the
-        PNG atomically."""
+        overlay (``overlay_format``) atomically."""
         gray = self._background(src, fallback, orig, gray)
         im = overlay_image(gray, mask_rows_cols, boxes, scores)
         write_bytes_atomic(_jpeg_bytes(im) if self.overlay_format == "jpg" else _png_bytes(im), path)

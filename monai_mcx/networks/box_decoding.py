@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from monai.apps.detection.utils.box_coder import BoxCoder
 from monai.apps.detection.utils.box_selector import BoxSelector
-from monai.data import MetaTensor
+from monai.data.box_utils import batched_nms as monai_batched_nms
+from monai.utils import convert_to_tensor
 from torch import Tensor, nn
 
 from monai_mcx.keys import DetKeys, PredKeys
@@ -57,27 +58,14 @@ def num_anchors_per_location(maps: Sequence[Tensor], num_total_anchors: int) -> 
     return num_total_anchors // locs
 
 
-def _plain(t: Tensor) -> Tensor:
-    return t.as_tensor() if isinstance(t, MetaTensor) else t
-
-
 def _batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, nms_thresh: float) -> Tensor:
     """Indices kept by greedy NMS run separately in each group, by decreasing score: torchvision's compiled
-    ``batched_nms`` when torchvision is installed, else MONAI's ``batched_nms`` (a Python loop) per group."""
+    ``batched_nms`` when torchvision is installed, else MONAI's (a Python loop over the kept boxes)."""
     try:
         from torchvision.ops import batched_nms
     except ImportError:  # torchvision is optional (the ``detection`` extra)
-        batched_nms = None
-    if batched_nms is not None:
-        return batched_nms(boxes, scores, groups, nms_thresh)
-    from monai.data.box_utils import non_max_suppression
-
-    kept = []
-    for g in torch.unique(groups):
-        idx = torch.where(groups == g)[0]
-        kept.append(idx[torch.as_tensor(non_max_suppression(boxes[idx], scores[idx], nms_thresh), dtype=torch.long)])
-    keep = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long, device=boxes.device)
-    return keep[torch.argsort(scores[keep], descending=True, stable=True)]
+        return monai_batched_nms(boxes, scores, groups, nms_thresh)
+    return batched_nms(boxes, scores, groups, nms_thresh)
 
 
 def decode_boxes(
@@ -118,7 +106,7 @@ def decode_boxes(
     # plain tensors: a MONAI MetaTensor (the outputs of a network called on one) would apply its batch-metadata
     # rules to the batched indexing below
     box_cls_logits, box_regression, anchors = (
-        [_plain(t) for t in ts] for ts in (box_cls_logits, box_regression, anchors)
+        [convert_to_tensor(t, track_meta=False) for t in ts] for ts in (box_cls_logits, box_regression, anchors)
     )
     num_anchors = num_anchors_per_location(box_cls_logits, int(anchors[0].shape[0]))
     per_level = [int(m.shape[-2]) * int(m.shape[-1]) * num_anchors for m in box_cls_logits]
