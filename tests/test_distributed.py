@@ -274,7 +274,8 @@ def _ddp_skip_worker(rank: int, init_file: str, out_file: str) -> None:
 def test_ddp_skipping_heads_equals_one_process(tmp_path):
     """Two ranks that skip different heads train the same weights as one process that computes each rank's
     shard in turn (DDP's gradient mean = the mean of the shards' gradients; BatchNorm uses each shard's own
-    statistics in both) and skips the same heads. No hang, no unused-parameter error."""
+    statistics in both) and skips the same heads, each head running on its task's selected samples only. No
+    hang, no unused-parameter error."""
     import torch.multiprocessing as mp
 
     from test_skip_heads import make_loss, make_optimizer, tiny_net
@@ -298,7 +299,9 @@ def test_ddp_skipping_heads_equals_one_process(tmp_path):
                 b = shards[rank][step]
                 sel = loss.select(b, net.tasks)
                 needed = loss.needed_tasks(sel)
-                out = loss(net(b["image"], tasks=needed if len(needed) < len(net.tasks) else None), b, sel)
+                # as MultiTaskTrainer: each head that runs sees only its task's selected samples
+                samples = {t: sel[t] for t in needed}
+                out = loss(net(b["image"], tasks=needed or None, samples=samples), b, sel, gathered=bool(needed))
                 (out["loss"] / 2).backward()
             if step == 2:  # no rank ran the localization head: zero gradient (momentum and decay act as before)
                 assert all(torch.count_nonzero(p.grad) == 0 for p in net.localization_head.parameters())

@@ -57,6 +57,15 @@ class MultiTaskTrainer(SupervisedTrainer):
     It needs a loss with ``select``/``needed_tasks`` and a network with ``tasks`` and a
     ``forward(image, tasks=...)`` (MultiCheXNet); under ``DistributedDataParallel`` it needs
     ``find_unused_parameters=True`` (ranks may then skip different heads); otherwise every head is computed.
+
+    ``heads_on_selected_samples`` (default on, with ``skip_unlabelled_heads``): each head that runs sees only the
+    samples its task trains on (``MultiCheXNet.forward(image, samples=selection)``; the encoder sees the whole
+    batch): on disjoint data the segmentation decoder no longer runs on the images labelled for the classifier
+    only, nor, with ``positive_only`` teacher forcing, on the negatives. The loss terms are the same numbers.
+    Two things change with it: the segmentation decoder's BatchNorm statistics come from its selected samples
+    only (its training batch is then the samples it learns from), and no gradient reaches an unselected image
+    through those statistics. ``engine.state.output["pred"]`` then holds, per head, the rows of
+    ``engine.state.output["selection"][task]``.
     """
 
     def __init__(
@@ -65,6 +74,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         prepare_batch: Callable = prepare_cxr_batch,
         clip_grad_norm: float | None = None,
         skip_unlabelled_heads: bool = True,
+        heads_on_selected_samples: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("decollate", False)
@@ -72,6 +82,7 @@ class MultiTaskTrainer(SupervisedTrainer):
         super().__init__(*args, prepare_batch=prepare_batch, **_amp_on_cuda_only(device, kwargs))
         self.clip_grad_norm = clip_grad_norm
         self.skip_unlabelled_heads = bool(skip_unlabelled_heads) and self._can_skip_heads()
+        self.heads_on_selected_samples = self.skip_unlabelled_heads and bool(heads_on_selected_samples)
         self._epoch_samplers()
 
     def _epoch_samplers(self) -> None:
@@ -108,13 +119,18 @@ class MultiTaskTrainer(SupervisedTrainer):
         tasks = list(getattr(engine.network, "module", engine.network).tasks)
         selection = engine.loss_function.select(targets, tasks)
         needed = engine.loss_function.needed_tasks(selection)
-        if needed and len(needed) < len(tasks):
+        engine.state.output["selection"] = selection
+        gathered = bool(needed) and self.heads_on_selected_samples
+        if gathered:
+            samples = {t: selection[t] for t in needed}
+            pred = engine.inferer(inputs, engine.network, tasks=needed, samples=samples)
+        elif needed and len(needed) < len(tasks):
             pred = engine.inferer(inputs, engine.network, tasks=needed)
         else:  # all heads, or none needed: every head, the loss an exact zero in the graph
             pred = engine.inferer(inputs, engine.network)
         engine.state.output[Keys.PRED] = pred
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        return engine.loss_function(pred, targets, selection)
+        return engine.loss_function(pred, targets, selection, gathered=gathered)
 
     def _iteration(self, engine: MultiTaskTrainer, batchdata: dict) -> dict:
         if batchdata is None:

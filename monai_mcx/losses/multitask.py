@@ -20,6 +20,8 @@ forward pass, so a trainer can leave out the heads whose task has no usable samp
 (:meth:`MultiCheXNetLoss.needed_tasks`, ``MultiCheXNet.forward(image, tasks=...)``) and hand the same
 selection to ``forward(outputs, targets, selection)``: a task whose head was not computed gives an exact
 zero outside the graph, and the anchor generation and matching of the localization loss never run for it.
+With ``gathered=True`` the outputs hold, per task, only the rows of its selected samples
+(``MultiCheXNet.forward(image, samples=selection)``): each head then runs on the samples its task trains on.
 """
 
 from __future__ import annotations
@@ -152,15 +154,34 @@ class MultiCheXNetLoss(nn.Module):
         outputs: Mapping[str, object],
         targets: Mapping[str, object],
         selection: Mapping[str, torch.Tensor] | None = None,
+        gathered: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Args:
         outputs: the network's output dict (the heads computed).
         targets: the batch targets (class docstring).
         selection: from :meth:`select`; default: drawn here for the heads present in ``outputs``. A task
             in ``selection`` whose head is absent from ``outputs`` must have no sample; its term is 0.
+        gathered: the outputs of each task hold only its selected samples, row ``j`` for batch item
+            ``selection[task][j]`` (``MultiCheXNet.forward(image, samples=selection)``); needs ``selection``.
+            The terms are the same as from whole-batch outputs (up to floating-point rounding).
         """
         if selection is None:
+            if gathered:
+                raise ValueError("MultiCheXNetLoss: gathered outputs need the selection they were gathered with.")
             selection = self.select(targets, [t for t, k in _OUTPUT_KEYS.items() if k in outputs])
+
+        def rows(task: str, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(rows of the outputs, rows of the targets) of the task's selected samples."""
+            idx = selection[task].to(first.device)
+            if not gathered:
+                return idx, idx
+            if first.shape[0] != idx.numel():
+                raise ValueError(
+                    f"MultiCheXNetLoss: gathered {task} outputs have {first.shape[0]} rows for {idx.numel()} "
+                    "selected samples."
+                )
+            return torch.arange(idx.numel(), device=first.device), idx
+
         terms: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
         device = targets["image"].device if "image" in targets else None
@@ -173,19 +194,19 @@ class MultiCheXNetLoss(nn.Module):
 
         if "classification" in selection and "class_logits" in outputs:
             logits = outputs["class_logits"]
-            idx = selection["classification"].to(logits.device)
+            oi, idx = rows("classification", logits)
             if idx.numel():
                 y = targets["label"].to(logits.device, logits.dtype)
-                terms["classification"] = self.classification_loss(logits[idx].float(), y[idx].float())
+                terms["classification"] = self.classification_loss(logits[oi].float(), y[idx].float())
             else:
                 terms["classification"] = _zero(logits)
 
         if "segmentation" in selection and "seg_logits" in outputs:
             logits = outputs["seg_logits"]
-            idx = selection["segmentation"].to(logits.device)
+            oi, idx = rows("segmentation", logits)
             if idx.numel():
                 m = targets["mask"].to(logits.device)
-                terms["segmentation"] = self.segmentation_loss(logits[idx].float(), m[idx].float())
+                terms["segmentation"] = self.segmentation_loss(logits[oi].float(), m[idx].float())
             else:
                 terms["segmentation"] = _zero(logits)
 
@@ -193,12 +214,12 @@ class MultiCheXNetLoss(nn.Module):
             cls_maps, reg_maps = outputs["box_cls_logits"], outputs["box_regression"]
             if self.localization_loss is None:
                 raise ValueError("the network has a localization head but MultiCheXNetLoss got no localization_loss")
-            idx = selection["localization"].to(cls_maps[0].device)
+            oi, idx = rows("localization", cls_maps[0])
             if idx.numel():
                 images = targets["image"][idx]
                 boxes = [torch.as_tensor(targets["boxes"][int(i)]).to(cls_maps[0].device).float() for i in idx]
                 parts = self.localization_loss(
-                    [c[idx].float() for c in cls_maps], [r[idx].float() for r in reg_maps], images, boxes
+                    [c[oi].float() for c in cls_maps], [r[oi].float() for r in reg_maps], images, boxes
                 )
                 terms["localization"] = sum(parts.values()) + _zero(cls_maps) + _zero(reg_maps)
             else:

@@ -12,7 +12,9 @@ the keys of the built tasks (``docs/CONTRACTS.md``):
 
 ``forward(image, tasks=[...])`` computes only the named heads (the encoder always runs): the trainer skips a
 head whose task has no usable sample in the batch, and inference can switch off a head it does not need.
-The parameters and the state dict are the same whatever ``tasks`` is given.
+``forward(image, samples={task: indices})`` runs a head on those images of the batch only (its outputs then
+have ``len(indices)`` rows, in that order): the trainer runs each head on the samples its task trains on.
+The parameters and the state dict are the same whatever ``tasks`` or ``samples`` is given.
 
 Box maps are raw; decoding (anchors, box coder, NMS) is :mod:`monai_mcx.networks.box_decoding`.
 """
@@ -20,7 +22,7 @@ Box maps are raw; decoding (anchors, box coder, NMS) is :mod:`monai_mcx.networks
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from torch import Tensor, nn
 
@@ -31,6 +33,22 @@ from .heads import ClassificationHead, LocalizationHead, SegmentationDecoder
 __all__ = ["TASKS", "MultiCheXNet", "MultiCheXNetHead", "MultiCheXNetExport"]
 
 TASKS: tuple[str, ...] = ("classification", "segmentation", "localization")
+
+
+def _rows(features: List[Tensor], samples: Optional[Dict[str, Tensor]], task: str) -> List[Tensor]:
+    """The encoder features of the images ``samples[task]`` (all of them when the task is not in ``samples``)."""
+    if samples is None or task not in samples:
+        return features
+    idx = samples[task].to(features[0].device)
+    return [f.index_select(0, idx) for f in features]
+
+
+def _one_value_per_channel(features: List[Tensor], samples: Optional[Dict[str, Tensor]], task: str) -> bool:
+    """The images ``samples[task]`` would give a feature map one value per channel (one image, a 1 x 1 map)."""
+    if samples is None or task not in samples:
+        return False
+    smallest = min([int(f.shape[2]) * int(f.shape[3]) for f in features])
+    return int(samples[task].numel()) * smallest < 2
 
 
 class MultiCheXNet(nn.Module):
@@ -115,13 +133,20 @@ class MultiCheXNet(nn.Module):
             self.box_strides = [strides[i] for i in self.localization_head.feature_levels]
         self.num_anchors = int(num_anchors)
 
-    def forward(self, image: Tensor, tasks: Optional[List[str]] = None) -> dict[str, Tensor | list[Tensor]]:
+    def forward(
+        self, image: Tensor, tasks: Optional[List[str]] = None, samples: Optional[Dict[str, Tensor]] = None
+    ) -> dict[str, Tensor | list[Tensor]]:
         """Run the encoder and the heads of ``tasks``.
 
         Args:
             image: ``(B, in_channels, W, H)``.
             tasks: the heads to compute, a subset of ``self.tasks`` (default: every built head). A head
                 left out is not run and its keys are absent from the output.
+            samples: ``{task: (n,) long indices into the batch}``: that head runs on the encoder features of
+                those images only and its outputs have ``n`` rows, in the order of the indices (a task
+                absent from ``samples`` runs on the whole batch). The encoder always sees the whole batch.
+                In training, a segmentation selection that would leave BatchNorm one value per channel (one
+                image whose smallest feature map is 1 x 1) runs the decoder on the whole batch and keeps its rows.
 
         Returns:
             dict of the computed heads' outputs (module docstring).
@@ -141,13 +166,19 @@ class MultiCheXNet(nn.Module):
         out: dict[str, Tensor | list[Tensor]] = {}
         cls_head = self.classification_head
         if run_cls and cls_head is not None:
-            out["class_logits"] = cls_head(features[-1])
+            out["class_logits"] = cls_head(_rows(features, samples, "classification")[-1])
         seg_head = self.segmentation_head
         if run_seg and seg_head is not None:
-            out["seg_logits"] = seg_head(features, image.shape[2:])
+            if self.training and _one_value_per_channel(features, samples, "segmentation"):
+                # BatchNorm cannot train on one value per channel (one sample, a 1 x 1 map): whole batch, then rows
+                assert samples is not None
+                idx = samples["segmentation"].to(image.device)
+                out["seg_logits"] = seg_head(features, image.shape[2:]).index_select(0, idx)
+            else:
+                out["seg_logits"] = seg_head(_rows(features, samples, "segmentation"), image.shape[2:])
         loc_head = self.localization_head
         if run_loc and loc_head is not None:
-            box_maps = loc_head(features)
+            box_maps = loc_head(_rows(features, samples, "localization"))
             out["box_cls_logits"] = box_maps["box_cls_logits"]
             out["box_regression"] = box_maps["box_regression"]
         return out
