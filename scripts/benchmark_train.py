@@ -8,10 +8,12 @@ Data sets (each preprocessed once into memory, so the timings hold the training 
   when given; there is no single-task segmentation model (nothing to train it on) and MultiCheXNet's
   segmentation head is skipped in every step (no masks);
 - ``demo_disjoint``: the demo data with disjoint training thirds (boxes only / masks only / classes only);
-  each single-task model trains on its own third, MultiCheXNet on all, in mixed batches.
+  each single-task model trains on its own third, MultiCheXNet on all, in mixed batches (and, as a second
+  MultiCheXNet variant, in task-grouped batches).
 
 Every model is :class:`monai_mcx.networks.MultiCheXNet` (single-task: ``tasks=("<task>",)``), trained by
-:class:`monai_mcx.engines.MultiTaskTrainer` (heads without a usable sample skipped) with the bundle's loss
+:class:`monai_mcx.engines.MultiTaskTrainer` (heads without a usable sample skipped, each head run on the
+samples its task trains on) with the bundle's loss
 (teacher forcing ``positive_only``), AdamW, batch ``--batch-size``. Epochs are run INTERLEAVED: epoch ``e`` of
 every variant, in an order rotating with ``e``, before epoch ``e + 1`` of any, so load changes of the shared
 machine hit all variants alike. After each epoch the variant is validated (not timed): AUC, Dice on
@@ -21,6 +23,9 @@ Time to quality: per task the target is ``--quality-fraction`` x the lower of th
 reached by MultiCheXNet and by the single-task model; a model's time to it is its cumulative training time at
 the first epoch that reaches it. MultiCheXNet's time to all targets is the max over its tasks; the
 single-task models' is the sum of theirs.
+
+``--whole-batch-heads`` adds a MultiCheXNet variant trained with ``heads_on_selected_samples=False`` (every
+head that runs sees the whole batch, as before that option), so that its effect is measured in the same run.
 
 Peak memory (``--memory``): peak RSS of a fresh process during one training step at batch ``--batch-size``
 per image size, minus its RSS before the step (model built, one small warm-up step done).
@@ -58,6 +63,11 @@ from monai_mcx.networks.multichexnet import TASKS  # noqa: E402
 
 TARGET_JOINT = 0.45
 TARGET_DISJOINT = 1.0
+#: MultiCheXNet variants besides the default one, with their label in the table
+ALTERNATIVES = {
+    "multichexnet_grouped": "task-grouped batches",
+    "multichexnet_whole_batch_heads": "heads on the whole batch",
+}
 METRIC = {
     "classification": "classification/auc",
     "segmentation": "segmentation/dice_positive",
@@ -125,6 +135,7 @@ class Variant:
         batch_size: int,
         grouped: bool = False,
         set_to_none: bool = False,
+        trainer_kwargs: dict | None = None,
     ):
         from monai_mcx.engines import MultiTaskTrainer
         from monai_mcx.losses import LocalizationLoss, MultiCheXNetLoss
@@ -139,6 +150,7 @@ class Variant:
         self.decoder = BoxDecoder(gen, score_thresh=0.05, nms_thresh=0.4, detections_per_img=20)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4)
         self.trainer_cls = MultiTaskTrainer
+        self.trainer_kwargs = dict(trainer_kwargs or {})
         self.epoch_seconds: list[float] = []
         self.history: list[dict] = []
         self.heads_run = {t: 0 for t in tasks}
@@ -156,6 +168,7 @@ class Variant:
                 optimizer=self.opt,
                 loss_function=self.loss,
                 optim_set_to_none=self.set_to_none,
+                **self.trainer_kwargs,
             )
         t0 = time.perf_counter()
         out = self.trainer._iteration(self.trainer, batch)
@@ -231,6 +244,19 @@ def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) ->
                 set_to_none=args.grouped_set_to_none,
             )
         )
+    if args.whole_batch_heads:
+        variants.append(
+            Variant(
+                "multichexnet_whole_batch_heads",
+                TASKS,
+                train,
+                args.encoder,
+                anchors,
+                args.lr,
+                args.batch_size,
+                trainer_kwargs={"heads_on_selected_samples": False},
+            )
+        )
     for t in present:
         own = [it for it in train if t in tasks_of(it)]
         variants.append(Variant(f"single_{t}", (t,), own, args.encoder, anchors, args.lr, args.batch_size))
@@ -293,14 +319,16 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
         t_single[task] = time_to(v["history"], v["epoch_seconds"], key, targets[task])
     mcx_all = max(t_mcx.values()) if all(x is not None for x in t_mcx.values()) else None
     single_all = sum(t_single.values()) if all(x is not None for x in t_single.values()) else None
-    grouped = None
-    if "multichexnet_grouped" in runs:  # task-grouped batches (disjoint data), against the same targets
-        g = runs["multichexnet_grouped"]
+    alternatives = {}
+    for alt in ALTERNATIVES:  # other MultiCheXNet variants, against the same targets
+        if alt not in runs:
+            continue
+        g = runs[alt]
         t_g = {t: time_to(g["history"], g["epoch_seconds"], METRIC[t], x) for t, x in targets.items()}
         g_all = max(t_g.values()) if t_g and all(x is not None for x in t_g.values()) else None
-        grouped = {
-            "ratio_epoch_vs_sum_single": epoch_ratio("multichexnet_grouped")[0],
-            "ratio_per_epoch": epoch_ratio("multichexnet_grouped")[1],
+        alternatives[alt] = {
+            "ratio_epoch_vs_sum_single": epoch_ratio(alt)[0],
+            "ratio_per_epoch": epoch_ratio(alt)[1],
             "time_to_target_s": t_g,
             "time_to_all_targets_s": g_all,
             "ratio_time_to_quality": round(g_all / single_all, 3) if g_all and single_all else None,
@@ -328,7 +356,8 @@ def summarize(name: str, n_train: int, n_val: int, present: list[str], runs: dic
         "time_to_all_targets_s_mcx": mcx_all,
         "time_to_all_targets_s_sum_single": single_all,
         "ratio_time_to_quality": round(mcx_all / single_all, 3) if mcx_all and single_all else None,
-        "grouped": grouped,
+        "grouped": alternatives.get("multichexnet_grouped"),
+        "alternatives": alternatives,
         "best_val": best,
         "heads_run_steps": {k: v.get("heads_run") for k, v in runs.items()},
         "training_items": {k: v.get("n_items") for k, v in runs.items()},
@@ -461,7 +490,8 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
         f"per epoch at equal quality; disjoint data ≤ {TARGET_DISJOINT} ×.",
         "",
         f"Encoder `{args.encoder}`, {args.size} px, batch {args.batch_size}, {args.epochs} epochs, AdamW lr "
-        f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped. Training steps "
+        f"{args.lr}, teacher forcing `positive_only`, heads without a usable sample skipped, each head run on the "
+        "samples its task trains on (`heads_on_selected_samples`). Training steps "
         "interleaved round robin across the variants (a change of load hits all of them alike): s/epoch columns are medians over epochs; *MCX / sum* is the median over epochs of "
         "(MultiCheXNet's epoch / the three single-task models' same epoch, summed), each ratio taken from "
         "variants that ran back to back under one load. **Only the ratios, measured in one run, are meaningful** (the "
@@ -484,11 +514,14 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
             f"{fmt(r['sum_single_epoch_s'])} | {r['ratio_epoch_mcx_vs_sum_single']:.3f} | ≤ {goal} | "
             f"{'yes' if r['ratio_epoch_mcx_vs_sum_single'] <= goal else 'no'} | {ttq} |"
         )
-        g = r.get("grouped")
-        g_label = ", optimizer skips untrained heads" if getattr(args, "grouped_set_to_none", False) else ""
-        if g:
+        for alt, g in r.get("alternatives", {"multichexnet_grouped": r.get("grouped")}).items():
+            if not g:
+                continue
+            label = ALTERNATIVES[alt]
+            if alt == "multichexnet_grouped" and getattr(args, "grouped_set_to_none", False):
+                label += ", optimizer skips untrained heads"
             lines.append(
-                f"| {r['dataset']}, task-grouped batches{g_label} | {r['n_train']} | {fmt(med['multichexnet_grouped'])} | "
+                f"| {r['dataset']}, {label} | {r['n_train']} | {fmt(med[alt])} | "
                 f"{singles} | {fmt(r['sum_single_epoch_s'])} | {g['ratio_epoch_vs_sum_single']:.3f} | ≤ {goal} | "
                 f"{'yes' if g['ratio_epoch_vs_sum_single'] <= goal else 'no'} | "
                 f"{fmt(g['time_to_all_targets_s'], 1)} s / {fmt(r['time_to_all_targets_s_sum_single'], 1)} s"
@@ -507,11 +540,15 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
         )
         tg = ", ".join(f"{METRIC[t]} ≥ {x}" for t, x in r["quality_targets"].items())
         heads = r["heads_run_steps"].get("multichexnet")
-        heads_g = r["heads_run_steps"].get("multichexnet_grouped")
+        heads_alt = "".join(
+            f" With {label}: {r['heads_run_steps'][alt]}."
+            for alt, label in ALTERNATIVES.items()
+            if r["heads_run_steps"].get(alt)
+        )
         lines.append(
             f"- `{r['dataset']}` ({r['epochs']} epochs): targets {tg}. Best: {best}."
             + (f" Steps in which MultiCheXNet ran each head: {heads}." if heads else "")
-            + (f" With task-grouped batches: {heads_g}." if heads_g else "")
+            + heads_alt
         )
     if memory:
         lines += [
@@ -557,6 +594,11 @@ def parse_args(argv=None):
         "--grouped-set-to-none",
         action="store_true",
         help="task-grouped MultiCheXNet with optim_set_to_none=True: AdamW skips the heads a batch did not train",
+    )
+    p.add_argument(
+        "--whole-batch-heads",
+        action="store_true",
+        help="add a MultiCheXNet variant whose heads run on the whole batch (heads_on_selected_samples=False)",
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(

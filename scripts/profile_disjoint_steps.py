@@ -5,7 +5,10 @@
 models). This script takes the interleaving out: (1) *same batch*: for each task, a 16-image batch with only that
 task's annotation goes through MultiCheXNet (three heads built, one run: the trainer skips the others) and through
 the single-task model in alternation, ``--repeats`` times; (2) *epochs*: task-grouped MultiCheXNet epochs against
-the three single-task models' epochs, each model run on its own. Medians; writes a JSON.
+the three single-task models' epochs, each model run on its own; (3) *mixed batch*: one batch of ``--per-task``
+images of each task through MultiCheXNet (each head on its task's images, and with the heads on the whole batch),
+through each single-task model on its own images, and through a classification-only model on the whole batch
+(the encoder's share), interleaved. Medians; writes a JSON.
 
 Example::
 
@@ -38,6 +41,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--per-task", type=int, default=5, help="images of each task in the mixed batch")
     ap.add_argument("--output", type=Path, default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -74,7 +78,9 @@ def main(argv=None) -> dict:
         s = sum(v.step(b) for v in singles.values() for b in bt.batches(v.items, 16, seed=epoch))
         epochs.append({"epoch": epoch + 1, "grouped_s": g, "singles_sum_s": s, "ratio": g / s})
         print(epochs[-1], flush=True)
+    mixed = mixed_batch(own, train, anchors, a)
     out = {
+        "mixed_batch": mixed,
         "encoder": a.encoder,
         "size": a.size,
         "batch": 16,
@@ -89,6 +95,56 @@ def main(argv=None) -> dict:
     }
     if a.output:
         write_json_atomic(out, a.output)
+    return out
+
+
+def mixed_batch(own: dict, train: list, anchors, a) -> dict:
+    """Section (3): median seconds per step on one mixed batch, and MultiCheXNet / the three single steps."""
+    from monai_mcx.data import collate_cxr
+
+    n = a.per_task
+    batch = collate_cxr([it for t in bt.TASKS for it in own[t][:n]])
+    parts = {t: collate_cxr(own[t][:n]) for t in bt.TASKS}
+    runs = {
+        "mcx": (bt.Variant("mcx", bt.TASKS, train, a.encoder, anchors, 2e-3, 16), batch),
+        "mcx_whole_batch_heads": (
+            bt.Variant(
+                "mcxw",
+                bt.TASKS,
+                train,
+                a.encoder,
+                anchors,
+                2e-3,
+                16,
+                trainer_kwargs={"heads_on_selected_samples": False},
+            ),
+            batch,
+        ),
+        "classification_only_whole_batch": (
+            bt.Variant("c", ("classification",), train, a.encoder, anchors, 2e-3, 16),
+            batch,
+        ),
+    }
+    for t in bt.TASKS:
+        runs[f"single_{t}"] = (bt.Variant(t, (t,), own[t], a.encoder, anchors, 2e-3, 16), parts[t])
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for v, b in runs.values():
+        v.step(b)  # warm-up
+    names = list(runs)
+    for r in range(a.repeats):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            v, b = runs[k]
+            times[k].append(v.step(b))
+    med = {k: statistics.median(x) for k, x in times.items()}
+    singles = sum(med[f"single_{t}"] for t in bt.TASKS)
+    out = {
+        "images_per_task": n,
+        "median_step_s": med,
+        "sum_single_s": singles,
+        "ratio_mcx_vs_sum_single": med["mcx"] / singles,
+        "ratio_mcx_whole_batch_heads_vs_sum_single": med["mcx_whole_batch_heads"] / singles,
+    }
+    print("mixed batch", out, flush=True)
     return out
 
 

@@ -46,3 +46,21 @@ def test_benchmark_inference_runs_with_a_described_model(tmp_path):
     records = json.loads(out_json.read_text())
     assert "end_to_end" in json.dumps(records)
     assert "forward only" in out_md.read_text()
+
+
+def test_benchmark_train_measures_whole_batch_heads_beside_the_default(tmp_path):
+    """A tiny disjoint run: the default MultiCheXNet, the task-grouped and the whole-batch-heads variants and the
+    single-task models all train, and the table has a row for each MultiCheXNet variant."""
+    out_json, out_md = tmp_path / "t.json", tmp_path / "t.md"
+    out_md.write_text("# benchmarks\n")
+    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_train.py"), "--datasets", "demo_disjoint"]
+    cmd += ["--demo-images", "30", "--size", "32", "--epochs", "1", "--batch-size", "8", "--max-val", "6"]
+    cmd += ["--threads", "1", "--memory-sizes", "--whole-batch-heads", "--out-json", str(out_json)]
+    cmd += ["--out-md", str(out_md)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (record,) = json.loads(out_json.read_text())["training"]["records"]
+    assert set(record["alternatives"]) == {"multichexnet_grouped", "multichexnet_whole_batch_heads"}
+    assert record["alternatives"]["multichexnet_whole_batch_heads"]["ratio_epoch_vs_sum_single"] > 0
+    text = out_md.read_text()
+    assert "demo_disjoint, heads on the whole batch" in text and "demo_disjoint, task-grouped batches" in text
