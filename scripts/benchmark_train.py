@@ -229,34 +229,15 @@ def time_to(history: list[dict], seconds: list[float], key: str, target: float) 
 def run_dataset(name: str, train: list[dict], val: list[dict], args, anchors) -> dict:
     """Train MultiCheXNet and the single-task models interleaved on one data set; one summary record."""
     present = [t for t in TASKS if any(t in tasks_of(it) for it in train)]
-    variants = [Variant("multichexnet", TASKS, train, args.encoder, anchors, args.lr, args.batch_size)]
+
+    def mcx(variant: str, **kwargs) -> Variant:
+        return Variant(variant, TASKS, train, args.encoder, anchors, args.lr, args.batch_size, **kwargs)
+
+    variants = [mcx("multichexnet")]
     if len({tuple(sorted(tasks_of(it))) for it in train}) > 1:  # disjoint (or partly disjoint) labels
-        variants.append(
-            Variant(
-                "multichexnet_grouped",
-                TASKS,
-                train,
-                args.encoder,
-                anchors,
-                args.lr,
-                args.batch_size,
-                grouped=True,
-                set_to_none=args.grouped_set_to_none,
-            )
-        )
+        variants.append(mcx("multichexnet_grouped", grouped=True, set_to_none=args.grouped_set_to_none))
     if args.whole_batch_heads:
-        variants.append(
-            Variant(
-                "multichexnet_whole_batch_heads",
-                TASKS,
-                train,
-                args.encoder,
-                anchors,
-                args.lr,
-                args.batch_size,
-                trainer_kwargs={"heads_on_selected_samples": False},
-            )
-        )
+        variants.append(mcx("multichexnet_whole_batch_heads", trainer_kwargs={"heads_on_selected_samples": False}))
     for t in present:
         own = [it for it in train if t in tasks_of(it)]
         variants.append(Variant(f"single_{t}", (t,), own, args.encoder, anchors, args.lr, args.batch_size))
