@@ -164,3 +164,18 @@ def test_one_selected_image_with_a_one_pixel_map_trains_on_the_whole_batch_rows(
     # two images are enough for BatchNorm: gathered as usual
     two = net(x, tasks=["segmentation"], samples={"segmentation": torch.tensor([0, 2])})["seg_logits"]
     assert two.shape[0] == 2
+
+
+def test_a_network_without_samples_argument_runs_its_heads_on_the_whole_batch():
+    """Skipping heads needs only ``tasks``; a network whose forward takes no ``samples`` must still train."""
+    from monai_mcx.networks import MultiCheXNet
+
+    class TasksOnly(MultiCheXNet):
+        def forward(self, image, tasks=None):  # the interface before heads_on_selected_samples
+            return super().forward(image, tasks)
+
+    torch.manual_seed(0)
+    net = TasksOnly("densenet-tiny", class_names=("a",), num_anchors=3, dropout=0.0)
+    seen, outs = _decoder_batch_sizes(net, [make_batch("cfnc", seed=2)])
+    assert seen == [4] and outs[0]["losses"]["segmentation"] > 0
+    assert "selection" in outs[0]

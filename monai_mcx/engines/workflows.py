@@ -7,6 +7,7 @@ terms, and batches are never decollated (boxes are per-item lists).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -65,7 +66,8 @@ class MultiTaskTrainer(SupervisedTrainer):
     Two things change with it: the segmentation decoder's BatchNorm statistics come from its selected samples
     only (its training batch is then the samples it learns from), and no gradient reaches an unselected image
     through those statistics. ``engine.state.output["pred"]`` then holds, per head, the rows of
-    ``engine.state.output["selection"][task]``.
+    ``engine.state.output["selection"][task]``. A network whose ``forward`` has no ``samples`` argument runs its
+    heads on the whole batch.
     """
 
     def __init__(
@@ -82,7 +84,9 @@ class MultiTaskTrainer(SupervisedTrainer):
         super().__init__(*args, prepare_batch=prepare_batch, **_amp_on_cuda_only(device, kwargs))
         self.clip_grad_norm = clip_grad_norm
         self.skip_unlabelled_heads = bool(skip_unlabelled_heads) and self._can_skip_heads()
-        self.heads_on_selected_samples = self.skip_unlabelled_heads and bool(heads_on_selected_samples)
+        self.heads_on_selected_samples = (
+            self.skip_unlabelled_heads and bool(heads_on_selected_samples) and self._network_takes_samples()
+        )
         self._epoch_samplers()
 
     def _epoch_samplers(self) -> None:
@@ -108,6 +112,12 @@ class MultiTaskTrainer(SupervisedTrainer):
             net = net.module
         loss = self.loss_function
         return hasattr(net, "tasks") and hasattr(loss, "select") and hasattr(loss, "needed_tasks")
+
+    def _network_takes_samples(self) -> bool:
+        """The network's ``forward`` has a ``samples`` argument (MultiCheXNet does; other networks run their
+        heads on the whole batch)."""
+        net = getattr(self.network, "module", self.network)
+        return "samples" in inspect.signature(net.forward).parameters
 
     def _forward_and_loss(self, engine: MultiTaskTrainer, inputs: torch.Tensor, targets: dict) -> dict:
         """Forward pass (only the heads the batch needs, see the class docstring) and the loss dict."""
