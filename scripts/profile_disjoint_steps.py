@@ -105,28 +105,20 @@ def mixed_batch(own: dict, train: list, anchors, a) -> dict:
     n = a.per_task
     batch = collate_cxr([it for t in bt.TASKS for it in own[t][:n]])
     parts = {t: collate_cxr(own[t][:n]) for t in bt.TASKS}
+
+    def variant(tasks: tuple, items: list, **kwargs) -> bt.Variant:
+        return bt.Variant("v", tasks, items, a.encoder, anchors, 2e-3, 16, **kwargs)
+
     runs = {
-        "mcx": (bt.Variant("mcx", bt.TASKS, train, a.encoder, anchors, 2e-3, 16), batch),
+        "mcx": (variant(bt.TASKS, train), batch),
         "mcx_whole_batch_heads": (
-            bt.Variant(
-                "mcxw",
-                bt.TASKS,
-                train,
-                a.encoder,
-                anchors,
-                2e-3,
-                16,
-                trainer_kwargs={"heads_on_selected_samples": False},
-            ),
+            variant(bt.TASKS, train, trainer_kwargs={"heads_on_selected_samples": False}),
             batch,
         ),
-        "classification_only_whole_batch": (
-            bt.Variant("c", ("classification",), train, a.encoder, anchors, 2e-3, 16),
-            batch,
-        ),
+        "classification_only_whole_batch": (variant(("classification",), train), batch),
     }
     for t in bt.TASKS:
-        runs[f"single_{t}"] = (bt.Variant(t, (t,), own[t], a.encoder, anchors, 2e-3, 16), parts[t])
+        runs[f"single_{t}"] = (variant((t,), own[t]), parts[t])
     times: dict[str, list[float]] = {k: [] for k in runs}
     for v, b in runs.values():
         v.step(b)  # warm-up

@@ -35,20 +35,16 @@ __all__ = ["TASKS", "MultiCheXNet", "MultiCheXNetHead", "MultiCheXNetExport"]
 TASKS: tuple[str, ...] = ("classification", "segmentation", "localization")
 
 
-def _rows(features: List[Tensor], samples: Optional[Dict[str, Tensor]], task: str) -> List[Tensor]:
-    """The encoder features of the images ``samples[task]`` (all of them when the task is not in ``samples``)."""
+def _selected(samples: Optional[Dict[str, Tensor]], task: str) -> Optional[Tensor]:
+    """The batch indices the head of ``task`` runs on (None: the whole batch)."""
     if samples is None or task not in samples:
-        return features
-    idx = samples[task].to(features[0].device)
-    return [f.index_select(0, idx) for f in features]
+        return None
+    return samples[task]
 
 
-def _one_value_per_channel(features: List[Tensor], samples: Optional[Dict[str, Tensor]], task: str) -> bool:
-    """The images ``samples[task]`` would give a feature map one value per channel (one image, a 1 x 1 map)."""
-    if samples is None or task not in samples:
-        return False
-    smallest = min([int(f.shape[2]) * int(f.shape[3]) for f in features])
-    return int(samples[task].numel()) * smallest < 2
+def _take(x: Tensor, idx: Optional[Tensor]) -> Tensor:
+    """The rows ``idx`` of ``x`` (all of ``x`` when ``idx`` is None)."""
+    return x if idx is None else x.index_select(0, idx.to(x.device))
 
 
 class MultiCheXNet(nn.Module):
@@ -166,19 +162,19 @@ class MultiCheXNet(nn.Module):
         out: dict[str, Tensor | list[Tensor]] = {}
         cls_head = self.classification_head
         if run_cls and cls_head is not None:
-            out["class_logits"] = cls_head(_rows(features, samples, "classification")[-1])
+            out["class_logits"] = cls_head(_take(features[-1], _selected(samples, "classification")))
         seg_head = self.segmentation_head
         if run_seg and seg_head is not None:
-            if self.training and _one_value_per_channel(features, samples, "segmentation"):
+            idx = _selected(samples, "segmentation")
+            if idx is not None and self.training and idx.numel() * min([f.shape[2] * f.shape[3] for f in features]) < 2:
                 # BatchNorm cannot train on one value per channel (one sample, a 1 x 1 map): whole batch, then rows
-                assert samples is not None
-                idx = samples["segmentation"].to(image.device)
-                out["seg_logits"] = seg_head(features, image.shape[2:]).index_select(0, idx)
+                out["seg_logits"] = _take(seg_head(features, image.shape[2:]), idx)
             else:
-                out["seg_logits"] = seg_head(_rows(features, samples, "segmentation"), image.shape[2:])
+                out["seg_logits"] = seg_head([_take(f, idx) for f in features], image.shape[2:])
         loc_head = self.localization_head
         if run_loc and loc_head is not None:
-            box_maps = loc_head(_rows(features, samples, "localization"))
+            idx = _selected(samples, "localization")
+            box_maps = loc_head([_take(f, idx) for f in features])
             out["box_cls_logits"] = box_maps["box_cls_logits"]
             out["box_regression"] = box_maps["box_regression"]
         return out
