@@ -80,7 +80,16 @@ def test_overlay_image_box_edges_in_yellow_and_far_pixels_unchanged():
     rgb = np.asarray(overlay_image(gray, None, boxes=[[x1, y1, x2, y2]], scores=[0.87]))
     assert rgb.shape == (40, 60, 3)
     yellow = np.array([255, 255, 0])
-    for r, c in [(y1, x1), (y1, x2 - 1), (y2 - 1, x1), (y2 - 1, x2 - 1), (y1, 25), (y2 - 1, 25), (17, x1), (17, x2 - 1)]:
+    for r, c in [
+        (y1, x1),
+        (y1, x2 - 1),
+        (y2 - 1, x1),
+        (y2 - 1, x2 - 1),
+        (y1, 25),
+        (y2 - 1, 25),
+        (17, x1),
+        (17, x2 - 1),
+    ]:
         assert (rgb[r, c] == yellow).all(), (r, c)
     outside = np.ones((40, 60), dtype=bool)
     outside[y1:y2, x1:x2] = False

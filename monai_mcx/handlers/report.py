@@ -14,9 +14,9 @@ epoch completes it writes under ``output_dir``:
   95 % patient-bootstrap intervals at the chosen threshold and at fixed sensitivity targets;
 - ``plots/dice_hist.png``: Dice of the images with a non-empty true mask (ungated and gated);
 - ``plots/gallery.png``: the best and worst cases (by Dice where the image has a true mask, else by the
-  per-image box IoU of :func:`monai_mcx.metrics.box_quality`) with the X-ray, true (green) and predicted (red) mask contours and
-  boxes (predicted ones with their scores); with ``saliency``, each case has a second panel below it: the Grad-CAM
-  map of its most probable class over the X-ray, with the truth in green;
+  per-image box IoU of :func:`monai_mcx.metrics.box_quality`) with the X-ray, true (green) and predicted (red) mask
+  contours and boxes (predicted ones with their scores); with ``saliency``, each case has a second panel below it:
+  the Grad-CAM map of its most probable class over the X-ray, with the truth in green;
 - with ``explain/...`` keys in the metrics (:class:`monai_mcx.handlers.explain.SaliencyEvaluation`): a section
   "Explanations (saliency)" comparing the pointing game and the saliency mass inside the truth with the
   centred-Gaussian baseline and with the localization head's top box.
@@ -25,8 +25,9 @@ The thresholds chosen on the validation split (class thresholds, box operating p
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
 :class:`monai_mcx.artifact.OperatingPointWriter`.
 
-This handler only collects the per-image records and writes the report; the curves' numbers come from
-:mod:`monai_mcx.metrics` and the figures are drawn by :mod:`monai_mcx.visualize` (plots, gallery).
+This handler only collects the per-image records and writes the report: the curves' numbers come from
+:mod:`monai_mcx.metrics`, the figures are drawn by :mod:`monai_mcx.visualize` (plots, gallery), and the sections of
+``report.md`` that depend on the metrics alone are :mod:`monai_mcx.handlers.report_markdown`.
 """
 
 from __future__ import annotations
@@ -43,11 +44,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
-from monai_mcx.handlers.metrics import ORIGINAL_SUFFIX
+from monai_mcx.handlers.report_markdown import calibration_section, explain_section, metrics_section, plots_section
 from monai_mcx.metrics import box_quality, dice_per_image
 from monai_mcx.utils import write_text_atomic
 from monai_mcx.visualize import (
-    format_value,
     save_dice_histogram,
     save_gallery,
     save_pr_curve,
@@ -287,86 +287,6 @@ class EvaluationReport:
             links.append((name, rel))
         return links
 
-    def _calibration_section(self, metrics: dict, reliability_links: list[tuple[str, str]]) -> list[str]:
-        """Markdown: calibration before / after and the operating points with their confidence intervals."""
-        names = self.class_names
-        if not any(f"calibration/ece/{c}/raw" in metrics for c in names):
-            return []
-        d = self.deployed
-        lines = ["## Calibration and operating points", ""]
-        if d.calibrated:
-            temps = ", ".join(f"{c} T = {t:.4g}" for c, t in zip(names, d.calibration.temperatures))
-            fitted = metrics.get("calibration/fitted_on")
-            how = (
-                f"fitted on these {int(fitted)} labelled images (raw logits) before the thresholds were chosen"
-                if fitted is not None
-                else "read from the model description"
-            )
-            lines += [
-                f"Probabilities are calibrated by per-class temperature scaling, `p = sigmoid(z / T)` ({temps}; {how}). "
-                "Everything that leaves the model (inference JSON/CSV, MONAI Label, this report) is calibrated, and "
-                "the thresholds are chosen on the calibrated probabilities. Lower is better for all three scores; "
-                "ECE: 10 equal-width bins.",
-                "",
-                "| class | T | ECE raw | ECE calibrated | Brier raw | Brier calibrated | NLL raw | NLL calibrated |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            ]
-            for c in names:
-                vals = [metrics.get(f"calibration/temperature/{c}")]
-                for m in ("ece", "brier", "nll"):
-                    vals += [metrics.get(f"calibration/{m}/{c}/raw"), metrics.get(f"calibration/{m}/{c}")]
-                lines.append(f"| {c} | " + " | ".join(format_value(v) for v in vals) + " |")
-        else:
-            lines += [
-                "Probabilities are raw `sigmoid(z)` (no calibration).",
-                "",
-                "| class | ECE | Brier | NLL |",
-                "| --- | ---: | ---: | ---: |",
-            ]
-            for c in names:
-                vals = [metrics.get(f"calibration/{m}/{c}/raw") for m in ("ece", "brier", "nll")]
-                lines.append(f"| {c} | " + " | ".join(format_value(v) for v in vals) + " |")
-        lines.append("")
-        for c, rel in reliability_links:
-            lines += [f"![reliability {c}]({rel})", ""]
-
-        def ci(key: str) -> str:
-            v, lo, hi = metrics.get(key), metrics.get(f"{key}/ci_low"), metrics.get(f"{key}/ci_high")
-            if v is None:
-                return "n/a"
-            return f"{format_value(v)} [{format_value(lo)}, {format_value(hi)}]" if lo is not None else format_value(v)
-
-        ops = sorted({k.split("/")[1] for k in metrics if re.fullmatch(r"classification/sens[0-9.]+/threshold/.+", k)})
-        lines += [
-            "Operating points (sensitivity and specificity with 95 % confidence intervals, percentile bootstrap "
-            "over patients: all images of a patient are resampled together). *chosen*: the deployed class threshold; "
-            "*sensNN*: the highest threshold reaching NN % sensitivity on the validation split.",
-            "",
-            "| class | operating point | threshold | sensitivity [95 % CI] | specificity [95 % CI] | patients |",
-            "| --- | --- | ---: | --- | --- | ---: |",
-        ]
-        for c in names:
-            n_pat = metrics.get(f"classification/n_patients/{c}")
-            n_pat = "" if n_pat is None else str(int(n_pat))
-            lines.append(
-                f"| {c} | chosen | {format_value(metrics.get(f'classification/threshold/{c}'))} | "
-                f"{ci(f'classification/sensitivity/{c}')} | {ci(f'classification/specificity/{c}')} | {n_pat} |"
-            )
-            for op in ops:
-                lines.append(
-                    f"| {c} | {op} | {format_value(metrics.get(f'classification/{op}/threshold/{c}'))} | "
-                    f"{ci(f'classification/{op}/sensitivity/{c}')} | {ci(f'classification/{op}/specificity/{c}')} | "
-                    f"{n_pat} |"
-                )
-        if metrics.get("classification/patients_known") == 0.0:
-            lines += [
-                "",
-                "*Some images had no patient id: each of them was resampled as its own patient (the intervals are "
-                "too narrow where a patient has several images).*",
-            ]
-        lines.append("")
-        return lines
-
     def _gates(self) -> np.ndarray:
         """The deployed gate of every collected image (all True without a classifier)."""
         if not self._all_probs:
@@ -381,7 +301,9 @@ class EvaluationReport:
         plots_dir = self.output_dir / "plots"
         self.plot_files = []
         curve_links = self._plot_curves(plots_dir, metrics)
-        self._calibration_lines = self._calibration_section(metrics, self._plot_reliability())
+        self._calibration_lines = calibration_section(
+            metrics, self.class_names, self.deployed, self._plot_reliability()
+        )
         dice_link = self._plot_dice(plots_dir, gates)
         gallery_link = self._plot_gallery(plots_dir, gates)
         self._write_per_image(gates)
@@ -536,49 +458,6 @@ class EvaluationReport:
             }
         return panels
 
-    def _explain_section(self, metrics: dict) -> list[str]:
-        """The "Explanations (saliency)" section, from the ``explain/...`` keys (empty list without them)."""
-        if "explain/pointing_game" not in metrics:
-            return []
-        v = format_value
-        n = metrics.get("explain/n_images")
-        n_box = metrics.get("explain/n_images_top_box")
-        method = self._saliency_text() if self.saliency is not None else "the saliency of the model description"
-        lines = [
-            "## Explanations (saliency)",
-            "",
-            f"Does the diagnosis look at the lesion? {method}, scored on the {int(n or 0)} evaluated images that are "
-            "positive for a class and have a true lesion (mask or boxes), in the network's geometry. *Pointing game*: "
-            "share of the images whose saliency maximum lies inside the truth; *mass inside*: mean share of the "
-            "saliency inside the truth. The baseline is a centred Gaussian (sd a quarter of the width and height): "
-            "a saliency that does not beat it says nothing about the lesion.",
-            "",
-            "| class | images | pointing game | baseline | mass inside | baseline | top-box agreement |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for c in [None, *self.class_names]:
-            suf = "" if c is None else f"/{c}"
-            if c is not None and not metrics.get(f"explain/n_images{suf}"):
-                continue
-            lines.append(
-                f"| {'all (mean over classes)' if c is None else c} | {int(metrics.get(f'explain/n_images{suf}') or 0)} "
-                f"| {v(metrics.get(f'explain/pointing_game{suf}'))} "
-                f"| {v(metrics.get(f'explain/pointing_game/baseline{suf}'))} "
-                f"| {v(metrics.get(f'explain/mass_inside{suf}'))} "
-                f"| {v(metrics.get(f'explain/mass_inside/baseline{suf}'))} "
-                f"| {v(metrics.get(f'explain/top_box_agreement{suf}'))} |"
-            )
-        lines += [
-            "",
-            f"*Top-box agreement*: share of the images whose saliency maximum lies inside the localization head's "
-            f"top-scoring box (ungated; {int(n_box or 0)} images have a decoded box); the top box's own centre lies "
-            f"inside the truth for {v(metrics.get('explain/top_box_pointing_game'))} of them, and "
-            f"{v(metrics.get('explain/top_box_mass_inside'))} of the saliency mass falls inside it. Keys "
-            "`explain/...` of `metrics.json`; the gallery shows the saliency of each case.",
-            "",
-        ]
-        return lines
-
     def _markdown(self, metrics: dict, curve_links, dice_link, gallery_link, gates: np.ndarray) -> str:
         from monai_mcx.inferers import GATE_RULE_TEXT
 
@@ -634,63 +513,9 @@ class EvaluationReport:
                 "the gallery output these boxes)"
             ]
         lines += ["- per-image decisions: [`per_image.csv`](per_image.csv)", ""]
-        orig = ORIGINAL_SUFFIX
-        has_orig = any(k.endswith(orig) for k in metrics)
-        lines += ["## Metrics", ""]
-        if has_orig:
-            lines += [
-                "Segmentation and localization numbers are computed twice: at the network input (`spatial_size`, "
-                "the *network px* columns) and at each image's original resolution (*original px*: the mask "
-                "probability resized to the image as inference writes it, against the mask file at its own size; "
-                "boxes scaled back to the original pixels), which is how SIIM-ACR and most papers report Dice. "
-                "Box metrics agree at both resolutions (IoU does not change under a per-axis scaling) up to "
-                "clipping and rounding. Classification numbers do not depend on the resolution.",
-                "",
-                "| metric | ungated, network px | gated, network px | ungated, original px | gated, original px |",
-                "| --- | ---: | ---: | ---: | ---: |",
-            ]
-        else:
-            lines += ["| metric | ungated | gated |", "| --- | ---: | ---: |"]
-
-        def cell(key: str) -> str:
-            return format_value(metrics[key]) if key in metrics else ""
-
-        keys = sorted(k for k in metrics if not k.endswith(("/gated", orig)))
-        for k in keys:
-            row = f"| `{k}` | {cell(k)} | {cell(f'{k}/gated')} |"
-            lines.append(row + (f" {cell(k + orig)} | {cell(f'{k}/gated{orig}')} |" if has_orig else ""))
-        if any(not k.startswith(("classification/", "segmentation/", "localization/", "explain/")) for k in keys):
-            lines.append("")
-            lines.append(
-                "Keys outside a task (e.g. the evaluator's key metric) are the checkpoint-selection score, "
-                "the mean of `classification/auc`, `segmentation/dice_positive` and `localization/ap50`."
-            )
-        for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len("/gated")] not in metrics):
-            lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |" + (" | |" if has_orig else ""))
-        lines.append("")
+        lines += metrics_section(metrics)
         lines += getattr(self, "_calibration_lines", [])
-        lines += self._explain_section(metrics)
-        lines += ["## Plots", ""]
-        if curve_links:
-            lines += ["| class | ROC | precision-recall |", "| --- | --- | --- |"]
-            lines += [f"| {n} | [{roc}]({roc}) | [{pr}]({pr}) |" for n, roc, pr in curve_links]
-            lines.append("")
-            for n, roc, pr in curve_links:
-                lines += [f"![ROC {n}]({roc}) ![PR {n}]({pr})", ""]
-        else:
-            lines += ["No ROC/PR curves: no class with both positive and negative labels.", ""]
-        if dice_link:
-            lines += [
-                f"Dice of the images with a lesion: [{dice_link}]({dice_link})",
-                "",
-                f"![Dice histogram]({dice_link})",
-                "",
-            ]
-        if gallery_link:
-            lines += [
-                f"Best and worst cases (by Dice where a true mask exists, else by box IoU): [{gallery_link}]({gallery_link})",
-                "",
-                f"![gallery]({gallery_link})",
-                "",
-            ]
+        method = self._saliency_text() if self.saliency is not None else "the saliency of the model description"
+        lines += explain_section(metrics, self.class_names, method)
+        lines += plots_section(curve_links, dice_link, gallery_link)
         return "\n".join(lines)

@@ -76,8 +76,8 @@ def overlay_image(
 
 def saliency_overlay(gray: np.ndarray, saliency: np.ndarray, alpha: float = 0.45, cmap: str = "jet"):
     """RGB heat-map overlay (a ``PIL.Image``): ``gray`` ``(rows, cols)`` in [0, 1] (or uint8, 0-255) and ``saliency``
-    ``(rows, cols)`` in [0, 1] (transpose a ``(W, H)`` map first). The colour map is blended with weight ``alpha * saliency``, so
-    regions without saliency keep the X-ray's gray."""
+    ``(rows, cols)`` in [0, 1] (transpose a ``(W, H)`` map first). The colour map is blended with weight
+    ``alpha * saliency``, so regions without saliency keep the X-ray's gray."""
     # matplotlib is imported here, not at module level: only its colour maps are needed, and only for saliency
     # (inference without saliency never loads it)
     from matplotlib import colormaps
