@@ -138,9 +138,10 @@ def _figure(best, desc, pp, path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from monai_mcx.explain import saliency_overlay, to_original_geometry
+    from monai_mcx.explain import to_original_geometry
     from monai_mcx.keys import PredKeys
     from monai_mcx.transforms.io import read_cxr
+    from monai_mcx.visualize import saliency_overlay
 
     _, it, orig, smap, pred, k = best
     gray, _ = read_cxr(it["image"])  # (rows, cols) in [0, 1]

@@ -20,9 +20,9 @@ from monai_mcx.metrics import (
     operating_points,
     reliability_curve,
     roc_auc,
-    save_reliability_diagram,
     threshold_for_sensitivity,
 )
+from monai_mcx.visualize import save_reliability_diagram
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 sklearn_calibration = pytest.importorskip("sklearn.calibration")

@@ -18,11 +18,11 @@ from monai_mcx.explain import (
     mass_inside,
     pointing_hit,
     saliency_nifti_bytes,
-    saliency_overlay,
     to_original_geometry,
     truth_region,
 )
 from monai_mcx.networks import MultiCheXNet
+from monai_mcx.visualize import saliency_overlay
 
 
 @pytest.fixture

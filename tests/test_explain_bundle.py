@@ -267,7 +267,8 @@ def test_evaluation_writes_explain_metrics_and_report(evaluated_bundle):
 def test_tensorboard_logs_saliency_images(single_thread):
     from monai.utils.enums import CommonKeys
 
-    from monai_mcx.handlers.tensorboard import TensorBoardOverlayHandler, overlay_rgb, saliency_rgb
+    from monai_mcx.handlers.tensorboard import TensorBoardOverlayHandler
+    from monai_mcx.visualize import overlay_rgb, saliency_rgb
 
     class Writer:
         def __init__(self):

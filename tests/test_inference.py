@@ -371,9 +371,9 @@ def test_keep_overlay_image_stores_rows_by_cols_uint8_and_collates_as_a_list(tmp
     from monai.transforms import Compose, Resized
 
     from monai_mcx.data import collate_cxr
-    from monai_mcx.handlers.predictions import overlay_image
     from monai_mcx.transforms import GuardLoadd, KeepOverlayImaged
     from monai_mcx.transforms.io import LoadCXRd, read_cxr
+    from monai_mcx.visualize import overlay_image
 
     pixels = np.random.default_rng(1).integers(0, 256, (40, 36), dtype=np.uint8)  # rows x cols
     Image.fromarray(pixels).save(tmp_path / "ok.png")
@@ -419,7 +419,7 @@ def test_background_writer_bounds_the_writes_waiting_in_its_queue(tmp_path):
 @pytest.mark.parametrize("alpha", [0.25, 0.4, 0.7])
 def test_overlay_tint_equals_the_blend_computed_pixel_by_pixel(alpha):
     """The overlay's look-up table gives exactly round((1 - alpha) * gray + alpha * (255, 0, 0)) on the mask."""
-    from monai_mcx.handlers.predictions import overlay_image
+    from monai_mcx.visualize import overlay_image
 
     rng = np.random.default_rng(3)
     gray = rng.random((37, 29)).astype(np.float32)

@@ -16,13 +16,16 @@ from hypothesis import strategies as st
 from monai_mcx.metrics import (
     average_precision,
     box_iou_float64,
+    box_quality,
     choose_threshold,
     classification_metrics,
     coco_map,
     detection_metrics,
     dice_per_image,
     expected_calibration_error,
+    pr_curve,
     roc_auc,
+    roc_curve,
     rsna_metric,
     segmentation_metrics,
 )
@@ -142,6 +145,36 @@ def test_choose_threshold_is_optimal(seed):
     t = choose_threshold(probs, labels, "f1")
     best_f1 = max(sklearn_metrics.f1_score(labels, probs >= c) for c in np.unique(probs))
     assert abs(sklearn_metrics.f1_score(labels, probs >= t) - best_f1) < 1e-12
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_roc_and_pr_curves_match_sklearn_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 50)
+    labels[:2] = [0, 1]
+    probs = np.round(np.clip(0.3 * labels + 0.7 * rng.random(50), 0, 1), 1)  # many ties
+    fpr, tpr = roc_curve(probs, labels)
+    ref_fpr, ref_tpr, _ = sklearn_metrics.roc_curve(labels, probs, drop_intermediate=False)
+    assert np.allclose(fpr, ref_fpr) and np.allclose(tpr, ref_tpr)
+    rec, prec = pr_curve(torch.as_tensor(probs), labels > 0)  # tensors and bool labels as the report passes them
+    ref_prec, ref_rec, _ = sklearn_metrics.precision_recall_curve(labels, probs)
+    # sklearn: lowest score first plus the end point (recall 0, precision 1)
+    assert np.allclose(rec, ref_rec[:-1][::-1]) and np.allclose(prec, ref_prec[:-1][::-1])
+    with pytest.raises(ValueError, match="positive and negative"):
+        roc_curve(probs, np.ones(50))
+    with pytest.raises(ValueError, match="positive"):
+        pr_curve(probs, np.zeros(50))
+
+
+def test_box_quality_hand_computed():
+    truth = [[0, 0, 10, 10], [20, 20, 30, 30]]
+    assert box_quality(np.zeros((0, 4)), np.zeros((0, 4))) == 1.0
+    assert box_quality(np.zeros((0, 4)), truth) == 0.0 and box_quality(truth, np.zeros((0, 4))) == 0.0
+    assert box_quality(truth, truth) == pytest.approx(1.0)
+    # one box found with IoU 50/100 (half width), the other missed: 0.5 / max(1, 2)
+    assert box_quality([[0, 0, 5, 10]], truth) == pytest.approx(0.25)
+    # a false positive far away lowers it as a miss does: (1 + 1) / 3
+    assert box_quality([*truth, [50, 50, 60, 60]], torch.tensor(truth, dtype=torch.float32)) == pytest.approx(2 / 3)
 
 
 # ----------------------------------------------------------------------------------------------- segmentation

@@ -12,8 +12,8 @@ import torch
 from ignite.engine import Engine
 
 from monai_mcx.handlers import MultiTaskMetrics
-from monai_mcx.handlers.report import EvaluationReport, format_value, render_case
-from monai_mcx.handlers.tensorboard import overlay_rgb
+from monai_mcx.handlers.report import EvaluationReport
+from monai_mcx.visualize import format_value, overlay_rgb, render_case
 
 from conftest import SMALL
 

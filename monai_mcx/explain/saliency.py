@@ -47,8 +47,6 @@ __all__ = [
     "ClassLogits",
     "SaliencyMaps",
     "to_original_geometry",
-    "saliency_overlay",
-    "saliency_png_bytes",
     "saliency_nifti_bytes",
     "saliency_result",
 ]
@@ -227,31 +225,6 @@ def to_original_geometry(maps: Tensor, original_size: Sequence[int]) -> Tensor:
     predicted lesion probabilities are resampled before thresholding (:class:`monai_mcx.handlers.PredictionWriter`);
     clipped to [0, 1]."""
     return probs_to_original(maps, original_size).clamp(0, 1).to(maps.device)
-
-
-def saliency_overlay(gray: np.ndarray, saliency: np.ndarray, alpha: float = 0.45, cmap: str = "jet"):
-    """RGB heat-map overlay (a ``PIL.Image``): ``gray`` ``(rows, cols)`` in [0, 1] (or uint8, 0-255) and ``saliency``
-    ``(rows, cols)`` in [0, 1] (transpose a ``(W, H)`` map first). The colour map is blended with weight ``alpha * saliency``, so
-    regions without saliency keep the X-ray's gray."""
-    from matplotlib import colormaps
-    from PIL import Image
-
-    gray = np.asarray(gray)
-    g = gray / np.float32(255) if gray.dtype == np.uint8 else np.clip(np.nan_to_num(gray.astype(np.float32)), 0, 1)
-    s = np.clip(np.nan_to_num(np.asarray(saliency, dtype=np.float32)), 0, 1)
-    if g.shape != s.shape:
-        raise ValueError(f"saliency_overlay: image {g.shape} and saliency {s.shape} differ (both rows x cols).")
-    heat = colormaps[cmap](s)[..., :3].astype(np.float32)
-    w = (alpha * s)[..., None]
-    rgb = (1 - w) * g[..., None] + w * heat
-    return Image.fromarray((rgb * 255).round().astype(np.uint8), mode="RGB")
-
-
-def saliency_png_bytes(gray: np.ndarray, saliency: np.ndarray, alpha: float = 0.45) -> bytes:
-    """:func:`saliency_overlay` encoded as PNG bytes (for atomic writing)."""
-    buf = io.BytesIO()
-    saliency_overlay(gray, saliency, alpha=alpha).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def saliency_nifti_bytes(maps_wh: np.ndarray, spacing: Sequence[float] = (1.0, 1.0)) -> bytes:

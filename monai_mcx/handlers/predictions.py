@@ -12,8 +12,9 @@ appended, e.g. ``a_dcm``):
   x first) with the image's pixel spacing in the affine;
 - ``<stem>_mask.png``: the same mask as a PNG, 0/255, rows x columns;
 - ``<stem>_overlay.png``: the X-ray at its original size in gray, the mask tinted red and the boxes drawn
-  (yellow, with their scores); ``<stem>_overlay.jpg`` with ``overlay_format="jpg"`` (JPEG quality 90, lossy: for
-  review only, about 15 x faster to encode than the PNG at 1024 px);
+  (yellow, with their scores; :func:`monai_mcx.visualize.overlay_image`); ``<stem>_overlay.jpg`` with
+  ``overlay_format="jpg"`` (JPEG quality 90, lossy: for review only, about 15 x faster to encode than the PNG at
+  1024 px);
 - with ``saliency`` (``inference.json --saliency true``): ``<stem>_saliency_<class>.png``, the class's Grad-CAM
   heat map blended over the X-ray at its original size, and ``<stem>_saliency.nii.gz``, the ``K`` maps as float32
   in [0, 1], array ``(W, H, K)`` (MONAI order, x first; one slice per class, in ``class_names`` order) with the
@@ -54,53 +55,20 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, PredKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
+from monai_mcx.visualize.overlays import overlay_image, saliency_png_bytes
 
-__all__ = ["PredictionWriter", "overlay_image", "OVERLAY_FORMATS"]
+__all__ = ["PredictionWriter", "OVERLAY_FORMATS"]
 
 #: the overlay file formats (``PredictionWriter(overlay_format=...)``)
 OVERLAY_FORMATS = ("png", "jpg")
 
 logger = logging.getLogger(__name__)
-
-
-def overlay_image(
-    gray: np.ndarray,
-    mask: np.ndarray | None,
-    boxes: Sequence[Sequence[float]] = (),
-    scores: Sequence[float] = (),
-    alpha: float = 0.4,
-) -> Image.Image:
-    """RGB overlay: ``gray`` ``(rows, cols)`` in [0, 1] (or uint8, already ``floor(gray * 255)``), ``mask``
-    ``(rows, cols)`` bool tinted red, ``boxes`` ``[x1, y1, x2, y2]`` (x = column, pixel edges) drawn in yellow
-    with their ``scores``."""
-    gray = np.asarray(gray)
-    g = gray if gray.dtype == np.uint8 else (np.clip(np.nan_to_num(gray), 0, 1) * 255).astype(np.uint8)
-    if mask is not None and mask.any():
-        # one look-up per pixel in a (512, 3) table: row g is the gray level g, row 256 + g the same level tinted,
-        # (1 - alpha) * g + alpha * (255, 0, 0) rounded (fancy-indexing the masked pixels is 5 x slower)
-        levels = np.arange(256, dtype=np.float32)[:, None]
-        tint = np.array([255.0, 0.0, 0.0], dtype=np.float32)
-        tinted = ((1 - np.float32(alpha)) * levels + np.float32(alpha) * tint).round()
-        lut = np.concatenate([np.repeat(levels, 3, axis=1), tinted]).astype(np.uint8)
-        index = g.astype(np.uint16) | (np.asarray(mask, dtype=np.uint16) << 8)
-        rgb = np.take(lut, index.ravel(), axis=0).reshape(*g.shape, 3)
-    else:
-        rgb = np.repeat(g[..., None], 3, axis=-1)
-    im = Image.fromarray(rgb, mode="RGB")
-    draw = ImageDraw.Draw(im)
-    width = max(1, round(min(im.size) / 256))
-    for i, b in enumerate(boxes):
-        x1, y1, x2, y2 = (float(v) for v in b)
-        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=(255, 255, 0), width=width)
-        if i < len(scores):
-            draw.text((x1 + 2, y1 + 1), f"{float(scores[i]):.2f}", fill=(255, 255, 0))
-    return im
 
 
 def _safe(name: str) -> str:
@@ -395,7 +363,7 @@ class PredictionWriter:
         self, maps: torch.Tensor, orig: list[int], gray: np.ndarray, spacing: Sequence[float], stem: str
     ) -> dict:
         """Write one image's saliency PNGs and NIfTI; return the JSON entry."""
-        from monai_mcx.explain import saliency_nifti_bytes, saliency_png_bytes, to_original_geometry
+        from monai_mcx.explain import saliency_nifti_bytes, to_original_geometry
 
         sal = to_original_geometry(maps, orig).numpy()  # (K, W0, H0)
         names = [self.class_names[c] for c in self.saliency.class_indices]

@@ -14,9 +14,9 @@ epoch completes it writes under ``output_dir``:
   95 % patient-bootstrap intervals at the chosen threshold and at fixed sensitivity targets;
 - ``plots/dice_hist.png``: Dice of the images with a non-empty true mask (ungated and gated);
 - ``plots/gallery.png``: the best and worst cases (by Dice where the image has a true mask, else by the
-  per-image box IoU of :func:`box_quality`) with the X-ray, true (green) and predicted (red) mask contours and
-  boxes (predicted ones with their scores); with ``saliency``, each case has a second panel below it: the Grad-CAM
-  map of its most probable class over the X-ray, with the truth in green;
+  per-image box IoU of :func:`monai_mcx.metrics.box_quality`) with the X-ray, true (green) and predicted (red) mask
+  contours and boxes (predicted ones with their scores); with ``saliency``, each case has a second panel below it:
+  the Grad-CAM map of its most probable class over the X-ray, with the truth in green;
 - with ``explain/...`` keys in the metrics (:class:`monai_mcx.handlers.explain.SaliencyEvaluation`): a section
   "Explanations (saliency)" comparing the pointing game and the saliency mass inside the truth with the
   centred-Gaussian baseline and with the localization head's top box.
@@ -25,9 +25,9 @@ The thresholds chosen on the validation split (class thresholds, box operating p
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
 :class:`monai_mcx.artifact.OperatingPointWriter`.
 
-Plots use matplotlib's object API with the Agg canvas (no pyplot state, no display). Geometry: tensors are
-``(C, W, H)`` (x = dim 0); :func:`draw_case` transposes once for ``imshow`` and draws boxes with x along the
-columns, in pixel-edge coordinates (``extent=(0, W, H, 0)``).
+This handler only collects the per-image records and writes the report: the curves' numbers come from
+:mod:`monai_mcx.metrics`, the figures are drawn by :mod:`monai_mcx.visualize` (plots, gallery), and the sections of
+``report.md`` that depend on the metrics alone are :mod:`monai_mcx.handlers.report_markdown`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,19 +44,18 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
-from monai_mcx.handlers.metrics import ORIGINAL_SUFFIX
-from monai_mcx.metrics import box_iou_float64, dice_per_image
+from monai_mcx.handlers.report_markdown import calibration_section, explain_section, metrics_section, plots_section
+from monai_mcx.metrics import box_quality, dice_per_image
 from monai_mcx.utils import write_text_atomic
+from monai_mcx.visualize import (
+    save_dice_histogram,
+    save_gallery,
+    save_pr_curve,
+    save_reliability_diagram,
+    save_roc_curve,
+)
 
-__all__ = [
-    "EvaluationReport",
-    "draw_case",
-    "render_case",
-    "roc_curve",
-    "pr_curve",
-    "box_quality",
-    "format_value",
-]
+__all__ = ["EvaluationReport"]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -66,161 +64,10 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def format_value(v: Any) -> str:
-    """How ``report.md`` prints a metric: 4 decimals, ``n/a`` for undefined (``None``/NaN)."""
-    if v is None:
-        return "n/a"
-    f = float(v)
-    return "n/a" if math.isnan(f) else f"{f:.4f}"
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "class"
 
 
-# ----------------------------------------------------------------------------------------------- curves
-def _sorted_counts(probs: Any, labels: Any):
-    p = _np(probs).astype(np.float64).reshape(-1)
-    y = _np(labels).astype(np.float64).reshape(-1)
-    order = np.argsort(-p, kind="mergesort")
-    p, y = p[order], y[order]
-    last = np.r_[np.nonzero(np.diff(p))[0], p.size - 1] if p.size else np.zeros(0, dtype=int)
-    tps = np.cumsum(y)[last] if p.size else np.zeros(0)
-    fps = np.cumsum(1 - y)[last] if p.size else np.zeros(0)
-    return tps, fps, p[last] if p.size else np.zeros(0)
-
-
-def roc_curve(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(fpr, tpr)`` of the ROC curve, one point per distinct score (as ``sklearn.metrics.roc_curve`` with
-    ``drop_intermediate=False``), starting at ``(0, 0)``. Needs both label values."""
-    tps, fps, _ = _sorted_counts(probs, labels)
-    n_pos, n_neg = (tps[-1], fps[-1]) if tps.size else (0.0, 0.0)
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("roc_curve needs positive and negative labels.")
-    return np.r_[0.0, fps / n_neg], np.r_[0.0, tps / n_pos]
-
-
-def pr_curve(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(recall, precision)`` one point per distinct score, highest score first. Needs a positive label."""
-    tps, fps, _ = _sorted_counts(probs, labels)
-    if not tps.size or tps[-1] == 0:
-        raise ValueError("pr_curve needs positive labels.")
-    return tps / tps[-1], tps / (tps + fps)
-
-
-def box_quality(pred_boxes: Any, true_boxes: Any) -> float:
-    """Per-image box quality used to rank the gallery: greedy one-to-one matching by IoU (highest first),
-    ``sum(matched IoU) / max(#pred, #true)``; so misses and false positives both lower it. 1 when both are
-    empty."""
-    pb = _np(pred_boxes).reshape(-1, 4)
-    tb = _np(true_boxes).reshape(-1, 4)
-    if len(pb) == 0 and len(tb) == 0:
-        return 1.0
-    if len(pb) == 0 or len(tb) == 0:
-        return 0.0
-    iou = box_iou_float64(pb, tb)
-    total = 0.0
-    while iou.size and iou.max() > 0:
-        i, j = np.unravel_index(int(np.argmax(iou)), iou.shape)
-        total += float(iou[i, j])
-        iou[i, :] = -1
-        iou[:, j] = -1
-    return total / max(len(pb), len(tb))
-
-
-# ----------------------------------------------------------------------------------------------- drawing
-def draw_case(ax, case: dict, show_scores: bool = True, linewidth: float = 1.5) -> None:
-    """Draw one case on a matplotlib ``Axes``.
-
-    ``case`` keys: ``image`` ``(W, H)``; optional ``true_mask``/``pred_mask`` ``(W, H)`` (bool or probabilities,
-    ``> 0.5`` inside), ``true_boxes``/``pred_boxes`` ``(N, 4)`` xyxy in image pixels (x along dim 0),
-    ``pred_scores`` ``(N,)``, ``saliency`` ``(W, H)`` in [0, 1] (a jet heat map blended over the X-ray with
-    opacity ``0.5 * saliency``), ``title``. The image is shown transposed (rows = y) with ``extent=(0, W, H, 0)``
-    so a box ``[x1, y1, x2, y2]`` is the rectangle of columns ``x1..x2`` and rows ``y1..y2``. Truth green,
-    prediction red.
-    """
-    from matplotlib.patches import Rectangle
-
-    img = _np(case["image"]).astype(np.float32)
-    w, h = img.shape
-    ax.imshow(
-        img.T,
-        cmap="gray",
-        extent=(0, w, h, 0),
-        interpolation="nearest",
-        vmin=float(img.min()),
-        vmax=float(img.max()) if img.max() > img.min() else float(img.min()) + 1,
-    )
-    if case.get("saliency") is not None:
-        sal = np.clip(np.nan_to_num(_np(case["saliency"]).astype(np.float32)), 0, 1)
-        if sal.shape != img.shape:
-            raise ValueError(f"draw_case: saliency {sal.shape} and image {img.shape} differ.")
-        ax.imshow(sal.T, cmap="jet", vmin=0, vmax=1, alpha=0.5 * sal.T, extent=(0, w, h, 0), interpolation="bilinear")
-    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
-    for key, colour in (("true_mask", "#00ff00"), ("pred_mask", "#ff0000")):
-        m = case.get(key)
-        if m is None:
-            continue
-        m = _np(m) > 0.5
-        if m.any() and not m.all():
-            ax.contour(xs, ys, m.T.astype(np.float32), levels=[0.5], colors=colour, linewidths=linewidth)
-    for key, colour in (("true_boxes", "#00ff00"), ("pred_boxes", "#ff0000")):
-        boxes = case.get(key)
-        if boxes is None:
-            continue
-        boxes = _np(boxes).reshape(-1, 4)
-        scores = _np(case.get("pred_scores", np.zeros(len(boxes)))).reshape(-1) if key == "pred_boxes" else None
-        for k, (x1, y1, x2, y2) in enumerate(boxes):
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=linewidth))
-            if show_scores and scores is not None and k < len(scores):
-                ax.text(x1, max(y1 - 1, 0), f"{scores[k]:.2f}", color=colour, fontsize=6, va="bottom", ha="left")
-    ax.set_xlim(0, w)
-    ax.set_ylim(h, 0)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if case.get("title"):
-        ax.set_title(case["title"], fontsize=7)
-
-
-def _canvas(fig):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    return FigureCanvasAgg(fig)
-
-
-def render_case(case: dict, scale: int = 4, show_scores: bool = False, linewidth: float = 1.0) -> np.ndarray:
-    """Render one case with :func:`draw_case` to an RGB array ``(H * scale, W * scale, 3)`` (the axes fill the
-    figure, so image pixel ``(x, y)`` covers output rows ``y*scale..`` and columns ``x*scale..``)."""
-    from matplotlib.figure import Figure
-
-    w, h = _np(case["image"]).shape
-    dpi = 100
-    fig = Figure(figsize=(w * scale / dpi, h * scale / dpi), dpi=dpi)
-    ax = fig.add_axes((0, 0, 1, 1))
-    draw_case(ax, dict(case, title=None), show_scores=show_scores, linewidth=linewidth)
-    ax.set_axis_off()
-    canvas = _canvas(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def _save(fig, path: Path, dpi: int = 100) -> None:
-    """Save a figure as PNG atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
-    try:
-        _canvas(fig)
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-# ----------------------------------------------------------------------------------------------- thresholds
 # ----------------------------------------------------------------------------------------------- report
 class EvaluationReport:
     """Write ``report.md``, ``per_image.csv`` and the plots under ``output_dir`` when the evaluator's epoch completes.
@@ -416,8 +263,6 @@ class EvaluationReport:
 
     def _plot_reliability(self) -> list[tuple[str, str]]:
         """``plots/reliability_<class>.png`` (raw against calibrated) for the classes with both label values."""
-        from monai_mcx.metrics.calibration import save_reliability_diagram
-
         links: list[tuple[str, str]] = []
         if not self._probs or not self._all_logits or any(z is None for z in self._all_logits):
             return links
@@ -442,86 +287,6 @@ class EvaluationReport:
             links.append((name, rel))
         return links
 
-    def _calibration_section(self, metrics: dict, reliability_links: list[tuple[str, str]]) -> list[str]:
-        """Markdown: calibration before / after and the operating points with their confidence intervals."""
-        names = self.class_names
-        if not any(f"calibration/ece/{c}/raw" in metrics for c in names):
-            return []
-        d = self.deployed
-        lines = ["## Calibration and operating points", ""]
-        if d.calibrated:
-            temps = ", ".join(f"{c} T = {t:.4g}" for c, t in zip(names, d.calibration.temperatures))
-            fitted = metrics.get("calibration/fitted_on")
-            how = (
-                f"fitted on these {int(fitted)} labelled images (raw logits) before the thresholds were chosen"
-                if fitted is not None
-                else "read from the model description"
-            )
-            lines += [
-                f"Probabilities are calibrated by per-class temperature scaling, `p = sigmoid(z / T)` ({temps}; {how}). "
-                "Everything that leaves the model (inference JSON/CSV, MONAI Label, this report) is calibrated, and "
-                "the thresholds are chosen on the calibrated probabilities. Lower is better for all three scores; "
-                "ECE: 10 equal-width bins.",
-                "",
-                "| class | T | ECE raw | ECE calibrated | Brier raw | Brier calibrated | NLL raw | NLL calibrated |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-            ]
-            for c in names:
-                vals = [metrics.get(f"calibration/temperature/{c}")]
-                for m in ("ece", "brier", "nll"):
-                    vals += [metrics.get(f"calibration/{m}/{c}/raw"), metrics.get(f"calibration/{m}/{c}")]
-                lines.append(f"| {c} | " + " | ".join(format_value(v) for v in vals) + " |")
-        else:
-            lines += [
-                "Probabilities are raw `sigmoid(z)` (no calibration).",
-                "",
-                "| class | ECE | Brier | NLL |",
-                "| --- | ---: | ---: | ---: |",
-            ]
-            for c in names:
-                vals = [metrics.get(f"calibration/{m}/{c}/raw") for m in ("ece", "brier", "nll")]
-                lines.append(f"| {c} | " + " | ".join(format_value(v) for v in vals) + " |")
-        lines.append("")
-        for c, rel in reliability_links:
-            lines += [f"![reliability {c}]({rel})", ""]
-
-        def ci(key: str) -> str:
-            v, lo, hi = metrics.get(key), metrics.get(f"{key}/ci_low"), metrics.get(f"{key}/ci_high")
-            if v is None:
-                return "n/a"
-            return f"{format_value(v)} [{format_value(lo)}, {format_value(hi)}]" if lo is not None else format_value(v)
-
-        ops = sorted({k.split("/")[1] for k in metrics if re.fullmatch(r"classification/sens[0-9.]+/threshold/.+", k)})
-        lines += [
-            "Operating points (sensitivity and specificity with 95 % confidence intervals, percentile bootstrap "
-            "over patients: all images of a patient are resampled together). *chosen*: the deployed class threshold; "
-            "*sensNN*: the highest threshold reaching NN % sensitivity on the validation split.",
-            "",
-            "| class | operating point | threshold | sensitivity [95 % CI] | specificity [95 % CI] | patients |",
-            "| --- | --- | ---: | --- | --- | ---: |",
-        ]
-        for c in names:
-            n_pat = metrics.get(f"classification/n_patients/{c}")
-            n_pat = "" if n_pat is None else str(int(n_pat))
-            lines.append(
-                f"| {c} | chosen | {format_value(metrics.get(f'classification/threshold/{c}'))} | "
-                f"{ci(f'classification/sensitivity/{c}')} | {ci(f'classification/specificity/{c}')} | {n_pat} |"
-            )
-            for op in ops:
-                lines.append(
-                    f"| {c} | {op} | {format_value(metrics.get(f'classification/{op}/threshold/{c}'))} | "
-                    f"{ci(f'classification/{op}/sensitivity/{c}')} | {ci(f'classification/{op}/specificity/{c}')} | "
-                    f"{n_pat} |"
-                )
-        if metrics.get("classification/patients_known") == 0.0:
-            lines += [
-                "",
-                "*Some images had no patient id: each of them was resampled as its own patient (the intervals are "
-                "too narrow where a patient has several images).*",
-            ]
-        lines.append("")
-        return lines
-
     def _gates(self) -> np.ndarray:
         """The deployed gate of every collected image (all True without a classifier)."""
         if not self._all_probs:
@@ -536,7 +301,9 @@ class EvaluationReport:
         plots_dir = self.output_dir / "plots"
         self.plot_files = []
         curve_links = self._plot_curves(plots_dir, metrics)
-        self._calibration_lines = self._calibration_section(metrics, self._plot_reliability())
+        self._calibration_lines = calibration_section(
+            metrics, self.class_names, self.deployed, self._plot_reliability()
+        )
         dice_link = self._plot_dice(plots_dir, gates)
         gallery_link = self._plot_gallery(plots_dir, gates)
         self._write_per_image(gates)
@@ -585,8 +352,6 @@ class EvaluationReport:
         write_text_atomic(buf.getvalue(), self.output_dir / "per_image.csv")
 
     def _plot_curves(self, plots_dir: Path, metrics: dict) -> list[tuple[str, str, str]]:
-        from matplotlib.figure import Figure
-
         links = []
         if not self._probs:
             return links
@@ -595,69 +360,27 @@ class EvaluationReport:
             y = labels[:, c] > 0.5
             if y.all() or not y.any():
                 continue
-            fpr, tpr = roc_curve(probs[:, c], y)
-            rec, prec = pr_curve(probs[:, c], y)
-            thr = metrics.get(f"classification/threshold/{name}")
-            auc = metrics.get(f"classification/auc/{name}")
-            fig = Figure(figsize=(4, 4))
-            ax = fig.add_subplot(1, 1, 1)
-            ax.plot(fpr, tpr, color="C0", label=f"AUC {format_value(auc)}")
-            ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-            if thr is not None:
-                sens, spec = np.mean(probs[y, c] >= thr), np.mean(probs[~y, c] < thr)
-                ax.plot([1 - spec], [sens], "o", color="C3", label=f"threshold {format_value(thr)}")
-            ax.set_xlabel("1 - specificity")
-            ax.set_ylabel("sensitivity")
-            ax.set_title(f"ROC: {name} (n={len(y)}, {int(y.sum())} positive)", fontsize=9)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1.01)
-            ax.legend(loc="lower right", fontsize=8)
-            fig.tight_layout()
-            roc_name = f"plots/roc_{_safe(name)}.png"
-            _save(fig, self.output_dir / roc_name)
-            fig = Figure(figsize=(4, 4))
-            ax = fig.add_subplot(1, 1, 1)
-            ax.step(np.r_[0.0, rec], np.r_[prec[0], prec], where="post", color="C0")
-            ax.axhline(float(y.mean()), color="grey", linestyle=":", linewidth=1, label=f"prevalence {y.mean():.3f}")
-            ax.set_xlabel("recall (sensitivity)")
-            ax.set_ylabel("precision")
-            ax.set_title(f"Precision-recall: {name}", fontsize=9)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1.01)
-            ax.legend(loc="lower left", fontsize=8)
-            fig.tight_layout()
-            pr_name = f"plots/pr_{_safe(name)}.png"
-            _save(fig, self.output_dir / pr_name)
+            roc_name, pr_name = f"plots/roc_{_safe(name)}.png", f"plots/pr_{_safe(name)}.png"
+            save_roc_curve(
+                self.output_dir / roc_name,
+                probs[:, c],
+                y,
+                class_name=name,
+                auc=metrics.get(f"classification/auc/{name}"),
+                threshold=metrics.get(f"classification/threshold/{name}"),
+            )
+            save_pr_curve(self.output_dir / pr_name, probs[:, c], y, class_name=name)
             self.plot_files += [roc_name, pr_name]
             links.append((name, roc_name, pr_name))
         return links
 
     def _plot_dice(self, plots_dir: Path, gates: np.ndarray) -> str | None:
-        from matplotlib.figure import Figure
-
         if not self._dice:
             return None
         dice = [d for _, d in self._dice]
         dice_gated = [d if gates[j] else 0.0 for j, d in self._dice]  # gated out: empty mask, Dice 0
-        fig = Figure(figsize=(5, 3.2))
-        ax = fig.add_subplot(1, 1, 1)
-        bins = np.linspace(0, 1, 21)
-        ax.hist(dice, bins=bins, color="C0", alpha=0.7, label=f"ungated (mean {np.mean(dice):.3f})")
-        ax.hist(
-            dice_gated,
-            bins=bins,
-            histtype="step",
-            color="C3",
-            linewidth=1.5,
-            label=f"gated (mean {np.mean(dice_gated):.3f})",
-        )
-        ax.set_xlabel("Dice (images with a lesion in the true mask)")
-        ax.set_ylabel("images")
-        ax.set_xlim(0, 1)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
         name = "plots/dice_hist.png"
-        _save(fig, self.output_dir / name)
+        save_dice_histogram(self.output_dir / name, dice, dice_gated)
         self.plot_files.append(name)
         return name
 
@@ -681,34 +404,27 @@ class EvaluationReport:
         return out
 
     def _plot_gallery(self, plots_dir: Path, gates: np.ndarray) -> str | None:
-        from matplotlib.figure import Figure
-
         best, worst = self.gallery_cases()
         if not best and not worst:
             return None
-        ncol = max(len(best), len(worst))
         rows = [(label, cases) for label, cases in (("best", best), ("worst", worst)) if cases]
         panels = self._saliency_panels([c for _, cases in rows for c in cases])
-        per = 2 if panels else 1
-        fig = Figure(figsize=(2.3 * ncol, 2.5 * len(rows) * per))
-        for r, (label, cases) in enumerate(rows):
+        grid = []
+        for label, cases in rows:
+            grid.append([])
             for c, case in enumerate(cases):
-                ax = fig.add_subplot(len(rows) * per, ncol, r * per * ncol + c + 1)
                 gate = bool(gates[case["index"]])
                 title = f"{label} #{c + 1}: {case['rank_kind']} {case['rank']:.2f}" + ("" if gate else ", gated out")
-                draw_case(ax, dict(self._deployed_case(case, gate), title=title))
-                if panels:
-                    ax = fig.add_subplot(len(rows) * per, ncol, (r * per + 1) * ncol + c + 1)
-                    draw_case(ax, panels[case["index"]])
-        fig.suptitle(
-            f"truth green, deployed prediction red (gated; boxes with score >= "
+                grid[-1].append(dict(self._deployed_case(case, gate), title=title))
+        name = "plots/gallery.png"
+        save_gallery(
+            self.output_dir / name,
+            grid,
+            [[panels[case["index"]] for case in cases] for _, cases in rows] if panels else None,
+            suptitle=f"truth green, deployed prediction red (gated; boxes with score >= "
             f"{self.deployed.box_score_threshold:.3g}); ranked by ungated Dice / box IoU"
             + (f"\nbelow each case: {self._saliency_text()} of its most probable class, truth green" if panels else ""),
-            fontsize=8,
         )
-        fig.tight_layout()
-        name = "plots/gallery.png"
-        _save(fig, self.output_dir / name)
         self.plot_files.append(name)
         return name
 
@@ -741,49 +457,6 @@ class EvaluationReport:
                 "title": f"saliency: {name}{p}",
             }
         return panels
-
-    def _explain_section(self, metrics: dict) -> list[str]:
-        """The "Explanations (saliency)" section, from the ``explain/...`` keys (empty list without them)."""
-        if "explain/pointing_game" not in metrics:
-            return []
-        v = format_value
-        n = metrics.get("explain/n_images")
-        n_box = metrics.get("explain/n_images_top_box")
-        method = self._saliency_text() if self.saliency is not None else "the saliency of the model description"
-        lines = [
-            "## Explanations (saliency)",
-            "",
-            f"Does the diagnosis look at the lesion? {method}, scored on the {int(n or 0)} evaluated images that are "
-            "positive for a class and have a true lesion (mask or boxes), in the network's geometry. *Pointing game*: "
-            "share of the images whose saliency maximum lies inside the truth; *mass inside*: mean share of the "
-            "saliency inside the truth. The baseline is a centred Gaussian (sd a quarter of the width and height): "
-            "a saliency that does not beat it says nothing about the lesion.",
-            "",
-            "| class | images | pointing game | baseline | mass inside | baseline | top-box agreement |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for c in [None, *self.class_names]:
-            suf = "" if c is None else f"/{c}"
-            if c is not None and not metrics.get(f"explain/n_images{suf}"):
-                continue
-            lines.append(
-                f"| {'all (mean over classes)' if c is None else c} | {int(metrics.get(f'explain/n_images{suf}') or 0)} "
-                f"| {v(metrics.get(f'explain/pointing_game{suf}'))} "
-                f"| {v(metrics.get(f'explain/pointing_game/baseline{suf}'))} "
-                f"| {v(metrics.get(f'explain/mass_inside{suf}'))} "
-                f"| {v(metrics.get(f'explain/mass_inside/baseline{suf}'))} "
-                f"| {v(metrics.get(f'explain/top_box_agreement{suf}'))} |"
-            )
-        lines += [
-            "",
-            f"*Top-box agreement*: share of the images whose saliency maximum lies inside the localization head's "
-            f"top-scoring box (ungated; {int(n_box or 0)} images have a decoded box); the top box's own centre lies "
-            f"inside the truth for {v(metrics.get('explain/top_box_pointing_game'))} of them, and "
-            f"{v(metrics.get('explain/top_box_mass_inside'))} of the saliency mass falls inside it. Keys "
-            "`explain/...` of `metrics.json`; the gallery shows the saliency of each case.",
-            "",
-        ]
-        return lines
 
     def _markdown(self, metrics: dict, curve_links, dice_link, gallery_link, gates: np.ndarray) -> str:
         from monai_mcx.inferers import GATE_RULE_TEXT
@@ -840,63 +513,9 @@ class EvaluationReport:
                 "the gallery output these boxes)"
             ]
         lines += ["- per-image decisions: [`per_image.csv`](per_image.csv)", ""]
-        orig = ORIGINAL_SUFFIX
-        has_orig = any(k.endswith(orig) for k in metrics)
-        lines += ["## Metrics", ""]
-        if has_orig:
-            lines += [
-                "Segmentation and localization numbers are computed twice: at the network input (`spatial_size`, "
-                "the *network px* columns) and at each image's original resolution (*original px*: the mask "
-                "probability resized to the image as inference writes it, against the mask file at its own size; "
-                "boxes scaled back to the original pixels), which is how SIIM-ACR and most papers report Dice. "
-                "Box metrics agree at both resolutions (IoU does not change under a per-axis scaling) up to "
-                "clipping and rounding. Classification numbers do not depend on the resolution.",
-                "",
-                "| metric | ungated, network px | gated, network px | ungated, original px | gated, original px |",
-                "| --- | ---: | ---: | ---: | ---: |",
-            ]
-        else:
-            lines += ["| metric | ungated | gated |", "| --- | ---: | ---: |"]
-
-        def cell(key: str) -> str:
-            return format_value(metrics[key]) if key in metrics else ""
-
-        keys = sorted(k for k in metrics if not k.endswith(("/gated", orig)))
-        for k in keys:
-            row = f"| `{k}` | {cell(k)} | {cell(f'{k}/gated')} |"
-            lines.append(row + (f" {cell(k + orig)} | {cell(f'{k}/gated{orig}')} |" if has_orig else ""))
-        if any(not k.startswith(("classification/", "segmentation/", "localization/", "explain/")) for k in keys):
-            lines.append("")
-            lines.append(
-                "Keys outside a task (e.g. the evaluator's key metric) are the checkpoint-selection score, "
-                "the mean of `classification/auc`, `segmentation/dice_positive` and `localization/ap50`."
-            )
-        for k in sorted(k for k in metrics if k.endswith("/gated") and k[: -len("/gated")] not in metrics):
-            lines.append(f"| `{k[: -len('/gated')]}` | | {format_value(metrics[k])} |" + (" | |" if has_orig else ""))
-        lines.append("")
+        lines += metrics_section(metrics)
         lines += getattr(self, "_calibration_lines", [])
-        lines += self._explain_section(metrics)
-        lines += ["## Plots", ""]
-        if curve_links:
-            lines += ["| class | ROC | precision-recall |", "| --- | --- | --- |"]
-            lines += [f"| {n} | [{roc}]({roc}) | [{pr}]({pr}) |" for n, roc, pr in curve_links]
-            lines.append("")
-            for n, roc, pr in curve_links:
-                lines += [f"![ROC {n}]({roc}) ![PR {n}]({pr})", ""]
-        else:
-            lines += ["No ROC/PR curves: no class with both positive and negative labels.", ""]
-        if dice_link:
-            lines += [
-                f"Dice of the images with a lesion: [{dice_link}]({dice_link})",
-                "",
-                f"![Dice histogram]({dice_link})",
-                "",
-            ]
-        if gallery_link:
-            lines += [
-                f"Best and worst cases (by Dice where a true mask exists, else by box IoU): [{gallery_link}]({gallery_link})",
-                "",
-                f"![gallery]({gallery_link})",
-                "",
-            ]
+        method = self._saliency_text() if self.saliency is not None else "the saliency of the model description"
+        lines += explain_section(metrics, self.class_names, method)
+        lines += plots_section(curve_links, dice_link, gallery_link)
         return "\n".join(lines)

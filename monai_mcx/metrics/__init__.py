@@ -1,7 +1,8 @@
-"""Evaluation metrics: classification (AUC, thresholds, ECE), calibration (temperature scaling, Brier, reliability),
-operating points with patient-bootstrap intervals, lesion segmentation (Dice) and lesion boxes (COCO AP / mAP, RSNA
-score). Each ``*_metrics`` function returns the flat ``<task>/<metric>[/<variant>]`` keys
-written to ``metrics.json``."""
+"""Evaluation metrics: classification (AUC, thresholds, ECE), ROC / precision-recall curve points, calibration
+(temperature scaling, Brier, reliability), operating points with patient-bootstrap intervals, lesion segmentation
+(Dice) and lesion boxes (COCO AP / mAP, RSNA score, per-image box quality). Each ``*_metrics`` function returns the
+flat ``<task>/<metric>[/<variant>]`` keys written to ``metrics.json``. Their plots are in
+:mod:`monai_mcx.visualize`."""
 
 from .calibration import (
     TemperatureScaling,
@@ -11,14 +12,15 @@ from .calibration import (
     fit_temperature,
     logits_from_probs,
     reliability_curve,
-    save_reliability_diagram,
 )
 from .classification import choose_threshold, classification_metrics, expected_calibration_error, roc_auc
+from .curves import pr_curve, roc_curve
 from .detection import (
     NO_BOX_THRESHOLD,
     RSNA_THRESHOLDS,
     average_precision,
     box_iou_float64,
+    box_quality,
     box_sensitivity,
     boxes_per_negative_image,
     choose_box_threshold,
@@ -41,9 +43,12 @@ __all__ = [
     "choose_threshold",
     "expected_calibration_error",
     "classification_metrics",
+    "roc_curve",
+    "pr_curve",
     "dice_per_image",
     "segmentation_metrics",
     "box_iou_float64",
+    "box_quality",
     "average_precision",
     "coco_map",
     "rsna_metric",
@@ -61,7 +66,6 @@ __all__ = [
     "brier_score",
     "reliability_curve",
     "calibration_metrics",
-    "save_reliability_diagram",
     "threshold_for_sensitivity",
     "patient_bootstrap_ci",
     "operating_points",

@@ -8,16 +8,14 @@ under-confident one. A positive ``T`` is a strictly increasing map, so rankings 
 must be chosen on the calibrated probabilities.
 
 The expected calibration error is :func:`monai_mcx.metrics.classification.expected_calibration_error`; the reliability
-curve here uses exactly its bins. Written here rather than taken from MONAI: MONAI has no temperature scaling and its
+curve here uses exactly its bins (its plot: :func:`monai_mcx.visualize.save_reliability_diagram`). Written here rather than taken from MONAI: MONAI has no temperature scaling and its
 ``CalibrationErrorMetric`` expects one-hot segmentation-like tensors; scikit-learn (``calibration_curve``,
 ``brier_score_loss``) is only a test dependency and is what the tests compare with.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +32,6 @@ __all__ = [
     "brier_score",
     "reliability_curve",
     "calibration_metrics",
-    "save_reliability_diagram",
 ]
 
 #: the range searched for a temperature; an optimum on the border means the data say "no information" (huge T)
@@ -258,58 +255,3 @@ def calibration_metrics(
     for key, vs in per.items():
         out[key] = _nanmean(vs)
     return out
-
-
-def save_reliability_diagram(
-    path: str | os.PathLike,
-    labels: Any,
-    probs_before: Any,
-    probs_after: Any | None = None,
-    class_name: str = "",
-    n_bins: int = 10,
-) -> None:
-    """Write a reliability diagram (PNG, atomically) for one class: observed fraction of positives against the mean
-    predicted probability per bin (the bins of the ECE), before and (optionally) after calibration, the diagonal of
-    perfect calibration, and the number of images per bin below. The legend states ECE and Brier of each curve.
-
-    Args:
-        path: the PNG to write (``plots/reliability_<class>.png`` in the report).
-        labels: ``(N,)`` 0/1 labels.
-        probs_before: ``(N,)`` raw probabilities.
-        probs_after: ``(N,)`` calibrated probabilities, or None.
-        class_name: for the title.
-        n_bins: equal-width bins.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from monai_mcx.utils import write_bytes_atomic
-
-    fig = Figure(figsize=(4.2, 5.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax, axh = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect")
-    edges = np.linspace(0, 1, n_bins + 1)
-    curves = [("raw", probs_before, "tab:red")]
-    if probs_after is not None:
-        curves.append(("calibrated", probs_after, "tab:blue"))
-    for i, (tag, probs, color) in enumerate(curves):
-        mean_p, frac, count = reliability_curve(probs, labels, n_bins)
-        ece = expected_calibration_error(probs, labels, n_bins)
-        brier = brier_score(probs, labels)
-        ax.plot(mean_p, frac, marker="o", color=color, label=f"{tag}: ECE {ece:.3f}, Brier {brier:.3f}")
-        p, _ = _binary_inputs(probs, labels)
-        width = (edges[1] - edges[0]) / len(curves)
-        hist, _ = np.histogram(np.clip(p, 0, 1), bins=edges)
-        axh.bar(edges[:-1] + i * width, hist, width=width, align="edge", color=color, alpha=0.7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("fraction of positives")
-    ax.set_title(f"Reliability: {class_name}" if class_name else "Reliability", fontsize=10)
-    ax.legend(loc="upper left", fontsize=7)
-    axh.set_xlabel("predicted probability")
-    axh.set_ylabel("images")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    write_bytes_atomic(buf.getvalue(), path)

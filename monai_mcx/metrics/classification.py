@@ -39,6 +39,19 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+def _sorted_counts(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(tp, fp, thresholds)`` at each distinct score of ``p`` ``(N,)`` (0/1 labels ``y`` ``(N,)``), highest score
+    first: the true and false positives when predicting positive for ``prob >= thresholds[i]``. Empty for ``N = 0``.
+    The one ranking behind :func:`choose_threshold` and the curves of :mod:`monai_mcx.metrics.curves`."""
+    if not p.size:
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    order = np.argsort(-p, kind="mergesort")
+    p_sorted, y_sorted = p[order], y[order]
+    # last index of each run of equal scores: predicting positive for prob >= p_sorted[i]
+    last = np.r_[np.nonzero(np.diff(p_sorted))[0], p_sorted.size - 1]
+    return np.cumsum(y_sorted)[last], np.cumsum(1 - y_sorted)[last], p_sorted[last]
+
+
 def roc_auc(probs: Any, labels: Any) -> float:
     """Area under the ROC curve of one binary task, ``probs`` ``(N,)`` and ``labels`` ``(N,)``.
 
@@ -68,18 +81,13 @@ def choose_threshold(probs: Any, labels: Any, method: str = "youden") -> float:
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return 0.5
-    order = np.argsort(-p, kind="mergesort")
-    p_sorted, y_sorted = p[order], y[order]
-    # last index of each run of equal scores: predicting positive for prob >= p_sorted[i]
-    last = np.r_[np.nonzero(np.diff(p_sorted))[0], p_sorted.size - 1]
-    tp = np.cumsum(y_sorted)[last]
-    fp = np.cumsum(1 - y_sorted)[last]
+    tp, fp, thresholds = _sorted_counts(p, y)
     if method == "youden":
         score = tp / n_pos - fp / n_neg
     else:
         score = 2 * tp / (2 * tp + fp + (n_pos - tp))
     best = int(np.argmax(score))  # first = highest threshold among ties
-    return float(p_sorted[last[best]])
+    return float(thresholds[best])
 
 
 def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 10) -> float:

@@ -30,6 +30,7 @@ import torch
 
 __all__ = [
     "box_iou_float64",
+    "box_quality",
     "average_precision",
     "coco_map",
     "rsna_metric",
@@ -102,6 +103,33 @@ def box_iou_float64(boxes1: Any, boxes2: Any) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
     return iou
+
+
+def box_quality(pred_boxes: Any, true_boxes: Any) -> float:
+    """Per-image box quality (the evaluation report ranks its gallery by it): greedy one-to-one matching by IoU
+    (highest first), ``sum(matched IoU) / max(#pred, #true)``; so misses and false positives both lower it.
+
+    Args:
+        pred_boxes: ``(M, 4)`` predicted boxes ``[x1, y1, x2, y2]``.
+        true_boxes: ``(G, 4)`` true boxes.
+
+    Returns:
+        A value in [0, 1]; 1 when both are empty, 0 when exactly one is.
+    """
+    pb = _to_numpy(pred_boxes).reshape(-1, 4)
+    tb = _to_numpy(true_boxes).reshape(-1, 4)
+    if len(pb) == 0 and len(tb) == 0:
+        return 1.0
+    if len(pb) == 0 or len(tb) == 0:
+        return 0.0
+    iou = box_iou_float64(pb, tb)
+    total = 0.0
+    while iou.size and iou.max() > 0:
+        i, j = np.unravel_index(int(np.argmax(iou)), iou.shape)
+        total += float(iou[i, j])
+        iou[i, :] = -1
+        iou[:, j] = -1
+    return total / max(len(pb), len(tb))
 
 
 def _coco_match_image(pb: np.ndarray, ps: np.ndarray, gb: np.ndarray, iou_thresholds: np.ndarray, max_det: int):
