@@ -615,7 +615,7 @@ class KeepOverlayImaged(MapTransform):
     """Keep a display copy of the loaded image for the prediction overlays, before any resizing.
 
     Stores ``(rows, cols)`` uint8 (``floor(clip(image, 0, 1) * 255)``, the quantisation of
-    :func:`monai_mcx.handlers.predictions.overlay_image`) under ``name``, so that
+    :func:`monai_mcx.visualize.overlay_image`) under ``name``, so that
     :class:`monai_mcx.handlers.PredictionWriter` draws the overlay and saliency PNGs without reading and
     decoding the file a second time. One byte per pixel: a 2048 x 2048 radiograph adds 4 MiB to its batch.
     :func:`monai_mcx.data.collate_cxr` keeps the copies as a per-item list (:data:`monai_mcx.data.collate.HOST_KEYS`).
