@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from orthanc_fixture import orthanc  # noqa: F401 - the Orthanc PACS fixture of the DICOMweb tests
 
 try:  # property tests draw the same examples on every run (a CI run must not fail on a new random draw);
     from hypothesis import settings  # HYPOTHESIS_PROFILE=explore searches fresh examples (hypothesis' default)
@@ -120,7 +121,8 @@ def evaluated_bundle(trained_bundle):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Repeat skips whose reason starts with ``NOT RUN:`` (e.g. the MONAI Label server test without a package
-    index) in a banner at the very end of the output, so a green run that left them out cannot pass unnoticed."""
+    index, the Orthanc DICOMweb test without Orthanc) in a banner at the very end of the output, so a green run
+    that left them out cannot pass unnoticed."""
     groups: dict[str, list[str]] = {}
     for rep in terminalreporter.stats.get("skipped", []):
         longrepr = getattr(rep, "longrepr", None)
@@ -136,5 +138,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for nodeid in nodeids:
             terminalreporter.line(f"    {nodeid}")
     terminalreporter.line(
-        "set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built a failure"
+        "set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built a failure, "
+        "MCX_REQUIRE_ORTHANC=1 a missing Orthanc, MCX_REQUIRE_DCIODVFY=1 a missing dciodvfy"
     )
