@@ -58,7 +58,7 @@ def _peak() -> int:
 def write_folders(root: Path, n: int, size: int) -> dict[str, Path]:
     from PIL import Image
 
-    from monai_mcx.data.demo import _write_dicom, synthesize_cxr
+    from monai_mcx.data.synthetic import _write_dicom, synthesize_cxr
 
     rng = np.random.default_rng(0)
     png, dcm = root / "png", root / "dicom"

@@ -60,7 +60,7 @@ def test_image_size_from_headers(tmp_path):
 
     nib.save(nib.Nifti1Image(np.zeros((30, 20), np.float32), np.eye(4)), str(tmp_path / "a.nii.gz"))
     assert image_size_wh(tmp_path / "a.nii.gz") == (30, 20)  # NIfTI is indexed (x, y)
-    from monai_mcx.data.demo import _write_dicom
+    from monai_mcx.data.synthetic import _write_dicom
 
     _write_dicom(str(tmp_path / "a.dcm"), np.zeros((20, 30), np.float32), "p", "i", 0)  # (rows, cols)
     assert image_size_wh(tmp_path / "a.dcm") == (30, 20)

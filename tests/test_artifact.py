@@ -325,7 +325,8 @@ def _check_message(err: BaseException, path: Path) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_entry_points_give_a_clean_error_naming_the_file(bad_checkpoints, kind, tmp_path):
     from monai_mcx.artifact import DescriptionError, load_description
-    from monai_mcx.engines.checkpoint import LastCheckpoint, SafeCheckpointLoader
+    from monai_mcx.engines.checkpoint import SafeCheckpointLoader
+    from monai_mcx.engines.resume import LastCheckpoint
     from monai_mcx.networks import MultiCheXNet
     from monai_mcx.networks.merge import merge_multichexnet, transfer_network
     from monai_mcx.networks.pretrained import load_pretrained_encoder

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo data (monai_mcx.data.demo): small (24 images at 64 px)."""
+"""Tests of the synthetic demo data (monai_mcx.data.demo, monai_mcx.data.synthetic): small (24 images at 64 px)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from monai_mcx.data import demo, ensure_demo_data, generate_demo_data, synthesize_cxr
+from monai_mcx.data import demo, ensure_demo_data, generate_demo_data, synthesize_cxr, synthetic
 
 N, SIZE = 24, 64
 
@@ -45,7 +45,7 @@ def _sample_of(dl, item, size=SIZE, seed=0):
     pid, k = stem.rsplit("_", 1)
     p = int(pid.split("-")[1]) - 1
     positive = bool(_np_mask(dl["_root"], item["image"]).any())
-    return demo._item_sample(seed, p, int(k), positive, size)
+    return synthetic._item_sample(seed, p, int(k), positive, size)
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,9 @@ def test_images_do_not_depend_on_num_images():
     # the per-image generators depend on (seed, patient, image) only
     plan_small, plan_big = demo._plan_patients(10, 3, 0.5), demo._plan_patients(40, 3, 0.5)
     assert plan_small[:-1] == plan_big[: len(plan_small) - 1]
-    a = demo._item_sample(3, 4, 0, True, 32)
-    b = demo._item_sample(3, 4, 0, True, 32)
-    c = demo._item_sample(3, 5, 0, True, 32)
+    a = synthetic._item_sample(3, 4, 0, True, 32)
+    b = synthetic._item_sample(3, 4, 0, True, 32)
+    c = synthetic._item_sample(3, 5, 0, True, 32)
     np.testing.assert_array_equal(a.image, b.image)
     assert not np.array_equal(a.image, c.image)
     # about 10 % of patients have a follow-up image
@@ -112,9 +112,9 @@ def test_images_do_not_depend_on_num_images():
 
 
 def test_follow_up_is_same_patient_jittered():
-    a = demo._item_sample(0, 7, 0, True, 64)
-    b = demo._item_sample(0, 7, 1, True, 64)
-    other = demo._item_sample(0, 8, 0, True, 64)
+    a = synthetic._item_sample(0, 7, 0, True, 64)
+    b = synthetic._item_sample(0, 7, 1, True, 64)
+    other = synthetic._item_sample(0, 8, 0, True, 64)
     assert a.boxes and b.boxes  # same class
     assert not np.array_equal(a.image, b.image)
     assert np.corrcoef(a.image.ravel(), b.image.ravel())[0, 1] > np.corrcoef(a.image.ravel(), other.image.ravel())[0, 1]
@@ -184,12 +184,12 @@ def _check_mask_boxes(mask_np, boxes):
 
 
 def test_synthesize_cxr_mask_boxes_lungs():
-    min_area = int(np.ceil(demo.MIN_COMPONENT_FRACTION * 64 * 64))
+    min_area = int(np.ceil(synthetic.MIN_COMPONENT_FRACTION * 64 * 64))
     coverage = []
     for i in range(12):
         positive = i % 3 != 0
         rng = np.random.default_rng([5, i])
-        s = demo.synthesize_cxr_sample(rng, 64, positive)
+        s = synthetic.synthesize_cxr_sample(rng, 64, positive)
         img, mask, boxes = synthesize_cxr(np.random.default_rng([5, i]), 64, positive)
         np.testing.assert_array_equal(img, s.image)
         assert img.dtype == np.float32 and img.shape == (64, 64) and 0.0 <= img.min() and img.max() <= 1.0

@@ -10,7 +10,7 @@ import pytest
 from monai.bundle import ConfigParser
 
 from monai_mcx.engines import LastCheckpoint
-from monai_mcx.engines.checkpoint import configure_determinism
+from monai_mcx.engines.rng import configure_determinism
 from monai_mcx.handlers import MultiTaskMetrics, PredictionWriter
 from monai_mcx.utils import as_bool
 

@@ -118,7 +118,7 @@ def _build_network():
 def _write_studies(root: Path) -> dict:
     from PIL import Image
 
-    from monai_mcx.data.demo import _write_dicom, synthesize_cxr
+    from monai_mcx.data.synthetic import _write_dicom, synthesize_cxr
 
     studies = root / "studies"
     (studies / "labels" / "final").mkdir(parents=True)

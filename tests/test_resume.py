@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from monai_mcx.engines.checkpoint import CheckpointError, LastCheckpoint, load_checkpoint, save_checkpoint
+from monai_mcx.engines.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from monai_mcx.engines.resume import LastCheckpoint
 
 from conftest import CONFIGS, REPO, bundle_overrides
 

@@ -25,7 +25,7 @@ def _sha256(path: Path) -> str:
 
 def _write_dicom(path: Path, w: int, h: int) -> None:
     """An 8-bit MONOCHROME2 chest-sized DICOM (w columns, h rows) with a bright body and dark lungs."""
-    from monai_mcx.data.demo import _write_dicom as write
+    from monai_mcx.data.synthetic import _write_dicom as write
 
     yy, xx = np.mgrid[0:h, 0:w]
     img = 200 - 120 * ((((xx - w * 0.3) / (w * 0.15)) ** 2 + ((yy - h * 0.5) / (h * 0.3)) ** 2) < 1)

@@ -14,5 +14,6 @@ from .datalist import (
     resolve_path,
     validate_item,
 )
-from .demo import ensure_demo_data, generate_demo_data, synthesize_cxr
+from .demo import ensure_demo_data, generate_demo_data
 from .errors import DataError
+from .synthetic import synthesize_cxr

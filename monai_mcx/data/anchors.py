@@ -68,7 +68,7 @@ def image_size_wh(path: str | os.PathLike) -> tuple[int, int]:
             return int(ds.Columns), int(ds.Rows)
         from PIL import Image
 
-        from monai_mcx.transforms.io import exif_size_wh
+        from monai_mcx.transforms.readers import exif_size_wh
 
         with Image.open(path) as im:
             return exif_size_wh(im)  # (width, height) as loaded: after the EXIF orientation, as LoadCXR does

@@ -230,7 +230,7 @@ def rank0_handlers(handlers: Sequence[Any] | None, rank: int | None = None) -> l
     :data:`RANK0_NAME_PARTS` (``Writer``, ``Saver``, ``TensorBoard``, ``Report``, ``Progress``...). A handler
     class can decide for itself with a ``rank0_only`` attribute (``True``: rank 0 only; ``False``: every rank).
     Everything else (LR scheduler, ValidationHandler, early stopping — every rank computes the same reduced metrics, so every rank stops together — checkpoint
-    loading, :class:`~monai_mcx.engines.checkpoint.LastCheckpoint`) runs on every rank."""
+    loading, :class:`~monai_mcx.engines.resume.LastCheckpoint`) runs on every rank."""
     handlers = list(handlers or [])
     rank = get_rank() if rank is None else rank
     if rank == 0:

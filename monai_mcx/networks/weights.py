@@ -1,7 +1,7 @@
 """The one weights layer: read a checkpoint, find its state dict, compare it with a module, hash it.
 
 Every place that reads network weights goes through here -- ``engines.checkpoint`` (``SafeCheckpointLoader``,
-resume), ``networks.merge`` (merging sub-models, transfer), ``networks.pretrained`` (pretrained encoders),
+``engines.resume``), ``networks.merge`` (merging sub-models, transfer), ``networks.pretrained`` (pretrained encoders),
 ``monai_mcx.export``, ``monai_mcx.artifact`` (model descriptions) and the MONAI Label app -- so a missing,
 truncated, pickled-code or foreign checkpoint gives the same :class:`WeightsError` everywhere, naming the file
 and, for a mismatch, the missing / unexpected / shape-mismatched keys.

@@ -1,0 +1,185 @@
+"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, and the
+size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.transforms.dicom_reader`).
+Each reader returns ``(array (rows, cols), pixel spacing (x, y) or None, metadata)``; the rules are those of
+the :mod:`monai_mcx.transforms.io` docstring.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from monai_mcx.data.errors import DataError
+
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "exif_size_wh"]
+
+#: smallest accepted side of an image, in pixels
+DEFAULT_MIN_SIZE = 32
+#: largest accepted number of pixels of an image or mask
+DEFAULT_MAX_PIXELS = 40_000_000
+#: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
+_EXIF_SWAPS_WH = (5, 6, 7, 8)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32, copy=False)
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("image has non-finite values")
+    if hi <= lo:
+        return np.zeros_like(a, dtype=np.float32)
+    return (a - lo) / (hi - lo)
+
+
+def _to_unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map ``[lo, hi]`` linearly to [0, 1] (float32 arithmetic, clipped); ``lo == 0, hi == 255`` is ``x / 255``."""
+    if not hi > lo:
+        raise ValueError(f"empty intensity range [{lo}, {hi}]")
+    out = (a.astype(np.float32, copy=False) - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _check_size(cols: int, rows: int, path: Path, min_size: int, max_pixels: int | None) -> None:
+    """Refuse degenerate and huge images before their pixels are decoded."""
+    if min(cols, rows) < min_size:
+        raise DataError(
+            f"image is {cols}x{rows} pixels (W x H): a side is below the minimum of {min_size} pixels (min_size)", path
+        )
+    if max_pixels is not None and cols * rows > max_pixels:
+        raise DataError(
+            f"image is {cols}x{rows} = {cols * rows} pixels, more than max_pixels={max_pixels}: refused before "
+            "decoding (raise max_pixels of LoadCXR / LoadCXRd to accept it)",
+            path,
+        )
+
+
+def _binary_mask(arr: np.ndarray, path: Path, grey_masks: str) -> np.ndarray:
+    """A label mask (0 and one foreground value) -> 0/1; a grey-level mask -> error or thresholded
+    (:mod:`monai_mcx.transforms.io` docstring)."""
+    arr = np.asarray(arr)
+    if not np.all(np.isfinite(arr)):
+        raise DataError("mask holds NaN or Inf values", path)
+    values = np.unique(arr)
+    if values.size <= 1 or (values.size == 2 and values[0] == 0):
+        return (arr > 0).astype(np.float32)
+    shown = ", ".join(f"{v:g}" for v in values[:4]) + (f", ..., {values[-1]:g}" if values.size > 4 else "")
+    if grey_masks == "error":
+        raise DataError(
+            f"mask is not a label mask: it has {values.size} distinct values ({shown}), a mask must hold 0 for "
+            "background and one foreground value. Re-export it as a binary mask, or pass grey_masks='threshold' "
+            "(LoadCXR / LoadCXRd / PrepareAnnotationsd) to binarise it at half its maximum",
+            path,
+        )
+    thr = float(values[-1]) / 2.0
+    warnings.warn(
+        f"{path}: grey-level mask with {values.size} distinct values ({shown}) binarised at >= {thr:g} "
+        "(half its maximum; grey_masks='threshold')",
+        UserWarning,
+        stacklevel=2,
+    )
+    return ((arr >= thr) & (arr > 0)).astype(np.float32)
+
+
+def _exif_orientation(im) -> int:
+    """The EXIF orientation tag of an open PIL image (1 = none; a broken EXIF block is ignored, as viewers do)."""
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def exif_size_wh(im) -> tuple[int, int]:
+    """``(W, H)`` of an open PIL image as a viewer shows it (after its EXIF orientation), without decoding it.
+
+    A PNG's orientation is read only from an ``eXIf`` chunk before the pixel data (reading a later one would
+    decode the image).
+    """
+    w, h = im.size
+    if getattr(im, "format", None) == "PNG" and "exif" not in im.info:
+        return w, h
+    return (h, w) if _exif_orientation(im) in _EXIF_SWAPS_WH else (w, h)
+
+
+def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels below says more
+            opened = Image.open(path)
+        with opened as im:
+            w, h = im.size  # the smaller side and the pixel count do not change with the orientation
+            _check_size(w, h, path, 0 if as_mask else min_size, max_pixels)
+            im.load()
+            orientation = _exif_orientation(im)
+            if orientation != 1:
+                im = ImageOps.exif_transpose(im)  # as image viewers show it (the same rule for masks)
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                arr, bits = np.asarray(im).astype(np.float32), 16
+            elif mode in ("I", "F"):
+                arr, bits = np.asarray(im).astype(np.float32), None
+            elif as_mask and mode in ("P", "1"):
+                arr, bits = np.asarray(im).astype(np.float32), 8  # palette indices are the labels
+            elif as_mask and mode in ("RGB", "RGBA", "LA", "PA"):
+                a = np.asarray(im.convert("RGBA" if mode != "LA" else "LA"))
+                arr, bits = a[..., :-1].max(-1).astype(np.float32), 8  # any colour channel set (alpha ignored)
+            else:
+                if mode != "L":
+                    im = im.convert("L")  # RGB/RGBA/P/LA/1 -> one channel (ITU-R 601 luma)
+                arr, bits = np.asarray(im).astype(np.float32), 8
+    except DataError:
+        raise
+    except FileNotFoundError as e:
+        raise DataError("file not found", path) from e
+    except UnidentifiedImageError as e:
+        raise DataError("not an image file (PIL cannot identify it)", path) from e
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image too large to decode ({e})", path) from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"unreadable or truncated image ({type(e).__name__}: {e})", path) from e
+    meta = {
+        "source_format": path.suffix.lower().lstrip("."),
+        "pil_mode": mode,
+        "bits_stored": bits or 0,
+        "exif_orientation": orientation,
+    }
+    if as_mask:
+        return _binary_mask(arr, path, grey_masks), None, meta
+    if bits == 8:
+        meta["intensity"] = "x/255"
+        return _to_unit(arr, 0.0, 255.0), None, meta
+    meta["intensity"] = "minmax"
+    return _minmax(arr), None, meta
+
+
+def _read_nifti(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = [int(s) for s in img.header.get_data_shape()]
+        dims = [s for s in shape if s > 1]
+        if len(dims) >= 2:
+            _check_size(dims[0], dims[1], path, 0 if as_mask else min_size, max_pixels)
+        arr = np.asarray(img.dataobj, dtype=np.float32)
+        zooms = img.header.get_zooms()
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"unreadable or truncated NIfTI ({type(e).__name__}: {e})", path) from e
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3].mean(-1)
+    if arr.ndim != 2:
+        raise DataError(f"expected a 2D image, got shape {arr.shape}", path)
+    spacing = (float(zooms[0]), float(zooms[1])) if len(zooms) >= 2 else None
+    meta = {"source_format": "nifti"}
+    # NIfTI arrays are indexed (x, y) already: return (rows, cols) like the others (transposed back later)
+    arr = arr.T
+    if as_mask:
+        return _binary_mask(arr, path, grey_masks), spacing, meta
+    meta["intensity"] = "minmax"
+    return _minmax(arr), spacing, meta
