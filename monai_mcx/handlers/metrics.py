@@ -66,6 +66,7 @@ __all__ = [
     "SCORE_KEYS",
     "BOX_THRESHOLD_KEY",
     "ORIGINAL_SUFFIX",
+    "SEG_COUNT_KEY",
     "class_threshold_key",
 ]
 
@@ -75,6 +76,8 @@ SCORE_KEYS = ("classification/auc", "segmentation/dice_positive", "localization/
 BOX_THRESHOLD_KEY = "localization/box_threshold"
 #: suffix of the keys computed at each image's original resolution (``MultiTaskMetrics(original_resolution=True)``)
 ORIGINAL_SUFFIX = "/original"
+#: the number of images in the segmentation metrics (with a known mask); ``.../original``: at the original resolution
+SEG_COUNT_KEY = "segmentation/n_images"
 
 
 def class_threshold_key(name: str) -> str:
@@ -123,7 +126,9 @@ class MultiTaskMetrics(Metric):
         original_resolution: also compute the segmentation and localization metrics at each image's original
             resolution (keys ``.../original``; module docstring). Needs the batch's ``original_size`` and
             ``mask_path`` (:class:`~monai_mcx.transforms.PrepareAnnotationsd` records the mask file; an in-memory
-            mask has none and is left out of the ``/original`` Dice, with a warning).
+            mask has none: an empty one counts as an all-zero mask of the original size (a negative of
+            ``empty_mask_if_no_boxes``), a non-empty one is left out of the ``/original`` Dice, with a warning).
+            ``segmentation/n_images`` and ``segmentation/n_images/original`` count the images of both.
         mask_loader: reads a mask file at its own size for ``original_resolution`` (default
             ``LoadCXR(as_mask=True)``, the loader of :class:`~monai_mcx.transforms.PrepareAnnotationsd`).
         calibration: the classifier's calibration: None (the post-processor's, e.g. the model description's on a
@@ -280,11 +285,14 @@ class MultiTaskMetrics(Metric):
             pred[PredKeys.SEG_PROBS].detach().float().cpu().numpy()
         )  # float32: a rounding would flip pixels at the threshold
         paths = targets.get(BatchKeys.MASK_PATH) or [""] * len(has)
+        empty = ~(targets[BatchKeys.MASK].detach().cpu().reshape(len(has), -1) > 0.5).any(dim=1).numpy()
         for i in np.nonzero(has)[0]:
-            if not paths[i]:
+            path = str(paths[i]) if paths[i] else None
+            if path is None and not empty[i]:  # an in-memory lesion mask: its original-size pixels are unknown
                 self._missing_mask_files += 1
                 continue
-            self._seg_orig.append((base + int(i), probs[i, 0].copy(), str(paths[i]), self._original_size(targets, i)))
+            # no file and no lesion pixel (``empty_mask_if_no_boxes``): an all-zero mask of the original size
+            self._seg_orig.append((base + int(i), probs[i, 0].copy(), path, self._original_size(targets, i)))
 
     _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom", "_logits", "_patients")
 
@@ -354,6 +362,7 @@ class MultiTaskMetrics(Metric):
             pred = np.stack([p for _, p, _ in self._seg])
             true = np.stack([t for _, _, t in self._seg])
             out.update(segmentation_metrics(pred, true))
+            out[SEG_COUNT_KEY] = float(len(self._seg))
             if gated:
                 out.update(
                     {f"{k}/gated": v for k, v in segmentation_metrics(pred & gate[idx][:, None, None], true).items()}
@@ -462,14 +471,17 @@ class MultiTaskMetrics(Metric):
             self._mask_loader = LoadCXR(as_mask=True)
         if self._missing_mask_files:
             warnings.warn(
-                f"{self._missing_mask_files} image(s) with an in-memory mask (no mask file) are left out of the "
+                f"{self._missing_mask_files} image(s) with a non-empty in-memory mask (no mask file) are left out of the "
                 "original-resolution Dice.",
                 stacklevel=2,
             )
         preds, truths, keep = [], [], []
         for j, probs, path, orig in self._seg_orig:
-            true = torch.as_tensor(np.asarray(self._mask_loader(path)))
-            true = (true[None] if true.ndim == 2 else true).amax(dim=0) > 0  # (W, H), any channel set
+            if path is None:  # an in-memory empty mask
+                true = torch.zeros([int(v) for v in orig], dtype=torch.bool)
+            else:
+                true = torch.as_tensor(np.asarray(self._mask_loader(path)))
+                true = (true[None] if true.ndim == 2 else true).amax(dim=0) > 0  # (W, H), any channel set
             if list(true.shape) != list(orig):
                 raise ValueError(
                     f"{path}: mask size {tuple(true.shape)} differs from its image's original size {tuple(orig)} (W, H)."
@@ -478,6 +490,7 @@ class MultiTaskMetrics(Metric):
             truths.append(true.numpy())
             keep.append(True if gate is None else bool(gate[j]))
         out = {f"{k}{ORIGINAL_SUFFIX}": v for k, v in segmentation_metrics(preds, truths).items()}
+        out[f"{SEG_COUNT_KEY}{ORIGINAL_SUFFIX}"] = float(len(preds))
         if gate is not None:
             gated = [p & k for p, k in zip(preds, keep)]
             out.update({f"{k}/gated{ORIGINAL_SUFFIX}": v for k, v in segmentation_metrics(gated, truths).items()})
