@@ -137,7 +137,9 @@ class MultiTaskMetrics(Metric):
             split), ``"none"`` (or False: raw ``sigmoid`` probabilities, no calibration).
         sensitivity_targets: fixed sensitivities of the reported operating points (``0.9`` -> ``sens90``).
         target_thresholds: ``{"sens90": {class: t}, ...}`` chosen on validation (the model description's
-            ``sensitivity_thresholds``); None: chosen on the evaluated data.
+            ``sensitivity_thresholds``); None: chosen on the evaluated data (only when that IS the validation
+            split). A target or class missing from a mapping (``{}``: a description without them, on a test split)
+            is not chosen here: its ``classification/<op>/...`` keys are NaN (``null``, "not available").
         n_boot: bootstrap replicates of the confidence intervals (resampling patients: the targets' ``patient``
             ids; one image = one patient where they are missing, see :attr:`patients_known`).
         ci: coverage of the intervals.
@@ -184,7 +186,7 @@ class MultiTaskMetrics(Metric):
         self.sensitivity_targets = [float(t) for t in sensitivity_targets]
         # {op: {class: t}} (the description's layout) -> {class: {op: t}} (class_operating_points')
         self.target_thresholds = None
-        if target_thresholds:
+        if target_thresholds is not None:  # {} (none from validation): reported as undefined, never chosen here
             self.target_thresholds = {}
             for op, table in dict(target_thresholds).items():
                 for c, t in dict(table).items():

@@ -93,6 +93,8 @@ class EvaluationReport:
         title: the report's heading.
         saliency: a :class:`monai_mcx.explain.SaliencyMaps` of the evaluator's network: the gallery shows each
             case's saliency (computed at the end, for the gallery cases only); None: no saliency panels.
+        sensitivity_note: where the thresholds of the sensitivity targets (``sens90``...) come from
+            (:func:`monai_mcx.handlers.report_markdown.sensitivity_note`); empty: "on the validation split".
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class EvaluationReport:
         box_threshold_note: str = "",
         title: str = "MultiCheXNet evaluation report",
         saliency: Any | None = None,
+        sensitivity_note: str = "",
     ) -> None:
         from monai_mcx.inferers import MultiCheXNetPostprocessor
 
@@ -121,6 +124,7 @@ class EvaluationReport:
         self.box_threshold_note = box_threshold_note
         self.title = title
         self.saliency = saliency
+        self.sensitivity_note = sensitivity_note
         self.plot_files: list[str] = []
         self.reset()
 
@@ -302,7 +306,7 @@ class EvaluationReport:
         self.plot_files = []
         curve_links = self._plot_curves(plots_dir, metrics)
         self._calibration_lines = calibration_section(
-            metrics, self.class_names, self.deployed, self._plot_reliability()
+            metrics, self.class_names, self.deployed, self._plot_reliability(), self.sensitivity_note
         )
         dice_link = self._plot_dice(plots_dir, gates)
         gallery_link = self._plot_gallery(plots_dir, gates)
