@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.utils.enums import CommonKeys
@@ -87,6 +86,11 @@ def class_threshold_key(name: str) -> str:
 
 def _from_engine_output(output: dict) -> tuple[dict, dict]:
     return output[CommonKeys.PRED], output[CommonKeys.LABEL]
+
+
+def _shift_image_index(item: tuple, offset: int) -> tuple:
+    """A ``(image index, ...)`` record of one rank's shard, renumbered for the merged set."""
+    return (item[0] + offset, *item[1:])
 
 
 class MultiTaskMetrics(Metric):
@@ -302,33 +306,21 @@ class MultiTaskMetrics(Metric):
         """Under ``torch.distributed`` (each rank evaluated its shard of the data), replace the per-sample lists
         by the concatenation of every rank's (image indices shifted), so that every rank computes the metrics of
         the whole set — the same numbers as a one-process evaluation. Collective: every rank must call
-        :meth:`compute`."""
-        if (
-            getattr(self, "_gathered", False)
-            or not (dist.is_available() and dist.is_initialized())
-            or dist.get_world_size() == 1
-        ):
+        :meth:`compute` (:func:`monai_mcx.engines.distributed.gather_shards`)."""
+        from monai_mcx.engines.distributed import gather_shards
+
+        if getattr(self, "_gathered", False):
             return
-        self._gathered = True
         mine = {k: getattr(self, k) for k in self._STATE}
         mine["_n"] = self._n
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mine)
-        offset = 0
-        merged: dict[str, list] = {k: [] for k in self._STATE}
-        for part in parts:
-            merged["_probs"] += part["_probs"]
-            merged["_labels"] += part["_labels"]
-            merged["_logits"] += part["_logits"]
-            merged["_patients"] += part["_patients"]
-            merged["_seg"] += [(offset + j, p, t) for j, p, t in part["_seg"]]
-            merged["_det"] += [(offset + j, d, t) for j, d, t in part["_det"]]
-            merged["_seg_orig"] += [(offset + j, p, f, o) for j, p, f, o in part["_seg_orig"]]
-            merged["_det_geom"] += part["_det_geom"]
-            offset += part["_n"]
+        shifted = {k: _shift_image_index for k in ("_seg", "_det", "_seg_orig")}
+        merged = gather_shards(mine, "_n", shifted)
+        if merged is None:
+            return
+        self._gathered = True
         for k in self._STATE:
-            setattr(self, k, merged[k])
-        self._n = offset
+            setattr(self, k, merged.get(k, []))
+        self._n = merged["_n"]
 
     def compute(self) -> dict[str, float]:
         self._gather_ranks()

@@ -143,6 +143,9 @@ class PredictionWriter:
 
     #: most writes queued for the background thread before the engine waits (``background``)
     max_pending: int = 64
+    #: distributed evaluation (``multi_gpu_evaluate.json``): every rank writes its own images' files (memory stays
+    #: one batch per rank), rank 0 writes ``predictions.csv`` from every rank's rows (:meth:`write_summary`)
+    rank0_only = False
 
     def __init__(
         self,
@@ -383,7 +386,12 @@ class PredictionWriter:
         return entry
 
     def write_summary(self, engine: Engine) -> None:
+        from monai_mcx.engines.distributed import gather_rows
+
         self.flush()  # every per-image file first: the summary lists them
+        rows = gather_rows(self.rows, unique="json")  # every rank's rows on rank 0 (None on the others)
+        if rows is None:
+            return
         buf = io.StringIO()
         fields = [
             "image",
@@ -401,7 +409,7 @@ class PredictionWriter:
         ]
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
-        for r in self.rows:
+        for r in rows:
             if r.get("error"):
                 w.writerow({"image": r["image"], "error": r["error"]})
                 continue
@@ -422,11 +430,11 @@ class PredictionWriter:
                 row[f"p_{c}"] = round(p, 6)
             w.writerow(row)
         write_bytes_atomic(buf.getvalue().encode(), self.output_dir / "predictions.csv")
-        n_err = sum(1 for r in self.rows if r.get("error"))
+        n_err = sum(1 for r in rows if r.get("error"))
         if n_err:
             logger.warning(
                 "%d of %d inputs could not be read; see the 'error' column of %s",
                 n_err,
-                len(self.rows),
+                len(rows),
                 self.output_dir / "predictions.csv",
             )

@@ -25,6 +25,10 @@ The thresholds chosen on the validation split (class thresholds, box operating p
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
 :class:`monai_mcx.artifact.OperatingPointWriter`.
 
+In a distributed evaluation (``multi_gpu_evaluate.json``) the handler runs on every rank: at the end each rank's
+per-image records are gathered (:meth:`EvaluationReport.gather`, as :class:`~monai_mcx.handlers.MultiTaskMetrics`
+gathers its samples) and rank 0 writes the report of the whole split.
+
 This handler only collects the per-image records and writes the report: the curves' numbers come from
 :mod:`monai_mcx.metrics`, the figures are drawn by :mod:`monai_mcx.visualize` (plots, gallery), and the sections of
 ``report.md`` that depend on the metrics alone are :mod:`monai_mcx.handlers.report_markdown`.
@@ -227,8 +231,43 @@ class EvaluationReport:
         self._cases.sort(key=lambda t: (t[0], t[1]))
         self._cases = self._cases[:k] + self._cases[-k:]
 
+    #: runs on every rank of a distributed evaluation (``rank0_handlers`` keeps it): the ranks' records are gathered
+    #: (a collective), rank 0 writes
+    rank0_only = False
+
+    _RECORDS = ("_probs", "_labels", "_all_probs", "_all_logits", "_known", "_images", "_dice", "_counts",
+                "_pos_per_class", "_cases")  # fmt: skip
+
+    def gather(self) -> None:
+        """Under ``torch.distributed`` (each rank evaluated its shard of the split): replace this rank's records by
+        those of every rank (:func:`monai_mcx.engines.distributed.gather_shards`, as the metrics gather theirs),
+        so that ``report.md``, its plots and gallery and ``per_image.csv`` cover the whole split. Collective: every
+        rank calls it. Memory: the per-image records are small (probabilities, box scores, one Dice); of the
+        images only each rank's ``num_cases`` best and worst cases travel."""
+        from monai_mcx.engines.distributed import gather_shards
+
+        mine = {k: getattr(self, k) for k in self._RECORDS}
+        mine["_index"] = self._index
+        renumber = {
+            "_known": lambda j, o: j + o,  # every image has probabilities when there is a classifier
+            "_dice": lambda t, o: (t[0] + o, t[1]),
+            "_cases": lambda t, o: (t[0], t[1] + o, {**t[2], "index": t[2]["index"] + o}),
+        }
+        merged = gather_shards(mine, "_index", renumber)
+        if merged is None:
+            return
+        for k in self._RECORDS:
+            setattr(self, k, merged[k])
+        self._index = merged["_index"]
+        self._prune()
+
     # -- output
     def __call__(self, engine: Engine) -> None:
+        from monai_mcx.engines.distributed import get_rank
+
+        self.gather()
+        if get_rank() != 0:
+            return
         metrics = {}
         for key, v in engine.state.metrics.items():
             if isinstance(v, (int, float, np.floating, np.integer)) or (torch.is_tensor(v) and v.numel() == 1):
@@ -477,16 +516,6 @@ class EvaluationReport:
             f"(score >= {d.box_score_threshold:.4g}).",
             "",
         ]
-        if (
-            torch.distributed.is_available()
-            and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size() > 1
-        ):
-            lines += [
-                f"*Distributed evaluation: the metrics cover the whole split; the counts, curves and gallery below "
-                f"cover rank {torch.distributed.get_rank()}'s shard only.*",
-                "",
-            ]
         c = self._counts
         gated_out = int((~gates).sum()) if self._all_probs else 0
         lines += [
