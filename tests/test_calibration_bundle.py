@@ -374,3 +374,50 @@ def test_bundle_test_split_without_sensitivity_thresholds(trained_bundle, tmp_pa
     report = (out / "report.md").read_text()
     assert "not available: the description has no 90/95 % sensitivity thresholds from a validation split" in report
     assert "sensitivity on the validation split" not in report
+
+
+@pytest.mark.slow
+def test_validation_predictions_use_the_operating_point_this_evaluation_writes(trained_bundle, tmp_path):
+    """Issue 24 item 14: evaluate.json --write_predictions true on the validation split writes the prediction files
+    at the operating point it chooses and writes into model.json (calibration, class thresholds, box score), not
+    at the description's earlier one."""
+    from monai_mcx.artifact import load_description, read_description, save_description
+
+    root, overrides = trained_bundle
+    shutil.copytree(root / "models", tmp_path / "models")
+    ckpt = tmp_path / "models" / "model.pt"
+    before = read_description(ckpt)  # start from an uncalibrated description at 0.5 / every box
+    save_description(before.replace(calibration=None, class_thresholds=None, box_score_threshold=None), ckpt)
+    out = tmp_path / "eval"
+    run_bundle(
+        ["train.json", "evaluate.json"],
+        **dict(
+            overrides,
+            ckpt_dir=str(tmp_path / "models"),
+            output_dir=str(out),
+            bootstrap_samples=20,
+            explain=False,
+            write_predictions=True,
+        ),
+    )
+    desc = load_description(ckpt)
+    assert desc.calibration and desc.box_score_threshold is not None and desc.box_score_threshold > 0
+    records = sorted((out / "predictions").glob("*.json"))
+    assert records
+    temps = desc.calibration["temperatures"]
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert rec["calibrated"] is True and rec["calibration"]["temperatures"] == pytest.approx(temps), path.name
+        assert rec["gate"]["thresholds"] == pytest.approx(desc.class_thresholds), path.name
+        assert rec["box_score_threshold"] == pytest.approx(desc.box_score_threshold), path.name
+        assert all(b["score"] >= desc.box_score_threshold for b in rec["boxes_ungated"])
+        p = rec["class_probabilities"]["pneumonia"]
+        assert rec["gate"]["positive"] == (p >= desc.class_thresholds["pneumonia"])
+    # the same probabilities as per_image.csv (the report's, at the deployed calibration)
+    import csv
+
+    with (out / "per_image.csv").open() as f:
+        table = {r["image"]: float(r["p_pneumonia"]) for r in csv.DictReader(f)}
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert rec["class_probabilities"]["pneumonia"] == pytest.approx(table[rec["image"]], abs=1e-6)

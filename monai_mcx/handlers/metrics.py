@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,7 @@ __all__ = [
     "MultiTaskMetrics",
     "MetricsJSONWriter",
     "resolve_class_thresholds",
+    "deployed_from_metrics",
     "SCORE_KEYS",
     "BOX_THRESHOLD_KEY",
     "ORIGINAL_SUFFIX",
@@ -496,6 +497,33 @@ class MultiTaskMetrics(Metric):
             if key != "score":
                 engine.state.metrics[key] = value
         engine.state.metrics[name] = result["score"]
+
+
+def deployed_from_metrics(postprocessor: MultiCheXNetPostprocessor, metrics: Mapping) -> MultiCheXNetPostprocessor:
+    """The post-processor at the operating point an evaluation's metrics used (what
+    :class:`monai_mcx.artifact.OperatingPointWriter` writes into the model description on the validation split):
+    ``classification/threshold/<class>`` (when every class has one), ``localization/box_threshold``, and the
+    calibration: ``calibration/temperature/<class>`` (temperature scaling), raw probabilities when the metrics have
+    only ``calibration/.../raw`` keys, else the post-processor's own.
+
+    Args:
+        postprocessor: the post-processing the evaluation started from (the model description's).
+        metrics: the flat metrics (``engine.state.metrics`` after :class:`MultiTaskMetrics` computed).
+    """
+    names = list(postprocessor.class_names)
+    thr = [metrics.get(class_threshold_key(c)) for c in names]
+    temps = [metrics.get(f"calibration/temperature/{c}") for c in names]
+    calibration = None  # keep the post-processor's unless the metrics say how they calibrated
+    if all(t is not None for t in temps):
+        calibration = {"method": "temperature", "temperatures": {c: float(t) for c, t in zip(names, temps)}}
+    elif any(str(k).startswith("calibration/") and str(k).endswith("/raw") for k in metrics):
+        calibration = False  # the metrics used raw probabilities
+    box = metrics.get(BOX_THRESHOLD_KEY)
+    return postprocessor.with_settings(
+        class_thresholds=[float(t) for t in thr] if all(t is not None for t in thr) else None,
+        box_score_threshold=None if box is None else float(box),
+        calibration=calibration,
+    )
 
 
 def resolve_class_thresholds(

@@ -277,21 +277,9 @@ class EvaluationReport:
 
     def _deployed(self, metrics: dict) -> Any:
         """The post-processor with the thresholds the metrics used (when reported)."""
-        from monai_mcx.handlers.metrics import BOX_THRESHOLD_KEY, class_threshold_key
+        from monai_mcx.handlers.metrics import deployed_from_metrics
 
-        thr = [metrics.get(class_threshold_key(c)) for c in self.class_names]
-        box = metrics.get(BOX_THRESHOLD_KEY)
-        temps = [metrics.get(f"calibration/temperature/{c}") for c in self.class_names]
-        calibration = None  # keep the post-processor's unless the metrics say how they calibrated
-        if all(t is not None for t in temps):
-            calibration = {"method": "temperature", "temperatures": dict(zip(self.class_names, temps))}
-        elif any(k.startswith("calibration/") and k.endswith("/raw") for k in metrics):
-            calibration = False  # the metrics used raw probabilities
-        return self.postprocessor.with_settings(
-            class_thresholds=thr if all(t is not None for t in thr) else None,
-            box_score_threshold=box,
-            calibration=calibration,
-        )
+        return deployed_from_metrics(self.postprocessor, metrics)
 
     def _recalibrate(self) -> None:
         """Recompute the collected probabilities from the raw logits with the deployed calibration (the one the
