@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BUNDLE, CONFIGS, REPO, SMALL, bundle_overrides
+from conftest import BUNDLE, CONFIGS, REPO, SMALL, bundle_overrides, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -156,6 +156,41 @@ def test_evaluate_and_infer_through_cli(trained_bundle, tmp_path):
     w, h = rec["size_wh"]
     assert mask.size == (w, h)  # PIL size is (width, height): the ORIGINAL image size
     assert (pred_dir / "predictions.csv").read_text().count("\n") == len(test_items) + 1
+
+
+def test_evaluate_refuses_a_split_with_nothing_to_evaluate(trained_bundle, tmp_path):
+    """Issue 24 item 10: evaluate.json on an empty split exited 0 having done nothing, and on a split without any
+    annotation reported val_score 0.0; both are errors naming the datalist and the split."""
+    import shutil
+
+    root, overrides = trained_bundle
+    shutil.copytree(root / "models", tmp_path / "models")
+    demo = Path(overrides["dataset_dir"]) / "datalist.json"
+    items = json.loads(demo.read_text())["validation"][:4]
+    for it in items:
+        it["image"] = str(demo.parent / it["image"])
+    unlabelled = [dict(it, label=None, mask=None, boxes=None) for it in items]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": items, "validation": unlabelled, "test": []}))
+    for split, problem in (("test", "is empty"), ("validation", "no item")):
+        with pytest.raises(Exception) as err:
+            run_bundle(
+                ["train.json", "evaluate.json"],
+                **dict(
+                    overrides,
+                    ckpt_dir=str(tmp_path / "models"),
+                    output_dir=str(tmp_path / f"eval_{split}"),
+                    datalist_file=str(datalist),
+                    eval_split=split,
+                ),
+            )
+        chain, e = [], err.value
+        while e is not None:
+            chain.append(str(e))
+            e = e.__cause__ or e.__context__
+        message = next((m for m in chain if problem in m), "\n".join(chain))
+        assert problem in message and str(datalist) in message and repr(split) in message, message
+        assert not (tmp_path / f"eval_{split}" / "metrics.json").exists()
 
 
 def test_cli_train_from_scratch_one_epoch(tmp_path, demo_datalist):

@@ -232,6 +232,7 @@ def load_datalist(
     check_files: bool = True,
     max_items: int | None = None,
     uncertain: str = "error",
+    evaluate_tasks: Sequence[str] | None = None,
 ) -> list[dict]:
     """Read ``split`` of a monai_mcx datalist, validate every item and make its paths absolute.
 
@@ -243,19 +244,44 @@ def load_datalist(
         max_items: keep only the first ``max_items`` items (quick runs).
         uncertain: what a ``-1`` label value becomes: ``"error"`` (default), ``"zeros"`` or ``"ones"``
             (see :func:`check_label`).
+        evaluate_tasks: the split is to be evaluated for these tasks (``evaluate.json`` passes the model's): it
+            must not be empty, and at least one item must be annotated for one of them (``label`` for
+            classification, ``mask`` for segmentation, ``boxes`` for localization, ``[]`` included), or there
+            would be nothing to score (a run doing nothing, or a ``val_score`` of 0.0).
 
     Raises:
-        DatalistError: naming the datalist file, the item and what is wrong.
+        DatalistError: naming the datalist file, the item and what is wrong; with ``evaluate_tasks``, naming the
+            datalist file and the split that has nothing to evaluate.
     """
     datalist_file = Path(datalist_file)
     items, num_classes = _read_split(datalist_file, split, class_names)
     if max_items is not None:
         items = items[: int(max_items)]
     base = datalist_file.parent
-    return [
+    items = [
         validate_item(it, num_classes, base, _where(datalist_file, split, i, it), check_files, uncertain)
         for i, it in enumerate(items)
     ]
+    if evaluate_tasks is not None:
+        _check_evaluable(items, datalist_file, split, evaluate_tasks)
+    return items
+
+
+def _check_evaluable(items: list[dict], datalist_file: Path, split: str, tasks: Sequence[str]) -> None:
+    """Raise a :class:`DatalistError` when ``items`` (``split`` of ``datalist_file``) give nothing to evaluate."""
+    from monai_mcx.data.sampling import annotation_signature
+
+    if not items:
+        raise DatalistError(
+            f"{datalist_file}: the {split!r} split is empty: nothing to evaluate (set eval_split to a split with "
+            "annotated items)"
+        )
+    if not any(set(annotation_signature(it)) & set(tasks) for it in items):
+        raise DatalistError(
+            f"{datalist_file}: no item of the {split!r} split ({len(items)} items) is annotated for the model's "
+            f"tasks {list(tasks)} (every label, mask and boxes is null): nothing to evaluate; evaluate a split with "
+            "annotations, or run inference.json to predict on unannotated images"
+        )
 
 
 def resolve_datalist(
