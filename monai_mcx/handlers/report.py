@@ -23,7 +23,7 @@ epoch completes it writes under ``output_dir``:
 
 The thresholds chosen on the validation split (class thresholds, box operating point: see
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
-:class:`monai_mcx.artifact.OperatingPointWriter`.
+:class:`monai_mcx.handlers.OperatingPointWriter`.
 
 Plots use matplotlib's object API with the Agg canvas (no pyplot state, no display). Geometry: tensors are
 ``(C, W, H)`` (x = dim 0); :func:`draw_case` transposes once for ``imshow`` and draws boxes with x along the
