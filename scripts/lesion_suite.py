@@ -285,17 +285,17 @@ def preprocess_items(items: list, p: dict, cache: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def predict(net: torch.nn.Module, ckpt: str | Path, items: list[dict], batch_size: int = 32) -> list[dict]:
-    """Run ``net`` and its post-processing (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor` from the model
-    description beside ``ckpt``) on preprocessed ``items``.
+    """Run ``net`` and its post-processing (:func:`monai_mcx.model.build_postprocessor` of the model description
+    beside ``ckpt``) on preprocessed ``items``.
 
     Returns:
         per item ``{"prob": float | None, "seg": (S, S) bool tensor | None, "det": {"boxes", "scores"} | None}``
         (every candidate box the decoder keeps, ungated).
     """
-    from monai_mcx.inferers import MultiCheXNetPostprocessor
     from monai_mcx.keys import PredKeys
+    from monai_mcx.model import build_postprocessor, load_description
 
-    post = MultiCheXNetPostprocessor.from_description(ckpt)
+    post = build_postprocessor(load_description(ckpt))  # the description beside ckpt, verified against its weights
     net.eval()
     device = next(net.parameters()).device
     out: list[dict] = []

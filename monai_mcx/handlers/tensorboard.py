@@ -26,6 +26,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
+from monai_mcx.explain import saliency_overlay
 from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
 
 __all__ = ["overlay_rgb", "saliency_rgb", "TensorBoardOverlayHandler", "TRUE_RGB", "PRED_RGB"]
@@ -138,8 +139,6 @@ def saliency_rgb(
     Returns:
         ``(H * upscale, W * upscale, 3)`` ``uint8``.
     """
-    from monai_mcx.explain import saliency_overlay
-
     img = _np(image).astype(np.float32)
     img = img[0] if img.ndim == 3 else img
     sal = _np(saliency).astype(np.float32)
