@@ -74,7 +74,7 @@ def write_folders(root: Path, n: int, size: int) -> dict[str, Path]:
 
 def make_checkpoint(ckpt: Path, encoder: str, size: int) -> None:
     """A random-weight MultiCheXNet with its model description (``inference.json`` loads only described models)."""
-    from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, build_network, save_model
 
     torch.manual_seed(0)
     ckpt.mkdir(parents=True)
@@ -85,7 +85,7 @@ def make_checkpoint(ckpt: Path, encoder: str, size: int) -> None:
         spatial_size=[size, size],
         base_anchor_shapes=ANCHORS,
     )
-    save_model(desc.build_network(), desc, ckpt / "model.pt")
+    save_model(build_network(desc), desc, ckpt / "model.pt")
 
 
 def workflow(folder: Path, out: Path, ckpt: Path, args, outputs: str):
@@ -129,9 +129,10 @@ def run_e2e(folder: Path, root: Path, ckpt: Path, args, outputs: str, rep: int) 
 
 def forward_batches(folder: Path, ckpt: Path, args):
     """The network and the preprocessed batches of ``inference.json`` (built by the same config)."""
+    from monai_mcx.model import load_model
+
     wf = workflow(folder, Path(tempfile.mkdtemp()), ckpt, args, "json")
-    net = wf.parser.get_parsed_content("network").eval()
-    net.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    net = load_model(ckpt / "model.pt", map_location=wf.parser.get_parsed_content("device"))[0]
     # plain tensors, as the evaluator's prepare_batch hands them to the network (a MetaTensor is slower)
     data = [b["image"].as_tensor().clone() for b in wf.parser.get_parsed_content("dataloader")]
     return net, data

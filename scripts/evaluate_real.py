@@ -84,18 +84,20 @@ def main(argv=None) -> int:
     for s in args.set:
         k, v = s.split("=", 1)
         overrides[k] = json.loads(v)
-    from monai_mcx.artifact import description_path, read_description
+    from monai_mcx.model import has_description, load_model
+    from monai_mcx.networks.weights import load_weights
 
-    if description_path(args.ckpt).is_file():  # a described model: its anchors (and operating point) are in it
-        desc = read_description(description_path(args.ckpt))
+    net = None
+    if has_description(args.ckpt):  # a described model: its anchors (and operating point) are in it
+        net, desc, _ = load_model(args.ckpt)
         overrides["base_anchor_shapes"] = desc.base_anchor_shapes
     else:  # a legacy checkpoint with anchors.json beside it
         anchors = json.loads((args.ckpt.parent / "anchors.json").read_text())
         overrides["base_anchor_shapes"] = anchors["base_anchor_shapes"] if isinstance(anchors, dict) else anchors
     parser = build(overrides)
-    net = parser.get_parsed_content("network")
-    state = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-    net.load_state_dict(state.get("model", state) if isinstance(state, dict) and "model" in state else state)
+    if net is None:  # a legacy checkpoint: the config's network, weights through the weights layer
+        net = parser.get_parsed_content("network")
+        load_weights(net, args.ckpt)
     net.eval()
     transform = Compose(parser.get_parsed_content("preprocessing_base"))
     class_names = parser.get_parsed_content("class_names")

@@ -246,7 +246,9 @@ def preprocess_items(items: list, p: dict, cache: Path) -> list[dict]:
     ``image`` ``(1, S, S)`` float tensor, ``mask`` ``(S, S)`` bool tensor or None, ``boxes`` ``(n, 4)`` or None
     (network geometry), ``label`` float or None, ``source``, ``patient``, ``finding``."""
     if cache.is_file():
-        return torch.load(cache, weights_only=True)
+        from monai_mcx.networks.weights import load_weights_file
+
+        return load_weights_file(cache)  # the weights layer's torch.load(weights_only=True)
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
@@ -283,17 +285,17 @@ def preprocess_items(items: list, p: dict, cache: Path) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ evaluation
 def predict(net: torch.nn.Module, ckpt: str | Path, items: list[dict], batch_size: int = 32) -> list[dict]:
-    """Run ``net`` and its post-processing (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor` from the model
-    description beside ``ckpt``) on preprocessed ``items``.
+    """Run ``net`` and its post-processing (:func:`monai_mcx.model.build_postprocessor` of the model description
+    beside ``ckpt``) on preprocessed ``items``.
 
     Returns:
         per item ``{"prob": float | None, "seg": (S, S) bool tensor | None, "det": {"boxes", "scores"} | None}``
         (every candidate box the decoder keeps, ungated).
     """
-    from monai_mcx.inferers import MultiCheXNetPostprocessor
     from monai_mcx.keys import PredKeys
+    from monai_mcx.model import build_postprocessor, load_description
 
-    post = MultiCheXNetPostprocessor.from_description(ckpt)
+    post = build_postprocessor(load_description(ckpt))  # the description beside ckpt, verified against its weights
     net.eval()
     device = next(net.parameters()).device
     out: list[dict] = []
@@ -861,13 +863,11 @@ def latency_row(ckpts: dict, p: dict, args) -> dict:
     """Batch-1 forward latency (eval mode, no box decoding) of the trained models, measured INTERLEAVED (one
     forward of each model in turn, ``latency_repeats`` rounds, median per model), so that the models share the
     machine's load; the per-run values measured right after each training depend on the load at that moment."""
-    from monai_mcx.artifact import load_description
+    from monai_mcx.model import load_model
 
     nets = {}
     for row, ckpt in ckpts.items():
-        net = load_description(ckpt).build_network()
-        net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
-        nets[row] = net.to(args.device).eval()
+        nets[row] = load_model(ckpt)[0].to(args.device).eval()
     x = torch.rand(1, 1, p["size"], p["size"], device=args.device)
     times: dict[str, list[float]] = {row: [] for row in nets}
     with torch.inference_mode():

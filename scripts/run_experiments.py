@@ -24,7 +24,7 @@ bundle user gets. Three experiments, one record per row in ``results.json`` and 
    and Kermany images that are the same radiograph as a qu_viral_lungs image are left out of the
    classification set. Rows: the three single-task baselines, their sum, MultiCheXNet trained jointly from
    scratch (mixed batches), and MultiCheXNet merged from the three baselines (encoder from the classifier,
-   each head from its own model; :func:`monai_mcx.networks.merge.merge_multichexnet`) then fine-tuned
+   each head from its own model; :func:`monai_mcx.model.merge_multichexnet`) then fine-tuned
    jointly. Metrics: ``classification/auc``, ``segmentation/dice_positive`` (ungated: lungs exist on every
    image), ``localization/map`` (COCO mAP@[0.5:0.95]; AP@0.5 saturates on lung boxes), training time
    (trainer wall time minus validation), latency (median batch-1 forward, eval mode, no box decoding).
@@ -291,7 +291,7 @@ def train_run(
     """
     from monai.bundle import ConfigWorkflow
 
-    from monai_mcx.artifact import save_model
+    from monai_mcx.model import save_model
 
     run_dir = work / "runs" / name
     overrides = {
@@ -317,7 +317,7 @@ def train_run(
     if merge:
         init = json.loads((CONFIGS / "train.json").read_text())["initialize"]
         overrides["initialize"] = init + [
-            {"_target_": "monai_mcx.networks.merge.MergeWeights", "network": "@network", **merge}
+            {"_target_": "monai_mcx.model.merge.MergeWeights", "network": "@network", **merge}
         ]
     configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / c) for c in base_configs]
     configs += [str(CONFIGS / "finetune.json")] if finetune else []

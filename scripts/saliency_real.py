@@ -53,20 +53,15 @@ def main(argv=None) -> int:
 
     from monai.transforms import Resized
 
-    from monai_mcx.artifact import load_description
     from monai_mcx.data import load_datalist
     from monai_mcx.explain import PointingGame, SaliencyMaps, saliency_settings, truth_region
-    from monai_mcx.inferers import MultiCheXNetInferer, MultiCheXNetPostprocessor
+    from monai_mcx.inferers import MultiCheXNetInferer
     from monai_mcx.keys import DetKeys, PredKeys
-    from monai_mcx.networks.weights import load_weights
+    from monai_mcx.model import load_model
     from monai_mcx.transforms.io import LoadCXRd
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    desc = load_description(args.ckpt)
-    net = desc.build_network()
-    load_weights(net, torch.load(args.ckpt, map_location="cpu", weights_only=True))
-    net.eval()
-    pp = MultiCheXNetPostprocessor.from_description(desc)
+    net, desc, pp = load_model(args.ckpt)
     sal = SaliencyMaps.from_description(net, desc)
     size = [int(s) for s in desc.spatial_size]
     load, resize = LoadCXRd(keys="image"), Resized(keys="image", spatial_size=size, mode="area")

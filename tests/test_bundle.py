@@ -40,7 +40,7 @@ def _flags(overrides: dict) -> list[str]:
 def test_properties_of_train_and_inference_configs(tmp_path):
     from monai.bundle import ConfigWorkflow
 
-    from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, build_network, save_model
 
     # inference.json builds its network from a model description: give it a described (random, tiny) model
     desc = ModelDescription(
@@ -50,7 +50,7 @@ def test_properties_of_train_and_inference_configs(tmp_path):
         spatial_size=[64, 64],
         base_anchor_shapes=SMALL["base_anchor_shapes"],
     )
-    save_model(desc.build_network(), desc, tmp_path / "model.pt")
+    save_model(build_network(desc), desc, tmp_path / "model.pt")
     for wtype, cfg, extra in (("train", "train.json", {}), ("infer", "inference.json", {"ckpt_dir": str(tmp_path)})):
         wf = ConfigWorkflow(
             workflow_type=wtype,
@@ -209,5 +209,5 @@ def test_train_and_inference_configs_agree_on_the_network():
         assert infer[key] == f"$@model_description.{key}", key
         assert train["model_description"][key] == f"@{key}", key
     assert train["network_def"]["encoder"] == "@encoder" and train["network_def"]["in_channels"] == "@in_channels"
-    assert infer["network_def"] == "$@description.build_network()"
-    assert infer["box_decoder"].startswith("$@description.build_box_decoder(")
+    assert infer["network_def"] == "$monai_mcx.model.build_network(@description)"
+    assert infer["box_decoder"].startswith("$monai_mcx.model.build_box_decoder(@description")

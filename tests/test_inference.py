@@ -93,7 +93,7 @@ def _make_inputs(folder: Path) -> None:
 def inference_run(tmp_path_factory):
     """Run the inference bundle (ConfigWorkflow) once on a fresh tiny network's checkpoint and its description
     (gate always positive, every candidate box: boxes and masks are written)."""
-    from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, build_network, save_model
 
     root = tmp_path_factory.mktemp("infer")
     _make_inputs(root / "inputs")
@@ -109,7 +109,7 @@ def inference_run(tmp_path_factory):
         candidate_score_thresh=0.0,
     )
     (root / "models").mkdir()
-    save_model(desc.build_network(), desc, root / "models" / "model.pt")
+    save_model(build_network(desc), desc, root / "models" / "model.pt")
     out = root / "predictions"
     run_inference(root, out, batch_size=2)  # the corrupt file shares a batch with a good one
     return root, out

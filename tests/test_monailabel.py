@@ -98,7 +98,7 @@ def ml_python() -> Path:
 def _build_network():
     from monai.bundle import ConfigParser
 
-    from monai_mcx.artifact import ModelDescription
+    from monai_mcx.model import ModelDescription
 
     desc = ModelDescription(
         class_names=["pneumonia"],
@@ -150,7 +150,7 @@ def setup_dirs(tmp_path_factory):
     with torch.no_grad():  # a confident classifier: the gate opens, so the mask and boxes are kept
         net.classification_head.fc.bias.fill_(4.0)
         net.localization_head.classification_head.cls_logits.bias.fill_(0.0)  # box scores ~0.5: boxes exist
-    from monai_mcx.artifact import save_model
+    from monai_mcx.model import save_model
 
     save_model(net, parser.get_parsed_content("model_description"), bundle / "models" / "model.pt")  # + model.json
     app = root / "app"  # a copy, so that the server's logs/ and model/ stay out of the repository

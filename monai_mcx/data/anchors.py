@@ -26,6 +26,8 @@ import numpy as np
 
 from monai_mcx.data.datalist import load_datalist
 from monai_mcx.data.errors import DataError
+from monai_mcx.networks.anchors import fit_anchor_shapes
+from monai_mcx.transforms.readers import exif_size_wh
 from monai_mcx.utils import is_dicom_file, write_json_atomic
 
 __all__ = [
@@ -67,8 +69,6 @@ def image_size_wh(path: str | os.PathLike) -> tuple[int, int]:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
             return int(ds.Columns), int(ds.Rows)
         from PIL import Image
-
-        from monai_mcx.transforms.readers import exif_size_wh
 
         with Image.open(path) as im:
             return exif_size_wh(im)  # (width, height) as loaded: after the EXIF orientation, as LoadCXR does
@@ -134,8 +134,6 @@ def anchor_shapes_from_datalist(
     Returns:
         ``num_anchors`` shapes sorted by area, rounded to 0.1 px; see :func:`~monai_mcx.networks.fit_anchor_shapes`.
     """
-    from monai_mcx.networks.anchors import fit_anchor_shapes
-
     boxes = training_boxes(datalist_file, split, spatial_size, max_items)
     n = int(sum(len(b) for b in boxes))
     if n < int(num_anchors):

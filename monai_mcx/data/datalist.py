@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_mcx.data.boxes import check_box
+from monai_mcx.data.demo import ensure_demo_data
 from monai_mcx.data.errors import DataError
 from monai_mcx.utils import is_dicom_file
 
@@ -304,8 +305,6 @@ def resolve_datalist(
     if candidate.is_file():
         return str(candidate)
     if generate_demo and (not dataset_dir.exists() or not any(dataset_dir.iterdir())):
-        from monai_mcx.data.demo import ensure_demo_data
-
         return str(ensure_demo_data(str(dataset_dir), **demo_kwargs))
     raise DatalistError(
         f"{dataset_dir}: no datalist.json here. Point 'datalist_file' at your datalist "

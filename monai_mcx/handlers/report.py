@@ -23,7 +23,7 @@ epoch completes it writes under ``output_dir``:
 
 The thresholds chosen on the validation split (class thresholds, box operating point: see
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
-:class:`monai_mcx.artifact.OperatingPointWriter`.
+:class:`monai_mcx.handlers.OperatingPointWriter`.
 
 This handler only collects the per-image records and writes the report: the curves' numbers come from
 :mod:`monai_mcx.metrics`, the figures are drawn by :mod:`monai_mcx.visualize` (plots, gallery), and the sections of
