@@ -56,6 +56,7 @@ from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 from PIL import Image, ImageDraw
 
+from monai_mcx.handlers.output_folder import OutputNames, check_outside_inputs
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, PredKeys
 from monai_mcx.transforms.guard import ERROR_KEY
@@ -167,6 +168,13 @@ class PredictionWriter:
             batch or at the end of the run. ``predictions.csv`` is written once every file is. At most
             ``max_pending`` writes wait at a time (the engine waits for the oldest beyond that), which bounds the
             memory that masks and overlay images held for writing can take.
+        inputs: the run's input items (``{"image": path}``, e.g. :func:`monai_mcx.data.inference_items`) or
+            paths. When given, an ``output_dir`` that is, contains or lies inside the folder of one of them is
+            refused when the run starts, before anything is written
+            (:func:`monai_mcx.handlers.output_folder.check_outside_inputs`).
+
+    Whatever the options, a run never replaces a file it did not create: an image whose output names are taken
+    by files already in ``output_dir`` gets another stem (module docstring).
 
     Batch keys used: ``image`` ``(B, 1, W, H)``, and from ``collate_cxr`` ``image_path`` and
     ``original_size`` (``(W, H)`` per item); ``error`` (from :class:`GuardLoadd`) marks unreadable items;
@@ -188,6 +196,7 @@ class PredictionWriter:
         overlay_reader: Callable[[str], np.ndarray] | None = None,
         saliency: Any | None = None,
         background: bool = True,
+        inputs: Sequence[str | os.PathLike | Mapping] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -203,21 +212,25 @@ class PredictionWriter:
             )
         self.overlay_reader = overlay_reader
         self.saliency = saliency
+        self.inputs = None if inputs is None else list(inputs)
         self.rows: list[dict] = []
-        self._stems: set[str] = set()
+        self._names = OutputNames(self.output_dir, reserved=["predictions.csv"])
         self.background = as_bool(background, "background")
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
         engine.add_event_handler(Events.COMPLETED, self.write_summary)
 
-    def _reset(self, engine: Engine | None = None) -> None:
+    def start(self, engine: Engine | None = None) -> None:
+        """A new run: check the output folder (``inputs``), forget the previous run's rows and names."""
         self.flush()
+        if self.inputs is not None:
+            check_outside_inputs(self.output_dir, self.inputs)
         self.rows.clear()
-        self._stems.clear()
+        self._names.clear()
 
     # -- background writing ---------------------------------------------------------------------------------
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
@@ -244,16 +257,26 @@ class PredictionWriter:
         """Wait until every submitted file is written (raises the first writer error)."""
         self._collect(wait=True)
 
+    def _output_names(self, stem: str) -> list[str]:
+        """Every file name an image of stem ``stem`` may get with this writer's options."""
+        names = [f"{stem}.json", f"{stem}_mask.png", f"{stem}_mask.nii.gz", f"{stem}_overlay.{self.overlay_format}"]
+        if self.saliency is not None:
+            names += [f"{stem}_saliency_{_safe(c)}.png" for c in self.class_names] + [f"{stem}_saliency.nii.gz"]
+        return names
+
     def _stem(self, src: str) -> str:
+        """A stem none of whose output names this run claimed or a file in ``output_dir`` holds."""
         name = Path(src).name
         parts = name.split(".")
-        stem = parts[0] or name
-        if stem in self._stems:
-            stem = "_".join(p for p in parts if p) or f"image_{len(self._stems):05d}"
-            base, k = stem, 1
-            while stem in self._stems:
-                stem, k = f"{base}_{k}", k + 1
-        self._stems.add(stem)
+        base = parts[0] or name
+        candidates = [base, "_".join(p for p in parts if p) or f"image_{len(self.rows):05d}"]
+        k = 1
+        while not self._names.free(self._output_names(candidates[0])):
+            candidates.pop(0)
+            if not candidates:
+                candidates, k = [f"{base}_{k}"], k + 1
+        stem = candidates[0]
+        self._names.claim(self._output_names(stem))
         return stem
 
     def _background(
