@@ -131,15 +131,129 @@ def test_the_folder_of_any_image_of_a_datalist_is_refused(model_dir, tmp_path):
 
 
 def test_a_run_never_replaces_a_file_it_did_not_create(model_dir, tmp_path):
-    """A file already in the output folder under an output's name keeps its bytes: the image's outputs take
-    another name, and predictions.csv names it."""
+    """A file the user put into an output folder under an output's name keeps its bytes, also with ``--overwrite``:
+    the image's outputs take another name, and predictions.csv names it."""
+    _png(tmp_path / "first" / "b.png", seed=2)
     data = tmp_path / "xrays"
     _png(data / "a.png", seed=1)
     out = tmp_path / "out"
-    out.mkdir()
+    _infer(model_dir, tmp_path / "first", out)
     (out / "a.json").write_text('{"mine": true}')
-    _infer(model_dir, data, out)
+    _infer(model_dir, data, out, overwrite=True)
     assert json.loads((out / "a.json").read_text()) == {"mine": True}
     row = _rows(out)["a.png"]
     assert row["error"] == "" and row["json"] != "a.json" and (out / row["json"]).is_file()
     assert json.loads((out / row["json"]).read_text())["image"] == str(data / "a.png")
+    assert not list(out.glob("b*"))  # the previous run's files are gone
+
+
+# -- item 2: a second run into the same folder --------------------------------------------------------------------
+def _listed_files(out: Path) -> set[str]:
+    """The files predictions.csv describes: each row's JSON and the files its JSON names."""
+    files = set()
+    for row in _rows(out).values():
+        if row["json"]:
+            rec = json.loads((out / row["json"]).read_text())
+            files |= {row["json"]} | {rec[k] for k in ("mask", "mask_nifti", "overlay") if rec.get(k)}
+    return files
+
+
+def _two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    """``a/`` holds x.png and y.png, ``b/`` another y.png (another size) and z.png."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _png(a / "x.png", seed=1)
+    _png(a / "y.png", seed=2, size_wh=(40, 36))
+    _png(b / "y.png", seed=3, size_wh=(56, 40))
+    _png(b / "z.png", seed=4)
+    return a, b
+
+
+def test_a_second_run_into_a_non_empty_folder_is_refused(model_dir, tmp_path):
+    a, b = _two_runs(tmp_path)
+    out = tmp_path / "out"
+    _infer(model_dir, a, out)
+    before = _snapshot(out)
+    message = _refused(model_dir, b, out)
+    assert str(out) in message and "--overwrite true" in message and "--resume true" in message, message
+    assert _snapshot(out) == before
+
+
+def test_overwrite_removes_the_previous_run_and_writes_the_whole_run(model_dir, tmp_path):
+    a, b = _two_runs(tmp_path)
+    out = tmp_path / "out"
+    _infer(model_dir, a, out)
+    _infer(model_dir, b, out, overwrite="true")
+    rows = _rows(out)
+    assert set(rows) == {"y.png", "z.png"}
+    rec = json.loads((out / rows["y.png"]["json"]).read_text())
+    assert rec["image"] == str(b / "y.png") and rec["size_wh"] == [56, 40]
+    assert Image.open(out / rec["overlay"]).size == (56, 40)  # the overlay is b/y.png's too
+    on_disk = {p.name for p in out.iterdir()} - {"predictions.csv", ".monai_mcx_run.jsonl"}
+    assert on_disk == _listed_files(out)  # no file of a/x.png is left
+
+
+@pytest.mark.parametrize("option", ["overwrite", "resume"])
+def test_a_folder_with_files_but_no_manifest_is_never_cleared(model_dir, tmp_path, option):
+    a, _ = _two_runs(tmp_path)
+    out = tmp_path / "out"
+    _png(out / "x_overlay.png", seed=9)
+    (out / "predictions.csv").write_text("my own table\n")
+    before = _snapshot(out)
+    message = _refused(model_dir, a, out, **{option: True})
+    assert "not a monai_mcx output folder" in message and str(out) in message, message
+    assert _snapshot(out) == before
+
+
+def test_resume_runs_only_the_images_without_complete_outputs(model_dir, tmp_path, monkeypatch):
+    """A run killed while writing its third image (of four): ``--resume true`` keeps the two complete images
+    (not read nor written again, their rows kept), removes the third's partial files and runs the last two."""
+    import monai_mcx.handlers.predictions as predictions
+    import monai_mcx.transforms.io as cxr_io
+
+    data = tmp_path / "archive"
+    for k, name in enumerate("abcd"):
+        _png(data / f"{name}.png", seed=k)
+    out = tmp_path / "out"
+    real_json = predictions.write_json_atomic
+
+    def killed_at_c(obj, path):
+        if Path(path).name == "c.json":
+            raise KeyboardInterrupt("killed")
+        real_json(obj, path)
+
+    monkeypatch.setattr(predictions, "write_json_atomic", killed_at_c)
+    with pytest.raises(BaseException):
+        _infer(model_dir, data, out, background_writes=False)
+    monkeypatch.setattr(predictions, "write_json_atomic", real_json)
+    assert (out / "c_mask.png").exists() and not (out / "c.json").exists() and not (out / "predictions.csv").exists()
+    kept = {name: (out / name).stat().st_ino for name in ("a.json", "a_overlay.png", "b.json")}
+
+    real_read, reads = cxr_io.read_cxr, []
+
+    def counting_read(filename, *args, **kwargs):
+        reads.append(Path(filename).name)
+        return real_read(filename, *args, **kwargs)
+
+    monkeypatch.setattr(cxr_io, "read_cxr", counting_read)
+    _infer(model_dir, data, out, resume=True)
+    assert sorted(set(reads)) == ["c.png", "d.png"]
+    assert {name: (out / name).stat().st_ino for name in kept} == kept  # not written again
+    rows = _rows(out)
+    assert list(rows) == ["a.png", "b.png", "c.png", "d.png"] and all(r["error"] == "" for r in rows.values())
+    on_disk = {p.name for p in out.iterdir()} - {"predictions.csv", ".monai_mcx_run.jsonl"}
+    assert on_disk == _listed_files(out)
+    reads.clear()
+    _infer(model_dir, data, out, resume=True)  # everything complete: nothing is written again
+    assert list(_rows(out)) == ["a.png", "b.png", "c.png", "d.png"]
+    assert {name: (out / name).stat().st_ino for name in kept} == kept
+
+
+def test_resume_with_other_output_settings_and_both_options_are_refused(model_dir, tmp_path):
+    a, _ = _two_runs(tmp_path)
+    out = tmp_path / "out"
+    _infer(model_dir, a, out)
+    before = _snapshot(out)
+    message = _refused(model_dir, a, out, resume=True, overlay_format="jpg")
+    assert "differing: files" in message and "--overwrite true" in message, message
+    assert "exclude each other" in _refused(model_dir, a, out, resume=True, overwrite=True)
+    assert _snapshot(out) == before
