@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,46 @@ def test_resume_with_other_output_settings_and_both_options_are_refused(model_di
     assert "differing: files" in message and "--overwrite true" in message, message
     assert "exclude each other" in _refused(model_dir, a, out, resume=True, overwrite=True)
     assert _snapshot(out) == before
+
+
+# -- item 3: file names that are not UTF-8 or too long ------------------------------------------------------------
+def _names_on_disk(folder: Path) -> list[bytes]:
+    return sorted(os.listdir(os.fsencode(folder)))
+
+
+def test_a_non_utf8_file_name_does_not_stop_the_run(model_dir, tmp_path):
+    """``caf\\xe9.png`` (Latin-1 bytes, not UTF-8): its outputs get a UTF-8 name, its row names the input with
+    the byte written as ``\\xe9`` (``backslashreplace``), and the other images and predictions.csv are written."""
+    data = tmp_path / "xrays"
+    _png(data / "b.png", seed=2)
+    raw = os.path.join(os.fsencode(data), b"caf\xe9.png")
+    _png(Path(os.fsdecode(raw)), seed=1)
+    out = tmp_path / "out"
+    _infer(model_dir, data, out)
+    rows = _rows(out)
+    assert set(rows) == {"b.png", "caf\\xe9.png"}, rows
+    row = rows["caf\\xe9.png"]
+    assert row["error"] == "" and row["image"] == str(data) + "/caf\\xe9.png"
+    for name in _names_on_disk(out):
+        name.decode("utf-8")  # every output name is UTF-8
+    rec = json.loads((out / row["json"]).read_text(encoding="utf-8"))
+    assert rec["image"] == row["image"] and (out / rec["overlay"]).is_file()
+
+
+def test_a_long_file_name_gets_a_shortened_unique_stem(model_dir, tmp_path):
+    """A 236-character stem (240 with ``.png``) fits the file system but ``<stem>_overlay.png``'s temporary file
+    does not (255 bytes): the outputs take the stem cut and a short hash of the full name; two such names that
+    differ only at the end get two stems."""
+    data = tmp_path / "xrays"
+    long_a, long_b = "x" * 235 + "a", "x" * 235 + "b"
+    for k, stem in enumerate((long_a, long_b, "short")):
+        _png(data / f"{stem}.png", seed=k)
+    out = tmp_path / "out"
+    _infer(model_dir, data, out)
+    rows = _rows(out)
+    assert set(rows) == {f"{long_a}.png", f"{long_b}.png", "short.png"}
+    assert all(r["error"] == "" for r in rows.values()), rows
+    stems = {rows[f"{s}.png"]["json"][: -len(".json")] for s in (long_a, long_b)}
+    assert len(stems) == 2 and all(len(s.encode()) <= 128 and s.startswith("x" * 100) for s in stems), stems
+    assert max(len(n) for n in _names_on_disk(out)) <= 160
+    assert rows["short.png"]["json"] == "short.json"

@@ -6,6 +6,10 @@
   (:func:`check_outside_inputs`): a run into the input folder would write beside the user's files (and
   ``a.png``'s mask output is named like a ground truth ``a_mask.png``);
 - a run never replaces a file it did not create: a name already on disk is taken (:class:`OutputNames`);
+- output names are UTF-8 and short: bytes of an input name that are not UTF-8 and names whose stem is longer
+  than :data:`MAX_STEM_BYTES` give a stem with a short hash of the full name (:func:`candidate_stems`); input
+  paths are written into ``predictions.csv`` and the JSON files with such bytes as ``\\xe9``
+  (:func:`display_text`, Python's ``backslashreplace``);
 - an output folder that is not empty is refused unless the user asks to ``overwrite`` it (the files of the
   previous run are removed first) or to ``resume`` it (the images whose outputs are complete are kept and not
   run again): :func:`prepare_output_folder`. Which files a run created, and which images are complete, is read
@@ -15,10 +19,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from monai_mcx.utils import as_bool
@@ -28,6 +34,9 @@ __all__ = [
     "check_outside_inputs",
     "input_folders",
     "OutputNames",
+    "candidate_stems",
+    "display_text",
+    "MAX_STEM_BYTES",
     "RunManifest",
     "MANIFEST_NAME",
     "SUMMARY_NAME",
@@ -39,6 +48,10 @@ __all__ = [
 MANIFEST_NAME = ".monai_mcx_run.jsonl"
 #: the run's summary, one row per input
 SUMMARY_NAME = "predictions.csv"
+#: longest output stem in UTF-8 bytes: with ``_saliency_<class>.png`` and the temporary file's ``.<name>.XXXXXXXX.tmp``
+#: around it a name stays well under the 255 bytes most file systems allow
+MAX_STEM_BYTES = 128
+_SURROGATES = re.compile("[\ud800-\udfff]+")
 _TOOL = "monai_mcx.PredictionWriter"
 
 
@@ -100,6 +113,55 @@ def check_outside_inputs(output_dir: str | os.PathLike, inputs: Iterable[str | o
         )
 
 
+def display_text(text: str) -> str:
+    """``text`` (a path or a message naming one) as valid UTF-8 text: the bytes of a file name that are not UTF-8
+    (which Python holds as surrogate escapes, ``caf\\udce9.png``) are written as ``\\xe9`` (``caf\\xe9.png``,
+    Python's ``backslashreplace``). Text without such bytes is returned unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _digest(data: str, n: int) -> str:
+    return hashlib.sha1(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data).hexdigest()[:n]
+
+
+def _clean(stem: str, name: str) -> str:
+    """``stem`` as a UTF-8, short output stem: undecodable bytes become ``_`` and a stem longer than
+    :data:`MAX_STEM_BYTES` is cut; either way ``_`` and 10 hex digits of the SHA-1 of ``name`` (the full file
+    name) are appended, so two names that differ only in what was replaced or cut keep apart."""
+    clean = _SURROGATES.sub(lambda m: "_" * len(m.group()), stem)
+    if clean == stem and len(stem.encode("utf-8")) <= MAX_STEM_BYTES:
+        return stem
+    cut = clean.encode("utf-8")[: MAX_STEM_BYTES - 11].decode("utf-8", "ignore")
+    return f"{cut}_{_digest(name, 10)}"
+
+
+def candidate_stems(src: str) -> Iterator[str]:
+    """The output stems of input ``src`` in order of preference (the first free one is used).
+
+    1. the stem of the file name;
+    2. the stem and the name's suffix, dots replaced by ``_`` (``a.dcm`` beside ``a.png``: ``a_dcm``);
+    3. the stem, ``_`` and 8 hex digits of the SHA-1 of the input path as given (the same name in two folders);
+    4. that, then ``_2``, ``_3``, ...
+
+    Each is made UTF-8 and short (:func:`display_text`, :data:`MAX_STEM_BYTES`).
+    """
+    name = Path(src).name
+    stem = name.split(".")[0] or name
+    suffix = name[len(stem) :]
+    yield _clean(stem, name)
+    if suffix.strip("."):
+        yield _clean(f"{stem}_{suffix.replace('.', '_').strip('_')}", name)
+    tagged = f"{_clean(stem, name)}_{_digest(src, 8)}"
+    yield tagged
+    k = 2
+    while True:
+        yield f"{tagged}_{k}"
+        k += 1
+
+
 class OutputNames:
     """The file names taken in an output folder, so that no output replaces a file the run did not create.
 
@@ -131,6 +193,16 @@ class OutputNames:
     def claim(self, names: Iterable[str]) -> None:
         """Mark ``names`` as this run's."""
         self._claimed.update(n.casefold() for n in names)
+
+    def allocate(self, src: str, names_of: Callable[[str], list[str]]) -> str:
+        """Claim and return the first of :func:`candidate_stems` whose every output name (``names_of(stem)``) is
+        free."""
+        for stem in candidate_stems(src):
+            names = names_of(stem)
+            if self.free(names):
+                self.claim(names)
+                return stem
+        raise AssertionError("unreachable: candidate_stems never ends")
 
 
 class RunManifest:

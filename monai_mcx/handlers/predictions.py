@@ -68,6 +68,7 @@ from monai_mcx.handlers.output_folder import (
     OutputNames,
     RunManifest,
     check_outside_inputs,
+    display_text,
     prepare_output_folder,
 )
 from monai_mcx.inferers import MultiCheXNetPostprocessor
@@ -318,18 +319,7 @@ class PredictionWriter:
 
     def _stem(self, src: str) -> str:
         """A stem none of whose output names this run claimed or a file in ``output_dir`` holds."""
-        name = Path(src).name
-        parts = name.split(".")
-        base = parts[0] or name
-        candidates = [base, "_".join(p for p in parts if p) or f"image_{len(self.rows):05d}"]
-        k = 1
-        while not self._names.free(self._output_names(candidates[0])):
-            candidates.pop(0)
-            if not candidates:
-                candidates, k = [f"{base}_{k}"], k + 1
-        stem = candidates[0]
-        self._names.claim(self._output_names(stem))
-        return stem
+        return self._names.allocate(src, self._output_names)
 
     def _background(
         self, src: str, fallback: torch.Tensor, orig: list[int], kept: np.ndarray | None = None
@@ -377,12 +367,12 @@ class PredictionWriter:
             if src in self._kept:  # resumed: its outputs are complete, its row is kept
                 continue
             if errors[i]:
-                self.rows.append({"image": src, "error": str(errors[i])})
+                self.rows.append({"image": display_text(src), "error": display_text(str(errors[i]))})
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
-            record: dict = {"image": src, "size_wh": orig}
+            record: dict = {"image": display_text(src), "size_wh": orig}
             steps: list[tuple[str, Callable[[Path], None]]] = []  # (file name, write(path)), in writing order
             if res[PredKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
@@ -553,7 +543,7 @@ class PredictionWriter:
         for r in rows:
             w.writerow({"image": r["image"], "error": r["error"]} if r.get("error") else r)
         self._manifest.start_summary([SUMMARY_NAME])
-        write_bytes_atomic(buf.getvalue().encode(), self.output_dir / SUMMARY_NAME)
+        write_bytes_atomic(buf.getvalue().encode("utf-8", "backslashreplace"), self.output_dir / SUMMARY_NAME)
         n_err = sum(1 for r in rows if r.get("error"))
         if n_err:
             logger.warning(
