@@ -301,3 +301,71 @@ def test_a_long_file_name_gets_a_shortened_unique_stem(model_dir, tmp_path):
     assert len(stems) == 2 and all(len(s.encode()) <= 128 and s.startswith("x" * 100) for s in stems), stems
     assert max(len(n) for n in _names_on_disk(out)) <= 160
     assert rows["short.png"]["json"] == "short.json"
+
+
+# -- item 4: the stem is the name without its image suffix, and unique ---------------------------------------------
+@pytest.mark.parametrize(
+    "name,stem",
+    [
+        ("1.2.840.113619.2.55.3.1234.dcm", "1.2.840.113619.2.55.3.1234"),
+        ("SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0.png", "SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0"),
+        ("scan.NII.GZ", "scan"),
+        ("scan.nii", "scan"),
+        ("film.v2.TIFF", "film.v2"),
+        ("photo.jpeg", "photo"),
+        ("1.2.840.10008.99", "1.2.840.10008.99"),  # an extension-less DICOM keeps its whole name
+        ("notes.txt.bak", "notes.txt.bak"),  # no image suffix: the whole name
+    ],
+)
+def test_the_stem_is_the_name_without_its_image_suffix(name, stem):
+    from monai_mcx.handlers.output_folder import candidate_stems
+
+    assert next(candidate_stems(f"/data/{name}")) == stem
+
+
+def test_dotted_names_keep_their_whole_stem_and_equal_stems_get_a_predictable_suffix(model_dir, tmp_path):
+    """DICOM UIDs and dotted names keep their whole stem. Images of one stem, in run order: ``a``, then the stem and
+    the suffix (``a_dcm``, ``a_png``), then 8 hex digits of the SHA-1 of the input path."""
+    import hashlib
+
+    from test_inference import _write_dicom
+
+    rng = np.random.default_rng(0)
+    project = tmp_path / "project"
+    _png(project / "one" / "SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0.png", seed=1)
+    _write_dicom(project / "one" / "1.2.840.113619.2.55.3.1234.dcm", rng.integers(0, 4096, (36, 40)))
+    _write_dicom(project / "one" / "1.2.840.113619.2.55.3.99", rng.integers(0, 4096, (36, 40)))
+    _png(project / "one" / "a.png", seed=2)
+    _write_dicom(project / "one" / "a.dcm", rng.integers(0, 4096, (36, 40)))
+    _png(project / "two" / "a.png", seed=3)
+    _png(project / "three" / "a.png", seed=4)
+    listed = [
+        "one/SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0.png",
+        "one/1.2.840.113619.2.55.3.1234.dcm",
+        "one/1.2.840.113619.2.55.3.99",
+        "one/a.png",
+        "one/a.dcm",
+        "two/a.png",
+        "three/a.png",
+    ]
+    dl = project / "list.json"
+    dl.write_text(json.dumps({"test": [{"image": p} for p in listed]}))
+    out = tmp_path / "out"
+    _infer(model_dir, dl, out)
+    with (out / "predictions.csv").open(newline="") as f:
+        stems = {r["image"]: r["json"][: -len(".json")] for r in csv.DictReader(f)}
+    third_a = str(project / "three" / "a.png")
+    assert stems == {
+        str(project / "one" / "SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0.png"): (
+            "SARS-10.1148rg.242035193-g04mr34g0-Fig8a-day0"
+        ),
+        str(project / "one" / "1.2.840.113619.2.55.3.1234.dcm"): "1.2.840.113619.2.55.3.1234",
+        str(project / "one" / "1.2.840.113619.2.55.3.99"): "1.2.840.113619.2.55.3.99",
+        str(project / "one" / "a.png"): "a",
+        str(project / "one" / "a.dcm"): "a_dcm",
+        str(project / "two" / "a.png"): "a_png",
+        third_a: "a_" + hashlib.sha1(third_a.encode()).hexdigest()[:8],
+    }
+    for stem in stems.values():
+        assert json.loads((out / f"{stem}.json").read_text())["image"] in stems
+        assert (out / f"{stem}_overlay.png").is_file()

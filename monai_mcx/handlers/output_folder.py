@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
+from monai_mcx.data.datalist import IMAGE_SUFFIXES
 from monai_mcx.utils import as_bool
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "input_folders",
     "OutputNames",
     "candidate_stems",
+    "split_image_suffix",
+    "STEM_SUFFIXES",
     "display_text",
     "MAX_STEM_BYTES",
     "RunManifest",
@@ -51,6 +54,8 @@ SUMMARY_NAME = "predictions.csv"
 #: longest output stem in UTF-8 bytes: with ``_saliency_<class>.png`` and the temporary file's ``.<name>.XXXXXXXX.tmp``
 #: around it a name stays well under the 255 bytes most file systems allow
 MAX_STEM_BYTES = 128
+#: the suffixes an output stem drops (case-insensitive): the input images' (:data:`IMAGE_SUFFIXES`) and TIFF's
+STEM_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".tif", ".tiff"}, key=len, reverse=True))
 _SURROGATES = re.compile("[\ud800-\udfff]+")
 _TOOL = "monai_mcx.PredictionWriter"
 
@@ -138,21 +143,31 @@ def _clean(stem: str, name: str) -> str:
     return f"{cut}_{_digest(name, 10)}"
 
 
+def split_image_suffix(name: str) -> tuple[str, str]:
+    """``(stem, suffix)`` of a file name: ``suffix`` is its image suffix (one of :data:`STEM_SUFFIXES`, any case;
+    ``.nii.gz`` as a whole), ``""`` when it has none (an extension-less DICOM keeps its whole name). Other dots stay
+    in the stem: ``1.2.840.113619.2.55.3.1234.dcm`` -> ``("1.2.840.113619.2.55.3.1234", ".dcm")``."""
+    lower = name.lower()
+    for suffix in STEM_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    return name, ""
+
+
 def candidate_stems(src: str) -> Iterator[str]:
     """The output stems of input ``src`` in order of preference (the first free one is used).
 
-    1. the stem of the file name;
-    2. the stem and the name's suffix, dots replaced by ``_`` (``a.dcm`` beside ``a.png``: ``a_dcm``);
+    1. the file name without its image suffix (:func:`split_image_suffix`);
+    2. the stem and the suffix, dots replaced by ``_`` (``a.dcm`` beside ``a.png``: ``a_dcm``);
     3. the stem, ``_`` and 8 hex digits of the SHA-1 of the input path as given (the same name in two folders);
     4. that, then ``_2``, ``_3``, ...
 
     Each is made UTF-8 and short (:func:`display_text`, :data:`MAX_STEM_BYTES`).
     """
     name = Path(src).name
-    stem = name.split(".")[0] or name
-    suffix = name[len(stem) :]
+    stem, suffix = split_image_suffix(name)
     yield _clean(stem, name)
-    if suffix.strip("."):
+    if suffix:
         yield _clean(f"{stem}_{suffix.replace('.', '_').strip('_')}", name)
     tagged = f"{_clean(stem, name)}_{_digest(src, 8)}"
     yield tagged

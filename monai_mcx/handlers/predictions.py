@@ -1,7 +1,17 @@
 """Per-image prediction files written during inference.
 
-For each readable image (``<stem>`` = file name without its extensions; a repeated stem gets the extension
-appended, e.g. ``a_dcm``):
+Names. ``<stem>`` is the input's file name without its image suffix (``.dcm``, ``.dicom``, ``.png``, ``.jpg``,
+``.jpeg``, ``.nii.gz``, ``.nii``, ``.tif``, ``.tiff``, in any case); other dots stay (``1.2.840.113619.2.55.3.1234.dcm``
+-> ``1.2.840.113619.2.55.3.1234``) and an extension-less DICOM keeps its whole name. A stem is unique in the run
+and never takes a file name already in the folder: when it is taken (by an earlier image of the run or by a file
+there) the image gets, in this order, ``<stem>_<suffix>`` (``a.dcm`` after ``a.png``: ``a_dcm``), then ``<stem>_``
+and 8 hex digits of the SHA-1 of its input path (the same name in another folder), then that and ``_2``, ``_3``,
+... (:func:`monai_mcx.handlers.output_folder.candidate_stems`). Stems are UTF-8 and at most 128 bytes: bytes of a
+name that are not UTF-8 become ``_`` and a longer stem is cut, and either way ``_`` and 10 hex digits of the SHA-1
+of the full name are appended. The input path in the JSON and ``predictions.csv`` shows bytes that are not UTF-8 as
+``\\xe9`` (``backslashreplace``).
+
+For each readable image:
 
 - ``<stem>.json``: class probabilities (``calibrated``: true when they are the model's temperature-scaled
   ``sigmoid(z / T)``, with ``calibration`` giving the temperatures; false for raw ``sigmoid(z)``), the gate
