@@ -369,3 +369,65 @@ def test_dotted_names_keep_their_whole_stem_and_equal_stems_get_a_predictable_su
     for stem in stems.values():
         assert json.loads((out / f"{stem}.json").read_text())["image"] in stems
         assert (out / f"{stem}_overlay.png").is_file()
+
+
+# -- item 5: a full disk ------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds a descriptor's file name in /proc/self/fd")
+@pytest.mark.parametrize("background", [True, False])
+def test_a_full_disk_while_writing_one_image_leaves_it_absent_and_an_error_row(
+    model_dir, tmp_path, monkeypatch, background
+):
+    """``fsync`` of ``b``'s overlay fails with ENOSPC (after its masks were written): none of ``b``'s files stays
+    (no JSON pointing to a missing overlay, no temporary file), its row names the file and the error, the other
+    images are complete and predictions.csv is written; ``--resume true`` later writes ``b``."""
+    import errno
+
+    data = tmp_path / "xrays"
+    for k, name in enumerate("abc"):
+        _png(data / f"{name}.png", seed=k)
+    out = tmp_path / "out"
+    real_fsync = os.fsync
+
+    def full_disk_for_b_overlay(fd):
+        if "b_overlay.png" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk_for_b_overlay)
+    _infer(model_dir, data, out, background_writes=background)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    rows = _rows(out)
+    assert set(rows) == {"a.png", "b.png", "c.png"}
+    error = rows["b.png"]["error"]
+    assert str(out / "b_overlay.png") in error and "No space left on device" in error, error
+    assert rows["b.png"]["json"] == "" and not [p.name for p in out.iterdir() if "b" in p.name.split("_")[0]]
+    assert all(rows[n]["error"] == "" and (out / rows[n]["json"]).is_file() for n in ("a.png", "c.png"))
+    on_disk = {p.name for p in out.iterdir()} - {"predictions.csv", ".monai_mcx_run.jsonl"}
+    assert on_disk == _listed_files(out)
+    _infer(model_dir, data, out, resume=True)
+    rows = _rows(out)
+    assert rows["b.png"]["error"] == "" and json.loads((out / "b.json").read_text())["overlay"] == "b_overlay.png"
+    assert (out / "b_overlay.png").is_file()
+
+
+def test_a_summary_that_cannot_be_written_names_the_file(model_dir, tmp_path, monkeypatch):
+    import errno
+
+    import monai_mcx.handlers.predictions as predictions
+
+    data = tmp_path / "xrays"
+    _png(data / "a.png", seed=1)
+    real_write = predictions.write_bytes_atomic
+
+    def full_disk_for_the_summary(payload, path):
+        if Path(path).name == "predictions.csv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(payload, path)
+
+    monkeypatch.setattr(predictions, "write_bytes_atomic", full_disk_for_the_summary)
+    with pytest.raises(Exception) as info:
+        _infer(model_dir, data, tmp_path / "out")
+    e: BaseException | None = info.value
+    while e is not None and not isinstance(e, OSError):
+        e = e.__cause__ or e.__context__
+    assert e is not None and e.errno == errno.ENOSPC and str(tmp_path / "out" / "predictions.csv") in str(e), e

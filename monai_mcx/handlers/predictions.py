@@ -35,7 +35,9 @@ For each readable image:
   pass per class on the batch (in its own ``enable_grad`` block, eval mode); the predictions are not affected.
 
 At the end of the run ``predictions.csv`` summarises all images, one row per input file; a file that could
-not be read has a row whose ``error`` column names the file and the problem (and no other output).
+not be read has a row whose ``error`` column names the file and the problem (and no other output). An image's
+outputs are complete or absent: its JSON is written last, and when one of its files cannot be written (full disk,
+...) the others are removed and its row's ``error`` names the file and the error; the run goes on.
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written file.
 
 The output folder (:mod:`monai_mcx.handlers.output_folder`): it may not be, contain or lie inside the folder of
@@ -192,8 +194,10 @@ class PredictionWriter:
             files (module docstring), or None (default: none written).
         background: encode and write the files in one background thread, off the evaluator's critical path
             (default True); every file is still written atomically, in the order the synchronous writer uses
-            (mask, NIfTI, overlay, then the JSON), and a writer error is raised in the engine at the next
-            batch or at the end of the run. ``predictions.csv`` is written once every file is. At most
+            (masks, saliency maps, overlay, then the JSON). A file that cannot be written (``OSError``: full disk,
+            quota, ...) makes its image an error row naming the file, its other files removed; any other writer
+            error is raised in the engine at the next batch or at the end of the run. ``predictions.csv`` is
+            written once every file is. At most
             ``max_pending`` writes wait at a time (the engine waits for the oldest beyond that), which bounds the
             memory that masks and overlay images held for writing can take.
         inputs: the run's input items (``{"image": path}``, e.g. :func:`monai_mcx.data.inference_items`) or
@@ -438,11 +442,33 @@ class PredictionWriter:
             self._submit(self._write_image, src, stem, steps, row)
 
     def _write_image(self, src: str, stem: str, steps: list[tuple[str, Callable[[Path], None]]], row: dict) -> None:
-        """Write one image's files in order (its JSON last), between its ``image`` and ``done`` manifest records."""
-        self._manifest.start_image(src, stem, [name for name, _ in steps])
-        for name, write in steps:
-            write(self.output_dir / name)
-        self._manifest.finish_image(src, row)
+        """Write one image's files in order (its JSON last), between its ``image`` and ``done`` manifest records.
+
+        The image's outputs are complete or absent: when a file cannot be written (``OSError``: a full disk, a
+        quota, ...) the files of the image already written are removed and ``row`` becomes an error row naming
+        the file and the error; the run goes on."""
+        written: list[Path] = []
+        path = self._manifest.path
+        try:
+            self._manifest.start_image(src, stem, [name for name, _ in steps])
+            for name, write in steps:
+                path = self.output_dir / name
+                write(path)
+                written.append(path)
+            path = self._manifest.path
+            self._manifest.finish_image(src, row)
+        except OSError as e:
+            for done in written:
+                try:
+                    os.unlink(done)
+                except OSError:
+                    pass
+            detail = f"{e.strerror or e}" if e.errno is None else f"[Errno {e.errno}] {e.strerror}"
+            error = display_text(f"{src}: outputs not written: {path}: {detail}")
+            logger.warning("%s", error)
+            image = row["image"]
+            row.clear()
+            row.update({"image": image, "error": error})
 
     def _write_overlay(
         self,
@@ -553,11 +579,16 @@ class PredictionWriter:
         for r in rows:
             w.writerow({"image": r["image"], "error": r["error"]} if r.get("error") else r)
         self._manifest.start_summary([SUMMARY_NAME])
-        write_bytes_atomic(buf.getvalue().encode("utf-8", "backslashreplace"), self.output_dir / SUMMARY_NAME)
+        path = self.output_dir / SUMMARY_NAME
+        try:
+            write_bytes_atomic(buf.getvalue().encode("utf-8", "backslashreplace"), path)
+        except OSError as e:
+            raise OSError(e.errno, f"{path}: cannot be written ({e.strerror or e})") from e
         n_err = sum(1 for r in rows if r.get("error"))
         if n_err:
             logger.warning(
-                "%d of %d inputs could not be read; see the 'error' column of %s",
+                "%d of %d inputs have no outputs (unreadable, or their files could not be written); see the 'error' "
+                "column of %s",
                 n_err,
                 len(rows),
                 self.output_dir / SUMMARY_NAME,
