@@ -249,6 +249,25 @@ def test_resume_runs_only_the_images_without_complete_outputs(model_dir, tmp_pat
     assert {name: (out / name).stat().st_ino for name in kept} == kept
 
 
+def test_a_summary_no_run_wrote_is_never_replaced(model_dir, tmp_path, monkeypatch):
+    """A run killed before its summary, then the user's own ``predictions.csv`` in the folder: ``--resume`` and
+    ``--overwrite`` refuse to start (the run would end by replacing it)."""
+    import monai_mcx.handlers.predictions as predictions
+
+    data = tmp_path / "xrays"
+    _png(data / "a.png", seed=1)
+    out = tmp_path / "out"
+    monkeypatch.setattr(predictions.PredictionWriter, "write_summary", lambda self, engine=None: self.flush())
+    _infer(model_dir, data, out)
+    monkeypatch.undo()
+    (out / "predictions.csv").write_text("my own table\n")
+    before = _snapshot(out)
+    for option in ("resume", "overwrite"):
+        message = _refused(model_dir, data, out, **{option: True})
+        assert str(out / "predictions.csv") in message and "no recorded run wrote" in message, message
+        assert _snapshot(out) == before
+
+
 def test_resume_with_other_output_settings_and_both_options_are_refused(model_dir, tmp_path):
     a, _ = _two_runs(tmp_path)
     out = tmp_path / "out"

@@ -369,7 +369,8 @@ def prepare_output_folder(
       records (partial outputs of an image whose run was killed, the old ``predictions.csv``) is removed. The
       ``settings`` must equal those of the run that wrote the folder (else the images would differ in files).
 
-    A folder with files but no manifest is refused by both options: it is not a monai_mcx output folder.
+    A folder with files but no manifest is refused by both options: it is not a monai_mcx output folder; so is a
+    folder holding a ``predictions.csv`` that no recorded run wrote (the run would replace it).
 
     Args:
         folder: the output folder.
@@ -407,6 +408,12 @@ def prepare_output_folder(
             f"{folder}: not a monai_mcx output folder (it holds {len(entries)} entries but no {MANIFEST_NAME}), so "
             f"--{'overwrite' if overwrite else 'resume'} cannot tell which files a run created; nothing was removed. "
             "Choose a new or empty --output_dir."
+        )
+    summary = folder / SUMMARY_NAME
+    if os.path.lexists(summary) and SUMMARY_NAME not in manifest.owned:
+        raise OutputFolderError(
+            f"{summary}: no recorded run wrote this file, and this run would replace it at its end; move it away or "
+            "choose a new or empty --output_dir."
         )
     if overwrite:
         manifest.remove(sorted(manifest.owned))
