@@ -26,7 +26,7 @@ ANCHORS = [[8, 8], [12, 12], [16, 10]]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny network's checkpoint and description (gate always positive, every candidate box kept)."""
-    from monai_mcx.model import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, build_network, save_model
 
     folder = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
@@ -40,7 +40,7 @@ def model_dir(tmp_path_factory) -> Path:
         box_score_threshold=0.0,
         candidate_score_thresh=0.0,
     )
-    save_model(desc.build_network(), desc, folder / "model.pt")
+    save_model(build_network(desc), desc, folder / "model.pt")
     return folder
 
 
