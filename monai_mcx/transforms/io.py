@@ -28,6 +28,14 @@ Everything else (MetaTensor, affine with the pixel spacing) follows MONAI.
      DX image also carries ``INVERSE``), so that bone is bright and lungs dark.
 
   Colour DICOMs (``SamplesPerPixel`` 3) are averaged to gray and mapped from the stored range.
+
+  **BitsStored and the data.** The pixels are decoded as stored, not masked to ``BitsStored`` bits. When
+  unsigned pixel values exceed ``2**BitsStored - 1`` (a 12-bit header over 13-bit data: masking would wrap 4096
+  to 0) the header contradicts the data: a warning names the file, the pixels are kept, and ``BitsStored`` is
+  taken as the smallest bit depth that holds the largest value (at most ``BitsAllocated``; 5000 -> 13 bits,
+  stored range ``0 .. 8191``); ``meta["bits_stored"]`` is the depth used. High bits that hold an embedded
+  overlay (``OverlayBitPosition >= BitsStored``) are masked off silently; signed pixels are sign-extended from
+  ``BitsStored``, as the standard says.
 * 16-bit PNG, 32-bit/float TIFF and NIfTI (no stored range or window in the file): min-max over the image.
 
 ``scale="minmax"`` min-max normalises the result of the pipeline per image (what the bundle did before

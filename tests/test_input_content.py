@@ -1,0 +1,71 @@
+"""What counts as an input image, decided from the file's content (issue 24, items 6-8): DICOM whose header
+contradicts its pixel data, files whose extension lies, TIFF inputs, multi-frame PNG/TIFF."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monai_mcx.transforms.io import read_cxr
+from tests.test_cxr_io import write_dicom
+
+# ---------------------------------------------------------------------------- item 6: BitsStored vs the data
+
+
+def test_dicom_values_above_bits_stored_are_not_wrapped(tmp_path):
+    """A 12-bit header over 13-bit data: the pixels as stored (4096 > 4095), not masked to 12 bits (4096 -> 0)."""
+    px = np.zeros((40, 40), np.uint16)
+    px[:10] = 4095
+    px[10:20] = 4096
+    px[20:30] = 5000
+    p = write_dicom(tmp_path / "liar.dcm", px, bits_stored=12)
+    with pytest.warns(UserWarning, match=r"liar.dcm: BitsStored=12 but pixel values reach 5000.*13 bits"):
+        arr, meta = read_cxr(p)
+    # the stored range widened to the smallest bit depth holding the data: 0 .. 2**13 - 1
+    np.testing.assert_allclose(arr[0, 0], 4095 / 8191, rtol=1e-6)
+    np.testing.assert_allclose(arr[15, 0], 4096 / 8191, rtol=1e-6)
+    np.testing.assert_allclose(arr[25, 0], 5000 / 8191, rtol=1e-6)
+    assert arr[35, 0] == 0.0
+    assert arr[15, 0] > arr[0, 0] and arr[25, 0] > arr[15, 0]  # order kept: nothing wrapped
+    assert meta["bits_stored"] == 13
+
+
+def test_dicom_within_bits_stored_unchanged_and_silent(tmp_path, recwarn):
+    px = np.zeros((40, 40), np.uint16)
+    px[:20] = 4095
+    arr, meta = read_cxr(write_dicom(tmp_path / "ok.dcm", px, bits_stored=12))
+    assert arr.max() == 1.0 and arr.min() == 0.0 and meta["bits_stored"] == 12
+    assert not [w for w in recwarn if "BitsStored" in str(w.message)]
+
+
+def _edit(path, **tags):
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for k, v in tags.items():
+        if isinstance(k, str) and k.startswith("tag_"):
+            ds.add_new(tuple(int(x, 16) for x in k[4:].split("_")), "US", v)
+        else:
+            setattr(ds, k, v)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_overlay_in_high_bits_is_masked_silently(tmp_path, recwarn):
+    """An overlay embedded at bit 12 (OverlayBitPosition) is not image data: masked off, no warning."""
+    px = np.full((40, 40), 2000, np.uint16)
+    px[:5, :5] |= 1 << 12  # the overlay bit
+    p = _edit(write_dicom(tmp_path / "overlay.dcm", px, bits_stored=12), tag_6000_0102=12)
+    arr, meta = read_cxr(p)
+    np.testing.assert_allclose(arr, 2000 / 4095, rtol=1e-6)
+    assert meta["bits_stored"] == 12 and not [w for w in recwarn if "BitsStored" in str(w.message)]
+
+
+def test_dicom_signed_sign_extended_from_bits_stored(tmp_path):
+    """Signed 12-bit pixels are sign-extended from bit 11 (0x0FFF is -1), as the standard and pydicom say."""
+    px = np.full((40, 40), 0x0FFF, np.uint16)  # -1 with the unused bits left 0
+    px[:20] = 2047  # the largest 12-bit signed value
+    p = _edit(write_dicom(tmp_path / "signed.dcm", px, bits_stored=12), PixelRepresentation=1)
+    arr, _ = read_cxr(p)
+    np.testing.assert_allclose(arr[0, 0], 1.0)  # 2047 -> the top of -2048..2047
+    np.testing.assert_allclose(arr[30, 0], 2047 / 4095, rtol=1e-6)  # -1 -> (-1 + 2048) / 4095
