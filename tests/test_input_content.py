@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
+from test_cxr_io import write_dicom
 
-from monai_mcx.transforms.io import read_cxr
-from tests.test_cxr_io import write_dicom
+from monai_mcx.data.datalist import inference_items, list_image_folder
+from monai_mcx.data.errors import DataError
+from monai_mcx.transforms.io import LoadCXRd, read_cxr
 
 # ---------------------------------------------------------------------------- item 6: BitsStored vs the data
 
@@ -69,3 +72,86 @@ def test_dicom_signed_sign_extended_from_bits_stored(tmp_path):
     arr, _ = read_cxr(p)
     np.testing.assert_allclose(arr[0, 0], 1.0)  # 2047 -> the top of -2048..2047
     np.testing.assert_allclose(arr[30, 0], 2047 / 4095, rtol=1e-6)  # -1 -> (-1 + 2048) / 4095
+
+
+# ---------------------------------------------------------------------------- item 7: content, not extension
+
+
+def _gray(h=40, w=56) -> np.ndarray:
+    return (np.arange(h * w).reshape(h, w) % 251).astype(np.uint8)
+
+
+def test_sniff_format_reads_the_content(tmp_path):
+    import nibabel as nib
+
+    from monai_mcx.transforms.readers import sniff_format
+
+    a = _gray()
+    Image.fromarray(a).save(tmp_path / "p.dcm", format="PNG")
+    Image.fromarray(a).save(tmp_path / "j.png", format="JPEG")
+    Image.fromarray(a).save(tmp_path / "t.png", format="TIFF")
+    Image.fromarray(a).save(tmp_path / "b.bmp", format="BMP")
+    write_dicom(tmp_path / "d.png", a.astype(np.uint16))
+    nib.save(nib.Nifti1Image(a.astype(np.float32), np.eye(4)), str(tmp_path / "n.nii.gz"))
+    nib.save(nib.Nifti1Image(a.astype(np.float32), np.eye(4)), str(tmp_path / "n.nii"))
+    (tmp_path / "x.png").write_text("not an image")
+    (tmp_path / "short").write_bytes(b"\x89P")
+    (tmp_path / "fake.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    got = {p.name: sniff_format(p) for p in tmp_path.iterdir()}
+    assert got == {
+        "p.dcm": "png",
+        "j.png": "jpeg",
+        "t.png": "tiff",
+        "b.bmp": "bmp",
+        "d.png": "dicom",
+        "n.nii.gz": "nifti",
+        "n.nii": "nifti",
+        "x.png": None,
+        "short": None,
+        "fake.nii.gz": None,
+    }
+
+
+def test_dicom_named_png_loads_as_dicom(tmp_path):
+    px = np.zeros((40, 56), np.uint16)
+    px[:20] = 4095
+    p = write_dicom(tmp_path / "scan.png", px, bits_stored=12, spacing=(0.5, 0.25))
+    arr, meta = read_cxr(p)
+    assert meta["source_format"] == "dicom" and meta["pixel_spacing"] == (0.25, 0.5)
+    assert arr[0, 0] == 1.0 and arr[30, 0] == 0.0
+
+
+def test_png_named_dcm_loads_as_png(tmp_path):
+    a = _gray()
+    p = tmp_path / "scan.dcm"
+    Image.fromarray(a).save(p, format="PNG")
+    arr, meta = read_cxr(p)
+    assert meta["source_format"] == "png" and meta["pixel_spacing"] is None
+    np.testing.assert_allclose(arr, a / 255.0, rtol=1e-6)
+
+
+def test_text_named_png_refused_naming_the_file(tmp_path):
+    p = tmp_path / "notes.png"
+    p.write_text("this is not an image, whatever its name says")
+    with pytest.raises(DataError, match=r"notes.png: not an image file: its content is not DICOM.*\(named \.png\)"):
+        read_cxr(p)
+    _, skipped = list_image_folder(tmp_path)
+    assert [(q.name, r) for q, r in skipped] == [
+        ("notes.png", "not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI (named .png)")
+    ]
+
+
+def test_grayscale_tiff_listed_and_loaded(tmp_path):
+    a = _gray()
+    Image.fromarray(a).save(tmp_path / "x.tif")
+    Image.fromarray(a.astype(np.uint16) * 200).save(tmp_path / "x16.tiff")
+    Image.fromarray(a).save(tmp_path / "dicom_in_disguise.dcm", format="PNG")
+    write_dicom(tmp_path / "png_in_disguise.png", a.astype(np.uint16))
+    images, skipped = list_image_folder(tmp_path)
+    assert [p.name for p in images] == ["dicom_in_disguise.dcm", "png_in_disguise.png", "x.tif", "x16.tiff"]
+    assert skipped == []
+    loader = LoadCXRd(keys="image")
+    for item in inference_items(tmp_path):
+        img = loader(item)["image"]
+        assert tuple(img.shape) == (1, 56, 40), item
+    assert read_cxr(tmp_path / "x.tif")[1]["source_format"] == "tiff"

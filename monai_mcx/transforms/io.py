@@ -1,4 +1,4 @@
-"""Loading chest X-rays (DICOM, PNG/JPEG, NIfTI) as one-channel float images in [0, 1].
+"""Loading chest X-rays (DICOM, PNG/JPEG/TIFF/BMP, NIfTI) as one-channel float images in [0, 1].
 
 :class:`LoadCXR` / :class:`LoadCXRd` return a :class:`monai.data.MetaTensor` of shape ``(1, W, H)``
 (spatial dim 0 = x = column), the layout that ``LoadImage`` + ``EnsureChannelFirst`` give for a PNG,
@@ -44,8 +44,14 @@ issue #13 with a later ``ScaleIntensityd``; models trained that way need it).
 DICOM: pixel data decoded by pydicom (compressed transfer syntaxes need a pixel plugin, e.g.
 ``pylibjpeg``/``pillow``/``gdcm``; when none is installed the error names the plugins to install), bits
 stored up to 16, spacing (``PixelSpacing`` or ``ImagerPixelSpacing``) kept in the metadata
-(``pixel_spacing`` = (x, y) in mm) and the affine. Files without a DICOM extension are recognised by their
-header (``DICM`` at byte 128).
+(``pixel_spacing`` = (x, y) in mm) and the affine.
+
+**What is an input: the content, not the extension.** :func:`monai_mcx.transforms.readers.sniff_format` reads
+the first bytes: DICOM (``DICM`` at byte 128, whatever the file's name, or none), PNG, JPEG, TIFF, BMP (their
+magic bytes) and NIfTI (its single-file magic, also gzipped). A DICOM named ``.png`` is read as DICOM, a PNG
+named ``.dcm`` as PNG; anything else (a text file named ``.png``, DICOM without its preamble, GIF, WebP) is
+refused with an error naming the file. Folder inference lists its inputs by the same function
+(:func:`monai_mcx.data.datalist.list_image_folder`).
 
 PNG/JPEG: the EXIF orientation is applied as image viewers do (``PIL.ImageOps.exif_transpose``), for images
 and masks alike (``meta["exif_orientation"]`` keeps the tag, 1 = none).
@@ -83,14 +89,11 @@ from monai_mcx.transforms.readers import (
     _minmax,
     _read_nifti,
     _read_pil,
+    input_format,
 )
-from monai_mcx.utils import is_dicom_file
 
 __all__ = ["LoadCXR", "LoadCXRd", "KeepOverlayImaged", "read_cxr"]
 
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SCALES = ("auto", "minmax")
 _GREY_MASKS = ("error", "threshold")
 
@@ -116,7 +119,8 @@ def read_cxr(
     """Read one image as a numpy ``(rows, cols)`` float32 array in [0, 1] (0/1 when ``as_mask``) plus metadata.
 
     Args:
-        filename: DICOM (any extension, or none), PNG/JPEG/BMP/TIFF, or NIfTI file.
+        filename: DICOM, PNG, JPEG, TIFF, BMP or NIfTI file, recognised by its content whatever its name
+            (:func:`monai_mcx.transforms.readers.sniff_format`).
         apply_voi: apply the DICOM VOI LUT / window (pipeline step 2, module docstring).
         invert_monochrome1: invert ``MONOCHROME1`` and ``PresentationLUTShape = INVERSE`` DICOMs (step 3).
         scale: ``"auto"`` (the pipeline) or ``"minmax"`` (the pipeline, then per-image min-max).
@@ -126,19 +130,19 @@ def read_cxr(
         grey_masks: ``"error"`` or ``"threshold"`` for masks that are not label masks (module docstring).
 
     Raises:
-        DataError: file missing, not an image, truncated, undecodable (naming the plugin to install for
+        DataError: file missing, not an image (its content none of the formats above), truncated, undecodable (naming the plugin to install for
             compressed DICOM), unsupported bit depth or shape, too small or too large, grey-level mask.
     """
     _check_options(scale, grey_masks)
     path = Path(filename)
     if not path.is_file():
         raise DataError("file not found" if not path.exists() else "not a file", path)
-    name = path.name.lower()
+    fmt = input_format(path)  # the content decides, not the extension
     args = (as_mask, int(min_size), None if max_pixels is None else int(max_pixels), grey_masks)
     try:
-        if name.endswith(_NIFTI_SUFFIXES):
+        if fmt == "nifti":
             arr, spacing, meta = _read_nifti(path, *args)
-        elif name.endswith(_DICOM_SUFFIXES) or (not name.endswith(_PIL_SUFFIXES) and is_dicom_file(path)):
+        elif fmt == "dicom":
             arr, spacing, meta = _read_dicom(path, apply_voi, invert_monochrome1, *args)
         else:
             arr, spacing, meta = _read_pil(path, *args)
