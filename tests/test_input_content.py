@@ -155,3 +155,37 @@ def test_grayscale_tiff_listed_and_loaded(tmp_path):
         img = loader(item)["image"]
         assert tuple(img.shape) == (1, 56, 40), item
     assert read_cxr(tmp_path / "x.tif")[1]["source_format"] == "tiff"
+
+
+# ---------------------------------------------------------------------------- item 8: one frame only
+
+
+@pytest.mark.parametrize(
+    "name, fmt, what",
+    [("cine.png", "PNG", "an animated PNG"), ("pages.tif", "TIFF", "a multi-page TIFF")],
+)
+def test_multi_frame_png_and_tiff_refused_like_multi_frame_dicom(tmp_path, name, fmt, what):
+    frames = [Image.fromarray(np.full((40, 56), v, np.uint8)) for v in (10, 120, 240)]
+    p = tmp_path / name
+    frames[0].save(p, format=fmt, save_all=True, append_images=frames[1:])
+    with Image.open(p) as im:
+        assert im.n_frames == 3
+    with pytest.raises(DataError, match=rf"{name}: expected a single-frame 2D image, got 3 frames \({what}\)"):
+        read_cxr(p)
+    with pytest.raises(DataError, match=rf"{name}: expected a single-frame 2D image, got 3 frames"):
+        read_cxr(p, as_mask=True)
+    single = tmp_path / f"one{p.suffix}"
+    frames[0].save(single, format=fmt)
+    assert read_cxr(single)[0].shape == (40, 56)
+
+
+def test_multi_frame_dicom_refused_with_the_same_message(tmp_path):
+    import pydicom
+
+    p = write_dicom(tmp_path / "multi.dcm", np.zeros((40, 40), np.uint16))
+    ds = pydicom.dcmread(p)
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.zeros((3, 40, 40), np.uint16).tobytes()
+    ds.save_as(p, enforce_file_format=True)
+    with pytest.raises(DataError, match=r"multi.dcm: expected a single-frame 2D image, got 3 frames \(NumberOfFrames"):
+        read_cxr(p)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_mcx.data.errors import DataError
-from monai_mcx.transforms.readers import _binary_mask, _check_size, _to_unit
+from monai_mcx.transforms.readers import _binary_mask, _check_single_frame, _check_size, _to_unit
 
 __all__ = ["PLUGIN_HINT"]
 
@@ -151,6 +151,8 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
     _check_size(
         int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), path, 0 if as_mask else min_size, max_pixels
     )
+    frames = ds.get("NumberOfFrames")
+    _check_single_frame(int(frames or 1), f"NumberOfFrames={frames}", path)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and ts.is_compressed:
         missing = _missing_decoder(ts, path)

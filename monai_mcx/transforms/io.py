@@ -59,6 +59,10 @@ and masks alike (``meta["exif_orientation"]`` keeps the tag, 1 = none).
 Size: an image whose shorter side is below ``min_size`` pixels (default 32) or with more than ``max_pixels``
 pixels (default 40 million, about 6300 x 6300) is refused before its pixels are decoded.
 
+Frames: one image per file. A multi-frame DICOM (``NumberOfFrames`` > 1), an animated PNG (APNG) and a multi-page
+TIFF are refused before decoding ("expected a single-frame 2D image, got 3 frames (an animated PNG)"), not read
+as their first frame. (A camera JPEG's MPO preview frames are ignored: its first frame is the picture.)
+
 Masks (``as_mask``): no LUTs, no scaling, the same orientation rule. A label mask holds 0 for background and
 one foreground value (any, e.g. 1 or 255; a palette PNG's indices, RGB: any channel); it becomes 0/1 with
 ``> 0``. A mask with more levels (grey-level, JPEG-compressed, anti-aliased) is refused
@@ -131,7 +135,8 @@ def read_cxr(
 
     Raises:
         DataError: file missing, not an image (its content none of the formats above), truncated, undecodable (naming the plugin to install for
-            compressed DICOM), unsupported bit depth or shape, too small or too large, grey-level mask.
+            compressed DICOM), unsupported bit depth or shape, more than one frame, too small or too large,
+            grey-level mask.
     """
     _check_options(scale, grey_masks)
     path = Path(filename)

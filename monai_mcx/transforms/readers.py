@@ -114,6 +114,12 @@ def _to_unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def _check_single_frame(frames: int, what: str, path: Path) -> None:
+    """Refuse a multi-frame file (multi-frame DICOM, animated PNG, multi-page TIFF) rather than read one frame of it."""
+    if frames > 1:
+        raise DataError(f"expected a single-frame 2D image, got {frames} frames ({what})", path)
+
+
 def _check_size(cols: int, rows: int, path: Path, min_size: int, max_pixels: int | None) -> None:
     """Refuse degenerate and huge images before their pixels are decoded."""
     if min(cols, rows) < min_size:
@@ -177,6 +183,8 @@ def exif_size_wh(im) -> tuple[int, int]:
 
 #: the PIL plugins the loader opens: the formats :func:`sniff_format` finds (PIL opens an MPO as a JPEG)
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+#: PIL formats whose extra frames are images of their own (refused, as multi-frame DICOM is)
+_MULTI_FRAME = {"PNG": "an animated PNG", "TIFF": "a multi-page TIFF"}
 
 
 def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
@@ -190,6 +198,8 @@ def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
             fmt = im.format
             w, h = im.size  # the smaller side and the pixel count do not change with the orientation
             _check_size(w, h, path, 0 if as_mask else min_size, max_pixels)
+            if fmt in _MULTI_FRAME:  # not MPO: a camera JPEG's extra frames are previews of the first
+                _check_single_frame(getattr(im, "n_frames", 1), _MULTI_FRAME[fmt], path)
             im.load()
             orientation = _exif_orientation(im)
             if orientation != 1:
