@@ -4,7 +4,7 @@ A datalist is a MONAI-style JSON object ``{"class_names": [...], "training": [..
 "test": [...]}``.  Each item has the keys
 
 ========== =====================================================================================
-``image``   path to a DICOM/PNG/JPEG/NIfTI file, relative to the datalist's folder
+``image``   path to a DICOM/PNG/JPEG/TIFF/NIfTI file, relative to the datalist's folder
 ``patient`` patient id (splits are made by patient, never by image)
 ``source``  data set name (``rsna``, ``siim``, ``nih``, ``kermany``, ``covid_lungs``, ``demo`` ...)
 ``label``   class vector over ``class_names`` or ``null`` when the image has no class annotation
@@ -37,7 +37,7 @@ from pathlib import Path
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.demo import ensure_demo_data
 from monai_mcx.data.errors import DataError
-from monai_mcx.utils import is_dicom_file
+from monai_mcx.transforms.readers import input_format
 
 __all__ = [
     "DatalistError",
@@ -312,7 +312,9 @@ def resolve_datalist(
     )
 
 
-IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".nii", ".nii.gz")
+#: the usual extensions of the input formats (for globs and messages: an input is recognised by its content,
+#: :func:`monai_mcx.transforms.readers.sniff_format`, whatever its name)
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz")
 
 
 def _skip_reason(path: Path) -> str | None:
@@ -332,18 +334,21 @@ def _skip_reason(path: Path) -> str | None:
         return "not a regular file"
     if not os.access(path, os.R_OK):
         return "unreadable (permission denied)"
-    if path.name.lower().endswith(IMAGE_SUFFIXES) or is_dicom_file(path):  # DICOM sniffed, extension or not
-        return None
-    return "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)"
+    try:
+        input_format(path)  # the loader's rule: the content decides, not the name
+    except DataError as e:
+        return e.problem
+    return None
 
 
 def list_image_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The input images of a folder, and every other entry with the reason it is skipped.
 
-    An entry is an input when it is a readable regular file (symlinks followed) whose name ends with one of
-    :data:`IMAGE_SUFFIXES` or which starts like a DICOM file (``DICM`` at byte 128: PACS exports often have
-    no extension). Everything else -- sub-folders (not searched), symlink loops, broken symlinks, unreadable
-    and other files -- is returned with its reason.
+    An entry is an input when it is a readable regular file (symlinks followed) whose content is DICOM, PNG,
+    JPEG, TIFF, BMP or NIfTI, whatever its name (:func:`monai_mcx.transforms.readers.sniff_format`, the rule the
+    loader applies: a DICOM named ``.png`` or without an extension, as PACS exports often are, is listed; a text
+    file named ``.png`` is not). Everything else -- sub-folders (not searched), symlink loops, broken symlinks,
+    unreadable and other files -- is returned with its reason.
 
     Returns:
         ``(images, skipped)``: sorted paths, and ``(path, reason)`` pairs in name order.

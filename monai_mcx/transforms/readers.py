@@ -1,11 +1,14 @@
-"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, and the
-size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.transforms.dicom_reader`).
+"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, the
+size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.transforms.dicom_reader`),
+and :func:`sniff_format`, the one rule for what is an input image (the loader and the folder listing use it).
 Each reader returns ``(array (rows, cols), pixel spacing (x, y) or None, metadata)``; the rules are those of
 the :mod:`monai_mcx.transforms.io` docstring.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 import warnings
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import numpy as np
 
 from monai_mcx.data.errors import DataError
 
-__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "exif_size_wh"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "INPUT_FORMATS", "exif_size_wh", "input_format", "sniff_format"]
 
 #: smallest accepted side of an image, in pixels
 DEFAULT_MIN_SIZE = 32
@@ -21,6 +24,76 @@ DEFAULT_MIN_SIZE = 32
 DEFAULT_MAX_PIXELS = 40_000_000
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
 _EXIF_SWAPS_WH = (5, 6, 7, 8)
+
+
+#: the input image formats, as :func:`sniff_format` names them
+INPUT_FORMATS = ("dicom", "png", "jpeg", "tiff", "bmp", "nifti")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, both byte orders
+_BMP_DIB_SIZES = (12, 40, 52, 56, 64, 108, 124)  # the BITMAPINFOHEADER sizes: "BM" alone is too weak a magic
+
+
+def _nifti_magic(head: bytes) -> bool:
+    return head[344:348] in (b"n+1\x00",) or head[4:12] == b"n+2\x00\r\n\x1a\n"  # NIfTI-1 / NIfTI-2 single file
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """The format of an input image, read from the file's first bytes; its name is not trusted.
+
+    ``"dicom"``: the ``DICM`` magic at byte 128 (the DICOM file format's preamble); ``"png"``, ``"jpeg"``,
+    ``"tiff"`` (also BigTIFF) and ``"bmp"``: their magic bytes at byte 0; ``"nifti"``: the NIfTI-1 (``n+1`` at
+    byte 344) or NIfTI-2 (``n+2`` at byte 4) single-file magic, also inside a gzip stream (``.nii.gz``).
+    DICOM comes first: a DICOM file's 128-byte preamble may hold a TIFF header (dual-personality files).
+
+    Returns:
+        one of :data:`INPUT_FORMATS`, or ``None`` for anything else (text, other image formats, DICOM
+        without the preamble, a truncated header).
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    with open(path, "rb") as f:
+        head = f.read(348)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in _TIFF_MAGIC:
+        return "tiff"
+    if head[:2] == b"BM" and len(head) >= 18 and int.from_bytes(head[14:18], "little") in _BMP_DIB_SIZES:
+        return "bmp"
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            with gzip.open(path, "rb") as g:
+                head = g.read(348)
+        except (OSError, EOFError):  # not a gzip stream after all, or a truncated one
+            return None
+    return "nifti" if _nifti_magic(head) else None
+
+
+def input_format(path: str | os.PathLike) -> str:
+    """:func:`sniff_format` for an input that must be an image: the format, or an error naming the file.
+
+    Raises:
+        DataError: the content is none of :data:`INPUT_FORMATS` (the message says which extension it had) or
+            the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        fmt = sniff_format(path)
+    except FileNotFoundError as e:
+        raise DataError("file not found", path) from e
+    except OSError as e:
+        raise DataError(f"cannot be read ({e.strerror or e})", path) from e
+    if fmt is None:
+        named = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix.lower()
+        raise DataError(
+            "not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI"
+            + (f" (named {named})" if named else ""),
+            path,
+        )
+    return fmt
 
 
 def _minmax(a: np.ndarray) -> np.ndarray:
@@ -39,6 +112,12 @@ def _to_unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
         raise ValueError(f"empty intensity range [{lo}, {hi}]")
     out = (a.astype(np.float32, copy=False) - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0)
+
+
+def _check_single_frame(frames: int, what: str, path: Path) -> None:
+    """Refuse a multi-frame file (multi-frame DICOM, animated PNG, multi-page TIFF) rather than read one frame of it."""
+    if frames > 1:
+        raise DataError(f"expected a single-frame 2D image, got {frames} frames ({what})", path)
 
 
 def _check_size(cols: int, rows: int, path: Path, min_size: int, max_pixels: int | None) -> None:
@@ -102,16 +181,25 @@ def exif_size_wh(im) -> tuple[int, int]:
     return (h, w) if _exif_orientation(im) in _EXIF_SWAPS_WH else (w, h)
 
 
+#: the PIL plugins the loader opens: the formats :func:`sniff_format` finds (PIL opens an MPO as a JPEG)
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+#: PIL formats whose extra frames are images of their own (refused, as multi-frame DICOM is)
+_MULTI_FRAME = {"PNG": "an animated PNG", "TIFF": "a multi-page TIFF"}
+
+
 def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels below says more
-            opened = Image.open(path)
+            opened = Image.open(path, formats=_PIL_FORMATS)
         with opened as im:
+            fmt = im.format
             w, h = im.size  # the smaller side and the pixel count do not change with the orientation
             _check_size(w, h, path, 0 if as_mask else min_size, max_pixels)
+            if fmt in _MULTI_FRAME:  # not MPO: a camera JPEG's extra frames are previews of the first
+                _check_single_frame(getattr(im, "n_frames", 1), _MULTI_FRAME[fmt], path)
             im.load()
             orientation = _exif_orientation(im)
             if orientation != 1:
@@ -141,7 +229,7 @@ def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"unreadable or truncated image ({type(e).__name__}: {e})", path) from e
     meta = {
-        "source_format": path.suffix.lower().lstrip("."),
+        "source_format": (fmt or "").lower(),
         "pil_mode": mode,
         "bits_stored": bits or 0,
         "exif_orientation": orientation,
