@@ -213,15 +213,11 @@ def test_guard_collates_good_and_failed_items(tmp_path):
 
 
 def test_benchmark_quick_writes_records_with_the_schema(tmp_path):
-    """``scripts/benchmark.py --quick`` at a tiny size: the JSON records' schema (no timing is checked)."""
-    import importlib.util
+    """``python -m experiments.benchmark --quick`` at a tiny size: the JSON records' schema (no timing is checked)."""
     import json as _json
 
-    from conftest import REPO
+    from experiments import benchmark as bench
 
-    spec = importlib.util.spec_from_file_location("mcx_benchmark", REPO / "scripts" / "benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
     bench.main(
         [
