@@ -1,8 +1,8 @@
 """Export of MultiCheXNet (single tensor per head) to ONNX, TorchScript and ``torch.export``, with parity checks.
 
-Every export is built from the checkpoint's model description (:mod:`monai_mcx.artifact`, ``model.json`` beside
-``model.pt``): the network is :meth:`~monai_mcx.artifact.ModelDescription.build_network`, the weights are loaded
-through the weights layer (:mod:`monai_mcx.networks.weights`, clean errors naming the file), the example input is
+Every export is built from the checkpoint's model description (:mod:`monai_mcx.model`, ``model.json`` beside
+``model.pt``): the network, its weights and their hash check come from :func:`monai_mcx.model.load_model`
+(through the weights layer, :mod:`monai_mcx.networks.weights`: clean errors naming the file), the example input is
 ``(1, in_channels, *spatial_size)``, and the description's JSON is embedded in the exported file (ONNX
 ``metadata_props["model_description"]``, TorchScript / ``torch.export`` extra file ``model.json``).
 
@@ -29,7 +29,7 @@ Command line::
 It exports, then runs the exported file on random inputs and prints the max abs difference per output (non-zero
 exit status when above ``--atol``, default 1e-4). A checkpoint without a description is exported only through the
 explicit legacy path ``--config bundle/configs/train.json [--set id=value ...]`` (with a warning), or describe it
-first (``python -m monai_mcx.artifact describe``). ``--set`` with a description may only repeat its values
+first (``python -m monai_mcx.model describe``). ``--set`` with a description may only repeat its values
 (``spatial_size=[64,64]``); a contradicting one is an error naming both values.
 """
 
@@ -45,9 +45,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from torch import nn
 
+from monai_mcx.model import DescriptionError, has_description, load_description, load_model
 from monai_mcx.networks import MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
+from monai_mcx.networks.weights import WeightsError, load_weights
+from monai_mcx.utils import atomic_write
 
 __all__ = [
     "EXPORT_OUTPUT_NAMES",
@@ -136,7 +140,7 @@ def export_onnx(
                 dynamo=False,
             )
         if description is not None:
-            import onnx
+            import onnx  # optional dependency (ONNX export only)
 
             proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
@@ -158,8 +162,6 @@ def export_torchscript(
 ) -> Path:
     """``torch.jit.script`` (or ``trace``) ``net`` (wrapped in :class:`MultiCheXNetExport`) and save it atomically,
     with ``description`` as the extra file ``model.json``. Returns the path."""
-    from monai_mcx.utils import atomic_write
-
     model = export_wrapper(net).eval().cpu()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -181,8 +183,6 @@ def export_program(
     """``torch.export.export`` ``net`` (wrapped in :class:`MultiCheXNetExport`; the successor of TorchScript) with a
     dynamic batch dimension and ``torch.export.save`` it atomically (``.pt2``), with ``description`` as the extra
     file ``model.json``. Load with ``torch.export.load(path).module()``. Returns the path."""
-    from monai_mcx.utils import atomic_write
-
     model = export_wrapper(net).eval().cpu()
     shape = [int(s) for s in input_shape]
     if dynamic_batch:  # an example batch of 1 would be specialised (torch.export's 0/1 rule)
@@ -219,7 +219,7 @@ def onnx_parity(
     ``trials`` random inputs of ``input_shape`` (a different batch size than the export's works when the
     batch axis is dynamic). Returns ``{output name: max abs diff over the trials}``.
     """
-    import onnxruntime as ort
+    import onnxruntime as ort  # optional dependency (ONNX parity check only)
 
     model = export_wrapper(net).eval().cpu()
     names = _output_names(model)
@@ -290,9 +290,9 @@ def load_network(
 ):
     """``(network, description)``: the network built from the checkpoint's model description with its weights loaded.
 
-    * ``ckpt`` with a description (``model.json``): :func:`monai_mcx.artifact.load_description` (hash verified),
-      ``overrides`` reconciled with it (a contradiction is an error naming both values), the network built from it
-      and the weights loaded through the weights layer (strict).
+    * ``ckpt`` with a description (``model.json``): :func:`monai_mcx.model.load_model` (description, network,
+      weights, hash verified), ``overrides`` reconciled with the description (a contradiction is an error naming
+      both values).
     * ``ckpt`` without a description: the explicit legacy path -- ``config`` is required; ``net_id`` is built from it
       (with ``overrides``) and the weights loaded, with a warning; ``description`` is None.
     * ``ckpt`` None: random weights, from the config.
@@ -300,23 +300,15 @@ def load_network(
     Raises:
         monai_mcx.networks.weights.WeightsError: the checkpoint is missing, truncated, pickled or does not fit
             (names the file).
-        monai_mcx.artifact.DescriptionError: no description and no config, a stale description, or a conflict.
+        monai_mcx.model.DescriptionError: no description and no config, a stale description, or a conflict.
     """
-    from monai_mcx.artifact import DescriptionError, description_path, load_description
-    from monai_mcx.networks.weights import load_weights
-
-    if ckpt and description_path(ckpt).is_file():
-        desc = load_description(ckpt)
-        desc = desc.reconcile(overrides or {})
-        net = desc.build_network()
-        load_weights(net, ckpt, strict=True, key=key_in_ckpt or desc.weights_key)
+    if ckpt and has_description(ckpt):
+        net, desc, _ = load_model(ckpt, weights_key=key_in_ckpt, overrides=overrides)
         return net.eval().cpu(), desc
     if config is None:
         if ckpt:
             load_description(ckpt)  # raises the "no model description" error with the legacy instructions
         raise DescriptionError("without a checkpoint, give --config to build the network")
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(config)
     for k, v in (overrides or {}).items():
@@ -325,7 +317,7 @@ def load_network(
     if ckpt:
         warnings.warn(
             f"{ckpt}: no model description; exporting it as a legacy checkpoint with the network of {config} "
-            "(describe it once with python -m monai_mcx.artifact describe)",
+            "(describe it once with python -m monai_mcx.model describe)",
             stacklevel=2,
         )
         load_weights(net, ckpt, strict=True, key=key_in_ckpt)
@@ -385,9 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the parity check")
     args = p.parse_args(argv)
 
-    from monai_mcx.artifact import DescriptionError
-    from monai_mcx.networks.weights import WeightsError
-
     overrides = {}
     for item in args.overrides:
         if "=" not in item:
@@ -406,8 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if desc is not None:
             args.input_shape = [1, desc.in_channels, *desc.spatial_size]
         else:
-            from monai.bundle import ConfigParser
-
             parser = ConfigParser()
             parser.read_config(config)
             for k, v in overrides.items():

@@ -44,6 +44,8 @@ from monai.inferers import Inferer
 from torch import Tensor
 
 from monai_mcx.keys import DetKeys, PredKeys
+from monai_mcx.metrics.calibration import TemperatureScaling
+from monai_mcx.networks import BoxDecoder, make_anchor_generator
 
 __all__ = [
     "GATE_RULE",
@@ -57,7 +59,7 @@ __all__ = [
     "MultiCheXNetInferer",
 ]
 
-#: name of the gate rule, as saved in the model description (``monai_mcx.artifact.GATE_RULES``)
+#: name of the gate rule, as saved in the model description (``monai_mcx.model.GATE_RULES``)
 GATE_RULE = "any_class_at_threshold"
 #: the gate rule in words (report.md, README)
 GATE_RULE_TEXT = "an image is positive when some class reaches its own threshold (any_k p_k >= t_k)"
@@ -244,8 +246,6 @@ class MultiCheXNetPostprocessor:
         self.box_score_threshold = float(box_score_threshold)
         self.gate_rule = GATE_RULE
         if box_decoder is None and base_anchor_shapes is not None:
-            from monai_mcx.networks import BoxDecoder, make_anchor_generator
-
             box_decoder = BoxDecoder(
                 make_anchor_generator(
                     [list(s) for s in base_anchor_shapes], feature_map_scales=list(feature_map_scales)
@@ -259,8 +259,6 @@ class MultiCheXNetPostprocessor:
 
     def _calibration(self, value: Any) -> Any:
         """None (uncalibrated) or a :class:`~monai_mcx.metrics.TemperatureScaling` over ``class_names``."""
-        from monai_mcx.metrics.calibration import TemperatureScaling
-
         if value is None or value is False or (isinstance(value, Mapping) and not value):
             return None
         if isinstance(value, TemperatureScaling):
@@ -303,28 +301,37 @@ class MultiCheXNetPostprocessor:
 
     @classmethod
     def from_description(cls, description: Any, **overrides: Any) -> MultiCheXNetPostprocessor:
-        """The post-processing of a described model (:class:`monai_mcx.artifact.ModelDescription`, or the path of
-        its checkpoint / description file): class names and per-class thresholds, the calibration (per-class
-        temperatures; None: uncalibrated), gate rule, mask threshold, box operating point (None in the description:
-        every candidate box) and the candidate box decoder (anchors, NMS, detections per image). ``overrides``
-        (``class_thresholds``, ``seg_threshold``, ``box_score_threshold``, ``calibration``) replace single
-        settings, e.g. for an explicit what-if.
+        """The post-processing of a described model (a :class:`monai_mcx.model.ModelDescription` object; this module
+        reads no file -- get one with :func:`monai_mcx.model.load_model` or :func:`monai_mcx.model.read_description`):
+        class names and per-class thresholds, the calibration (per-class temperatures; None: uncalibrated), gate
+        rule, mask threshold, box operating point (None in the description: every candidate box) and the candidate
+        box decoder (anchors, NMS, detections per image). ``overrides`` (``class_thresholds``, ``seg_threshold``,
+        ``box_score_threshold``, ``calibration``) replace single settings, e.g. for an explicit what-if.
+
+        Raises:
+            TypeError: ``description`` is a path (read it first).
         """
         if isinstance(description, (str, bytes)) or hasattr(description, "__fspath__"):
-            from monai_mcx.artifact import load_description
-
-            description = load_description(description)
+            raise TypeError(
+                f"from_description takes a model description, not the path {description!r}: read it first with "
+                "monai_mcx.model.load_model (weights verified) or monai_mcx.model.read_description"
+            )
         pp = description.post_processing()
         if pp["gate_rule"] != GATE_RULE:
             where = getattr(description, "path", None) or "the model description"
             raise ValueError(f"{where}: gate_rule {pp['gate_rule']!r} is not implemented (only {GATE_RULE!r}).")
         box_t = pp["box_score_threshold"]
+        boxes = "localization" in description.tasks
         out = cls(
             class_names=pp["class_names"],
             class_thresholds=pp["class_thresholds"],
             seg_threshold=pp["mask_threshold"],
             box_score_threshold=0.0 if box_t is None else box_t,
-            box_decoder=description.build_box_decoder(),
+            base_anchor_shapes=description.base_anchor_shapes if boxes else None,
+            feature_map_scales=description.feature_map_scales,
+            candidate_score_thresh=pp["candidate_score_thresh"],
+            nms_thresh=pp["nms_thresh"],
+            detections_per_img=pp["detections_per_img"],
             calibration=pp.get("calibration"),
         )
         return out.with_settings(**overrides) if overrides else out

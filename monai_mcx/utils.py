@@ -1,11 +1,13 @@
-"""Small shared helpers: atomic file writes, file-type sniffing and command-line flags."""
+"""Small shared helpers: atomic file writes and command-line flags (file-type sniffing:
+:func:`monai_mcx.data.formats.sniff_format`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -15,8 +17,8 @@ __all__ = [
     "write_bytes_atomic",
     "write_text_atomic",
     "write_json_atomic",
-    "is_dicom_file",
     "as_bool",
+    "check_cli_paths",
 ]
 
 _TRUE = ("true", "yes", "on", "1")
@@ -95,11 +97,36 @@ def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
         json.dump(obj, f, indent=2, sort_keys=True)
 
 
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICOM preamble magic (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
+def check_cli_paths(argv: Sequence[str] | None = None) -> None:
+    """Refuse a command-line value that MONAI would not read as the path it is.
+
+    MONAI's ``ConfigParser`` evaluates a value starting with ``$`` as Python, follows one starting with ``@`` as a
+    reference and one starting with ``%`` as a macro, so ``--input '$scans'`` (a folder named ``$scans``) fails
+    with ``NameError: name 'scans' is not defined``, naming no path, before any of the bundle's code sees it. The
+    bundle's configs call this first in ``initialize``: a ``--key value`` (or ``--key=value``) of ``argv`` whose
+    value starts with one of these characters AND is an existing file or folder is an error that names it and says
+    how to pass it (``./$scans``: MONAI reads a ``$`` that is not the first character literally). Expressions such
+    as ``--x '$1 + 1'`` are not paths and pass.
+
+    Args:
+        argv: the command line (default ``sys.argv``).
+
+    Raises:
+        ValueError: naming the option, the value and the way to pass it.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                continue
+            value = argv[i + 1]
+        if value[:1] in ("$", "@", "%") and os.path.exists(value):
+            raise ValueError(
+                f"--{key} {value!r}: a value starting with {value[0]!r} is not a path to MONAI's ConfigParser (it "
+                f"reads '$' as a Python expression, '@' as a reference, '%' as a macro), but {value!r} is a "
+                f"{'folder' if os.path.isdir(value) else 'file'} here. Pass it so that it does not start with "
+                f"{value[0]!r}: --{key} {os.path.join('.', value)!r} (or an absolute path)."
+            )

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
@@ -36,6 +35,7 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 from lib.bundle import BundleSpec, parse_overrides
+from lib.images import ImageRequestError, check_image, make_upload_dir
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class MultiCheXNetApp(MONAILabelApp):
         bundle_dir = conf.get("bundle") or os.path.join(REPO, "bundle")
         self.spec = BundleSpec(bundle_dir, parse_overrides(conf.get("overrides")))
         self.model_name = conf.get("model_name", "multichexnet")
+        self.uploads = make_upload_dir()  # where POST /infer writes an uploaded file (not the system temp folder)
         logger.info(f"MultiCheXNet bundle: {self.spec.info()}; weights: {self.spec.model_path}")
         super().__init__(
             app_dir=app_dir,
@@ -86,18 +87,12 @@ class MultiCheXNetApp(MONAILabelApp):
 
     # -- clean errors for bad requests ----------------------------------------------------------------
     def _check_image(self, request) -> None:
-        image = request.get("image")
-        if not isinstance(image, str):
-            return
-        if os.path.isfile(image):
-            # uploads (POST /infer with a file) land in the temp folder; any other server path is refused
-            allowed = [os.path.realpath(self.studies), os.path.realpath(tempfile.gettempdir())]
-            real = os.path.realpath(image)
-            if not any(real == a or real.startswith(a + os.sep) for a in allowed):
-                raise HTTPException(status_code=403, detail=f"image path outside the studies folder: {image}")
-            return
-        if image not in self.datastore().list_images():
-            raise HTTPException(status_code=404, detail=f"unknown image id {image!r} (see GET /datastore/?output=all)")
+        """A datastore id, a study or an upload only; anything else is 404, whether or not it exists
+        (``lib.images``)."""
+        try:
+            check_image(request.get("image"), self.datastore().list_images, [self.studies, self.uploads])
+        except ImageRequestError as e:
+            raise HTTPException(status_code=e.status, detail=e.detail) from None
 
     def infer(self, request, datastore=None):
         from monai_mcx.data.errors import DataError

@@ -32,13 +32,13 @@ def half_state_dict(state: dict) -> dict:
 
 def parity(desc_path: Path, state32: dict, images: list[Path]) -> dict:
     """Largest differences between the network with fp32 and with fp16-rounded weights on ``images``."""
-    from monai_mcx.artifact import read_description
+    from monai_mcx.model import build_network, read_description
     from monai_mcx.transforms.io import LoadCXR
 
     desc = read_description(desc_path)
     nets = []
     for state in (state32, {k: v.float() if v.is_floating_point() else v for k, v in half_state_dict(state32).items()}):
-        net = desc.build_network()
+        net = build_network(desc)
         net.load_state_dict(state)
         nets.append(net.eval())
     load = LoadCXR()
@@ -72,7 +72,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-images", type=int, default=32)
     p.add_argument("--report", help="JSON file for the parity numbers")
     a = p.parse_args(argv)
-    state = torch.load(a.ckpt, map_location="cpu", weights_only=True)
+    from monai_mcx.networks.weights import read_state_dict
+
+    state, _ = read_state_dict(a.ckpt)  # torch.load(weights_only=True), a clean error naming the file
     if a.out:
         tmp = Path(a.out).with_suffix(".pt.tmp")
         torch.save(half_state_dict(state), tmp)

@@ -156,7 +156,7 @@ def test_bundle_default_path_fits_anchors_trains_and_evaluates_with_them(tmp_pat
     net = wf.parser.get_parsed_content("network")
     assert net.localization_head is not None and wf.parser.get_parsed_content("network_def#num_anchors") == 3
     # evaluate.json takes the anchors from the description the training wrote (edited here: the file, not a refit)
-    from monai_mcx.artifact import read_description, save_description
+    from monai_mcx.model import read_description, save_description
 
     edited = [[round(w + 1.0, 1), round(h + 1.0, 1)] for w, h in fitted]
     desc = read_description(tmp_path / "models" / "model.json")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BUNDLE, CONFIGS, REPO, SMALL, bundle_overrides
+from conftest import BUNDLE, CONFIGS, REPO, SMALL, bundle_overrides, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def _flags(overrides: dict) -> list[str]:
 def test_properties_of_train_and_inference_configs(tmp_path):
     from monai.bundle import ConfigWorkflow
 
-    from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, build_network, save_model
 
     # inference.json builds its network from a model description: give it a described (random, tiny) model
     desc = ModelDescription(
@@ -50,7 +50,7 @@ def test_properties_of_train_and_inference_configs(tmp_path):
         spatial_size=[64, 64],
         base_anchor_shapes=SMALL["base_anchor_shapes"],
     )
-    save_model(desc.build_network(), desc, tmp_path / "model.pt")
+    save_model(build_network(desc), desc, tmp_path / "model.pt")
     for wtype, cfg, extra in (("train", "train.json", {}), ("infer", "inference.json", {"ckpt_dir": str(tmp_path)})):
         wf = ConfigWorkflow(
             workflow_type=wtype,
@@ -158,6 +158,41 @@ def test_evaluate_and_infer_through_cli(trained_bundle, tmp_path):
     assert (pred_dir / "predictions.csv").read_text().count("\n") == len(test_items) + 1
 
 
+def test_evaluate_refuses_a_split_with_nothing_to_evaluate(trained_bundle, tmp_path):
+    """Issue 24 item 10: evaluate.json on an empty split exited 0 having done nothing, and on a split without any
+    annotation reported val_score 0.0; both are errors naming the datalist and the split."""
+    import shutil
+
+    root, overrides = trained_bundle
+    shutil.copytree(root / "models", tmp_path / "models")
+    demo = Path(overrides["dataset_dir"]) / "datalist.json"
+    items = json.loads(demo.read_text())["validation"][:4]
+    for it in items:
+        it["image"] = str(demo.parent / it["image"])
+    unlabelled = [dict(it, label=None, mask=None, boxes=None) for it in items]
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": items, "validation": unlabelled, "test": []}))
+    for split, problem in (("test", "is empty"), ("validation", "no item")):
+        with pytest.raises(Exception) as err:
+            run_bundle(
+                ["train.json", "evaluate.json"],
+                **dict(
+                    overrides,
+                    ckpt_dir=str(tmp_path / "models"),
+                    output_dir=str(tmp_path / f"eval_{split}"),
+                    datalist_file=str(datalist),
+                    eval_split=split,
+                ),
+            )
+        chain, e = [], err.value
+        while e is not None:
+            chain.append(str(e))
+            e = e.__cause__ or e.__context__
+        message = next((m for m in chain if problem in m), "\n".join(chain))
+        assert problem in message and str(datalist) in message and repr(split) in message, message
+        assert not (tmp_path / f"eval_{split}" / "metrics.json").exists()
+
+
 def test_cli_train_from_scratch_one_epoch(tmp_path, demo_datalist):
     overrides = bundle_overrides(tmp_path, dataset_dir=str(demo_datalist.parent), epochs=1, max_items=16)
     proc = _cli("run", "--config_file", str(CONFIGS / "train.json"), *_flags(overrides))
@@ -174,5 +209,5 @@ def test_train_and_inference_configs_agree_on_the_network():
         assert infer[key] == f"$@model_description.{key}", key
         assert train["model_description"][key] == f"@{key}", key
     assert train["network_def"]["encoder"] == "@encoder" and train["network_def"]["in_channels"] == "@in_channels"
-    assert infer["network_def"] == "$@description.build_network()"
-    assert infer["box_decoder"].startswith("$@description.build_box_decoder(")
+    assert infer["network_def"] == "$monai_mcx.model.build_network(@description)"
+    assert infer["box_decoder"].startswith("$monai_mcx.model.build_box_decoder(@description")

@@ -59,8 +59,8 @@ def _metrics(logits, labels, pp, patients=None, **kwargs):
 
 
 def test_postprocessor_applies_the_description_calibration():
-    from monai_mcx.artifact import ModelDescription
     from monai_mcx.inferers import MultiCheXNetPostprocessor
+    from monai_mcx.model import ModelDescription
 
     desc = ModelDescription(
         class_names=["a", "b"], tasks=["classification"], encoder="densenet-tiny", spatial_size=[8, 8]
@@ -198,12 +198,13 @@ def test_prepare_batch_hands_patient_ids_through_the_collate():
 def test_operating_point_writer_stores_the_calibration(tmp_path):
     from types import SimpleNamespace
 
-    from monai_mcx.artifact import ModelDescription, OperatingPointWriter, load_description, save_model
+    from monai_mcx.handlers import OperatingPointWriter
+    from monai_mcx.model import ModelDescription, build_network, load_description, save_model
 
     desc = ModelDescription(
         class_names=CLASSES, tasks=["classification"], encoder="densenet-tiny", spatial_size=[16, 16]
     )
-    save_model(desc.build_network(), desc, tmp_path / "model.pt")
+    save_model(build_network(desc), desc, tmp_path / "model.pt")
     metrics = {
         "classification/threshold/pneumonia": 0.42,
         "calibration/temperature/pneumonia": 1.7,
@@ -232,7 +233,7 @@ def test_operating_point_writer_stores_the_calibration(tmp_path):
 
 @pytest.mark.slow
 def test_bundle_calibrates_on_validation_and_inference_writes_calibrated_probabilities(trained_bundle, tmp_path):
-    from monai_mcx.artifact import load_description
+    from monai_mcx.model import build_network, load_description
     from monai_mcx.transforms.io import read_cxr
 
     root, overrides = trained_bundle
@@ -290,7 +291,7 @@ def test_bundle_calibrates_on_validation_and_inference_writes_calibrated_probabi
     pred_dir = tmp_path / "predictions"
     infer = {k: overrides[k] for k in ("bundle_root", "dataset_dir", "ckpt_dir")}
     run_bundle("inference.json", workflow_type="infer", **dict(infer, output_dir=str(pred_dir)))
-    net = desc2.build_network()
+    net = build_network(desc2)
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     net.eval()
     records = sorted(p for p in pred_dir.glob("*.json"))

@@ -137,7 +137,7 @@ def test_torchrun_two_processes_gloo(tmp_path, demo_datalist, single_thread):
     eval_models = tmp_path / "eval_models"
     eval_models.mkdir()
     torch.save(last["model"], eval_models / "model.pt")
-    from monai_mcx.artifact import read_description, save_description
+    from monai_mcx.model import read_description, save_description
 
     # the description of last.pt describes these weights (same content hash), now as a plain model.pt
     save_description(
@@ -209,7 +209,7 @@ def test_finetune_and_multi_gpu_configs_commute():
         parser.read_config([str(CONFIGS / c) for c in order])
         keys = ("network", "train#trainer#network", "ddp_network", "optimizer#params", "validate#evaluator#network")
         resolved.append({k: json.dumps(parser.get(k), sort_keys=True) for k in keys})
-        assert parser.get("network")["_target_"] == "monai_mcx.networks.merge.transfer_network", order
+        assert parser.get("network")["_target_"] == "monai_mcx.model.merge.transfer_network", order
         assert "wrap_ddp(@network," in parser.get("ddp_network")
         assert parser.get("train#trainer#network") == "@ddp_network"
     assert resolved[0] == resolved[1]

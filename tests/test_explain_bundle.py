@@ -65,7 +65,7 @@ def test_train_config_writes_the_saliency_slot():
 def saliency_inference(tmp_path_factory):
     """Inference (ConfigWorkflow, inference.json) on two PNGs with a fresh 2-class tiny network, once without and
     once with ``--saliency true``; the description's slot asks for Grad-CAM++ on denseblock3 (not the default)."""
-    from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, build_network, save_model
 
     root = tmp_path_factory.mktemp("sal_infer")
     rng = np.random.default_rng(0)
@@ -85,7 +85,7 @@ def saliency_inference(tmp_path_factory):
         saliency={"method": "gradcampp", "layer": "encoder.features.denseblock3"},
     )
     (root / "models").mkdir()
-    save_model(desc.build_network(), desc, root / "models" / "model.pt")
+    save_model(build_network(desc), desc, root / "models" / "model.pt")
     outs = {}
     for flag in (False, True):
         outs[flag] = root / f"pred_{flag}"
@@ -140,12 +140,12 @@ def test_inference_saliency_matches_the_maps_resampled_like_the_masks(saliency_i
     nib = pytest.importorskip("nibabel")
     from monai.transforms import Resized
 
-    from monai_mcx.artifact import load_description
+    from monai_mcx.model import build_network, load_description
     from monai_mcx.transforms.io import LoadCXRd
 
     root, outs = saliency_inference
     desc = load_description(root / "models" / "model.pt")
-    net = desc.build_network()
+    net = build_network(desc)
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     net.eval()
     d = Resized(keys="image", spatial_size=[64, 64], mode="area")(
@@ -333,15 +333,15 @@ def test_saliency_result_for_monai_label(single_thread):
 
 
 def test_monailabel_infer_task_returns_saliency_on_request(fake_monailabel, single_thread):
-    from monai_mcx.artifact import ModelDescription
     from monai_mcx.inferers import MultiCheXNetPostprocessor
+    from monai_mcx.model import ModelDescription, build_network
 
     infer = fake_monailabel
     desc = ModelDescription(
         class_names=CLASSES, tasks=["classification", "segmentation"], encoder="densenet-tiny", spatial_size=[64, 64]
     )
     torch.manual_seed(0)
-    net = desc.build_network().eval()
+    net = build_network(desc).eval()
     task = infer.MultiCheXNetInfer.__new__(infer.MultiCheXNetInfer)
     task.output_label_key, task.output_json_key = "pred", "result"
     task.postprocessor = MultiCheXNetPostprocessor.from_description(desc)

@@ -20,7 +20,7 @@ SHAPE = (2, 1, 64, 48)  # non-square: W != H
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A freshly built tiny MultiCheXNet, its state dict saved as the bundle saves it."""
-    from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, save_model
     from monai_mcx.networks import MultiCheXNet
 
     torch.manual_seed(0)

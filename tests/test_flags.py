@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
@@ -62,3 +64,30 @@ def test_config_expressions_read_string_flags(tmp_path, demo_datalist):
     parser.update({"task_grouped_batches": "flase"})
     with pytest.raises(Exception, match="task_grouped_batches"):
         parser.get_parsed_content("train#dataloader", lazy=False)
+
+
+def test_a_path_starting_with_dollar_is_refused_naming_it_and_the_escape(tmp_path):
+    """Issue 24 item 11: MONAI's ConfigParser evaluates a value starting with '$' as Python, so a folder named
+    '$scans' passed as --input failed with "NameError: name 'scans' is not defined". The error now names the value
+    and says how to pass it; './$scans' (the '$' not at the start) is a plain string to MONAI."""
+    (tmp_path / "$scans").mkdir()
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.json")]
+    cmd += ["--bundle_root", str(CONFIGS.parent), "--output_dir", str(tmp_path / "out"), "--input", "$scans"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "--input '$scans'" in proc.stderr and "--input './$scans'" in proc.stderr, proc.stderr[-3000:]
+    assert "name 'scans' is not defined" not in proc.stderr
+    assert ConfigParser({"input": "./$scans"}).get_parsed_content("input") == "./$scans"  # the escape works
+
+
+def test_check_cli_paths_only_refuses_existing_paths_that_monai_would_evaluate(tmp_path, monkeypatch):
+    from monai_mcx.utils import check_cli_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "$scans").mkdir()
+    (tmp_path / "@refs.json").write_text("{}")
+    check_cli_paths(["run", "--input", "./$scans", "--x", "$1 + 1", "--output_dir", "$@bundle_root + '/out'"])
+    for argv, value in ((["--input", "$scans"], "$scans"), (["--datalist_file=@refs.json"], "@refs.json")):
+        with pytest.raises(ValueError, match=re.escape(f"'{value}'")):
+            check_cli_paths(argv)

@@ -15,7 +15,7 @@ from monai_mcx.inferers import (
     select_detections,
     to_original,
 )
-from monai_mcx.keys import BatchKeys, PredKeys
+from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
 
 ANCHORS = [[8.0, 8.0], [12.0, 12.0], [16.0, 10.0]]
 
@@ -159,7 +159,7 @@ def test_metrics_gate_with_the_postprocessor_rule_and_chosen_box_threshold():
 
 
 def test_from_description(tmp_path):
-    from monai_mcx.artifact import ModelDescription
+    from monai_mcx.model import ModelDescription
 
     desc = ModelDescription(
         class_names=["a", "b"],
@@ -179,6 +179,46 @@ def test_from_description(tmp_path):
     assert pp.box_decoder.box_selector.nms_thresh == 0.3 and pp.box_decoder.box_selector.detections_per_img == 7
     assert MultiCheXNetPostprocessor.from_description(desc.replace(box_score_threshold=None)).box_score_threshold == 0.0
     assert MultiCheXNetPostprocessor.from_description(desc, box_score_threshold=0.9).box_score_threshold == 0.9
+
+
+def test_from_description_reads_no_file(tmp_path, monkeypatch):
+    """The post-processor comes from a description OBJECT: no model.json exists, no file is opened, and a path is
+    refused (reading files is monai_mcx.model's job); its box decoder is the one build_box_decoder makes."""
+    import builtins
+
+    from monai_mcx.model import ModelDescription, build_box_decoder, build_network
+
+    desc = ModelDescription(
+        class_names=["a"],
+        tasks=["classification", "segmentation", "localization"],
+        encoder="densenet-tiny",
+        spatial_size=[64, 64],
+        base_anchor_shapes=ANCHORS,
+        candidate_score_thresh=0.1,
+    )
+    monkeypatch.chdir(tmp_path)
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    pp = MultiCheXNetPostprocessor.from_description(desc)
+    monkeypatch.undo()
+    assert opened == [] and not list(tmp_path.iterdir())
+    ref = build_box_decoder(desc)
+    assert pp.box_decoder.box_selector.score_thresh == ref.box_selector.score_thresh == 0.1
+    assert pp.box_decoder.box_selector.topk_candidates_per_level == ref.box_selector.topk_candidates_per_level
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        head = build_network(desc).eval()(images)
+    for got, want in zip(pp.box_decoder(head, images), ref(head, images)):
+        assert torch.equal(got[DetKeys.BOXES], want[DetKeys.BOXES]) and torch.equal(
+            got[DetKeys.SCORES], want[DetKeys.SCORES]
+        )
+    with pytest.raises(TypeError, match="not the path"):
+        MultiCheXNetPostprocessor.from_description(tmp_path / "model.pt")
+    # a description without the localization head gets no box decoder, anchors or not
+    no_boxes = desc.replace(tasks=["classification", "segmentation"])
+    assert MultiCheXNetPostprocessor.from_description(no_boxes).box_decoder is None
 
 
 def test_evaluator_refuses_a_plain_inferer():
@@ -213,7 +253,7 @@ def test_prediction_keys_have_one_home():
     ]
     pattern = re.compile(r"[\"'](" + "|".join(names) + r")[\"']")
     found = []
-    for folder in ("monai_mcx", "monailabel_app", "scripts"):
+    for folder in ("monai_mcx", "monailabel_app", "scripts", "experiments"):
         for path in (REPO / folder).rglob("*.py"):
             if path.name == "keys.py":
                 continue

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from monai_mcx.model.merge import MergeError, MergeWeights, merge_multichexnet, read_state_dict
 from monai_mcx.networks import MultiCheXNet
-from monai_mcx.networks.merge import MergeError, MergeWeights, merge_multichexnet, read_state_dict
 
 from conftest import CONFIGS, bundle_overrides
 
@@ -128,7 +128,7 @@ def test_bundle_initialize_merges_sub_models(tmp_path, demo_datalist, sources):
 
     init = json.loads((CONFIGS / "train.json").read_text())["initialize"]
     item = {
-        "_target_": "monai_mcx.networks.merge.MergeWeights",
+        "_target_": "monai_mcx.model.merge.MergeWeights",
         "network": "@network",
         "encoder_from": str(sources["classification"]),
         "heads_from": {t: str(sources[t]) for t in TASKS},

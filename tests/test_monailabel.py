@@ -9,7 +9,7 @@ starts ``monailabel.main start_server`` on 127.0.0.1 with a free port and talks 
 * ``/infer`` on a PNG and on the DICOM returns a uint8 PNG label of the study's rows x cols that matches the
   network's own mask computed here, plus class probabilities, the gate and boxes in the result JSON;
   raising the gate threshold empties the mask and the boxes;
-* an unknown image id (404) and a corrupt study (422) get clean errors, and the server keeps serving;
+* an unknown image id or a server path outside the studies (404 alike) and a corrupt study (422) get clean errors, and the server keeps serving;
 * ``/train`` runs one epoch on two annotated pairs and publishes new weights, which the next ``/infer`` uses.
 
 Skipped only when the environment cannot be built for lack of the package index; the skip reason starts with
@@ -98,7 +98,7 @@ def ml_python() -> Path:
 def _build_network():
     from monai.bundle import ConfigParser
 
-    from monai_mcx.artifact import ModelDescription
+    from monai_mcx.model import ModelDescription
 
     desc = ModelDescription(
         class_names=["pneumonia"],
@@ -150,7 +150,7 @@ def setup_dirs(tmp_path_factory):
     with torch.no_grad():  # a confident classifier: the gate opens, so the mask and boxes are kept
         net.classification_head.fc.bias.fill_(4.0)
         net.localization_head.classification_head.cls_logits.bias.fill_(0.0)  # box scores ~0.5: boxes exist
-    from monai_mcx.artifact import save_model
+    from monai_mcx.model import save_model
 
     save_model(net, parser.get_parsed_content("model_description"), bundle / "models" / "model.pt")  # + model.json
     app = root / "app"  # a copy, so that the server's logs/ and model/ stay out of the repository
@@ -400,8 +400,10 @@ def test_bad_requests_keep_the_server_serving(server):
     assert status == 422 and "corrupt.png" in text, text
     assert _get(base, "/info/")[0] == 200
 
-    status, text, _ = _infer(base, "/etc/hostname")  # a server path outside the studies
-    assert status == 403, text
+    status, text, _ = _infer(base, "/etc/hostname")  # a server path outside the studies: answered as a missing one
+    assert status == 404 and "'/etc/hostname'" in text, text
+    status, text, _ = _infer(base, "/etc/no_such_file")
+    assert status == 404 and "'/etc/no_such_file'" in text, text
     assert server["proc"].poll() is None
     status, result, _ = _infer(base, "cxr_c")  # still answers inference
     assert status == 200 and "class_probabilities" in result

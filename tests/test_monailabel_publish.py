@@ -25,7 +25,7 @@ def _publish_module():
 
 
 def _described(tmp_path):
-    from monai_mcx.artifact import ModelDescription, save_description
+    from monai_mcx.model import ModelDescription, build_network, save_description
     from monai_mcx.networks.weights import state_dict_sha256
 
     desc = ModelDescription(
@@ -38,7 +38,7 @@ def _described(tmp_path):
         box_score_threshold=0.42,
     )
     torch.manual_seed(0)
-    net = desc.build_network()
+    net = build_network(desc)
     path = tmp_path / "model.pt"
     torch.save(net.state_dict(), path)
     save_description(desc.replace(weights_sha256=state_dict_sha256(net.state_dict()), weights_file="model.pt"), path)
@@ -102,24 +102,25 @@ def test_train_encoder_freezes_batchnorm_statistics_and_measures_drift(tmp_path)
 
 
 def test_publish_writes_weights_and_description_together(tmp_path):
-    from monai_mcx.artifact import load_description
     from monai_mcx.inferers import MultiCheXNetPostprocessor
+    from monai_mcx.model import load_description
 
     pub = _publish_module()
     desc, net, path = _described(tmp_path)
     old_json = json.loads((tmp_path / "model.json").read_text())
     pub.freeze_for_segmentation(net)
     _train_steps(net)
-    loaded_desc, _ = pub.load_published(path)
+    _, loaded_desc, _ = pub.load_published(path)
     pub.publish_model(net.state_dict(), path, loaded_desc, note={"pairs": 2, "classifier_drift": {"max_abs": 0.0}})
     new = load_description(path)  # verifies the hash against the new weights
     assert new.weights_sha256 != old_json["weights_sha256"]
     assert new.class_thresholds == {"pneumonia": 0.37} and new.box_score_threshold == 0.42
     assert new.training["monailabel"]["pairs"] == 2
-    d2, state = pub.load_published(path)
+    net2, d2, pp2 = pub.load_published(path)
     assert d2.weights_sha256 == new.weights_sha256
+    state = net2.state_dict()
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
-    assert MultiCheXNetPostprocessor.from_description(d2).class_thresholds == [0.37]
+    assert isinstance(pp2, MultiCheXNetPostprocessor) and pp2.class_thresholds == [0.37]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
@@ -127,7 +128,7 @@ def test_publish_failure_leaves_the_old_pair(tmp_path, monkeypatch):
     pub = _publish_module()
     desc, net, path = _described(tmp_path)
     old_pt, old_json = path.read_bytes(), (tmp_path / "model.json").read_bytes()
-    loaded, _ = pub.load_published(path)
+    _, loaded, _ = pub.load_published(path)
 
     def broken_save(obj, f, *a, **k):  # the disk fills up half-way through the weights
         open(f, "wb").write(b"PK\x03\x04 truncated")
@@ -141,14 +142,14 @@ def test_publish_failure_leaves_the_old_pair(tmp_path, monkeypatch):
 
 
 def test_load_published_refuses_a_stale_pair(tmp_path):
-    from monai_mcx.artifact import StaleDescriptionError
+    from monai_mcx.model import StaleDescriptionError
 
     pub = _publish_module()
     _, net, path = _described(tmp_path)
     with torch.no_grad():
         next(net.parameters()).add_(1.0)
     torch.save(net.state_dict(), path)  # weights replaced behind the description's back
-    with pytest.raises(StaleDescriptionError, match="describes other weights"):
+    with pytest.raises(StaleDescriptionError, match="belongs to other weights"):
         pub.load_published(path, retries=2, wait_s=0.0)
 
 

@@ -176,6 +176,30 @@ def test_export_trace_matches_eager_and_monai_order():
             assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
 
 
+def test_resnet18_scripts_and_traces_to_the_eager_values():
+    """Issue 24 item 21: MONAI's ResNet-18 shortcut (a functools.partial concatenating ``out.data``) could not be
+    scripted, and a trace recorded the example input's activations as a constant (wrong values for any other input,
+    an error for another batch size). The encoder's shortcuts are now modules; the state dict is unchanged."""
+    from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
+
+    from monai_mcx.networks.encoders import ZeroPadShortcut
+
+    torch.manual_seed(0)
+    net = MultiCheXNet("resnet18", num_anchors=3).eval()
+    assert sum(isinstance(m, ZeroPadShortcut) for m in net.encoder.modules()) == 3
+    entry = FLEXUNET_BACKBONE.register_dict["resnet18"]
+    monai_body = entry["type"](**dict(entry["parameter"], spatial_dims=2, in_channels=1, pretrained=False))
+    assert list(net.encoder.body.state_dict()) == list(monai_body.state_dict())  # checkpoints load as before
+    export = MultiCheXNetExport(net).eval()
+    x, y = torch.rand(1, 1, 64, 64), torch.rand(3, 1, 64, 96)
+    with torch.no_grad():
+        scripted = torch.jit.script(export)
+        traced = torch.jit.trace(export, x, check_trace=False)
+        for compiled in (scripted, traced):
+            for a, b in zip(export(y), compiled(y)):
+                assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
 def test_export_missing_tasks_are_empty():
     net = MultiCheXNet("densenet-tiny", tasks=("localization",)).eval()
     with torch.no_grad():

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
+from monai_mcx.model.merge import MergeError, init_network
 from monai_mcx.networks import MultiCheXNet
 from monai_mcx.networks.encoders import DenseNetEncoder
-from monai_mcx.networks.merge import MergeError, init_network
 from monai_mcx.networks.pretrained import convert_densenet_state_dict, detect_layout, load_pretrained_encoder
 
 torch.set_num_threads(1)

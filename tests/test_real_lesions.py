@@ -328,3 +328,23 @@ def test_patient_split_through_adapters_real(tmp_path):
     }
     assert len(shared_patients) >= 20
     assert all(len(raw[p]) == 1 for p in raw), {p: v for p, v in raw.items() if len(v) > 1}
+
+
+def test_source_weighted_sampler_gives_every_rank_the_same_number_of_batches():
+    """Issue 24 item 13: 33 draws, batch 16, 2 ranks gave 2 vs 1 batches and a distributed run hung until the
+    process-group timeout. As torch's DistributedSampler, the draws are padded so every rank gets as many."""
+    data = [{"source": "a"}] * 20 + [{"source": "b"}] * 5
+    whole = SourceWeightedSampler(data, num_samples=33, seed=4, num_replicas=1, rank=0).indices()
+    assert len(whole) == 33
+    parts = []
+    for rank in (0, 1):
+        s = SourceWeightedSampler(data, num_samples=33, seed=4, num_replicas=2, rank=rank)
+        loader = torch.utils.data.DataLoader(list(range(len(data))), sampler=s, batch_size=16)
+        assert len(s) == len(list(s)) == 17
+        assert len(loader) == len(list(loader)) == 2
+        parts.append(s.indices())
+    padded = [None] * 34
+    padded[0::2], padded[1::2] = parts
+    assert padded == whole + whole[:1]  # the same draws, the first repeated to fill the last rank
+    with pytest.raises(ValueError, match="rank"):
+        SourceWeightedSampler(data, num_samples=33, num_replicas=2, rank=2)

@@ -34,7 +34,7 @@ def _write_dicom(path: Path, w: int, h: int) -> None:
 
 
 def test_shipped_description_is_complete_and_verified():
-    from monai_mcx.artifact import load_description
+    from monai_mcx.model import load_description
 
     desc = load_description(SHIPPED)  # verifies the weights hash
     assert desc.thresholds_split == "validation" and desc.thresholds_method != "default"
@@ -53,7 +53,7 @@ def _bare_inference(folder: Path, out: Path) -> list[dict]:
 def _check_record(rec: dict, w: int, h: int) -> None:
     from PIL import Image
 
-    from monai_mcx.artifact import load_description
+    from monai_mcx.model import load_description
 
     desc = load_description(SHIPPED)
     assert rec["size_wh"] == [w, h]

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
+from monai_mcx.model.merge import MergeError, freeze_encoder, load_compatible
 from monai_mcx.networks import MultiCheXNet
-from monai_mcx.networks.merge import MergeError, freeze_encoder, load_compatible
 
 from conftest import CONFIGS, REPO, SHARED, bundle_overrides
 
@@ -26,7 +26,7 @@ def _source(tmp_path, class_names=("pneumonia",)):
             if buf.dtype.is_floating_point:
                 buf.uniform_(0.5, 1.5)
     path = tmp_path / "source_model.pt"
-    from monai_mcx.artifact import ModelDescription, save_model
+    from monai_mcx.model import ModelDescription, save_model
 
     desc = ModelDescription(
         class_names=list(class_names),
@@ -78,12 +78,12 @@ def test_finetune_frozen_encoder_carries_weights_and_trains_only_the_new_head(tm
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # logging.conf replaces the root handlers (and caplog's) when the workflow is made
-    logging.getLogger("monai_mcx.networks.merge").addHandler(handler)
+    logging.getLogger("monai_mcx.model.merge").addHandler(handler)
     try:
         wf.initialize()  # train.json's initialize builds @network (MergeWeights), which loads the checkpoint
         net = wf.parser.get_parsed_content("network")
     finally:
-        logging.getLogger("monai_mcx.networks.merge").removeHandler(handler)
+        logging.getLogger("monai_mcx.model.merge").removeHandler(handler)
     text = "\n".join(r.getMessage() for r in records)
     start = {k: v.clone() for k, v in net.state_dict().items()}
     enc_keys = [k for k in start if k.startswith("encoder.")]
@@ -153,7 +153,8 @@ def test_run_experiments_quick_writes_result_records(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "run_experiments.py"),
+            "-m",
+            "experiments.run_experiments",
             "--quick",
             "--suite",
             "lung",

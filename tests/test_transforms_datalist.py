@@ -168,7 +168,7 @@ def test_resolve_datalist_and_inference_items(small_set, tmp_path):
     files = inference_items(tmp_path)
     assert [f["image"] for f in files if "error" not in f] == [str(tmp_path / n) for n in ("a.png", "a_mask.png")]
     assert {Path(f["image"]).name: f["error"].split("skipped: ")[1] for f in files if "error" in f} == {
-        "datalist.json": "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)",
+        "datalist.json": "not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI (named .json)",
         "other": "a folder (folder inference does not search sub-folders)",
     }
     assert inference_items(small_set, "training")[0] == {"image": str(tmp_path / "a.png")}
@@ -289,7 +289,7 @@ def test_folder_listing_names_every_skipped_path_and_sniffs_dicom(small_set, tmp
         "dangling.png": "broken symlink (its target does not exist)",
         "loop_a": "symlink loop",
         "loop_b": "symlink loop",
-        "notes.txt": "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)",
+        "notes.txt": "not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI (named .txt)",
         "sub": "a folder (folder inference does not search sub-folders)",
     }
     items = inference_items(folder)

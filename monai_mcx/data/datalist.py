@@ -4,7 +4,7 @@ A datalist is a MONAI-style JSON object ``{"class_names": [...], "training": [..
 "test": [...]}``.  Each item has the keys
 
 ========== =====================================================================================
-``image``   path to a DICOM/PNG/JPEG/NIfTI file, relative to the datalist's folder
+``image``   path to a DICOM/PNG/JPEG/TIFF/NIfTI file, relative to the datalist's folder
 ``patient`` patient id (splits are made by patient, never by image)
 ``source``  data set name (``rsna``, ``siim``, ``nih``, ``kermany``, ``covid_lungs``, ``demo`` ...)
 ``label``   class vector over ``class_names`` or ``null`` when the image has no class annotation
@@ -35,8 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monai_mcx.data.boxes import check_box
+from monai_mcx.data.demo import ensure_demo_data
 from monai_mcx.data.errors import DataError
-from monai_mcx.utils import is_dicom_file
+from monai_mcx.data.formats import input_format
 
 __all__ = [
     "DatalistError",
@@ -232,6 +233,7 @@ def load_datalist(
     check_files: bool = True,
     max_items: int | None = None,
     uncertain: str = "error",
+    evaluate_tasks: Sequence[str] | None = None,
 ) -> list[dict]:
     """Read ``split`` of a monai_mcx datalist, validate every item and make its paths absolute.
 
@@ -243,19 +245,44 @@ def load_datalist(
         max_items: keep only the first ``max_items`` items (quick runs).
         uncertain: what a ``-1`` label value becomes: ``"error"`` (default), ``"zeros"`` or ``"ones"``
             (see :func:`check_label`).
+        evaluate_tasks: the split is to be evaluated for these tasks (``evaluate.json`` passes the model's): it
+            must not be empty, and at least one item must be annotated for one of them (``label`` for
+            classification, ``mask`` for segmentation, ``boxes`` for localization, ``[]`` included), or there
+            would be nothing to score (a run doing nothing, or a ``val_score`` of 0.0).
 
     Raises:
-        DatalistError: naming the datalist file, the item and what is wrong.
+        DatalistError: naming the datalist file, the item and what is wrong; with ``evaluate_tasks``, naming the
+            datalist file and the split that has nothing to evaluate.
     """
     datalist_file = Path(datalist_file)
     items, num_classes = _read_split(datalist_file, split, class_names)
     if max_items is not None:
         items = items[: int(max_items)]
     base = datalist_file.parent
-    return [
+    items = [
         validate_item(it, num_classes, base, _where(datalist_file, split, i, it), check_files, uncertain)
         for i, it in enumerate(items)
     ]
+    if evaluate_tasks is not None:
+        _check_evaluable(items, datalist_file, split, evaluate_tasks)
+    return items
+
+
+def _check_evaluable(items: list[dict], datalist_file: Path, split: str, tasks: Sequence[str]) -> None:
+    """Raise a :class:`DatalistError` when ``items`` (``split`` of ``datalist_file``) give nothing to evaluate."""
+    from monai_mcx.data.sampling import annotation_signature
+
+    if not items:
+        raise DatalistError(
+            f"{datalist_file}: the {split!r} split is empty: nothing to evaluate (set eval_split to a split with "
+            "annotated items)"
+        )
+    if not any(set(annotation_signature(it)) & set(tasks) for it in items):
+        raise DatalistError(
+            f"{datalist_file}: no item of the {split!r} split ({len(items)} items) is annotated for the model's "
+            f"tasks {list(tasks)} (every label, mask and boxes is null): nothing to evaluate; evaluate a split with "
+            "annotations, or run inference.json to predict on unannotated images"
+        )
 
 
 def resolve_datalist(
@@ -278,8 +305,6 @@ def resolve_datalist(
     if candidate.is_file():
         return str(candidate)
     if generate_demo and (not dataset_dir.exists() or not any(dataset_dir.iterdir())):
-        from monai_mcx.data.demo import ensure_demo_data
-
         return str(ensure_demo_data(str(dataset_dir), **demo_kwargs))
     raise DatalistError(
         f"{dataset_dir}: no datalist.json here. Point 'datalist_file' at your datalist "
@@ -287,7 +312,9 @@ def resolve_datalist(
     )
 
 
-IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".nii", ".nii.gz")
+#: the usual extensions of the input formats (for globs and messages: an input is recognised by its content,
+#: :func:`monai_mcx.data.formats.sniff_format`, whatever its name)
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz")
 
 
 def _skip_reason(path: Path) -> str | None:
@@ -307,18 +334,21 @@ def _skip_reason(path: Path) -> str | None:
         return "not a regular file"
     if not os.access(path, os.R_OK):
         return "unreadable (permission denied)"
-    if path.name.lower().endswith(IMAGE_SUFFIXES) or is_dicom_file(path):  # DICOM sniffed, extension or not
-        return None
-    return "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)"
+    try:
+        input_format(path)  # the loader's rule: the content decides, not the name
+    except DataError as e:
+        return e.problem
+    return None
 
 
 def list_image_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The input images of a folder, and every other entry with the reason it is skipped.
 
-    An entry is an input when it is a readable regular file (symlinks followed) whose name ends with one of
-    :data:`IMAGE_SUFFIXES` or which starts like a DICOM file (``DICM`` at byte 128: PACS exports often have
-    no extension). Everything else -- sub-folders (not searched), symlink loops, broken symlinks, unreadable
-    and other files -- is returned with its reason.
+    An entry is an input when it is a readable regular file (symlinks followed) whose content is DICOM, PNG,
+    JPEG, TIFF, BMP or NIfTI, whatever its name (:func:`monai_mcx.data.formats.sniff_format`, the rule the
+    loader applies: a DICOM named ``.png`` or without an extension, as PACS exports often are, is listed; a text
+    file named ``.png`` is not). Everything else -- sub-folders (not searched), symlink loops, broken symlinks,
+    unreadable and other files -- is returned with its reason.
 
     Returns:
         ``(images, skipped)``: sorted paths, and ``(path, reason)`` pairs in name order.

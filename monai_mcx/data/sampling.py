@@ -55,13 +55,15 @@ class _EpochSampler(Sampler):
     :class:`~monai_mcx.engines.MultiTaskTrainer` at every epoch start), a skip for the next pass and this process'
     ``rank`` / ``world`` size (0 / 1 without a process group)."""
 
-    def _init_epochs(self, seed: int) -> None:
+    def _init_epochs(self, seed: int, num_replicas: int | None = None, rank: int | None = None) -> None:
         self.seed = int(seed)
         self.epoch = 0
         self._skip = 0
         initialized = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if initialized else 0
-        self.world = dist.get_world_size() if initialized else 1
+        self.world = int(num_replicas) if num_replicas is not None else dist.get_world_size() if initialized else 1
+        self.rank = int(rank) if rank is not None else dist.get_rank() if initialized else 0
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise ValueError(f"rank must be in [0, {self.world}) for num_replicas={self.world}, got rank={self.rank}")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -72,38 +74,53 @@ class SourceWeightedSampler(_EpochSampler):
 
     The draw of an epoch depends only on ``seed + epoch`` (``set_epoch`` is called by MONAI's engines at every
     ``EPOCH_STARTED``), and :meth:`skip_next` skips the first ``n`` samples of the next pass, so
-    :class:`~monai_mcx.engines.checkpoint.LastCheckpoint` resumes a run killed mid-epoch on exactly the
-    batches it had not seen (like :class:`~monai_mcx.engines.checkpoint.ResumableSampler`). Under a process
-    group each rank takes every ``world_size``-th draw of the same sequence.
+    :class:`~monai_mcx.engines.resume.LastCheckpoint` resumes a run killed mid-epoch on exactly the
+    batches it had not seen (like :class:`~monai_mcx.engines.resume.ResumableSampler`). Under a process
+    group each rank takes every ``world_size``-th draw of the same sequence; as torch's ``DistributedSampler``,
+    the sequence is first padded with its own first draws to a multiple of ``world_size``, so that every rank gets
+    ``ceil(num_samples / world_size)`` samples and the same number of batches (ranks with fewer batches would
+    leave the others waiting in a collective until the process group times out).
 
     Args:
         dataset: a dataset whose ``data`` (MONAI ``Dataset``/``CacheDataset``) or items are dicts with ``source``.
         fractions: ``{source: share}`` (normalised; unlisted sources are not drawn); ``None`` = equal shares.
-        num_samples: draws per epoch over all ranks (``None`` = ``len(dataset)``).
+        num_samples: draws per epoch over all ranks before padding (``None`` = ``len(dataset)``).
         seed: base seed.
+        num_replicas: number of ranks (default: the process group's world size, 1 without one).
+        rank: this process' rank (default: the process group's rank, 0 without one).
+
+    Raises:
+        ValueError: ``num_samples <= 0``, ``rank`` not in ``[0, num_replicas)``, or nothing to draw from.
     """
 
     def __init__(
-        self, dataset: Any, fractions: Mapping[str, float] | None = None, num_samples: int | None = None, seed: int = 0
+        self,
+        dataset: Any,
+        fractions: Mapping[str, float] | None = None,
+        num_samples: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         self.sources = _sources(dataset)
         self.weights = source_weights(self.sources, fractions)
         self.total = int(num_samples) if num_samples is not None else len(self.sources)
         if self.total <= 0:
             raise ValueError(f"num_samples must be > 0, got {num_samples}")
-        self._init_epochs(seed)
+        self._init_epochs(seed, num_replicas, rank)
 
     def skip_next(self, num_samples: int) -> None:
         self._skip = max(0, int(num_samples))
 
     def indices(self, epoch: int | None = None) -> list[int]:
-        """This rank's draws for ``epoch`` (default: the current one)."""
+        """This rank's draws for ``epoch`` (default: the current one), ``len(self)`` of them."""
         g = torch.Generator().manual_seed(self.seed + (self.epoch if epoch is None else int(epoch)))
         draws = torch.multinomial(self.weights, self.total, replacement=True, generator=g).tolist()
-        return draws[self.rank :: self.world]
+        padded = (draws * -(-len(self) * self.world // self.total))[: len(self) * self.world]
+        return padded[self.rank :: self.world]
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.total, self.world))
+        return -(-self.total // self.world)  # every rank the same number (DistributedSampler's padding)
 
     def __iter__(self):
         idx = self.indices()
@@ -124,9 +141,9 @@ class TaskGroupedSampler(_EpochSampler):
     Items are grouped by the annotations they carry; each group is shuffled (``seed + epoch``) and cut into
     batches of ``batch_size`` (a group's last batch may be smaller); the batch order is then shuffled. Use it as
     the training ``DataLoader``'s ``batch_sampler`` (``train.json --task_grouped_batches true`` does). Like
-    :class:`~monai_mcx.engines.checkpoint.ResumableSampler`, ``set_epoch`` (called by
+    :class:`~monai_mcx.engines.resume.ResumableSampler`, ``set_epoch`` (called by
     :class:`~monai_mcx.engines.MultiTaskTrainer` at every epoch start) fixes the order and
-    :meth:`skip_next_batches` lets :class:`~monai_mcx.engines.checkpoint.LastCheckpoint` resume mid-epoch on the
+    :meth:`skip_next_batches` lets :class:`~monai_mcx.engines.resume.LastCheckpoint` resume mid-epoch on the
     batches not yet seen. Under a process group, rank ``r`` takes batches ``r, r + world, ...`` (every rank gets
     the same number of batches; the first ones are repeated where needed).
 

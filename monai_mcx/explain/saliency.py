@@ -60,7 +60,7 @@ DEFAULT_SALIENCY = {"method": "gradcam", "layer": DEFAULT_LAYER}
 
 def saliency_settings(description: object = None) -> dict:
     """The saliency settings ``{"method", "layer"}`` of a model: its description's ``saliency`` slot (a
-    :class:`~monai_mcx.artifact.ModelDescription`, the slot's dict itself, or None), with :data:`DEFAULT_SALIENCY`
+    :class:`~monai_mcx.model.ModelDescription`, the slot's dict itself, or None), with :data:`DEFAULT_SALIENCY`
     for what is absent. Raises ``ValueError`` naming the description for an unknown method or extra keys."""
     slot = getattr(description, "saliency", description)
     where = getattr(description, "path", None) or "the model description"

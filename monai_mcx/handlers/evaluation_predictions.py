@@ -34,6 +34,7 @@ from monai.utils.enums import CommonKeys
 from monai_mcx.handlers.metrics import deployed_from_metrics
 from monai_mcx.handlers.predictions import PredictionWriter
 from monai_mcx.keys import BatchKeys, PredKeys
+from monai_mcx.networks.weights import load_weights_file
 from monai_mcx.transforms.guard import ERROR_KEY
 
 __all__ = ["EvaluationPredictionWriter"]
@@ -152,7 +153,7 @@ class EvaluationPredictionWriter:
         try:
             self.writer._reset()
             for path in self._files:
-                record = _decode(torch.load(path, map_location="cpu", weights_only=True))
+                record = _decode(load_weights_file(path))
                 batch = record["batch"]
                 n = int(batch[BatchKeys.IMAGE.value].shape[0])
                 pred = deployed.apply_operating_point(record["pred"], batch_size=n, device="cpu")

@@ -51,11 +51,14 @@ from monai_mcx.metrics import (
     TemperatureScaling,
     calibration_metrics,
     choose_box_threshold,
+    choose_threshold,
     class_operating_points,
     classification_metrics,
     detection_metrics,
     segmentation_metrics,
 )
+from monai_mcx.metrics.calibration import logits_from_probs
+from monai_mcx.transforms.io import LoadCXR
 from monai_mcx.utils import as_bool, write_json_atomic
 
 __all__ = [
@@ -267,8 +270,6 @@ class MultiTaskMetrics(Metric):
     def _raw_logits(self, pred: dict) -> np.ndarray | None:
         """``(B, K)`` raw (uncalibrated) class logits: ``class_logits``, else the logit of ``class_probs_raw``, else
         of ``class_probs`` when the post-processor is uncalibrated; None when the raw values are unknown."""
-        from monai_mcx.metrics.calibration import logits_from_probs
-
         if PredKeys.CLASS_LOGITS in pred:
             return pred[PredKeys.CLASS_LOGITS].detach().double().cpu().numpy()
         if PredKeys.CLASS_PROBS_RAW in pred:
@@ -461,8 +462,6 @@ class MultiTaskMetrics(Metric):
         """Dice at each image's original resolution: predicted probabilities resized to the image (the inference
         rule), true mask reloaded from its file at its own size."""
         if self._mask_loader is None:
-            from monai_mcx.transforms.io import LoadCXR
-
             self._mask_loader = LoadCXR(as_mask=True)
         if self._missing_mask_files:
             warnings.warn(
@@ -535,8 +534,6 @@ def resolve_class_thresholds(
     - ``"youden"`` / ``"f1"`` (or ``"choose"`` = ``"youden"``): chosen on ``probs``/``labels`` (the data being
       evaluated, i.e. the validation split) with :func:`monai_mcx.metrics.choose_threshold`;
     """
-    from monai_mcx.metrics import choose_threshold
-
     k = len(class_names)
     if isinstance(threshold, str):
         if threshold in ("youden", "f1", "choose"):

@@ -23,7 +23,7 @@ epoch completes it writes under ``output_dir``:
 
 The thresholds chosen on the validation split (class thresholds, box operating point: see
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
-:class:`monai_mcx.artifact.OperatingPointWriter`.
+:class:`monai_mcx.handlers.OperatingPointWriter`.
 
 In a distributed evaluation (``multi_gpu_evaluate.json``) the handler runs on every rank: at the end each rank's
 per-image records are gathered (:meth:`EvaluationReport.gather`, as :class:`~monai_mcx.handlers.MultiTaskMetrics`

@@ -11,14 +11,5 @@ from .encoders import (
     build_encoder,
 )
 from .heads import ClassificationHead, LocalizationHead, SegmentationDecoder
-from .merge import (
-    MergeError,
-    MergeWeights,
-    freeze_encoder,
-    init_network,
-    load_compatible,
-    merge_multichexnet,
-    trainable_parameters,
-)
 from .multichexnet import TASKS, MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
 from .pretrained import load_pretrained_encoder

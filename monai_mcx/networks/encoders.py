@@ -22,7 +22,9 @@ All the backbones are MONAI networks:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
+import torch
 from monai.networks.layers.utils import get_act_layer
 from monai.networks.nets import DenseNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
@@ -153,16 +155,43 @@ class FlexUNetBackboneEncoder(nn.Module):
         return list(feats)[1:]
 
 
+class ZeroPadShortcut(nn.Module):
+    """The parameter-free shortcut of MONAI's ResNet (``shortcut_type="A"``, used by ``resnet18``/``resnet34``) as a
+    module: stride-``stride`` subsampling (``avg_pool`` with kernel 1), then zero channels up to ``planes``.
+
+    MONAI's own is a ``functools.partial`` of ``ResNet._downsample_basic_block``, which ``torch.jit.script`` cannot
+    compile, and it concatenates ``out.data``, which ``torch.jit.trace``, ``torch.onnx.export`` and
+    ``torch.export`` record as a constant (the example input's activations, with its batch size), so that no
+    exported ResNet-18 was correct. Same values and gradients (``detach`` as ``.data``); no parameters, so state
+    dicts are unchanged.
+    """
+
+    def __init__(self, planes: int, stride: int) -> None:
+        super().__init__()
+        self.planes = int(planes)
+        self.stride = int(stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = nn.functional.avg_pool2d(x, kernel_size=1, stride=self.stride)
+        pads = out.new_zeros([out.shape[0], self.planes - out.shape[1], out.shape[2], out.shape[3]])
+        return torch.cat([out.detach(), pads], dim=1)
+
+
 class ResNetEncoder(FlexUNetBackboneEncoder):
     """MONAI ResNet (``monai.networks.nets.resnet.ResNetEncoder``) features at strides 4..32.
 
     Channels: ``resnet18/34`` -> ``[64, 128, 256, 512]``; ``resnet50`` -> ``[256, 512, 1024, 2048]``.
+    The ``shortcut_type="A"`` shortcuts are :class:`ZeroPadShortcut` modules (scriptable and exportable).
     """
 
     def __init__(self, model_name: str = "resnet18", in_channels: int = 1, pretrained: bool = False, **kwargs) -> None:
         if not model_name.startswith("resnet"):
             raise ValueError(f"ResNetEncoder expects a resnet name, got {model_name!r}.")
         super().__init__(model_name, in_channels=in_channels, pretrained=pretrained, **kwargs)
+        for block in self.body.modules():
+            down = getattr(block, "downsample", None)
+            if isinstance(down, partial) and getattr(down.func, "__name__", "") == "_downsample_basic_block":
+                block.downsample = ZeroPadShortcut(down.keywords["planes"], down.keywords["stride"])
 
 
 class EfficientNetEncoder(FlexUNetBackboneEncoder):

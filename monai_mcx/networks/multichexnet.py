@@ -223,7 +223,7 @@ class MultiCheXNetExport(nn.Module):
     (:func:`monai_mcx.networks.box_decoding.flatten_head_maps`, as ``RetinaNetDetector._reshape_maps``).
     A task that is not built gives an empty tensor: ``(B, 0)``, ``(B, 0, W, H)``, ``(B, 0, 1)``, ``(B, 0, 4)``.
     Works with ``torch.jit.trace`` (any encoder; the traced model accepts other input sizes) and
-    ``torch.jit.script`` (DenseNet encoders). Like :class:`MultiCheXNetHead` it registers the net's
+    ``torch.jit.script`` (any encoder: DenseNet, ResNet, EfficientNet). Like :class:`MultiCheXNetHead` it registers the net's
     modules under the net's own names, so its state dict equals the MultiCheXNet's.
     """
 

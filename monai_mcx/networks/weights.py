@@ -1,8 +1,8 @@
 """The one weights layer: read a checkpoint, find its state dict, compare it with a module, hash it.
 
 Every place that reads network weights goes through here -- ``engines.checkpoint`` (``SafeCheckpointLoader``,
-``engines.resume``), ``networks.merge`` (merging sub-models, transfer), ``networks.pretrained`` (pretrained encoders),
-``monai_mcx.export``, ``monai_mcx.artifact`` (model descriptions) and the MONAI Label app -- so a missing,
+``engines.resume``), ``model.merge`` (merging sub-models, transfer), ``networks.pretrained`` (pretrained encoders),
+``monai_mcx.model`` (model descriptions, ``load_model``), ``monai_mcx.export`` and the MONAI Label app -- so a missing,
 truncated, pickled-code or foreign checkpoint gives the same :class:`WeightsError` everywhere, naming the file
 and, for a mismatch, the missing / unexpected / shape-mismatched keys.
 
@@ -13,7 +13,7 @@ and, for a mismatch, the missing / unexpected / shape-mismatched keys.
 * :func:`state_dict_problems` / :func:`check_state_dict`: compare with a module (missing / unexpected / shape).
 * :func:`load_weights`: all of the above, then ``load_state_dict``; nothing is loaded when a check fails.
 * :func:`state_dict_sha256`: the content hash of a state dict that a model description records
-  (:mod:`monai_mcx.artifact`); independent of the container (``model.pt`` or ``last.pt["model"]``), of the key
+  (:mod:`monai_mcx.model`); independent of the container (``model.pt`` or ``last.pt["model"]``), of the key
   order and of the file's zip layout.
 
 MONAI's ``CheckpointLoader`` / ``copy_model_state`` and ignite's ``Checkpoint.load_objects`` raise torch's errors
@@ -58,7 +58,7 @@ class WeightsError(RuntimeError):
     """A checkpoint cannot be read, holds no state dict, or does not fit the module it is loaded into.
 
     The message names the file and, for a mismatch, the keys. ``engines.checkpoint.CheckpointError`` and
-    ``networks.merge.MergeError`` are subclasses (one family: ``except WeightsError`` catches every case)."""
+    ``MergeError`` (merging, transfer) are subclasses (one family: ``except WeightsError`` catches every case)."""
 
 
 class MergeError(WeightsError, ValueError):

@@ -46,6 +46,8 @@ from monai.data.box_utils import clip_boxes_to_image, spatial_crop_boxes
 from monai.transforms import BorderPad, MapTransform, RandomizableTransform, Resize, Rotate, SpatialCrop
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from monai_mcx.transforms.labels import ResizeWithBoxesd
+
 __all__ = [
     "AddBoxLabelsd",
     "RemoveBoxLabelsd",
@@ -457,8 +459,6 @@ def cxr_box_augmentations(
         min_box_size: boxes whose clipped sides fall below this many pixels are dropped.
         rotate_prob, max_angle: probability and largest angle (degrees) of :class:`RandRotateWithBoxesd`.
     """
-    from monai_mcx.transforms.labels import ResizeWithBoxesd
-
     img_keys = [image_key] + ([mask_key] if mask_key else [])
     modes_resize = ["area", "nearest-exact"][: len(img_keys)]
     out: list = [AddBoxLabelsd(box_key, box_label_key)]

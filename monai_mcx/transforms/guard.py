@@ -13,6 +13,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from monai_mcx.data.errors import DataError
 from monai_mcx.keys import BatchKeys
 
 __all__ = ["GuardLoadd", "ERROR_KEY"]
@@ -26,8 +27,6 @@ ERROR_KEY = BatchKeys.ERROR.value
 def _root_cause(e: BaseException) -> BaseException:
     """The ``DataError`` behind ``e`` (MONAI's ``Compose`` wraps errors in ``RuntimeError("applying
     transform ...")``), else the innermost cause."""
-    from monai_mcx.data.errors import DataError
-
     seen, cur = [], e
     while cur is not None and cur not in seen:
         if isinstance(cur, DataError):
@@ -76,8 +75,6 @@ class GuardLoadd(MapTransform):
         src = str(data.get(key, "")) if not isinstance(data.get(key), torch.Tensor) else ""
         try:
             if data.get(ERROR_KEY):  # an input listed as skipped by monai_mcx.data.inference_items
-                from monai_mcx.data.errors import DataError
-
                 raise DataError(str(data[ERROR_KEY]))
             out = dict(self.transform(dict(data)))
             image = out[key]

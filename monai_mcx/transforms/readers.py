@@ -1,5 +1,6 @@
-"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, and the
-size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.transforms.dicom_reader`).
+"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, the
+size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.transforms.dicom_reader`),
+using :func:`monai_mcx.data.formats.input_format`, the one rule for what is an input image.
 Each reader returns ``(array (rows, cols), pixel spacing (x, y) or None, metadata)``; the rules are those of
 the :mod:`monai_mcx.transforms.io` docstring.
 """
@@ -12,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from monai_mcx.data.errors import DataError
+from monai_mcx.data.formats import INPUT_FORMATS, input_format, sniff_format
 
-__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "exif_size_wh"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "INPUT_FORMATS", "exif_size_wh", "input_format", "sniff_format"]
 
 #: smallest accepted side of an image, in pixels
 DEFAULT_MIN_SIZE = 32
@@ -39,6 +41,12 @@ def _to_unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
         raise ValueError(f"empty intensity range [{lo}, {hi}]")
     out = (a.astype(np.float32, copy=False) - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0)
+
+
+def _check_single_frame(frames: int, what: str, path: Path) -> None:
+    """Refuse a multi-frame file (multi-frame DICOM, animated PNG, multi-page TIFF) rather than read one frame of it."""
+    if frames > 1:
+        raise DataError(f"expected a single-frame 2D image, got {frames} frames ({what})", path)
 
 
 def _check_size(cols: int, rows: int, path: Path, min_size: int, max_pixels: int | None) -> None:
@@ -102,16 +110,25 @@ def exif_size_wh(im) -> tuple[int, int]:
     return (h, w) if _exif_orientation(im) in _EXIF_SWAPS_WH else (w, h)
 
 
+#: the PIL plugins the loader opens: the formats :func:`sniff_format` finds (PIL opens an MPO as a JPEG)
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+#: PIL formats whose extra frames are images of their own (refused, as multi-frame DICOM is)
+_MULTI_FRAME = {"PNG": "an animated PNG", "TIFF": "a multi-page TIFF"}
+
+
 def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels below says more
-            opened = Image.open(path)
+            opened = Image.open(path, formats=_PIL_FORMATS)
         with opened as im:
+            fmt = im.format
             w, h = im.size  # the smaller side and the pixel count do not change with the orientation
             _check_size(w, h, path, 0 if as_mask else min_size, max_pixels)
+            if fmt in _MULTI_FRAME:  # not MPO: a camera JPEG's extra frames are previews of the first
+                _check_single_frame(getattr(im, "n_frames", 1), _MULTI_FRAME[fmt], path)
             im.load()
             orientation = _exif_orientation(im)
             if orientation != 1:
@@ -141,7 +158,7 @@ def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"unreadable or truncated image ({type(e).__name__}: {e})", path) from e
     meta = {
-        "source_format": path.suffix.lower().lstrip("."),
+        "source_format": (fmt or "").lower(),
         "pil_mode": mode,
         "bits_stored": bits or 0,
         "exif_orientation": orientation,

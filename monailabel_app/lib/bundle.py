@@ -1,7 +1,7 @@
 """Reading the MultiCheXNet bundle from a local folder (nothing is downloaded from a model zoo).
 
 The model is ``<bundle>/models/model.pt`` with its model description ``<bundle>/models/model.json``
-(:mod:`monai_mcx.artifact`): ``<bundle>/configs/inference.json`` builds the network, the anchors/box decoder and the
+(:mod:`monai_mcx.model`): ``<bundle>/configs/inference.json`` builds the network, the anchors/box decoder and the
 inference settings FROM the description (hash-verified against the weights), through MONAI's ``ConfigParser``, with
 the app's overrides applied (``--conf overrides '<json>'``, the same ``key`` / ``a#b`` ids as
 ``python -m monai.bundle run``); an override contradicting the description is an error naming both values.
@@ -22,6 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
+
+from monai_mcx.data.anchors import DEFAULT_ANCHOR_SHAPES
+from monai_mcx.model import ModelDescription, build_network, build_postprocessor, root_cause
+from monai_mcx.networks import weights
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +58,7 @@ def load_state_dict(path: str, map_location="cpu") -> dict:
     Raises:
         monai_mcx.networks.weights.WeightsError: missing, truncated, pickled or foreign file (names it).
     """
-    from monai_mcx.networks.weights import read_state_dict
-
-    return read_state_dict(path, map_location)[0]
+    return weights.read_state_dict(path, map_location)[0]
 
 
 def load_weights(network: torch.nn.Module, path: str, strict: bool = True) -> str:
@@ -65,9 +68,7 @@ def load_weights(network: torch.nn.Module, path: str, strict: bool = True) -> st
     Raises:
         monai_mcx.networks.weights.WeightsError: missing, truncated, pickled or foreign file (names it and the keys).
     """
-    from monai_mcx.networks.weights import load_weights as _load
-
-    return _load(network, path, strict=strict)
+    return weights.load_weights(network, path, strict=strict)
 
 
 #: settings of a model not trained yet (overridable with the app's overrides of the same ids)
@@ -81,12 +82,9 @@ UNTRAINED_DEFAULTS = {
 
 
 def untrained_description(overrides: Mapping | None = None):
-    """A :class:`~monai_mcx.artifact.ModelDescription` for a bundle without weights: :data:`UNTRAINED_DEFAULTS`
+    """A :class:`~monai_mcx.model.ModelDescription` for a bundle without weights: :data:`UNTRAINED_DEFAULTS`
     updated with ``overrides`` of the same names (and ``base_anchor_shapes``; default: the 128-px defaults scaled to
     ``spatial_size``)."""
-    from monai_mcx.artifact import ModelDescription
-    from monai_mcx.data.anchors import DEFAULT_ANCHOR_SHAPES
-
     values = {k: (overrides or {}).get(k, v) for k, v in UNTRAINED_DEFAULTS.items()}
     w, h = [float(s) for s in values["spatial_size"]]
     scaled = [[a * w / 128.0, b * h / 128.0] for a, b in DEFAULT_ANCHOR_SHAPES]
@@ -107,8 +105,6 @@ class BundleSpec:
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from monai.bundle import ConfigParser
-
         self.bundle_dir = os.path.abspath(self.bundle_dir)
         self.config_file = os.path.join(self.bundle_dir, "configs", "inference.json")
         if not os.path.isfile(self.config_file):
@@ -126,8 +122,6 @@ class BundleSpec:
             parser["model_description"] = untrained_description(self.overrides)
         parser.update(dict(self.overrides))
         self.parser = parser
-        from monai_mcx.artifact import root_cause
-
         try:
             self.description = parser.get_parsed_content("description")
         except Exception as e:  # the description's own error (file, both values), not MONAI's expression wrapper
@@ -145,15 +139,13 @@ class BundleSpec:
         """A new MultiCheXNet (random weights): from ``description`` when given (e.g. the pair just published by
         the train task), else from the config's ``network_def`` (built from the bundle's description)."""
         if description is not None:
-            return description.build_network()
+            return build_network(description)
         return self.parser.get_parsed_content("network_def", instantiate=True, lazy=False)
 
     def build_postprocessor(self, description=None):
         """The :class:`monai_mcx.inferers.MultiCheXNetPostprocessor` of ``description`` (default: the bundle's
         reconciled description): class thresholds, gate rule, mask threshold, box operating point, box decoder."""
-        from monai_mcx.inferers import MultiCheXNetPostprocessor
-
-        return MultiCheXNetPostprocessor.from_description(description if description is not None else self.description)
+        return build_postprocessor(description if description is not None else self.description)
 
     def has_weights(self) -> bool:
         return os.path.isfile(self.model_path)

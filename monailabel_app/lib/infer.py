@@ -41,6 +41,9 @@ from monai.transforms import EnsureTyped, MapTransform, Resized
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from monai_mcx.model import description_path, has_description
+from monai_mcx.networks.weights import load_weights
+
 from .bundle import BundleSpec
 from .publish import load_published
 
@@ -113,25 +116,25 @@ class MultiCheXNetInfer(BasicInferTask):
 
     # -- model -----------------------------------------------------------------------------------------
     def _get_network(self, device, data):
-        """The network and post-processor of ``models/model.pt`` + ``models/model.json`` (read as one pair,
-        ``weights_only=True``); reloaded when either file changes (e.g. after the train task published)."""
-        from monai_mcx.networks.weights import load_weights
-
+        """The network and post-processor of ``models/model.pt`` + ``models/model.json`` (loaded as one pair by
+        :func:`monai_mcx.model.load_model`, hash-checked, ``weights_only=True``); reloaded when either file changes
+        (e.g. after the train task published). A model without a description: the bundle's network with the weights
+        read through the weights layer."""
         path = self.get_path()
         if not path:
             raise FileNotFoundError(f"no weights at {self.spec.model_path}")
-        from monai_mcx.artifact import description_path
-
         dpath = description_path(path)
         stamp = (os.stat(path).st_mtime_ns, os.stat(dpath).st_mtime_ns if dpath.is_file() else None)
         cached = self._networks.get(device)
         if cached and cached[1] == stamp:
             return cached[0]
-        desc, state = load_published(path)
-        network = self.spec.build_network(desc)
-        load_weights(network, state, strict=self.load_strict)
+        if has_description(path):
+            network, desc, self.postprocessor = load_published(path)
+        else:
+            desc, network = None, self.spec.build_network()
+            load_weights(network, path, strict=self.load_strict)
+            self.postprocessor = self.spec.build_postprocessor()
         network.to(torch.device(device)).eval()
-        self.postprocessor = self.spec.build_postprocessor(desc)
         self.model_description = desc if desc is not None else self.spec.description
         self._networks[device] = (network, stamp)
         logger.info(f"MultiCheXNet weights loaded from {path}" + (f" with its description {dpath}" if desc else ""))

@@ -12,11 +12,13 @@ were chosen for:
   training whose drift exceeds ``max_drift`` is not published;
 - :func:`publish_model`: writes ``model.pt`` and its description ``model.json`` (new weights hash, the
   fine-tuning recorded under ``training["monailabel"]``) to temporary files in the same folder, then renames
-  both; :func:`load_published` reads them as one pair (retrying once if it raced a publish).
+  both; :func:`load_published` loads them as one pair with :func:`monai_mcx.model.load_model` (the package's hash
+  check; retried if it raced a publish).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -27,6 +29,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from monai_mcx.model import StaleDescriptionError, description_path, load_model
+from monai_mcx.networks.weights import state_dict_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +114,13 @@ def publish_model(
     Args:
         state_dict: the network's weights.
         model_path: the published ``model.pt``.
-        description: the model's :class:`monai_mcx.artifact.ModelDescription` (the one the weights were
+        description: the model's :class:`monai_mcx.model.ModelDescription` (the one the weights were
             fine-tuned from), or None for a model without one (weights only, a warning).
         note: recorded as ``description.training["monailabel"]`` (e.g. epochs, pairs, classifier drift).
 
     Returns:
         ``(model_path, description_path or None)``.
     """
-    from monai_mcx.artifact import description_path
-    from monai_mcx.networks.weights import state_dict_sha256
-
     model_path = Path(model_path)
     state = {k: v.detach().cpu() for k, v in state_dict.items()}
     tmp_pt = _tmp(model_path, ".pt")
@@ -137,8 +139,6 @@ def publish_model(
             )
             new_desc.validate(str(description_path(model_path)))
             tmp_json = _tmp(model_path, ".json")
-            import json
-
             tmp_json.write_text(json.dumps(new_desc.to_dict(), indent=2))
         else:
             logger.warning("%s has no model description: publishing the weights alone", model_path)
@@ -154,25 +154,24 @@ def publish_model(
                 t.unlink()
 
 
-def load_published(model_path: str | os.PathLike, retries: int = 3, wait_s: float = 0.2) -> tuple[Any, dict]:
-    """``(description, state_dict)`` of a published model, checked to belong together (hash); re-read when a
-    publish was caught half-way. A model without a description gives ``(None, state_dict)``."""
-    from monai_mcx.artifact import StaleDescriptionError, description_path, read_description
-    from monai_mcx.networks.weights import read_state_dict, state_dict_sha256
+def load_published(model_path: str | os.PathLike, retries: int = 3, wait_s: float = 0.2) -> tuple[nn.Module, Any, Any]:
+    """``(network, description, postprocessor)`` of a published model with its description
+    (:func:`monai_mcx.model.load_model`: weights checked against the description's hash); read again when a publish
+    was caught half-way (:class:`~monai_mcx.model.StaleDescriptionError`), up to ``retries`` times.
 
-    model_path = Path(model_path)
+    A model without a description is not loaded here: check :func:`monai_mcx.model.has_description` first and load
+    its weights into the bundle's network through the weights layer.
+
+    Raises:
+        StaleDescriptionError: the pair still disagrees after ``retries`` reads (names both files and hashes).
+        monai_mcx.model.DescriptionError: there is no description (or it is malformed).
+    """
     last: Exception | None = None
-    for _ in range(max(1, retries)):
-        state, _ = read_state_dict(model_path)
-        if not description_path(model_path).is_file():
-            return None, state
-        desc = read_description(model_path)
-        if desc.weights_sha256 in (None, state_dict_sha256(state)):
-            desc.path = description_path(model_path)
-            return desc, state
-        last = StaleDescriptionError(
-            f"{description_path(model_path)}: describes other weights than {model_path} "
-            f"(sha256 {desc.weights_sha256[:12]}... vs {state_dict_sha256(state)[:12]}...)"
-        )
-        time.sleep(wait_s)
+    for attempt in range(max(1, retries)):
+        if attempt:
+            time.sleep(wait_s)
+        try:
+            return load_model(model_path)
+        except StaleDescriptionError as e:
+            last = e
     raise last

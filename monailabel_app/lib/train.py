@@ -43,6 +43,8 @@ from monai.transforms import (
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from monai_mcx.keys import BatchKeys, PredKeys
+from monai_mcx.model import has_description
+from monai_mcx.networks.weights import load_weights, read_state_dict, unwrap_module
 
 from .bundle import BundleSpec
 from .publish import classifier_drift, freeze_for_segmentation, load_published, publish_model
@@ -150,20 +152,21 @@ class MultiCheXNetSegTrain(BasicTrainTask):
         """Publish the best weights with their description, after measuring the classifier's drift."""
         from monai.transforms import Compose
 
-        from monai_mcx.networks.weights import load_weights, read_state_dict, unwrap_module
-
         best = os.path.join(context.output_dir, self._key_metric_filename)
         if os.path.isfile(best):
             state, _ = read_state_dict(best)
         else:
             state = unwrap_module(context.network).state_dict()
-        desc, old_state = load_published(self.spec.model_path) if os.path.isfile(self.spec.model_path) else (None, None)
+        desc, old_net = None, None
+        if has_description(self.spec.model_path):  # the published pair, hash-checked
+            old_net, desc, _ = load_published(self.spec.model_path)
+        elif os.path.isfile(self.spec.model_path):  # a model without a description: its weights alone
+            old_net = self.spec.build_network()
+            load_weights(old_net, self.spec.model_path)
         new_net = self.spec.build_network()
         load_weights(new_net, state)
         drift = {"images": 0, "mean_abs": 0.0, "max_abs": 0.0}
-        if old_state is not None:
-            old_net = self.spec.build_network()
-            load_weights(old_net, old_state)
+        if old_net is not None:
             pre = Compose(self.val_pre_transforms(context))
             images = [pre(dict(item))["image"][None].float() for item in context.datalist]
             drift = classifier_drift(old_net, new_net, images)

@@ -17,7 +17,7 @@ Key prefixes of a :class:`~monai_mcx.networks.MultiCheXNet` state dict (:data:`P
 
 Bundle use (``train.json`` ``initialize`` list; see the README section on merging sub-models)::
 
-    {"_target_": "monai_mcx.networks.merge.MergeWeights", "network": "@network",
+    {"_target_": "monai_mcx.model.merge.MergeWeights", "network": "@network",
      "encoder_from": "models/cls/model.pt",
      "heads_from": {"classification": "models/cls/model.pt", "segmentation": "models/seg/model.pt",
                     "localization": "models/loc/model.pt"}}
@@ -33,6 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_mcx.model.errors import DescriptionError
+from monai_mcx.model.files import description_path, load_description
+from monai_mcx.model.values import same_value
 from monai_mcx.networks import weights
 from monai_mcx.networks.pretrained import load_pretrained_encoder
 from monai_mcx.networks.weights import MergeError, StateSource
@@ -213,8 +216,6 @@ def check_source_descriptions(
     Raises:
         MergeError: naming the source file, the field and both values; or a stale / broken description.
     """
-    from monai_mcx.artifact import DescriptionError, description_path, load_description
-
     jobs = [("encoder", encoder_from)] + list(dict(heads_from or {}).items())
     for part, src in jobs:
         if not src or isinstance(src, Mapping) or part not in _PART_FIELDS:
@@ -235,19 +236,13 @@ def check_source_descriptions(
         bad = [
             f"{f}: {theirs.field_value(f)!r} in {str(theirs.path)!r}, {description.field_value(f)!r} in the target"
             for f in fields
-            if not _same_value(theirs.field_value(f), description.field_value(f))
+            if not same_value(theirs.field_value(f), description.field_value(f))
         ]
         if bad:
             raise MergeError(
                 f"cannot merge the {part} of {str(src)!r} into this network, the descriptions "
                 "disagree:\n  " + "\n  ".join(bad)
             )
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    from monai_mcx.artifact import _same
-
-    return _same(a, b)
 
 
 def _apply_init(
@@ -272,7 +267,7 @@ def init_network(
     pretrained_kwargs: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Initialise ``network`` from files and return it (for a config expression
-    ``"network": "$monai_mcx.networks.merge.init_network(@network_def, ...).to(@device)"``).
+    ``"network": "$monai_mcx.model.merge.init_network(@network_def, ...).to(@device)"``).
 
     ``pretrained_encoder`` (a TorchXRayVision / torchvision DenseNet-121 state dict, see
     :func:`monai_mcx.networks.pretrained.load_pretrained_encoder`) and ``encoder_from`` (a MultiCheXNet
@@ -290,7 +285,7 @@ class MergeWeights:
         network: the bundle's ``@network``.
         encoder_from, heads_from, pretrained_encoder, pretrained_kwargs: as in :func:`init_network`;
             empty values do nothing, so the item can stay in ``train.json``.
-        description: the target's :class:`~monai_mcx.artifact.ModelDescription` (``@model_description``); source
+        description: the target's :class:`~monai_mcx.model.ModelDescription` (``@model_description``); source
             files with a description are checked against it (:func:`check_source_descriptions`).
 
     Attributes: ``report`` (the :class:`MergeReport`, or None when no checkpoint was merged), ``network``.
@@ -441,7 +436,7 @@ def transfer_network(
     ``freeze``. ``pretrained_ckpt`` empty -> random initialisation (the baseline). Returns ``network``; the
     :class:`LoadReport` is in ``network.transfer_report``.
 
-    ``pretrained_description``: the :class:`~monai_mcx.artifact.ModelDescription` of ``pretrained_ckpt``
+    ``pretrained_description``: the :class:`~monai_mcx.model.ModelDescription` of ``pretrained_ckpt``
     (``finetune.json`` loads it, hash-verified); its ``class_names`` are the pretrained class names when
     ``pretrained_class_names`` is not given, and they must agree when both are.
     """

@@ -1,4 +1,4 @@
-"""The model artifact (``monai_mcx.artifact``) and the weights layer (``monai_mcx.networks.weights``).
+"""The model artifact (``monai_mcx.model``) and the weights layer (``monai_mcx.networks.weights``).
 
 A tiny model is trained at 48 px (not the 64 px of the other tests) so that a bare ``inference.json`` can only get
 the size, encoder and anchors right by reading the description saved beside ``model.pt``.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_mcx.artifact import root_cause
+from monai_mcx.model import root_cause
 
 from conftest import CONFIGS, REPO, bundle_overrides, run_bundle
 
@@ -55,7 +55,7 @@ def _bare_inference(root: Path, demo_datalist: Path, out: Path, **extra):
 
 
 def _small_description(**kw):
-    from monai_mcx.artifact import ModelDescription
+    from monai_mcx.model import ModelDescription
 
     args = dict(
         class_names=["pneumonia"],
@@ -84,7 +84,7 @@ def test_state_dict_hash_ignores_container_order_and_ddp_prefix():
 
 
 def test_description_roundtrip_schema_errors_name_the_file(tmp_path):
-    from monai_mcx.artifact import DescriptionError, read_description, save_description
+    from monai_mcx.model import DescriptionError, read_description, save_description
 
     desc = _small_description()
     path = save_description(desc, tmp_path / "model.pt")
@@ -108,7 +108,7 @@ def test_description_roundtrip_schema_errors_name_the_file(tmp_path):
 
 
 def test_reconcile_names_both_values_and_opt_out_warns():
-    from monai_mcx.artifact import DescriptionConflictError
+    from monai_mcx.model import DescriptionConflictError
 
     desc = _small_description()
     assert (
@@ -134,7 +134,7 @@ def test_reconcile_names_both_values_and_opt_out_warns():
 
 # ------------------------------------------------------------------------------------------ the trained model
 def test_training_writes_descriptions_and_evaluation_writes_thresholds_into_them(trained48):
-    from monai_mcx.artifact import checkpoint_sha256, load_description, read_description
+    from monai_mcx.model import checkpoint_sha256, load_description, read_description
 
     root, _ = trained48
     models = root / "models"
@@ -154,7 +154,7 @@ def test_training_writes_descriptions_and_evaluation_writes_thresholds_into_them
 
 
 def test_bare_inference_is_driven_by_the_description(trained48, demo_datalist, tmp_path):
-    from monai_mcx.artifact import load_description
+    from monai_mcx.model import load_description
 
     root, _ = trained48
     wf = _bare_inference(root, demo_datalist, tmp_path / "pred")
@@ -207,7 +207,7 @@ def test_contradicting_override_fails_in_evaluate(trained48, tmp_path):
 
 def test_stale_description_is_refused(trained48, demo_datalist, tmp_path):
     """Thresholds/anchors (model.json) left beside other weights are refused by hash, in Python and in a bundle run."""
-    from monai_mcx.artifact import StaleDescriptionError, load_description
+    from monai_mcx.model import StaleDescriptionError, load_description
 
     root, _ = trained48
     stale = tmp_path / "models"
@@ -231,7 +231,8 @@ def test_stale_description_is_refused(trained48, demo_datalist, tmp_path):
 
 
 def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp_path, capsys):
-    from monai_mcx.artifact import DescriptionError, load_description, main, read_description
+    from monai_mcx.model import DescriptionError, load_description, read_description
+    from monai_mcx.model.cli import main
 
     root, overrides = trained48
     legacy = tmp_path / "models"
@@ -241,7 +242,7 @@ def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp
     (legacy / "thresholds.json").write_text(
         json.dumps({"class_thresholds": {"pneumonia": 0.37}, "method": "youden", "split": "validation"})
     )
-    with pytest.raises(DescriptionError, match="has no model description.*python -m monai_mcx.artifact describe"):
+    with pytest.raises(DescriptionError, match="has no model description.*python -m monai_mcx.model describe"):
         load_description(legacy / "model.pt")
     sets = [
         f"{k}={json.dumps(overrides[k])}"
@@ -262,7 +263,7 @@ def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp
     assert main(args) == 1 and "exists already" in capsys.readouterr().err
     # the same through `python -m` (the module is __main__ there; the configs build the package's classes)
     r = subprocess.run(
-        [sys.executable, "-m", "monai_mcx.artifact", *args, "--force"],
+        [sys.executable, "-m", "monai_mcx.model", *args, "--force"],
         capture_output=True,
         text=True,
         cwd=CONFIGS.parent.parent,
@@ -289,12 +290,12 @@ def test_legacy_checkpoint_is_described_explicitly_with_a_warning(trained48, tmp
 def bad_checkpoints(tmp_path_factory):
     """A truncated, a foreign (weights-only dict of other tensors) and a pickled-module checkpoint, each with a valid
     description beside it where that matters, plus a good one."""
-    from monai_mcx.artifact import save_model
+    from monai_mcx.model import build_network, save_model
 
     root = tmp_path_factory.mktemp("badckpt")
     torch.manual_seed(0)
     desc = _small_description()
-    net = desc.build_network()
+    net = build_network(desc)
     good = save_model(net, desc, root / "good" / "model.pt")
     data = (root / "good" / "model.pt").read_bytes()
     files = {}
@@ -324,11 +325,11 @@ def _check_message(err: BaseException, path: Path) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_entry_points_give_a_clean_error_naming_the_file(bad_checkpoints, kind, tmp_path):
-    from monai_mcx.artifact import DescriptionError, load_description
     from monai_mcx.engines.checkpoint import SafeCheckpointLoader
     from monai_mcx.engines.resume import LastCheckpoint
+    from monai_mcx.model import DescriptionError, load_description
+    from monai_mcx.model.merge import merge_multichexnet, transfer_network
     from monai_mcx.networks import MultiCheXNet
-    from monai_mcx.networks.merge import merge_multichexnet, transfer_network
     from monai_mcx.networks.pretrained import load_pretrained_encoder
     from monai_mcx.networks.weights import WeightsError
 
@@ -403,7 +404,7 @@ def test_export_cli_and_monailabel_loader_give_a_clean_error(bad_checkpoints, ki
 
 def test_monailabel_bundle_spec_reads_the_description(bad_checkpoints, tmp_path):
     """The app's BundleSpec takes size, classes and thresholds from model.json and refuses stale ones."""
-    from monai_mcx.artifact import StaleDescriptionError
+    from monai_mcx.model import StaleDescriptionError
 
     root, good, files = bad_checkpoints
     sys.path.insert(0, str(REPO / "monailabel_app"))
@@ -486,14 +487,14 @@ def _good_path(bad_checkpoints) -> Path:
 
 
 def test_merge_checks_source_descriptions(bad_checkpoints, tmp_path):
-    from monai_mcx.artifact import save_model
-    from monai_mcx.networks.merge import MergeError, MergeWeights
+    from monai_mcx.model import build_network, save_model
+    from monai_mcx.model.merge import MergeError, MergeWeights
 
     target = _small_description()
     other = _small_description(base_anchor_shapes=[[5.0, 5.0], [7.0, 7.0], [9.0, 9.0]])
     src = tmp_path / "loc" / "model.pt"
-    save_model(other.build_network(), other, src)
-    net = target.build_network()
+    save_model(build_network(other), other, src)
+    net = build_network(target)
     with pytest.raises(MergeError, match=r"(?s)loc/model.pt.*base_anchor_shapes: \[\[5.0, 5.0\].*\[\[6.0, 6.0\]"):
         MergeWeights(net, heads_from={"localization": str(src)}, description=target)
     ok = MergeWeights(net, heads_from={"segmentation": str(src)}, description=target)  # anchors do not matter there
@@ -501,3 +502,55 @@ def test_merge_checks_source_descriptions(bad_checkpoints, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         MergeWeights(net, encoder_from=str(_good_path(bad_checkpoints)), description=target)
+
+
+# ------------------------------------------------------------------------------------------ load_model
+def test_load_model_returns_the_network_with_its_weights_description_and_postprocessor(tmp_path):
+    from monai_mcx.inferers import MultiCheXNetPostprocessor
+    from monai_mcx.model import build_network, load_model, save_model
+    from monai_mcx.networks import MultiCheXNet
+
+    torch.manual_seed(0)
+    desc = _small_description(class_thresholds={"pneumonia": 0.3}, box_score_threshold=0.6)
+    src = build_network(desc)
+    saved = save_model(src, desc, tmp_path / "model.pt")
+    net, got, pp = load_model(tmp_path / "model.pt")
+    assert isinstance(net, MultiCheXNet) and not net.training
+    want = src.state_dict()
+    assert net.state_dict().keys() == want.keys() and all(torch.equal(v, want[k]) for k, v in net.state_dict().items())
+    assert got.to_dict() == saved.to_dict() and got.path == tmp_path / "model.json"
+    assert isinstance(pp, MultiCheXNetPostprocessor)
+    assert pp.class_thresholds == [0.3] and pp.box_score_threshold == 0.6 and pp.box_decoder is not None
+    x = torch.rand(1, 1, *SIZE)
+    with torch.no_grad():
+        assert torch.equal(net(x)["class_logits"], src.eval()(x)["class_logits"])
+    # an override must agree with the description; a contradiction names both values
+    load_model(tmp_path / "model.pt", overrides={"spatial_size": SIZE})
+    from monai_mcx.model import DescriptionConflictError
+
+    with pytest.raises(DescriptionConflictError, match=r"\[48, 48\].*\[64, 64\]"):
+        load_model(tmp_path / "model.pt", overrides={"spatial_size": [64, 64]})
+
+
+def test_load_model_refuses_tampered_weights_naming_the_file_and_both_hashes(tmp_path):
+    from monai_mcx.model import StaleDescriptionError, build_network, load_model, save_model
+    from monai_mcx.networks.weights import state_dict_sha256
+
+    torch.manual_seed(0)
+    desc = save_model(build_network(_small_description()), _small_description(), tmp_path / "model.pt")
+    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    state["classification_head.fc.bias"] = state["classification_head.fc.bias"] + 0.5
+    torch.save(state, tmp_path / "model.pt")
+    with pytest.raises(StaleDescriptionError) as e:
+        load_model(tmp_path / "model.pt")
+    text = str(e.value)
+    assert str(tmp_path / "model.pt") in text and str(tmp_path / "model.json") in text, text
+    assert desc.weights_sha256[:16] in text and state_dict_sha256(state)[:16] in text, text
+
+
+def test_load_model_without_a_description_gives_the_legacy_instructions(tmp_path):
+    from monai_mcx.model import DescriptionError, build_network, load_model
+
+    torch.save(build_network(_small_description()).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(DescriptionError, match="has no model description.*python -m monai_mcx.model describe"):
+        load_model(tmp_path / "model.pt")
