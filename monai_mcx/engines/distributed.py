@@ -315,6 +315,28 @@ def gather_shards(
     return merge_shards(parts, count, renumber)
 
 
+def on_rank0(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` run on rank 0 only, its result given to every rank (collective, ``broadcast_object_list``).
+
+    One process: ``fn(*args)``. Several ranks: rank 0 runs it while the others wait; an error it raises is raised
+    on every rank (not only rank 0, which would leave the others waiting until the process-group timeout), so the
+    result and the error must be picklable.
+    """
+    if not _several_ranks():
+        return fn(*args)
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, fn(*args))]
+        except Exception as e:  # raised again on every rank below
+            box = [(False, e)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
 def gather_rows(rows: Sequence[Mapping[str, Any]], unique: str | None = None) -> list | None:
     """The rows of a per-image table (one per image, small dicts) of every rank, for the rank that writes the table.
 

@@ -151,7 +151,7 @@ class EvaluationPredictionWriter:
         deployed = deployed_from_metrics(self.writer.postprocessor, engine.state.metrics)
         self.writer.postprocessor = deployed
         try:
-            self.writer._reset()
+            self.writer.start(engine)
             for path in self._files:
                 record = _decode(load_weights_file(path))
                 batch = record["batch"]

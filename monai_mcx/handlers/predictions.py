@@ -75,7 +75,7 @@ from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 from PIL import Image
 
-from monai_mcx.engines.distributed import gather_rows
+from monai_mcx.engines.distributed import gather_rows, is_main_process, on_rank0
 from monai_mcx.handlers.output_folder import (
     MANIFEST_NAME,
     SUMMARY_NAME,
@@ -247,13 +247,20 @@ class PredictionWriter:
         self.flush()
         if self.inputs is not None:
             check_outside_inputs(self.output_dir, self.inputs)
-        self._manifest, self._kept = prepare_output_folder(
-            self.output_dir, self.settings(), self.overwrite, self.resume
-        )
+        # several ranks (distributed evaluation): rank 0 checks, clears or continues the folder, then every rank
+        # appends its own images' records to the one manifest (JSON Lines, one append per record)
+        self._kept = on_rank0(self._prepare_folder)
+        if not is_main_process():
+            self._manifest = RunManifest.read(self.output_dir)
         self.rows.clear()
         self._names.clear()
         for entry in self._kept.values():
             self._names.claim([*entry["files"], *self._output_names(entry["stem"])])
+
+    def _prepare_folder(self) -> dict[str, dict]:
+        """:func:`prepare_output_folder` (on rank 0 only, see :meth:`start`); returns the images kept."""
+        self._manifest, kept = prepare_output_folder(self.output_dir, self.settings(), self.overwrite, self.resume)
+        return kept
 
     def settings(self) -> dict:
         """What decides the files and values of an image (recorded in the manifest, compared on ``resume``)."""
