@@ -351,7 +351,7 @@ def test_bundle_test_split_without_sensitivity_thresholds(trained_bundle, tmp_pa
     """evaluate.json on a test split with a description that has no sensitivity thresholds: metrics.json has
     them as null and report.md says they are not available (before: chosen on the test split, reported as
     chosen on validation)."""
-    from monai_mcx.artifact import read_description, save_description
+    from monai_mcx.model import read_description, save_description
 
     root, overrides = trained_bundle
     shutil.copytree(root / "models", tmp_path / "models")
@@ -382,7 +382,7 @@ def test_validation_predictions_use_the_operating_point_this_evaluation_writes(t
     """Issue 24 item 14: evaluate.json --write_predictions true on the validation split writes the prediction files
     at the operating point it chooses and writes into model.json (calibration, class thresholds, box score), not
     at the description's earlier one."""
-    from monai_mcx.artifact import load_description, read_description, save_description
+    from monai_mcx.model import load_description, read_description, save_description
 
     root, overrides = trained_bundle
     shutil.copytree(root / "models", tmp_path / "models")

@@ -160,7 +160,7 @@ def test_infer_task_takes_the_whole_operating_point_from_the_current_description
     import os
     import shutil
 
-    from monai_mcx.artifact import load_description, save_description
+    from monai_mcx.model import load_description, save_description
 
     from conftest import BUNDLE, monailabel_request
 

@@ -87,7 +87,7 @@ def _decode(value: Any) -> Any:
 class EvaluationPredictionWriter:
     """Run ``writer`` (a :class:`~monai_mcx.handlers.PredictionWriter`) when the evaluator's epoch completes, with the
     post-processing at the operating point the evaluation's metrics chose (:func:`deployed_from_metrics`: the same
-    values :class:`monai_mcx.artifact.OperatingPointWriter` writes into ``model.json``).
+    values :class:`monai_mcx.handlers.OperatingPointWriter` writes into ``model.json``).
 
     Attach it to the evaluator INSTEAD of the writer, after the key metric (which the evaluator attaches first).
 

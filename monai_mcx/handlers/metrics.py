@@ -500,7 +500,7 @@ class MultiTaskMetrics(Metric):
 
 def deployed_from_metrics(postprocessor: MultiCheXNetPostprocessor, metrics: Mapping) -> MultiCheXNetPostprocessor:
     """The post-processor at the operating point an evaluation's metrics used (what
-    :class:`monai_mcx.artifact.OperatingPointWriter` writes into the model description on the validation split):
+    :class:`monai_mcx.handlers.OperatingPointWriter` writes into the model description on the validation split):
     ``classification/threshold/<class>`` (when every class has one), ``localization/box_threshold``, and the
     calibration: ``calibration/temperature/<class>`` (temperature scaling), raw probabilities when the metrics have
     only ``calibration/.../raw`` keys, else the post-processor's own.
