@@ -329,7 +329,7 @@ def _skip_reason(path: Path) -> str | None:
                 return "broken symlink (its target does not exist)"
         return f"cannot be read ({e.strerror or e})"
     if stat.S_ISDIR(st.st_mode):
-        return "a folder (folder inference does not search sub-folders)"
+        return "a folder (searched for DICOM files only)"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if not os.access(path, os.R_OK):
@@ -347,14 +347,17 @@ def list_image_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple
     An entry is an input when it is a readable regular file (symlinks followed) whose content is DICOM, PNG,
     JPEG, TIFF, BMP or NIfTI, whatever its name (:func:`monai_mcx.data.formats.sniff_format`, the rule the
     loader applies: a DICOM named ``.png`` or without an extension, as PACS exports often are, is listed; a text
-    file named ``.png`` is not). Everything else -- sub-folders (not searched), symlink loops, broken symlinks,
-    unreadable and other files -- is returned with its reason.
+    file named ``.png`` is not). Everything else -- sub-folders (searched for DICOM by :func:`inference_items`),
+    symlink loops, broken symlinks, unreadable and other files -- is returned with its reason; a DICOMDIR is
+    left out (its instances are files of the tree).
 
     Returns:
         ``(images, skipped)``: sorted paths, and ``(path, reason)`` pairs in name order.
     """
     images, skipped = [], []
     for path in sorted(Path(folder).iterdir()):
+        if path.name.upper() == "DICOMDIR":
+            continue
         reason = _skip_reason(path)
         if reason is None:
             images.append(path)
@@ -363,35 +366,72 @@ def list_image_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple
     return images, skipped
 
 
-def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
+def inference_items(
+    source: str | os.PathLike,
+    split: str = "test",
+    dicom_checks: bool | str = True,
+    allow_secondary: bool | str = False,
+    allow_lateral: bool | str = False,
+) -> list[dict]:
     """Items ``{"image": path}`` to run inference on; inputs that cannot be run carry an ``error`` instead.
 
     ``source`` is
 
-    * a folder: every DICOM/PNG/JPEG/NIfTI file in it (not recursive, sorted; extension-less DICOM files are
-      recognised by their header), see :func:`list_image_folder`. Every other entry (sub-folder, symlink
-      loop, unreadable or non-image file) becomes ``{"image": path, "error": "<path>: skipped: <reason>"}``,
-      which :class:`~monai_mcx.transforms.GuardLoadd` turns into an error row of ``predictions.csv``;
+    * a folder: the DICOM/PNG/JPEG/TIFF/BMP/NIfTI files directly in it (by content, sorted by name; extension-less
+      DICOM files included), see :func:`list_image_folder`, then the DICOM instances of its sub-folders (any depth,
+      grouped by study, series and instance number; PNG/JPEG files in sub-folders are not run), see
+      :func:`monai_mcx.dicom.inputs.nested_instances`. Every other entry (a sub-folder without DICOM, symlink loop,
+      unreadable or non-image file) becomes ``{"image": path, "error": "<path>: skipped: <reason>"}``, which
+      :class:`~monai_mcx.transforms.GuardLoadd` turns into an error row of ``predictions.csv``;
+    * a DICOMDIR: the instances it references;
+    * a DICOMweb address (``dicomweb://host:port/dicom-web?StudyInstanceUID=...`` or ``http(s)://...``): the
+      instances it selects, downloaded into a temporary folder (:func:`monai_mcx.dicom.inputs.fetch_items`);
     * a datalist JSON: its ``split`` list (annotations are dropped); an item whose image is missing becomes an
       item with ``error`` (the run goes on), and so does a malformed item;
     * a single image file.
 
+    Every DICOM item then gets its UIDs, age and pediatric flag, and an ``error`` when its header says it is not a
+    frontal chest radiograph (:func:`monai_mcx.dicom.inputs.annotate_items`; ``dicom_checks``, ``allow_secondary``,
+    ``allow_lateral`` are its options).
+
     Raises:
-        DatalistError: ``source`` does not exist, a folder holds no input image, or the datalist file itself
-            is not a valid datalist.
+        DatalistError: ``source`` does not exist, a folder holds no input image, a DICOMweb address selects
+            nothing or cannot be reached, or the datalist file itself is not a valid datalist.
     """
-    source = Path(source)
+    from monai_mcx.dicom import inputs
+
+    if inputs.is_dicomweb(source):
+        try:
+            items = inputs.fetch_items(str(source))
+        except ValueError as e:
+            raise DatalistError(str(e)) from e
+    else:
+        items = _file_items(Path(source), split)
+    return inputs.annotate_items(items, dicom_checks, allow_secondary, allow_lateral)
+
+
+def _file_items(source: Path, split: str) -> list[dict]:
+    """:func:`inference_items` of a local folder, DICOMDIR, datalist or file (no header checks)."""
+    from monai_mcx.dicom import inputs
+
     if source.is_dir():
         images, skipped = list_image_folder(source)
-        if not images:
+        nested, empty = inputs.nested_instances(source)
+        skipped = [(p, r) for p, r in skipped if not p.is_dir()] + empty
+        if not images and not nested:
             listed = "; ".join(f"{p.name}: {r}" for p, r in skipped[:5])
             raise DatalistError(
-                f"{source}: no DICOM/PNG/JPEG/NIfTI files in this folder"
+                f"{source}: no DICOM/PNG/JPEG/TIFF/BMP/NIfTI file in this folder and no DICOM file in its sub-folders"
                 + (f" ({len(skipped)} other entries skipped: {listed})" if skipped else "")
             )
-        items = [{"image": str(p)} for p in images]
-        items += [{"image": str(p), "error": f"{p}: skipped: {reason}"} for p, reason in skipped]
+        items = [{"image": str(p)} for p in images] + nested
+        items += [{"image": str(p), "error": f"{p}: skipped: {reason}"} for p, reason in sorted(skipped)]
         return items
+    if source.is_file() and inputs.is_dicomdir(source):
+        try:
+            return inputs.dicomdir_items(source)
+        except ValueError as e:
+            raise DatalistError(str(e)) from e
     if source.suffix.lower() == ".json":
         raw, _ = _read_split(source, split, None)
         out = []

@@ -81,7 +81,8 @@ def input_folders(inputs: Iterable[str | os.PathLike | Mapping]) -> list[Path]:
 
     Args:
         inputs: the run's items (``{"image": path}``, as :func:`monai_mcx.data.inference_items` returns them,
-            skipped entries included) or image paths.
+            skipped entries included; the ``input_root`` of an instance found in a sub-folder is one of the folders
+            too, so the output folder stays out of the whole DICOM tree) or image paths.
     """
     seen: dict[str, Path] = {}
     for item in inputs:
@@ -89,6 +90,8 @@ def input_folders(inputs: Iterable[str | os.PathLike | Mapping]) -> list[Path]:
         if path is not None:
             folder = Path(path).parent
             seen.setdefault(str(folder), folder)
+        if isinstance(item, Mapping) and item.get("input_root"):  # an instance of a searched DICOM tree
+            seen.setdefault(str(item["input_root"]), Path(item["input_root"]))
     return list(seen.values())
 
 
@@ -440,13 +443,18 @@ def pending_items(items: list[dict], output_dir: str | os.PathLike, resume: bool
 
     Items carrying an ``error`` are always kept (they become error rows again). When every image is complete
     the first item is kept, so that the run still happens and writes ``predictions.csv`` (the writer does not
-    write that image again: its outputs are complete).
+    write that image again: its outputs are complete). The keys that are for the writer only (DICOM UIDs and
+    age, :func:`monai_mcx.dicom.inputs.loader_item`) are dropped: the loader does not need them and they would
+    not collate.
 
     Args:
         items: the run's items (``{"image": path}``, :func:`monai_mcx.data.inference_items`).
         output_dir: the output folder.
         resume: the ``resume`` option.
     """
+    from monai_mcx.dicom.inputs import loader_item
+
+    items = [loader_item(it) for it in items]
     if not as_bool(resume, "resume") or not items:
         return items
     try:

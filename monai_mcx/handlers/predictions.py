@@ -1,15 +1,9 @@
 """Per-image prediction files written during inference.
 
-Names. ``<stem>`` is the input's file name without its image suffix (``.dcm``, ``.dicom``, ``.png``, ``.jpg``,
-``.jpeg``, ``.nii.gz``, ``.nii``, ``.tif``, ``.tiff``, in any case); other dots stay (``1.2.840.113619.2.55.3.1234.dcm``
--> ``1.2.840.113619.2.55.3.1234``) and an extension-less DICOM keeps its whole name. A stem is unique in the run
-and never takes a file name already in the folder: when it is taken (by an earlier image of the run or by a file
-there) the image gets, in this order, ``<stem>_<suffix>`` (``a.dcm`` after ``a.png``: ``a_dcm``), then ``<stem>_``
-and 8 hex digits of the SHA-1 of its input path (the same name in another folder), then that and ``_2``, ``_3``,
-... (:func:`monai_mcx.handlers.output_folder.candidate_stems`). Stems are UTF-8 and at most 128 bytes: bytes of a
-name that are not UTF-8 become ``_`` and a longer stem is cut, and either way ``_`` and 10 hex digits of the SHA-1
-of the full name are appended. The input path in the JSON and ``predictions.csv`` shows bytes that are not UTF-8 as
-``\\xe9`` (``backslashreplace``).
+Names. ``<stem>`` is the input's file name without its image suffix (``1.2.840.113619.2.55.3.1234.dcm`` ->
+``1.2.840.113619.2.55.3.1234``); unique in the run, never a name already in the folder, UTF-8 and at most 128
+bytes: the rule is :func:`monai_mcx.handlers.output_folder.candidate_stems` (and ``docs/inference.md``). The input
+path in the JSON and ``predictions.csv`` shows bytes that are not UTF-8 as ``\\xe9`` (``backslashreplace``).
 
 For each readable image:
 
@@ -50,6 +44,10 @@ Everything comes from the evaluator's post-processing (:class:`monai_mcx.inferer
 mapped to the original pixels by :func:`monai_mcx.inferers.to_original`; nothing is thresholded, gated or
 resized here.
 
+DICOM: ``predictions.csv`` has the instance's UIDs, ``age_years`` and ``pediatric`` (from the input items,
+:mod:`monai_mcx.dicom.inputs`); with ``dicom`` (:class:`monai_mcx.dicom.outputs.DicomOutputs`) an image's job also
+writes ``<stem>_seg.dcm`` and ``<stem>_sr.dcm`` (before its JSON) and may store them to a PACS.
+
 Unreadable files: :class:`monai_mcx.transforms.GuardLoadd` wraps the preprocessing and turns an item that
 fails into a placeholder with ``error`` set; :class:`PredictionWriter` skips placeholders and reports them.
 """
@@ -75,6 +73,7 @@ from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 from PIL import Image
 
+from monai_mcx.dicom.inputs import DICOM_COLUMNS, DICOM_KEY, dicom_columns
 from monai_mcx.engines.distributed import gather_rows, is_main_process, on_rank0
 from monai_mcx.handlers.output_folder import (
     MANIFEST_NAME,
@@ -174,6 +173,8 @@ class PredictionWriter:
             refused when the run starts, before anything is written
             (:func:`monai_mcx.handlers.output_folder.check_outside_inputs`).
 
+        dicom: a :class:`monai_mcx.dicom.outputs.DicomOutputs` to write each DICOM input's SEG and SR (and store
+            them), or None (default).
         overwrite, resume: what to do with an ``output_dir`` that is not empty when the run starts (default:
             refuse it). ``overwrite``: remove the files the previous runs recorded in the folder's run manifest,
             then write this run; ``resume``: keep the images whose outputs are complete (they are not written
@@ -210,6 +211,7 @@ class PredictionWriter:
         inputs: Sequence[str | os.PathLike | Mapping] | None = None,
         overwrite: bool = False,
         resume: bool = False,
+        dicom: Any | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -226,6 +228,8 @@ class PredictionWriter:
         self.overlay_reader = overlay_reader
         self.saliency = saliency
         self.inputs = None if inputs is None else list(inputs)
+        self.dicom = dicom
+        self._info = {str(it["image"]): it.get(DICOM_KEY) for it in self.inputs or [] if isinstance(it, Mapping)}
         self.overwrite, self.resume = as_bool(overwrite, "overwrite"), as_bool(resume, "resume")
         #: this run's rows of ``predictions.csv`` (one per input, in run order)
         self.rows: list[dict] = []
@@ -272,6 +276,7 @@ class PredictionWriter:
                 "nifti": self.write_nifti,
                 "overlay": self.overlay_format if self.write_overlay else None,
                 "saliency": self.saliency is not None,
+                **({} if self.dicom is None else {"dicom": self.dicom.settings()}),
             },
             "class_thresholds": [float(t) for t in pp.class_thresholds],
             "mask_threshold": float(pp.seg_threshold),
@@ -308,7 +313,7 @@ class PredictionWriter:
         names = [f"{stem}.json", f"{stem}_mask.png", f"{stem}_mask.nii.gz", f"{stem}_overlay.{self.overlay_format}"]
         if self.saliency is not None:
             names += [f"{stem}_saliency_{_safe(c)}.png" for c in self.class_names] + [f"{stem}_saliency.nii.gz"]
-        return names
+        return names + ([] if self.dicom is None else self.dicom.names(stem))
 
     def _stem(self, src: str) -> str:
         """A stem none of whose output names this run claimed or a file in ``output_dir`` holds."""
@@ -359,13 +364,16 @@ class PredictionWriter:
             src = str(names[i])
             if src in self._kept:  # resumed: its outputs are complete, its row is kept
                 continue
+            info = self._info.get(src)
             if errors[i]:
-                self.rows.append({"image": display_text(src), "error": display_text(str(errors[i]))})
+                self.rows.append(
+                    {"image": display_text(src), **dicom_columns(info), "error": display_text(str(errors[i]))}
+                )
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
-            record: dict = {"image": display_text(src), "size_wh": orig}
+            record: dict = {"image": display_text(src), "size_wh": orig, **({} if info is None else {"dicom": info})}
             steps: list[tuple[str, Callable[[Path], None]]] = []  # (file name, write(path)), in writing order
             if res[PredKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
@@ -414,6 +422,8 @@ class PredictionWriter:
                     res["scores"].tolist(),
                 )
                 steps.append((record["overlay"], partial(self._write_overlay, *overlay)))
+            if self.dicom is not None:  # <stem>_seg.dcm, <stem>_sr.dcm (monai_mcx.dicom.outputs)
+                self.dicom.add(src, info, record, mask_wh, stem, steps)
             steps.append((f"{stem}.json", partial(write_json_atomic, copy.deepcopy(record))))  # last: complete
             record["json"] = f"{stem}.json"
             row = self._csv_row(record)
@@ -435,6 +445,8 @@ class PredictionWriter:
                 write(path)
                 written.append(path)
             path = self._manifest.path
+            if self.dicom is not None:
+                self.dicom.store(self.output_dir, row)  # STOW-RS with store_to: row["stored"]
             self._manifest.finish_image(src, row)
         except OSError as e:
             for done in written:
@@ -514,6 +526,7 @@ class PredictionWriter:
         """The columns of ``predictions.csv``."""
         return [
             "image",
+            *DICOM_COLUMNS,
             "gate_positive",
             *[f"p_{c}" for c in self.class_names],
             "calibrated",
@@ -524,6 +537,9 @@ class PredictionWriter:
             "mask_nifti",
             "overlay",
             "saliency_nifti",
+            "dicom_seg",
+            "dicom_sr",
+            "stored",
             "error",
         ]
 
@@ -540,6 +556,8 @@ class PredictionWriter:
             "mask_nifti": r.get("mask_nifti", ""),
             "overlay": r.get("overlay", ""),
             "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
+            **dicom_columns(r.get("dicom")),
+            **({} if self.dicom is None else self.dicom.columns(r)),
             "error": "",
         }
         for c, p in r.get("class_probabilities", {}).items():
@@ -559,7 +577,7 @@ class PredictionWriter:
         w = csv.DictWriter(buf, fieldnames=self._fields())
         w.writeheader()
         for r in rows:
-            w.writerow({"image": r["image"], "error": r["error"]} if r.get("error") else r)
+            w.writerow({k: r.get(k, "") for k in ("image", *DICOM_COLUMNS, "error")} if r.get("error") else r)
         self._manifest.start_summary([SUMMARY_NAME])
         path = self.output_dir / SUMMARY_NAME
         try:

@@ -86,7 +86,7 @@ from monai.transforms import MapTransform, Transform
 
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
-from monai_mcx.transforms.dicom_reader import _read_dicom
+from monai_mcx.dicom import reader as _dicom_reader
 from monai_mcx.transforms.readers import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIZE,
@@ -148,7 +148,7 @@ def read_cxr(
         if fmt == "nifti":
             arr, spacing, meta = _read_nifti(path, *args)
         elif fmt == "dicom":
-            arr, spacing, meta = _read_dicom(path, apply_voi, invert_monochrome1, *args)
+            arr, spacing, meta = _dicom_reader._read_dicom(path, apply_voi, invert_monochrome1, *args)
         else:
             arr, spacing, meta = _read_pil(path, *args)
     except DataError:

@@ -1,5 +1,5 @@
 """The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, the
-size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.transforms.dicom_reader`),
+size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.dicom.reader`),
 using :func:`monai_mcx.data.formats.input_format`, the one rule for what is an input image.
 Each reader returns ``(array (rows, cols), pixel spacing (x, y) or None, metadata)``; the rules are those of
 the :mod:`monai_mcx.transforms.io` docstring.

@@ -1,6 +1,6 @@
-"""The DICOM reader behind :func:`monai_mcx.transforms.io.read_cxr`: header and size checks before decoding, a
-clear error naming the pixel plugin to install for a compressed transfer syntax, and the DICOM grayscale
-pipeline (modality LUT, VOI LUT / window or stored range, ``MONOCHROME1`` inversion) described in the
+"""The DICOM pixel reader behind :func:`monai_mcx.transforms.io.read_cxr` (``LoadCXRd``): header and size checks
+before decoding, a clear error naming the pixel plugin to install for a compressed transfer syntax, and the DICOM
+grayscale pipeline (modality LUT, VOI LUT / window or stored range, ``MONOCHROME1`` inversion) described in the
 :mod:`monai_mcx.transforms.io` docstring.
 """
 
