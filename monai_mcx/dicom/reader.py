@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_mcx.data.errors import DataError
-from monai_mcx.transforms.readers import _binary_mask, _check_single_frame, _check_size, _to_unit
+from monai_mcx.data.pixels import binary_mask, check_single_frame, check_size, to_unit
 
 __all__ = ["PLUGIN_HINT"]
 
@@ -130,7 +130,7 @@ def _dicom_to_unit(arr: np.ndarray, ds, bits: int, apply_voi: bool, meta: dict) 
         ends = apply_modality_lut(np.array([smin, smax], dtype=np.int64), ds)
         lo, hi = sorted(float(v) for v in np.asarray(ends).ravel()[:2])
         meta["intensity"] = "stored_range"
-    return _to_unit(np.asarray(out), lo, hi)
+    return to_unit(np.asarray(out), lo, hi)
 
 
 def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_size: int, max_pixels, grey_masks):
@@ -148,11 +148,11 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
     bits = int(ds.get("BitsStored", 0) or 0)
     if not 1 <= bits <= 16:
         raise DataError(f"BitsStored={bits} is not supported (1..16)", path)
-    _check_size(
+    check_size(
         int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), path, 0 if as_mask else min_size, max_pixels
     )
     frames = ds.get("NumberOfFrames")
-    _check_single_frame(int(frames or 1), f"NumberOfFrames={frames}", path)
+    check_single_frame(int(frames or 1), f"NumberOfFrames={frames}", path)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and ts.is_compressed:
         missing = _missing_decoder(ts, path)
@@ -183,9 +183,9 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
         "view_position": str(ds.get("ViewPosition", "")),
     }
     if as_mask:
-        return _binary_mask(arr, path, grey_masks), _spacing(ds), meta
+        return binary_mask(arr, path, grey_masks), _spacing(ds), meta
     if spp > 1:
-        out = _to_unit(arr, *_stored_range(ds, bits))
+        out = to_unit(arr, *_stored_range(ds, bits))
         meta["intensity"] = "stored_range"
     else:
         out = _dicom_to_unit(arr, ds, bits, apply_voi, meta)

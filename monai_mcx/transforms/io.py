@@ -86,15 +86,10 @@ from monai.transforms import MapTransform, Transform
 
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
+from monai_mcx.data.formats import input_format
+from monai_mcx.data.pixels import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, minmax
 from monai_mcx.dicom import reader as _dicom_reader
-from monai_mcx.transforms.readers import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIZE,
-    _minmax,
-    _read_nifti,
-    _read_pil,
-    input_format,
-)
+from monai_mcx.transforms.readers import _read_nifti, _read_pil
 
 __all__ = ["LoadCXR", "LoadCXRd", "KeepOverlayImaged", "read_cxr"]
 
@@ -158,7 +153,7 @@ def read_cxr(
     if arr.size == 0:
         raise DataError("image is empty", path)
     if scale == "minmax" and not as_mask:
-        arr = _minmax(arr)
+        arr = minmax(arr)
         meta["intensity"] = f"{meta.get('intensity', '')}+minmax"
     meta["filename_or_obj"] = str(path)
     meta["pixel_spacing"] = spacing
