@@ -9,7 +9,9 @@ PyTorch's own engine does the work (``init_process_group``, ``DistributedDataPar
 * :func:`rank0_handlers`: drops logging, TensorBoard and file-writing handlers on ranks > 0;
 * :func:`gather_shards` / :func:`merge_shards`: every rank's per-image records of an evaluation merged into those of
   the whole split (the metrics, the report), :func:`gather_rows`: rows of a per-image table on rank 0 (the
-  prediction writer's summary).
+  prediction writer's summary);
+* :func:`shard_items` / :func:`run_evaluator`: an inference run's items shared among the ranks, each rank running
+  its share (``multi_gpu_inference.json``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = [
     "gather_shards",
     "merge_shards",
     "gather_rows",
+    "shard_items",
+    "run_evaluator",
 ]
 
 logger = logging.getLogger(__name__)
@@ -371,3 +375,41 @@ def gather_rows(rows: Sequence[Mapping[str, Any]], unique: str | None = None) ->
                 "the predictions from one process."
             )
     return [r for part in parts for r in part] if dist.get_rank() == 0 else None
+
+
+# ------------------------------------------------------------------------------------------- sharded inference
+def shard_items(items: Sequence[Mapping[str, Any]], key: str = "image") -> list:
+    """This rank's share of an inference run's items (``multi_gpu_inference.json``), every item on exactly one rank.
+
+    The distinct values of ``key`` (the image paths), in first-seen order, go to the ranks in turn (the j-th to rank
+    ``j % world_size``); every item goes with its path, so an input named twice is written by one rank, in order.
+    Nothing is padded or repeated (a padded duplicate would write an image twice): shares differ by at most one
+    path, and a rank may get none (:func:`run_evaluator` keeps it in the run's collectives).
+
+    Several ranks: a barrier (collective) after ``items`` is computed, so every rank has read the output folder
+    (``pending_items`` with ``--resume``) before rank 0 prepares it for the run. One process: ``items`` as given.
+    """
+    items = list(items)
+    if not _several_ranks():
+        return items
+    rank, world = dist.get_rank(), dist.get_world_size()
+    owner: dict[str, int] = {}
+    for item in items:
+        owner.setdefault(str(item.get(key)), len(owner) % world)
+    dist.barrier()
+    return [item for item in items if owner[str(item.get(key))] == rank]
+
+
+def run_evaluator(evaluator: Any) -> None:
+    """``evaluator.run()``; on a rank with no data (:func:`shard_items` gave it nothing, and MONAI's workflow skips
+    an empty run) the ``STARTED`` and ``COMPLETED`` handlers still run, so that the ones that take part in
+    collectives there (:class:`monai_mcx.handlers.PredictionWriter`: the output folder, the summary) do not leave
+    the other ranks waiting."""
+    if evaluator.state.epoch_length or not _several_ranks():
+        evaluator.run()
+        return
+    from ignite.engine import Events
+
+    logger.info(f"rank {dist.get_rank()}: no items to run")
+    evaluator.fire_event(Events.STARTED)
+    evaluator.fire_event(Events.COMPLETED)

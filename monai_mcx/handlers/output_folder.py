@@ -222,6 +222,34 @@ class OutputNames:
                 return stem
         raise AssertionError("unreachable: candidate_stems never ends")
 
+    def allocate_inputs(
+        self, inputs: Iterable[str | os.PathLike | Mapping], names_of: Callable[[str], list[str]], skip: Iterable = ()
+    ) -> dict[str, list[str]]:
+        """:meth:`allocate` for every input of a run, in input order, before any is written: the stems then do not
+        depend on which process writes an image or when (``multi_gpu_inference.json``). An input named twice gets
+        two stems (used in order); items carrying an ``error`` and the paths in ``skip`` (a resumed run's complete
+        images) get none; an input found unreadable later leaves its stem unused.
+
+        Returns:
+            input path -> its stems."""
+        skip = {str(s) for s in skip}
+        stems: dict[str, list[str]] = {}
+        for item in inputs:
+            src = str(item.get("image")) if isinstance(item, Mapping) else str(item)
+            if src not in skip and not (isinstance(item, Mapping) and item.get("error")):
+                stems.setdefault(src, []).append(self.allocate(src, names_of))
+        return stems
+
+
+def sort_rows(rows: Iterable[Mapping], inputs: Iterable[str | os.PathLike | Mapping]) -> list:
+    """Rows of ``predictions.csv`` (``image``: :func:`display_text` of the path) in the order of their input in
+    ``inputs`` (stable; rows of paths not there last): the order one process writes them in, whatever rank wrote
+    which image."""
+    order: dict[str, int] = {}
+    for i, item in enumerate(inputs):
+        order.setdefault(display_text(str(item.get("image")) if isinstance(item, Mapping) else str(item)), i)
+    return sorted(rows, key=lambda r: order.get(r.get("image"), len(order)))
+
 
 class RunManifest:
     """The record of what prediction runs wrote into an output folder: ``<folder>/.monai_mcx_run.jsonl``.

@@ -83,6 +83,7 @@ from monai_mcx.handlers.output_folder import (
     check_outside_inputs,
     display_text,
     prepare_output_folder,
+    sort_rows,
 )
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, PredKeys
@@ -128,14 +129,6 @@ def _nifti_bytes(mask_wh: np.ndarray, spacing: Sequence[float]) -> bytes:
     img = nib.Nifti1Image(mask_wh.astype(np.uint8), affine)
     img.header.set_data_dtype(np.uint8)
     return gzip.compress(img.to_bytes(), compresslevel=6)
-
-
-def _write_png(rows_cols: np.ndarray, path: Path) -> None:
-    write_bytes_atomic(_png_bytes(rows_cols), path)
-
-
-def _write_nifti(mask_wh: np.ndarray, spacing: Sequence[float], path: Path) -> None:
-    write_bytes_atomic(_nifti_bytes(mask_wh, spacing), path)
 
 
 def _write_encoded(encode: Callable[..., bytes], args: tuple, path: Path) -> None:
@@ -236,6 +229,7 @@ class PredictionWriter:
         self._names = OutputNames(self.output_dir, reserved=[SUMMARY_NAME, MANIFEST_NAME])
         self._manifest: RunManifest | None = None
         self._kept: dict[str, dict] = {}  # resumed: input path -> complete entry of the manifest
+        self._stems: dict[str, list[str]] = {}  # input path -> its stem(s) not yet used (start)
         self.background = as_bool(background, "background")
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
@@ -251,20 +245,26 @@ class PredictionWriter:
         self.flush()
         if self.inputs is not None:
             check_outside_inputs(self.output_dir, self.inputs)
-        # several ranks (distributed evaluation): rank 0 checks, clears or continues the folder, then every rank
-        # appends its own images' records to the one manifest (JSON Lines, one append per record)
-        self._kept = on_rank0(self._prepare_folder)
+        # several ranks (distributed evaluation, an archive's inference): rank 0 checks, clears or continues the
+        # folder and gives every input its stem(s); every rank appends its own images' records to the one manifest
+        self._kept, self._stems = on_rank0(self._prepare_folder)
         if not is_main_process():
             self._manifest = RunManifest.read(self.output_dir)
         self.rows.clear()
         self._names.clear()
         for entry in self._kept.values():
             self._names.claim([*entry["files"], *self._output_names(entry["stem"])])
+        for stem in (s for stems in self._stems.values() for s in stems):
+            self._names.claim(self._output_names(stem))
 
-    def _prepare_folder(self) -> dict[str, dict]:
-        """:func:`prepare_output_folder` (on rank 0 only, see :meth:`start`); returns the images kept."""
+    def _prepare_folder(self) -> tuple[dict[str, dict], dict[str, list[str]]]:
+        """:func:`prepare_output_folder` (on rank 0 only, see :meth:`start`); returns the images kept and the stems
+        of the others' (:meth:`OutputNames.allocate_inputs`: in input order, whatever rank writes an image)."""
         self._manifest, kept = prepare_output_folder(self.output_dir, self.settings(), self.overwrite, self.resume)
-        return kept
+        names = OutputNames(self.output_dir, reserved=[SUMMARY_NAME, MANIFEST_NAME])
+        for entry in kept.values():
+            names.claim([*entry["files"], *self._output_names(entry["stem"])])
+        return kept, names.allocate_inputs(self.inputs or [], self._output_names, skip=kept)
 
     def settings(self) -> dict:
         """What decides the files and values of an image (recorded in the manifest, compared on ``resume``)."""
@@ -316,8 +316,10 @@ class PredictionWriter:
         return names + ([] if self.dicom is None else self.dicom.names(stem))
 
     def _stem(self, src: str) -> str:
-        """A stem none of whose output names this run claimed or a file in ``output_dir`` holds."""
-        return self._names.allocate(src, self._output_names)
+        """The stem given to ``src`` when the run started, else one none of whose output names this run claimed or
+        a file in ``output_dir`` holds."""
+        stems = self._stems.get(src)
+        return stems.pop(0) if stems else self._names.allocate(src, self._output_names)
 
     def _background(
         self, src: str, fallback: torch.Tensor, orig: list[int], kept: np.ndarray | None = None
@@ -399,11 +401,13 @@ class PredictionWriter:
             if mask_wh is not None:
                 if self.write_mask_png:
                     record["mask"] = f"{stem}_mask.png"
-                    steps.append((record["mask"], partial(_write_png, (mask_wh.T * 255).astype(np.uint8))))
+                    steps.append(
+                        (record["mask"], partial(_write_encoded, _png_bytes, ((mask_wh.T * 255).astype(np.uint8),)))
+                    )
                 if self.write_nifti:
                     spacing = spacings[i] if spacings else (1.0, 1.0)
                     record["mask_nifti"] = f"{stem}_mask.nii.gz"
-                    steps.append((record["mask_nifti"], partial(_write_nifti, mask_wh, spacing)))
+                    steps.append((record["mask_nifti"], partial(_write_encoded, _nifti_bytes, (mask_wh, spacing))))
                 record["mask_area_px"] = int(mask_wh.sum())
             gray = None
             if maps is not None:
@@ -565,14 +569,15 @@ class PredictionWriter:
         return row
 
     def write_summary(self, engine: Engine | None = None) -> None:
-        """Write ``predictions.csv``: the rows of the images kept from the run this one resumed, then this run's."""
+        """Write ``predictions.csv``: the rows of the images kept from the run this one resumed and this run's, in
+        input order (:func:`~monai_mcx.handlers.output_folder.sort_rows`: whatever rank wrote an image)."""
         self.flush()  # every per-image file first: the summary lists them
         if self._manifest is None:
             self.start(engine)
         rows = gather_rows(self.rows, unique="json")  # every rank's rows on rank 0 (None on the others)
         if rows is None:
             return
-        rows = [e["row"] for e in self._kept.values()] + rows
+        rows = sort_rows([e["row"] for e in self._kept.values()] + rows, self.inputs or [])  # in input order
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=self._fields())
         w.writeheader()
