@@ -14,13 +14,26 @@ model, batches and the workflow included.
 
 Writes the ``end_to_end`` section of ``docs/benchmarks.md`` and the ``end_to_end`` key of
 ``docs/benchmarks.json``.
+
+``--processes 1 2``: an archive's inference in several processes instead (``inference.json`` +
+``multi_gpu_inference.json`` under ``torchrun``, CPU, gloo; every output written, PNG folder): per process count,
+images per second of the run (from the first rank's start of ``run`` to the last rank's end, start included as
+above) and of the whole command (process start, imports, process group too); each process gets
+``cpu_count // processes`` threads. The section (``--section``, default ``archive_processes``) also gives the
+per-image cost outside the forward pass from the ``end_to_end`` and ``end_to_end_1024`` records already in
+``docs/benchmarks.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
+import re
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -147,23 +160,27 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--section", default="end_to_end", help="section of docs/benchmarks.md and key of the JSON")
+    p.add_argument("--section", default=None, help="section of docs/benchmarks.md and key of the JSON")
+    p.add_argument("--processes", type=int, nargs="+", default=None, help="torchrun process counts to compare")
     add_output_options(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    args.section = args.section or ("archive_processes" if args.processes else "end_to_end")
     command = command_line("experiments.benchmark_inference", argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start, t_start = load_average(), time.perf_counter()
-    rows = measure(args)
+    rows = measure_processes(args) if args.processes else measure(args)
     load = (load_start, load_average())
-    text = report(rows, args, command, load, time.perf_counter() - t_start)
+    text = (report_processes if args.processes else report)(rows, args, command, load, time.perf_counter() - t_start)
     print(text)
     if not args.no_write:
         record = {"records": rows, "command": command, "load_average_start": load[0], "load_average_end": load[1]}
+        if args.processes:
+            record["outside_forward"] = args.outside
         write_section(args, args.section, text, record)
     return rows
 
@@ -209,6 +226,162 @@ def measure(args) -> list[dict]:
             }
         )
     return rows
+
+
+#: merged last in ``--processes`` runs: each rank writes the times its ``run`` starts and ends to ``<output_dir>.t<rank>``
+TIMER = {
+    "+imports": ["$import time"],
+    "run": [
+        "$open(@output_dir + '.t' + os.environ.get('RANK', '0'), 'w').write(str(time.time()))",
+        "$monai_mcx.engines.distributed.run_evaluator(@evaluator)",
+        "$open(@output_dir + '.t' + os.environ.get('RANK', '0'), 'a').write(' ' + str(time.time()))",
+    ],
+}
+
+
+def run_torchrun(folder: Path, out: Path, ckpt: Path, args, processes: int, timer: Path) -> tuple[float, float]:
+    """``inference.json`` + ``multi_gpu_inference.json`` under ``torchrun`` with ``processes`` CPU processes, every
+    output written; returns (seconds of the run: first start to last end of ``run`` over the ranks, seconds of
+    the whole command)."""
+    configs = REPO / "bundle" / "configs"
+    files = [configs / "inference.json", configs / "multi_gpu_inference.json", timer]
+    flags = {
+        "bundle_root": str(REPO / "bundle"),
+        "input": str(folder),
+        "output_dir": str(out),
+        "ckpt_dir": str(ckpt),
+        "encoder": args.encoder,
+        "spatial_size": json.dumps([args.size, args.size]),
+        "batch_size": str(args.batch_size),
+        "num_workers": str(args.num_workers),
+        "base_anchor_shapes": json.dumps(ANCHORS),
+        "gate_threshold": "0.0",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    cmd += ["-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
+    cmd += ["--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
+    cmd += [a for k, v in flags.items() for a in (f"--{k}", v)]
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    total = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun with {processes} processes failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    spans = [[float(v) for v in Path(f"{out}.t{r}").read_text().split()] for r in range(processes)]
+    return max(e for _, e in spans) - min(s for s, _ in spans), total
+
+
+def measure_processes(args) -> list[dict]:
+    """Every process count ``--repeats`` times, interleaved (after one untimed warm-up each); one record each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = write_folders(root / "data", args.images, args.file_size)["png"]
+        ckpt = root / "ckpt"
+        make_checkpoint(ckpt, args.encoder, args.size)
+        timer = root / "timer.json"
+        timer.write_text(json.dumps(TIMER))
+        runs: dict[int, list[tuple[float, float]]] = {n: [] for n in args.processes}
+        for n in args.processes:
+            run_torchrun(folder, root / f"out_{n}_warmup", ckpt, args, n, timer)
+        for rep in range(args.repeats):
+            k = rep % len(args.processes)
+            for n in args.processes[k:] + args.processes[:k]:
+                runs[n].append(run_torchrun(folder, root / f"out_{n}_{rep}", ckpt, args, n, timer))
+                print(f"rep {rep} {n} process(es): run {runs[n][-1][0]:.2f} s, command {runs[n][-1][1]:.2f} s")
+    rows = []
+    for n in args.processes:
+        run_s = statistics.median(r for r, _ in runs[n])
+        cmd_s = statistics.median(c for _, c in runs[n])
+        rows.append(
+            {
+                "processes": n,
+                "threads_per_process": max(1, (os.cpu_count() or 1) // n),
+                "images": args.images,
+                "median_run_s": round(run_s, 3),
+                "run_img_per_s": round(args.images / run_s, 3),
+                "median_command_s": round(cmd_s, 3),
+                "command_img_per_s": round(args.images / cmd_s, 3),
+                "run_times_s": [round(r, 3) for r, _ in runs[n]],
+                "command_times_s": [round(c, 3) for _, c in runs[n]],
+            }
+        )
+    return rows
+
+
+def outside_forward_ms(out_json: Path) -> list[dict]:
+    """Per-image milliseconds outside the forward pass (reading, resizing, decoding boxes, encoding, writing; the
+    run's start spread over its images), from the ``end_to_end`` / ``end_to_end_1024`` records of ``out_json``:
+    ``(median s of a configuration - median s of the forward pass alone) / images``."""
+    data = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    rows = []
+    for key in ("end_to_end", "end_to_end_1024"):
+        records = {r["config"]: r for r in data.get(key, {}).get("records", [])}
+        fwd = records.get("forward only")
+        if fwd is None:
+            continue
+        files = re.search(r"--file-size (\d+)", data[key].get("command", ""))
+        for name in ("png json", "png all", "dicom all", "dicom all-jpg"):
+            if name in records:
+                ms = 1000 * (records[name]["median_s"] - fwd["median_s"]) / fwd["images"]
+                rows.append(
+                    {
+                        "key": key,
+                        "file_px": int(files.group(1)) if files else None,
+                        "config": name,
+                        "forward_ms_per_image": round(1000 * fwd["median_s"] / fwd["images"], 1),
+                        "outside_forward_ms_per_image": round(ms, 1),
+                    }
+                )
+    return rows
+
+
+def report_processes(rows: list[dict], args, command: str, load: tuple, elapsed: float) -> str:
+    """The ``--processes`` section of ``docs/benchmarks.md`` (its rows, and the per-image cost outside the forward
+    pass from the JSON's end-to-end records, which ``args.outside`` receives for the JSON record)."""
+    one = next((r for r in rows if r["processes"] == 1), rows[0])
+    lines = [
+        f"## An archive in several processes, {args.file_size} px files, network at {args.size} px "
+        "(`experiments/benchmark_inference.py --processes`)",
+        "",
+        "`inference.json` + `multi_gpu_inference.json` under `torchrun` on CPU (gloo), a folder of "
+        f"{args.images} synthetic {args.file_size} px PNGs, network input {args.size} px, encoder `{args.encoder}` "
+        f"(random weights), batch {args.batch_size}, every output written (JSON, mask PNG and NIfTI, overlay PNG). "
+        "Each process gets cpu_count / processes threads. `run`: from the first rank's start of the workflow's "
+        "`run` to the last rank's end (network build, checkpoint load, the process group's start and end "
+        "included); `command`: the whole `torchrun` command (Python and torch imports too). Medians of "
+        f"{args.repeats} interleaved repetitions. **This machine has {os.cpu_count()} cores shared with other "
+        "work** (load average below): the speed-up is what several processes on the same cores give (the "
+        "reading, encoding and writing of one process overlap the other's forward pass), not what several GPUs "
+        "give.",
+        "",
+        "| processes | threads each | run s | run img/s | × 1 process | command s | command img/s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['processes']} | {r['threads_per_process']} | {r['median_run_s']:.2f} | {r['run_img_per_s']:.2f} "
+            f"| {r['run_img_per_s'] / one['run_img_per_s']:.2f} | {r['median_command_s']:.2f} | "
+            f"{r['command_img_per_s']:.2f} |"
+        )
+    args.outside = outside_forward_ms(args.out_json)
+    if args.outside:
+        lines += [
+            "",
+            "Per-image cost outside the forward pass (reading and decoding, resizing, box decoding, encoding and "
+            "writing the outputs; the run's start spread over its images), from the `end_to_end` and "
+            "`end_to_end_1024` records above: (median s of the configuration - median s of the forward pass "
+            "alone) / images, one process, 2 threads.",
+            "",
+            "| files (px) | configuration | forward ms/img | outside the forward ms/img |",
+            "| ---: | --- | ---: | ---: |",
+        ]
+        for o in args.outside:
+            lines.append(
+                f"| {o['file_px']} | {o['config']} | {o['forward_ms_per_image']:.1f} | "
+                f"{o['outside_forward_ms_per_image']:.1f} |"
+            )
+    return "\n".join(lines + run_footer(load, elapsed, command)) + "\n"
 
 
 def report(rows: list[dict], args, command: str, load: tuple, elapsed: float) -> str:

@@ -49,6 +49,34 @@ def test_benchmark_inference_runs_with_a_described_model(tmp_path):
     assert "forward only" in out_md.read_text()
 
 
+def test_benchmark_inference_processes_times_torchrun_runs(tmp_path):
+    """--processes 1 2: inference.json + multi_gpu_inference.json under torchrun, a record per process count with
+    both ranks' run timed, and the per-image cost outside the forward pass from the JSON's end-to-end records."""
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    out_md.write_text("# benchmarks\n")
+    fwd = {"config": "forward only", "images": 10, "median_s": 1.0}
+    e2e = {"records": [fwd, {"config": "png all", "median_s": 1.5}], "command": "x --file-size 1024 --size 256"}
+    out_json.write_text(json.dumps({"end_to_end_1024": e2e}))
+    cmd = [sys.executable, "-m", "experiments.benchmark_inference", "--processes", "1", "2", "--images", "3"]
+    cmd += ["--file-size", "64", "--size", "32", "--encoder", "densenet-tiny", "--batch-size", "2", "--repeats", "1"]
+    cmd += ["--threads", "1", "--out-json", str(out_json), "--out-md", str(out_md)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    record = json.loads(out_json.read_text())["archive_processes"]
+    assert [row["processes"] for row in record["records"]] == [1, 2]
+    assert all(row["run_img_per_s"] > 0 and row["median_command_s"] > row["median_run_s"] for row in record["records"])
+    assert record["outside_forward"] == [
+        {
+            "key": "end_to_end_1024",
+            "file_px": 1024,
+            "config": "png all",
+            "forward_ms_per_image": 100.0,
+            "outside_forward_ms_per_image": 50.0,
+        }
+    ]
+    assert "An archive in several processes" in out_md.read_text()
+
+
 def test_benchmark_train_measures_whole_batch_heads_beside_the_default(tmp_path):
     """A tiny disjoint run: the default MultiCheXNet, the task-grouped and the whole-batch-heads variants and the
     single-task models all train, and the table has a row for each MultiCheXNet variant."""
