@@ -19,7 +19,7 @@ Writes the ``end_to_end`` section of ``docs/benchmarks.md`` and the ``end_to_end
 ``multi_gpu_inference.json`` under ``torchrun``, CPU, gloo; every output written, PNG folder): per process count,
 images per second of the run (from the first rank's start of ``run`` to the last rank's end, start included as
 above) and of the whole command (process start, imports, process group too); each process gets
-``cpu_count // processes`` threads. The section (``--section``, default ``archive_processes``) also gives the
+``cpu_count // processes`` threads, and one thread (a second row where that differs). The section (``--section``, default ``archive_processes``) also gives the
 per-image cost outside the forward pass from the ``end_to_end`` and ``end_to_end_1024`` records already in
 ``docs/benchmarks.json``.
 """
@@ -239,7 +239,9 @@ TIMER = {
 }
 
 
-def run_torchrun(folder: Path, out: Path, ckpt: Path, args, processes: int, timer: Path) -> tuple[float, float]:
+def run_torchrun(
+    folder: Path, out: Path, ckpt: Path, args, processes: int, threads: int, timer: Path
+) -> tuple[float, float]:
     """``inference.json`` + ``multi_gpu_inference.json`` under ``torchrun`` with ``processes`` CPU processes, every
     output written; returns (seconds of the run: first start to last end of ``run`` over the ranks, seconds of
     the whole command)."""
@@ -261,7 +263,6 @@ def run_torchrun(folder: Path, out: Path, ckpt: Path, args, processes: int, time
     cmd += ["-m", "monai.bundle", "run", "--config_file", "[" + ",".join(f"'{f}'" for f in files) + "]"]
     cmd += ["--meta_file", str(configs / "metadata.json"), "--logging_file", str(configs / "logging.conf")]
     cmd += [a for k, v in flags.items() for a in (f"--{k}", v)]
-    threads = max(1, (os.cpu_count() or 1) // processes)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -281,29 +282,35 @@ def measure_processes(args) -> list[dict]:
         make_checkpoint(ckpt, args.encoder, args.size)
         timer = root / "timer.json"
         timer.write_text(json.dumps(TIMER))
-        runs: dict[int, list[tuple[float, float]]] = {n: [] for n in args.processes}
-        for n in args.processes:
-            run_torchrun(folder, root / f"out_{n}_warmup", ckpt, args, n, timer)
+        variants = sorted({(n, t) for n in args.processes for t in (max(1, (os.cpu_count() or 1) // n), 1)})
+        variants.sort(key=lambda v: (v[0], -v[1]))
+        runs: dict[tuple[int, int], list[tuple[float, float]]] = {v: [] for v in variants}
+        for n, t in variants:
+            run_torchrun(folder, root / f"out_{n}_{t}_warmup", ckpt, args, n, t, timer)
         for rep in range(args.repeats):
-            k = rep % len(args.processes)
-            for n in args.processes[k:] + args.processes[:k]:
-                runs[n].append(run_torchrun(folder, root / f"out_{n}_{rep}", ckpt, args, n, timer))
-                print(f"rep {rep} {n} process(es): run {runs[n][-1][0]:.2f} s, command {runs[n][-1][1]:.2f} s")
+            k = rep % len(variants)
+            for v in variants[k:] + variants[:k]:
+                runs[v].append(run_torchrun(folder, root / f"out_{v[0]}_{v[1]}_{rep}", ckpt, args, *v, timer))
+                print(
+                    f"rep {rep} {v[0]} process(es) x {v[1]} thread(s): run {runs[v][-1][0]:.2f} s, command "
+                    f"{runs[v][-1][1]:.2f} s",
+                    flush=True,
+                )
     rows = []
-    for n in args.processes:
-        run_s = statistics.median(r for r, _ in runs[n])
-        cmd_s = statistics.median(c for _, c in runs[n])
+    for (n, t), times in runs.items():
+        run_s = statistics.median(r for r, _ in times)
+        cmd_s = statistics.median(c for _, c in times)
         rows.append(
             {
                 "processes": n,
-                "threads_per_process": max(1, (os.cpu_count() or 1) // n),
+                "threads_per_process": t,
                 "images": args.images,
                 "median_run_s": round(run_s, 3),
                 "run_img_per_s": round(args.images / run_s, 3),
                 "median_command_s": round(cmd_s, 3),
                 "command_img_per_s": round(args.images / cmd_s, 3),
-                "run_times_s": [round(r, 3) for r, _ in runs[n]],
-                "command_times_s": [round(c, 3) for _, c in runs[n]],
+                "run_times_s": [round(r, 3) for r, _ in times],
+                "command_times_s": [round(c, 3) for _, c in times],
             }
         )
     return rows
@@ -339,7 +346,7 @@ def outside_forward_ms(out_json: Path) -> list[dict]:
 def report_processes(rows: list[dict], args, command: str, load: tuple, elapsed: float) -> str:
     """The ``--processes`` section of ``docs/benchmarks.md`` (its rows, and the per-image cost outside the forward
     pass from the JSON's end-to-end records, which ``args.outside`` receives for the JSON record)."""
-    one = next((r for r in rows if r["processes"] == 1), rows[0])
+    one = rows[0]  # one process, every core's thread
     lines = [
         f"## An archive in several processes, {args.file_size} px files, network at {args.size} px "
         "(`experiments/benchmark_inference.py --processes`)",
@@ -347,7 +354,7 @@ def report_processes(rows: list[dict], args, command: str, load: tuple, elapsed:
         "`inference.json` + `multi_gpu_inference.json` under `torchrun` on CPU (gloo), a folder of "
         f"{args.images} synthetic {args.file_size} px PNGs, network input {args.size} px, encoder `{args.encoder}` "
         f"(random weights), batch {args.batch_size}, every output written (JSON, mask PNG and NIfTI, overlay PNG). "
-        "Each process gets cpu_count / processes threads. `run`: from the first rank's start of the workflow's "
+        "Each process gets cpu_count / processes threads, or one. `run`: from the first rank's start of the workflow's "
         "`run` to the last rank's end (network build, checkpoint load, the process group's start and end "
         "included); `command`: the whole `torchrun` command (Python and torch imports too). Medians of "
         f"{args.repeats} interleaved repetitions. **This machine has {os.cpu_count()} cores shared with other "
@@ -355,7 +362,7 @@ def report_processes(rows: list[dict], args, command: str, load: tuple, elapsed:
         "reading, encoding and writing of one process overlap the other's forward pass), not what several GPUs "
         "give.",
         "",
-        "| processes | threads each | run s | run img/s | × 1 process | command s | command img/s |",
+        "| processes | threads each | run s | run img/s | × first row | command s | command img/s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
