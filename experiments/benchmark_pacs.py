@@ -277,6 +277,8 @@ def quantiles(values: list[float]) -> dict:
         "median_s": round(float(np.median(v)), 4),
         "p90_s": round(float(np.percentile(v, 90)), 4),
         "mean_s": round(float(v.mean()), 4),
+        "min_s": round(float(v.min()), 4),
+        "max_s": round(float(v.max()), 4),
     }
 
 
@@ -326,8 +328,8 @@ def measure(args, work: Path) -> dict:
 
 def report(result: dict, command: str, load: tuple, elapsed: float) -> str:
     """The section of ``docs/benchmarks.md``."""
-    total = result["stages"]["total"]
-    verdict = "met" if result["goal_met"] else "NOT met"
+    total, fwd = result["stages"]["total"], result["stages"]["forward"]
+    verdict = [("met" if ok else "NOT met") for ok in (result["goal_met"], result["goal_met_p90"])]
     lines = [
         "## Time to result on a PACS: arrival in Orthanc to SEG + SR stored (`experiments/benchmark_pacs.py`)",
         "",
@@ -342,17 +344,21 @@ def report(result: dict, command: str, load: tuple, elapsed: float) -> str:
         f"({result['threads']})`. **The machine is shared with other workers** (load average below): the seconds "
         "are an upper bound for an idle 2-core machine.",
         "",
-        "| stage | median s | p90 s | share of median total |",
-        "| --- | ---: | ---: | ---: |",
+        "| stage | median s | p90 s | min s | share of median total |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for s in (*STAGES, "total"):
         q = result["stages"][s]
         share = q["median_s"] / total["median_s"] if total["median_s"] else 0.0
-        lines.append(f"| {STAGE_TEXT[s]} | {q['median_s']:.3f} | {q['p90_s']:.3f} | {share:.0%} |")
+        lines.append(f"| {STAGE_TEXT[s]} | {q['median_s']:.3f} | {q['p90_s']:.3f} | {q['min_s']:.3f} | {share:.0%} |")
     lines += [
         "",
-        f"Goal **{verdict}**: median {total['median_s']:.2f} s, p90 {total['p90_s']:.2f} s per study (the stage "
-        "medians need not add up to the median total).",
+        f"Goal at the median **{verdict[0]}** ({total['median_s']:.2f} s per study), at p90 **{verdict[1]}** "
+        f"({total['p90_s']:.2f} s); the fastest study took {total['min_s']:.2f} s (the stage medians need not add "
+        f"up to the median total). The forward pass is most of it and the stage that moves: "
+        f"{fwd['min_s']:.2f} to {fwd['max_s']:.2f} s across the studies, the same network on same-sized inputs, so "
+        "the spread is the other workers' load on the two shared cores; the fastest study is the closest to an "
+        "idle machine.",
     ]
     if result["cli"] is not None:
         lines.append(
