@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from monai_mcx.keys import TASKS
 from monai_mcx.metrics.calibration import TemperatureScaling
 from monai_mcx.model.errors import DescriptionError
 from monai_mcx.model.reconcile import reconcile
 from monai_mcx.model.values import jsonable, utc_now
-from monai_mcx.networks.multichexnet import TASKS
 
 __all__ = ["DESCRIPTION_FORMAT", "DESCRIPTION_VERSION", "GATE_RULES", "DEFAULT_INTENSITY", "ModelDescription"]
 
