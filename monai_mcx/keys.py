@@ -16,9 +16,23 @@ TorchScript see no enum); code that LOOKS UP or compares uses the member.
 
 from __future__ import annotations
 
-from monai.utils.enums import StrEnum
+from enum import Enum
 
 __all__ = ["Task", "TASKS", "DatalistKeys", "BatchKeys", "PredKeys", "DetKeys", "OriginalKeys"]
+
+
+class StrEnum(str, Enum):
+    """MONAI's ``monai.utils.StrEnum`` (the same definition: ``str(member)`` and ``repr(member)`` are its value).
+
+    Defined here rather than imported because importing MONAI loads matplotlib: modules that only need key names
+    (``monai_mcx.metrics``, ``visualize``, ``data``, ``dicom``) must stay importable without MONAI.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return self.value
 
 
 class Task(StrEnum):
