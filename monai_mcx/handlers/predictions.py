@@ -58,7 +58,7 @@ from monai.utils.enums import CommonKeys
 from PIL import Image
 
 from monai_mcx.inferers import MultiCheXNetPostprocessor
-from monai_mcx.keys import BatchKeys, PredKeys
+from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys, PredKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
 from monai_mcx.visualize.overlays import overlay_image, saliency_png_bytes
@@ -266,12 +266,12 @@ class PredictionWriter:
         for i in range(n):
             src = str(names[i])
             if errors[i]:
-                self.rows.append({"image": src, "error": str(errors[i])})
+                self.rows.append({DatalistKeys.IMAGE.value: src, BatchKeys.ERROR.value: str(errors[i])})
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
-            record: dict = {"image": src, "size_wh": orig}
+            record: dict = {DatalistKeys.IMAGE.value: src, OriginalKeys.SIZE_WH.value: orig}
             if res[PredKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
                     zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS]))
@@ -279,27 +279,28 @@ class PredictionWriter:
                 record["calibrated"] = pp.calibrated
                 if pp.calibrated:
                     record["calibration"] = pp.calibration.to_dict()
-                record["gate"] = {
+                record[OriginalKeys.GATE.value] = {
                     "rule": pp.gate_rule,
                     "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
-                    "positive": bool(res["gate"]),
+                    "positive": bool(res[OriginalKeys.GATE]),
                 }
-            if res["has_boxes"]:
+            if res[OriginalKeys.HAS_BOXES]:
                 record["box_score_threshold"] = pp.box_score_threshold
-                for key in ("boxes", "boxes_ungated"):
-                    suffix = key[len("boxes") :]
-                    record[key] = [
+                for key, scores in (
+                    (OriginalKeys.BOXES, OriginalKeys.SCORES),
+                    (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED),
+                ):
+                    record[key.value] = [
                         {"box": [round(float(v), 2) for v in b], "score": float(sc)}
-                        for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])
+                        for b, sc in zip(res[key], res[scores])
                     ]
-            mask_wh = res[
-                "mask"
-            ]  # (W, H), gated; a new array per image, never changed after: the writer thread reads it
+            # (W, H), gated; a new array per image, never changed after: the writer thread reads it
+            mask_wh = res[OriginalKeys.MASK]
             if mask_wh is not None:
                 if self.write_mask_png:
                     rows_cols = (mask_wh.T * 255).astype(np.uint8)
                     self._submit(_write_png, rows_cols, self.output_dir / f"{stem}_mask.png")
-                    record["mask"] = f"{stem}_mask.png"
+                    record[OriginalKeys.MASK.value] = f"{stem}_mask.png"
                 if self.write_nifti:
                     spacing = spacings[i] if spacings else (1.0, 1.0)
                     self._submit(_write_nifti, mask_wh, spacing, self.output_dir / f"{stem}_mask.nii.gz")
@@ -318,8 +319,8 @@ class PredictionWriter:
                     orig,
                     kept[i] if gray is None else gray,
                     None if mask_wh is None else mask_wh.T,
-                    res["boxes"].tolist(),
-                    res["scores"].tolist(),
+                    res[OriginalKeys.BOXES].tolist(),
+                    res[OriginalKeys.SCORES].tolist(),
                     self.output_dir / f"{stem}_overlay.{self.overlay_format}",
                 )
                 record["overlay"] = f"{stem}_overlay.{self.overlay_format}"
@@ -386,7 +387,7 @@ class PredictionWriter:
         self.flush()  # every per-image file first: the summary lists them
         buf = io.StringIO()
         fields = [
-            "image",
+            DatalistKeys.IMAGE.value,
             "gate_positive",
             *[f"p_{c}" for c in self.class_names],
             "calibrated",
@@ -397,32 +398,32 @@ class PredictionWriter:
             "mask_nifti",
             "overlay",
             "saliency_nifti",
-            "error",
+            BatchKeys.ERROR.value,
         ]
         w = csv.DictWriter(buf, fieldnames=fields)
         w.writeheader()
         for r in self.rows:
-            if r.get("error"):
-                w.writerow({"image": r["image"], "error": r["error"]})
+            if r.get(BatchKeys.ERROR):
+                w.writerow({DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE], BatchKeys.ERROR.value: r[BatchKeys.ERROR]})
                 continue
             row = {
-                "image": r["image"],
-                "gate_positive": r.get("gate", {}).get("positive", ""),
+                DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE],
+                "gate_positive": r.get(OriginalKeys.GATE, {}).get("positive", ""),
                 "calibrated": r.get("calibrated", ""),
-                "n_boxes": len(r.get("boxes", [])),
-                "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""),
+                "n_boxes": len(r.get(OriginalKeys.BOXES, [])),
+                "max_box_score": max([b["score"] for b in r.get(OriginalKeys.BOXES, [])], default=""),
                 "mask_area_px": r.get("mask_area_px", ""),
                 "json": r.get("json", ""),
                 "mask_nifti": r.get("mask_nifti", ""),
                 "overlay": r.get("overlay", ""),
                 "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
-                "error": "",
+                BatchKeys.ERROR.value: "",
             }
             for c, p in r.get("class_probabilities", {}).items():
                 row[f"p_{c}"] = round(p, 6)
             w.writerow(row)
         write_bytes_atomic(buf.getvalue().encode(), self.output_dir / "predictions.csv")
-        n_err = sum(1 for r in self.rows if r.get("error"))
+        n_err = sum(1 for r in self.rows if r.get(BatchKeys.ERROR))
         if n_err:
             logger.warning(
                 "%d of %d inputs could not be read; see the 'error' column of %s",
