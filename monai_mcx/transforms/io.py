@@ -68,6 +68,7 @@ from monai.transforms import MapTransform, Transform
 
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
+from monai_mcx.keys import BatchKeys
 from monai_mcx.transforms.dicom_reader import _read_dicom
 from monai_mcx.transforms.readers import (
     DEFAULT_MAX_PIXELS,
@@ -327,7 +328,12 @@ class KeepOverlayImaged(MapTransform):
         enabled: when False the transform does nothing (the writer then re-reads the file if it needs it).
     """
 
-    def __init__(self, keys: KeysCollection = "image", name: str = "overlay_image", enabled: bool = True) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = BatchKeys.IMAGE.value,
+        name: str = BatchKeys.OVERLAY_IMAGE.value,
+        enabled: bool = True,
+    ) -> None:
         super().__init__(keys)
         self.name = str(name)
         self.enabled = bool(enabled)
