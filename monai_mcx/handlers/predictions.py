@@ -58,7 +58,7 @@ from monai.utils.enums import CommonKeys
 from PIL import Image
 
 from monai_mcx.inferers import MultiCheXNetPostprocessor
-from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys, PredKeys
+from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
 from monai_mcx.visualize.overlays import overlay_image, saliency_png_bytes
@@ -272,9 +272,9 @@ class PredictionWriter:
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
             record: dict = {DatalistKeys.IMAGE.value: src, OriginalKeys.SIZE_WH.value: orig}
-            if res[PredKeys.CLASS_PROBS] is not None:
+            if res[OriginalKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
-                    zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS]))
+                    zip(self.class_names, (float(p) for p in res[OriginalKeys.CLASS_PROBS]))
                 )
                 record["calibrated"] = pp.calibrated
                 if pp.calibrated:
