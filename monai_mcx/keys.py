@@ -25,7 +25,7 @@ class StrEnum(str, Enum):
     """MONAI's ``monai.utils.StrEnum`` (the same definition: ``str(member)`` and ``repr(member)`` are its value).
 
     Defined here rather than imported because importing MONAI loads matplotlib: modules that only need key names
-    (``monai_mcx.metrics``, ``visualize``, ``data``, ``dicom``) must stay importable without MONAI.
+    (``monai_mcx.metrics``, ``monai_mcx.visualize``) must stay importable without MONAI.
     """
 
     def __str__(self) -> str:
