@@ -383,26 +383,48 @@ class MultiCheXNetPostprocessor:
             k: ([t.detach().float() for t in v] if isinstance(v, (list, tuple)) else v.detach().float())
             for k, v in outputs.items()
         }
-        batch = int(images.shape[0])
         pred[PredKeys.INPUT_SIZE.value] = [int(s) for s in images.shape[2:]]
         with torch.no_grad():
+            if PredKeys.SEG_LOGITS in pred:
+                pred[PredKeys.SEG_PROBS.value] = torch.sigmoid(pred[PredKeys.SEG_LOGITS])
+            if self.box_decoder is not None and PredKeys.BOX_CLS_LOGITS in pred:
+                pred[PredKeys.DETECTIONS.value] = self.box_decoder(pred, images)
+        return self.apply_operating_point(pred, batch_size=int(images.shape[0]), device=images.device)
+
+    def apply_operating_point(
+        self, pred: Mapping[str, Any], batch_size: int | None = None, device: torch.device | str | None = None
+    ) -> dict[str, Any]:
+        """The operating-point part of the post-processing, from the outputs that do not depend on it: a copy of
+        ``pred`` whose ``class_probs_raw``, ``class_probs`` (this calibration), ``gate`` (these class thresholds),
+        ``seg_mask``/``seg_mask_gated`` (this mask threshold) and ``detections_op``/``detections_gated`` (this box
+        score threshold) are computed from ``class_logits``, ``seg_probs`` and ``detections``. :meth:`__call__`
+        ends with it; a prediction kept from an evaluation can be written again at the operating point that
+        evaluation chose (:class:`monai_mcx.handlers.EvaluationPredictionWriter`).
+
+        Args:
+            pred: a post-processed batch (or its ``class_logits``, ``seg_probs``, ``detections``, ``input_size``).
+            batch_size: ``B`` (default: from the outputs present); device: where the gate of a network without a
+                classifier is made.
+        """
+        pred = dict(pred)
+        logits, seg, dets = (pred.get(k) for k in (PredKeys.CLASS_LOGITS, PredKeys.SEG_PROBS, PredKeys.DETECTIONS))
+        if batch_size is None:
+            batch_size = next(len(v) for v in (logits, seg, dets) if v is not None)
+        with torch.no_grad():
             gate = None
-            if PredKeys.CLASS_LOGITS in pred:
-                pred[PredKeys.CLASS_PROBS_RAW.value] = torch.sigmoid(pred[PredKeys.CLASS_LOGITS])
-                pred[PredKeys.CLASS_PROBS.value] = self.probabilities(pred[PredKeys.CLASS_LOGITS])
+            if logits is not None:
+                pred[PredKeys.CLASS_PROBS_RAW.value] = torch.sigmoid(logits)
+                pred[PredKeys.CLASS_PROBS.value] = self.probabilities(logits)
                 gate = self.gate(pred[PredKeys.CLASS_PROBS])
             if gate is None:
-                gate = torch.ones(batch, dtype=torch.bool, device=images.device)
+                where = device if device is not None else next((v.device for v in (seg,) if v is not None), "cpu")
+                gate = torch.ones(batch_size, dtype=torch.bool, device=where)
             pred[PredKeys.GATE.value] = gate
-            if PredKeys.SEG_LOGITS in pred:
-                seg = torch.sigmoid(pred[PredKeys.SEG_LOGITS])
-                pred[PredKeys.SEG_PROBS.value] = seg
+            if seg is not None:
                 mask = seg >= self.seg_threshold
                 pred[PredKeys.SEG_MASK.value] = mask
                 pred[PredKeys.SEG_MASK_GATED.value] = mask & gate.reshape(-1, 1, 1, 1).to(mask.device)
-            if self.box_decoder is not None and PredKeys.BOX_CLS_LOGITS in pred:
-                dets = self.box_decoder(pred, images)
-                pred[PredKeys.DETECTIONS.value] = dets
+            if dets is not None:
                 pred[PredKeys.DETECTIONS_OP.value] = [select_detections(d, self.box_score_threshold) for d in dets]
                 pred[PredKeys.DETECTIONS_GATED.value] = [
                     select_detections(d, self.box_score_threshold, keep=bool(g)) for d, g in zip(dets, gate)

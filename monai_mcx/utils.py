@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, file-type sniffing and command-line flags."""
+"""Small shared helpers: atomic file writes and command-line flags (file-type sniffing:
+:func:`monai_mcx.data.formats.sniff_format`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ __all__ = [
     "write_bytes_atomic",
     "write_text_atomic",
     "write_json_atomic",
-    "is_dicom_file",
     "as_bool",
     "check_cli_paths",
 ]
@@ -95,16 +95,6 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
 def write_json_atomic(obj: object, path: str | os.PathLike) -> None:
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
-
-
-def is_dicom_file(path: str | os.PathLike) -> bool:
-    """True when the file carries the DICOM preamble magic (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-        return len(head) == 132 and head[128:132] == b"DICM"
-    except OSError:
-        return False
 
 
 def check_cli_paths(argv: Sequence[str] | None = None) -> None:

@@ -18,6 +18,9 @@ Start (see README.md beside this file)::
 * ``teacher_forcing``: default teacher-forcing mode of the train task (``positive_only``).
 * ``saliency``: ``true`` to add each class's Grad-CAM map to every infer result (``saliency`` of the result JSON; a
   request can ask for it with ``params={"saliency": true}``); default ``false``.
+* ``modalities``: with ``--studies http://host:port/dicom-web`` (a DICOMweb server such as Orthanc), the modalities
+  whose series are images (default ``DX,CR``); see ``lib/dicomweb.py`` (images read as DICOM, final labels stored
+  back as DICOM SEG written by ``monai_mcx.dicom.seg``, no dcmqi download).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
@@ -81,6 +85,38 @@ class MultiCheXNetApp(MONAILabelApp):
                 self.spec, teacher_forcing=self.conf.get("teacher_forcing", "positive_only")
             )
         }
+
+    def _init_dicomweb_datastore(self) -> Datastore:
+        """``--studies http(s)://.../dicom-web``: MONAI Label's DICOMweb datastore fitted to radiographs
+        (``lib/dicomweb.py``); unlike MONAI Label's own, it downloads no dcmqi binary."""
+        from dicomweb_client.session_utils import create_session_from_user_pass
+        from monailabel.config import settings
+        from monailabel.datastore.dicom import DICOMwebClientX
+
+        from lib.dicomweb import CXRDICOMwebDatastore, parse_modalities
+
+        session = None
+        user = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
+        password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD
+        if user and password:
+            session = create_session_from_user_pass(user, password)
+        client = DICOMwebClientX(
+            url=self.studies,
+            session=session,
+            qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+            wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+            stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,
+        )
+        cache = (settings.MONAI_LABEL_DATASTORE_CACHE_PATH or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH).strip()
+        modalities = parse_modalities(self.conf.get("modalities"))
+        logger.info(f"DICOMweb datastore {self.studies}: series of modality {', '.join(modalities)} are the images")
+        return CXRDICOMwebDatastore(
+            client,
+            search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+            modalities=modalities,
+            cache_path=cache or None,
+            fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME,
+        )
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}

@@ -17,6 +17,8 @@ Examples::
         --rsna ../shared/data/cxr-lesions/rsna --covid-lesions ../shared/data/cxr-lesions/covid_lesions \\
         --covid-lungs ../shared/data/cxr-real/covid_lungs --output bundle/runs/real/datalist.json
 
+    python scripts/prepare_data.py --siim-covid ../shared/data/cxr-adult/siim_covid --output data/adult/datalist.json
+
     python scripts/prepare_data.py --rsna /data/rsna-pneumonia-detection-challenge --siim /data/siim-acr \\
         --nih /data/ChestX-ray14 --class-map my_classes.json --output data/all/datalist.json --on-error skip
 
@@ -24,10 +26,15 @@ Class map (``--class-map``), JSON: ``{"class_names": ["pneumonia", "pneumothorax
 {"rsna": {"Lung Opacity": "pneumonia"}, "siim": {"Pneumothorax": "pneumothorax"}, ...}}``. A source
 whose findings do not reach every class name gets ``label: null`` (not annotated) -- unknown never
 becomes negative. Default: ``class_names = ["pneumonia"]`` with RSNA Target 1 ("Lung Opacity"),
-NIH "Pneumonia", Kermany PNEUMONIA, COVID-19 findings and QU viral pneumonia as positives.
+NIH "Pneumonia", Kermany PNEUMONIA, COVID-19 findings, QU viral pneumonia and SIIM-COVID opacity ("Lung
+Opacity") as positives.
 
 ``covid_lesions`` masks are LESIONS (ground-glass opacity + consolidation); its patients are ieee8023 ids,
 shared with ``covid_lungs`` (give both folders and one patient stays in one split across them).
+
+``siim_covid`` patients are studies (this source does not identify patients); its items get ``boxes: null``
+(the radiologists' boxes are in the unknown original size) and its ``finding`` keeps the study's appearance
+(e.g. ``Lung Opacity|Typical Appearance``), which a class map can use for a COVID-19 class.
 
 ``covid_lungs`` / ``qu_viral_lungs`` masks and boxes outline the LUNGS, not lesions: by default their items
 get ``mask: null, boxes: null`` (classification only); ``--lung-annotations`` keeps them (e.g. to check
@@ -67,6 +74,7 @@ SOURCE_OPTIONS = {  # option dest -> adapter name
     "covid_lungs": "covid_lungs",
     "qu_viral_lungs": "qu_viral_lungs",
     "covid_lesions": "covid_lesions",
+    "siim_covid": "siim_covid",
 }
 
 
@@ -91,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="COVID-19 / pneumonia LESION masks (ieee8023): images/, masks/, lungs/, labels.csv; patients "
         "share ids with --covid-lungs",
+    )
+    g.add_argument(
+        "--siim-covid",
+        metavar="DIR",
+        help="SIIM-FISABIO-RSNA COVID-19 adult radiographs: labels.csv, images/; split by study (patients not "
+        "identified), boxes null (original image size unknown)",
     )
     p.add_argument(
         "--lung-annotations",
@@ -213,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         build_parser().error(
             "give at least one data set (--rsna, --siim, --nih, --kermany, --covid-lungs, "
-            "--qu-viral-lungs, --covid-lesions)"
+            "--qu-viral-lungs, --covid-lesions, --siim-covid)"
         )
     class_map = ClassMap.from_json(args.class_map) if args.class_map else ClassMap()
     output = Path(args.output).resolve()

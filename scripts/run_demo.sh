@@ -17,7 +17,7 @@ echo "== 2/3 evaluate (validation split; writes the chosen thresholds into $RUN/
 python -m monai.bundle run --config_file "['bundle/configs/train.json','bundle/configs/evaluate.json']" "$@"
 echo "== 3/3 infer (test split, DICOM) =="
 python -m monai.bundle run --config_file bundle/configs/inference.json --ckpt_dir "$RUN/models" \
-    --output_dir "$RUN/eval/predictions" "$@"
+    --output_dir "$RUN/eval/predictions" --overwrite true "$@"
 python - <<'PY'
 import json
 m = json.load(open("bundle/runs/demo/eval/metrics.json"))

@@ -2,7 +2,10 @@
 # Create (once) a SEPARATE virtual environment for MONAI Label 0.8.5 and install monai_mcx into it.
 #
 # Why a separate venv: MONAI Label 0.8.5 pulls pydicom-seg, which needs pydicom<3 and numpy<2, and
-# sam2 (a source-only package); the core stack (.venv) uses pydicom 3 and numpy 2. Recipe:
+# sam2 (a source-only package); the core stack (.venv) uses pydicom 3 and numpy 2. highdicom (monai_mcx's DICOM SEG
+# writer, which the app uses to store labels in a DICOMweb server) is pinned to 0.22.0, the last release that runs on
+# pydicom 2 (0.23 needs pydicom>=3); pip check then reports monai_mcx's highdicom>=0.28, which is expected (the SEG
+# path the app uses is tested with 0.22.0 by tests/test_monailabel_orthanc.py). Recipe:
 # ../shared/reference/monailabel-recipe.md (install "lean" variant, monailabel with --no-deps, SAM off).
 #
 #   scripts/setup_monailabel.sh            # venv in <repo>/.venv-monailabel
@@ -38,7 +41,7 @@ PIP=(pip_install)
 pip_install() {
     "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off "$@" 2>&1 \
         | { grep -v -e "is ignored: it is neither" -e "dependency resolver does not currently" \
-                    -e "requires sam2" || true; }
+                    -e "requires sam2" -e "highdicom>=0.28" || true; }
     return "${PIPESTATUS[0]}"
 }
 rm -f "$STAMP"
@@ -60,7 +63,7 @@ say "3/4 monailabel's dependencies (lean list, pydicom<3 for pydicom-seg; numpy 
     "ninja>=1.11.1.1" "einops>=0.7.0" "pyyaml>=6.0.1" "filelock>=3.11.0" "passlib>=1.7.4" "pyjwt>=2.8.0" \
     "bcrypt>=4.1.2" "shapely>=2.0.4" "requests>=2.31.0" "requests-toolbelt>=1.0.0" "urllib3>=2.2.1" \
     scikit-learn scipy "google-auth>=2.29.0" \
-    "pytorch-ignite>=0.4.11" fire tqdm tensorboard matplotlib
+    "pytorch-ignite>=0.4.11" fire tqdm tensorboard matplotlib "highdicom==0.22.0"
 
 say "4/4 monai_mcx (editable, --no-deps: its dependencies are the ones above)"
 "${PIP[@]}" -q --no-deps -e "$ROOT"
@@ -71,10 +74,11 @@ import monailabel, monai, torch, torchvision, pydicom, numpy
 import monailabel.main, monailabel.interfaces.app  # noqa: F401  (server + app base class)
 from monailabel.datastore.utils import convert  # noqa: F401  (imports pydicom_seg: needs pydicom<3)
 import monai_mcx.networks, monai_mcx.transforms.io  # noqa: F401
+import highdicom, monai_mcx.dicom.seg  # noqa: F401  (the app's DICOM SEG writer for DICOMweb labels)
 print(f"[setup-monailabel]   monailabel {monailabel.__version__}, monai {monai.__version__}, torch {torch.__version__}, "
-      f"pydicom {pydicom.__version__}, numpy {numpy.__version__}")
+      f"pydicom {pydicom.__version__}, highdicom {highdicom.__version__}, numpy {numpy.__version__}")
 EOF
-"$VENV/bin/python" -m pip check 2>&1 | grep -v "requires sam2" | sed 's/^/[setup-monailabel]   pip check: /' || true
+"$VENV/bin/python" -m pip check 2>&1 | grep -v -e "requires sam2" -e "highdicom>=0.28" | sed 's/^/[setup-monailabel]   pip check: /' || true
 
 echo "$WANT" > "$STAMP"
 say "done in $((SECONDS - T0)) s: $VENV"

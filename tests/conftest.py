@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -141,3 +144,53 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         "set MCX_REQUIRE_MONAILABEL=1 to make a MONAI Label environment that cannot be built a failure, "
         "MCX_REQUIRE_ORTHANC=1 a missing Orthanc, MCX_REQUIRE_DCIODVFY=1 a missing dciodvfy"
     )
+
+
+@pytest.fixture
+def fake_monailabel(monkeypatch):
+    """Just enough of ``monailabel`` (absent from the core environment) to import ``monailabel_app/lib/infer.py``;
+    yields that module. The fake ``BasicInferTask`` keeps what the task's own code uses (``_config``, ``_networks``,
+    ``path``, ``load_strict``, ``get_path``); :func:`monailabel_request` merges a request into the task's config
+    as MONAI Label's ``BasicInferTask.__call__`` does."""
+
+    class BasicInferTask:
+        def __init__(self, **kwargs):
+            self._config = kwargs.get("config", {})
+            self._networks = {}
+            self.path = kwargs.get("path")
+            self.load_strict = kwargs.get("load_strict", True)
+            self.output_label_key = "pred"
+            self.output_json_key = "result"
+
+        def get_path(self):
+            return self.path if self.path and os.path.exists(self.path) else None
+
+    mods = {
+        "monailabel": types.ModuleType("monailabel"),
+        "monailabel.interfaces": types.ModuleType("monailabel.interfaces"),
+        "monailabel.interfaces.tasks": types.ModuleType("monailabel.interfaces.tasks"),
+        "monailabel.interfaces.tasks.infer_v2": types.ModuleType("monailabel.interfaces.tasks.infer_v2"),
+        "monailabel.tasks": types.ModuleType("monailabel.tasks"),
+        "monailabel.tasks.infer": types.ModuleType("monailabel.tasks.infer"),
+        "monailabel.tasks.infer.basic_infer": types.ModuleType("monailabel.tasks.infer.basic_infer"),
+    }
+    mods["monailabel.interfaces.tasks.infer_v2"].InferType = types.SimpleNamespace(SEGMENTATION="segmentation")
+    mods["monailabel.tasks.infer.basic_infer"].BasicInferTask = BasicInferTask
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.syspath_prepend(str(REPO / "monailabel_app"))
+    for name in [n for n in sys.modules if n == "lib" or n.startswith("lib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield importlib.import_module("lib.infer")
+    for name in [n for n in sys.modules if n == "lib" or n.startswith("lib.")]:
+        sys.modules.pop(name, None)
+
+
+def monailabel_request(task, request: dict) -> dict:
+    """The data ``run_inferer`` gets for ``request``: the task's config updated with the request (MONAI Label's
+    ``BasicInferTask.__call__``: ``req = copy.deepcopy(self._config); req.update(request)``)."""
+    import copy
+
+    data = copy.deepcopy(task._config)
+    data.update(request)
+    return data

@@ -17,7 +17,8 @@ def test_benchmark_inference_runs_with_a_described_model(tmp_path):
     r = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "benchmark_inference.py"),
+            "-m",
+            "experiments.benchmark_inference",
             "--images",
             "2",
             "--file-size",
@@ -53,7 +54,7 @@ def test_benchmark_train_measures_whole_batch_heads_beside_the_default(tmp_path)
     single-task models all train, and the table has a row for each MultiCheXNet variant."""
     out_json, out_md = tmp_path / "t.json", tmp_path / "t.md"
     out_md.write_text("# benchmarks\n")
-    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_train.py"), "--datasets", "demo_disjoint"]
+    cmd = [sys.executable, "-m", "experiments.benchmark_train", "--datasets", "demo_disjoint"]
     cmd += ["--demo-images", "30", "--size", "32", "--epochs", "1", "--batch-size", "8", "--max-val", "6"]
     cmd += ["--threads", "1", "--memory-sizes", "--whole-batch-heads", "--out-json", str(out_json)]
     cmd += ["--out-md", str(out_md)]

@@ -315,3 +315,110 @@ def test_bundle_calibrates_on_validation_and_inference_writes_calibrated_probabi
         "calibrated" in csv_text[0].split(",")
         and csv_text[1].split(",")[csv_text[0].split(",").index("calibrated")] == "True"
     )
+
+
+# ------------------------------------------------------------------- sensitivity targets on a test split (item 16)
+def test_test_split_without_sensitivity_thresholds_does_not_choose_them():
+    """Issue 24 item 16: a description without sensitivity-target thresholds (``{}`` on a test split) does not get
+    them chosen on the evaluated split: the ``sens90``/``sens95`` keys are undefined and the report says why."""
+    from monai_mcx.handlers.report_markdown import calibration_section, sensitivity_note
+    from monai_mcx.inferers import MultiCheXNetPostprocessor
+
+    logits, y = _overconfident(300, scale=1.0, seed=5)
+    pp = MultiCheXNetPostprocessor(CLASSES)
+    _, chosen = _metrics(logits, y, pp, n_boot=50)  # None: chosen on these data (the validation split)
+    assert chosen["classification/sens90/sensitivity/pneumonia"] >= 0.9
+    _, out = _metrics(logits, y, pp, n_boot=50, target_thresholds={})
+    for op in ("sens90", "sens95"):
+        for key in (f"classification/{op}/threshold/pneumonia", f"classification/{op}/sensitivity/pneumonia"):
+            assert math.isnan(out[key]), key
+    assert not math.isnan(out["classification/sensitivity/pneumonia"])  # the chosen class threshold still is
+
+    note = sensitivity_note("test", None, [0.9, 0.95])
+    assert note == "not available: the description has no 90/95 % sensitivity thresholds from a validation split"
+    assert sensitivity_note("test", {"sens90": {"pneumonia": 0.2}}, [0.9]) == (
+        "chosen on the validation split, read from the model description"
+    )
+    assert sensitivity_note("validation", None, [0.9]) == "chosen on this validation split"
+    metrics = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+    metrics.update({"calibration/ece/pneumonia/raw": 0.1})
+    text = "\n".join(calibration_section(metrics, CLASSES, pp, (), note))
+    assert note in text and "on the validation split." not in text
+
+
+@pytest.mark.slow
+def test_bundle_test_split_without_sensitivity_thresholds(trained_bundle, tmp_path):
+    """evaluate.json on a test split with a description that has no sensitivity thresholds: metrics.json has
+    them as null and report.md says they are not available (before: chosen on the test split, reported as
+    chosen on validation)."""
+    from monai_mcx.model import read_description, save_description
+
+    root, overrides = trained_bundle
+    shutil.copytree(root / "models", tmp_path / "models")
+    ckpt = tmp_path / "models" / "model.pt"
+    save_description(read_description(ckpt).replace(sensitivity_thresholds=None), ckpt)
+    out = tmp_path / "eval_test"
+    run_bundle(
+        ["train.json", "evaluate.json"],
+        **dict(
+            overrides,
+            ckpt_dir=str(tmp_path / "models"),
+            output_dir=str(out),
+            eval_split="test",
+            bootstrap_samples=50,
+            explain=False,
+        ),
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classification/sens90/threshold/pneumonia"] is None
+    assert metrics["classification/sens95/sensitivity/pneumonia"] is None
+    report = (out / "report.md").read_text()
+    assert "not available: the description has no 90/95 % sensitivity thresholds from a validation split" in report
+    assert "sensitivity on the validation split" not in report
+
+
+@pytest.mark.slow
+def test_validation_predictions_use_the_operating_point_this_evaluation_writes(trained_bundle, tmp_path):
+    """Issue 24 item 14: evaluate.json --write_predictions true on the validation split writes the prediction files
+    at the operating point it chooses and writes into model.json (calibration, class thresholds, box score), not
+    at the description's earlier one."""
+    from monai_mcx.model import load_description, read_description, save_description
+
+    root, overrides = trained_bundle
+    shutil.copytree(root / "models", tmp_path / "models")
+    ckpt = tmp_path / "models" / "model.pt"
+    before = read_description(ckpt)  # start from an uncalibrated description at 0.5 / every box
+    save_description(before.replace(calibration=None, class_thresholds=None, box_score_threshold=None), ckpt)
+    out = tmp_path / "eval"
+    run_bundle(
+        ["train.json", "evaluate.json"],
+        **dict(
+            overrides,
+            ckpt_dir=str(tmp_path / "models"),
+            output_dir=str(out),
+            bootstrap_samples=20,
+            explain=False,
+            write_predictions=True,
+        ),
+    )
+    desc = load_description(ckpt)
+    assert desc.calibration and desc.box_score_threshold is not None and desc.box_score_threshold > 0
+    records = sorted((out / "predictions").glob("*.json"))
+    assert records
+    temps = desc.calibration["temperatures"]
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert rec["calibrated"] is True and rec["calibration"]["temperatures"] == pytest.approx(temps), path.name
+        assert rec["gate"]["thresholds"] == pytest.approx(desc.class_thresholds), path.name
+        assert rec["box_score_threshold"] == pytest.approx(desc.box_score_threshold), path.name
+        assert all(b["score"] >= desc.box_score_threshold for b in rec["boxes_ungated"])
+        p = rec["class_probabilities"]["pneumonia"]
+        assert rec["gate"]["positive"] == (p >= desc.class_thresholds["pneumonia"])
+    # the same probabilities as per_image.csv (the report's, at the deployed calibration)
+    import csv
+
+    with (out / "per_image.csv").open() as f:
+        table = {r["image"]: float(r["p_pneumonia"]) for r in csv.DictReader(f)}
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert rec["class_probabilities"]["pneumonia"] == pytest.approx(table[rec["image"]], abs=1e-6)

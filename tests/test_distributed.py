@@ -1,4 +1,5 @@
-"""Two-process torchrun (gloo, CPU) training with multi_gpu_train.json; metrics equal a one-process evaluation."""
+"""Two-process torchrun (gloo, CPU) training with multi_gpu_train.json; metrics equal a one-process evaluation, and
+multi_gpu_evaluate.json writes every output (metrics, report, per-image table, prediction files) as one process."""
 
 from __future__ import annotations
 
@@ -59,9 +60,38 @@ def _evaluate_single_process(overrides: dict, ckpt_dir: Path, out: Path) -> dict
             class_threshold=0.5,
             box_threshold=0.3,
             calibrate="none",
+            write_predictions=True,
         ),
     )  # train.json's fixed operating point and raw probabilities (training's validation does not calibrate)
     return json.loads((out / "metrics.json").read_text())
+
+
+def _csv_rows(path: Path) -> set[tuple]:
+    import csv
+
+    with path.open() as f:
+        return {tuple(sorted(r.items())) for r in csv.DictReader(f)}
+
+
+def _assert_same_outputs(ddp: Path, single: Path) -> None:
+    """Every output of a distributed evaluation covers the whole split, as one process writes it (issue 24 item
+    12): report.md, per_image.csv (rows as a set: the ranks' order differs), the prediction files."""
+    from monai_mcx.transforms.io import read_cxr
+
+    assert (ddp / "report.md").read_text() == (single / "report.md").read_text()
+    rows = _csv_rows(single / "per_image.csv")
+    assert len(rows) > 2 and _csv_rows(ddp / "per_image.csv") == rows
+    assert sorted(p.name for p in (ddp / "plots").iterdir()) == sorted(p.name for p in (single / "plots").iterdir())
+    pd, ps = ddp / "predictions", single / "predictions"
+    names = sorted(p.name for p in ps.iterdir())
+    assert sorted(p.name for p in pd.iterdir()) == names
+    assert _csv_rows(pd / "predictions.csv") == _csv_rows(ps / "predictions.csv")
+    records = [n for n in names if n.endswith(".json")]
+    assert len(records) == len(rows), "one prediction record per evaluated image"
+    for name in records:  # at the operating point each evaluation chose (the same: item 14)
+        assert json.loads((pd / name).read_text()) == json.loads((ps / name).read_text()), name
+    for name in (n for n in names if n.endswith("_mask.png")):
+        assert (read_cxr(str(pd / name))[0] == read_cxr(str(ps / name))[0]).all(), name
 
 
 def _assert_same_metrics(ddp: dict, single: dict) -> None:
@@ -127,9 +157,11 @@ def test_torchrun_two_processes_gloo(tmp_path, demo_datalist, single_thread):
             class_threshold=0.5,
             box_threshold=0.3,
             calibrate="none",
+            write_predictions=True,
         ),
     )
     _assert_same_metrics(json.loads((tmp_path / "eval_ddp" / "metrics.json").read_text()), single)
+    _assert_same_outputs(tmp_path / "eval_ddp", tmp_path / "eval_single")
 
 
 # ------------------------------------------------------------------------------------------ config combinations

@@ -8,7 +8,6 @@ import csv
 import gzip
 import io
 import json
-import sys
 import types
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from monai_mcx.networks import MultiCheXNet
 
 from conftest import BUNDLE, run_inference
 
-REPO = Path(__file__).resolve().parents[1]
 ANCHORS = [[8, 8], [12, 12], [16, 10]]
 CLASSES = ["pneumonia", "effusion"]
 #: name -> (W, H): non-square, different sizes (W/H swaps show)
@@ -332,41 +330,6 @@ def test_saliency_result_for_monai_label(single_thread):
             assert ref[k][tuple(res["peak_xy"][c])] == ref[k].max()
     with pytest.raises(ValueError, match="one image"):
         saliency_result(sal, torch.rand(2, 1, 64, 64), (70, 50), CLASSES)
-
-
-@pytest.fixture
-def fake_monailabel(monkeypatch):
-    """Just enough of ``monailabel`` (absent from the core environment) to import ``monailabel_app/lib/infer.py``:
-    the task's own ``run_inferer`` is what is tested."""
-
-    class BasicInferTask:
-        def __init__(self, **kwargs):
-            self._config = kwargs.get("config", {})
-            self._networks = {}
-            self.output_label_key = "pred"
-            self.output_json_key = "result"
-
-    mods = {
-        "monailabel": types.ModuleType("monailabel"),
-        "monailabel.interfaces": types.ModuleType("monailabel.interfaces"),
-        "monailabel.interfaces.tasks": types.ModuleType("monailabel.interfaces.tasks"),
-        "monailabel.interfaces.tasks.infer_v2": types.ModuleType("monailabel.interfaces.tasks.infer_v2"),
-        "monailabel.tasks": types.ModuleType("monailabel.tasks"),
-        "monailabel.tasks.infer": types.ModuleType("monailabel.tasks.infer"),
-        "monailabel.tasks.infer.basic_infer": types.ModuleType("monailabel.tasks.infer.basic_infer"),
-    }
-    mods["monailabel.interfaces.tasks.infer_v2"].InferType = types.SimpleNamespace(SEGMENTATION="segmentation")
-    mods["monailabel.tasks.infer.basic_infer"].BasicInferTask = BasicInferTask
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.syspath_prepend(str(REPO / "monailabel_app"))
-    for name in [n for n in sys.modules if n == "lib" or n.startswith("lib.")]:
-        monkeypatch.delitem(sys.modules, name)
-    import importlib
-
-    yield importlib.import_module("lib.infer")
-    for name in [n for n in sys.modules if n == "lib" or n.startswith("lib.")]:
-        sys.modules.pop(name, None)
 
 
 def test_monailabel_infer_task_returns_saliency_on_request(fake_monailabel, single_thread):

@@ -1,5 +1,5 @@
 """Export: TorchScript through ``monai.bundle ckpt_export`` and ONNX through ``monai_mcx.export`` (both built from the
-checkpoint's model description; ``torch.export`` is covered in test_artifact.py), each matching eager PyTorch (max abs difference < 1e-4 on random inputs), for all heads and single heads."""
+checkpoint's model description; ``torch.export`` is covered in test_model.py), each matching eager PyTorch (max abs difference < 1e-4 on random inputs), for all heads and single heads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh --dry: the GPU script starts on CPU (tiny sizes) and writes its one results file."""
+"""experiments/gpu_check.sh --dry: the GPU script starts on CPU (tiny sizes) and writes its one results file."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_gpu_check_dry_mode_writes_results(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry"],
+        ["bash", str(REPO / "experiments" / "gpu_check.sh"), "--dry"],
         cwd=REPO,
         env=env,
         capture_output=True,

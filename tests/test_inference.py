@@ -25,13 +25,15 @@ SIZES = {
     "c_jpeg.jpg": (60, 80),
     "d_nifti.nii.gz": (55, 45),
     "h_dicom_no_extension": (48, 36),
+    "i_tiff.tif": (52, 44),  # grayscale TIFF (issue 24 item 7)
+    "j_dicom_named.png": (46, 38),  # a DICOM named .png: read as DICOM, by its content
 }
 #: name -> what its error row says (#13 items 8, 9): refused images and skipped paths
 ERRORS = {
     "e_broken.png": "not an image",
     "f_tiny.png": "image is 1x1 pixels",
     "g_huge.png": "more than max_pixels",
-    "notes.txt": "skipped: not a DICOM/PNG/JPEG/NIfTI file",
+    "notes.txt": "skipped: not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI",
     "sub": "skipped: a folder",
     "loop_a": "skipped: symlink loop",
     "loop_b": "skipped: symlink loop",
@@ -83,6 +85,10 @@ def _make_inputs(folder: Path) -> None:
     _bilevel_png(folder / "g_huge.png", 10000, 10000)  # 12 kB file, 100 M pixels: refused from the header
     w, h = SIZES["h_dicom_no_extension"]
     _write_dicom(folder / "h_dicom_no_extension", rng.integers(0, 4096, (h, w)))  # found by its DICOM header
+    w, h = SIZES["i_tiff.tif"]
+    Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(folder / "i_tiff.tif")
+    w, h = SIZES["j_dicom_named.png"]
+    _write_dicom(folder / "j_dicom_named.png", rng.integers(0, 4096, (h, w)))
     (folder / "notes.txt").write_text("not an image")
     (folder / "sub").mkdir()
     (folder / "loop_a").symlink_to(folder / "loop_b")
@@ -207,15 +213,11 @@ def test_guard_collates_good_and_failed_items(tmp_path):
 
 
 def test_benchmark_quick_writes_records_with_the_schema(tmp_path):
-    """``scripts/benchmark.py --quick`` at a tiny size: the JSON records' schema (no timing is checked)."""
-    import importlib.util
+    """``python -m experiments.benchmark --quick`` at a tiny size: the JSON records' schema (no timing is checked)."""
     import json as _json
 
-    from conftest import REPO
+    from experiments import benchmark as bench
 
-    spec = importlib.util.spec_from_file_location("mcx_benchmark", REPO / "scripts" / "benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
     bench.main(
         [

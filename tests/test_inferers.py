@@ -253,7 +253,7 @@ def test_prediction_keys_have_one_home():
     ]
     pattern = re.compile(r"[\"'](" + "|".join(names) + r")[\"']")
     found = []
-    for folder in ("monai_mcx", "monailabel_app", "scripts"):
+    for folder in ("monai_mcx", "monailabel_app", "scripts", "experiments"):
         for path in (REPO / folder).rglob("*.py"):
             if path.name == "keys.py":
                 continue

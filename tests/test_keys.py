@@ -26,11 +26,14 @@ ROOT = PACKAGE.parent
 #: (file relative to the repository root, value) -> why that string is not one of the keys it coincides with
 ALLOWED: dict[tuple[str, str], str] = {
     ("monai_mcx/data/datalist.py", "error"): "UNCERTAIN_POLICIES names the uncertain-label policy 'error', not a key",
-    ("monai_mcx/transforms/readers.py", "error"): "grey_masks='error' names a grey-mask policy, not a key",
+    ("monai_mcx/data/pixels.py", "error"): "grey_masks='error' names a grey-mask policy, not a key",
     ("monai_mcx/handlers/predictions.py", "positive"): "the prediction JSON's gate.positive (the gate's decision)",
+    ("monai_mcx/dicom/outputs.py", "positive"): "the prediction JSON's gate.positive (the gate's decision)",
+    ("monai_mcx/handlers/output_folder.py", "image"): "the run manifest's event name 'image', not a key",
     ("monai_mcx/data/public/covid.py", "image"): "a column of the COVID-QU-Ex / ieee8023 box CSV (an input format)",
     ("monai_mcx/data/public/covid.py", "label"): "a column of the COVID-QU-Ex / ieee8023 box CSV (an input format)",
     ("monai_mcx/data/public/siim.py", "positive"): "a field of the SIIM adapter's RLE record, not a batch key",
+    ("monai_mcx/data/public/siim_covid.py", "image"): "a column of the SIIM-FISABIO-RSNA labels.csv (an input format)",
 }
 
 _GETTERS = {"get", "pop", "setdefault"}

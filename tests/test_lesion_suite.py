@@ -1,4 +1,4 @@
-"""The lesion suite of scripts/run_experiments.py (issue 12 item 4): its metrics, folds, bootstrap intervals,
+"""The lesion suite of experiments/run_experiments.py (issue 12 item 4): its metrics, folds, bootstrap intervals,
 the results files keyed by suite, and a --quick run on a few real images."""
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from conftest import REPO, SHARED
+from experiments import lesion_suite, run_experiments
 
-sys.path.insert(0, str(REPO / "scripts"))
-import lesion_suite  # noqa: E402
-import run_experiments  # noqa: E402
+from conftest import REPO, SHARED
 
 
 def test_bootstrap_auc_matches_sklearn_and_brackets_the_estimate():
@@ -147,7 +145,7 @@ def _lesion_entry():
     ]
     return {
         "suite": "lesions",
-        "command": "python scripts/run_experiments.py --suite lesions",
+        "command": "python -m experiments.run_experiments --suite lesions",
         "created": "now",
         "preset": "quick",
         "settings": lesion_suite.LESION_PRESETS["quick"],
@@ -218,7 +216,8 @@ def test_lesion_suite_quick_on_real_images(tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
     cmd = [
         sys.executable,
-        str(REPO / "scripts" / "run_experiments.py"),
+        "-m",
+        "experiments.run_experiments",
         "--suite",
         "lesions",
         "--quick",
@@ -259,9 +258,8 @@ def test_lesion_suite_quick_on_real_images(tmp_path):
 
 @pytest.mark.shared
 def test_evaluate_real_post_processes_through_the_one_post_processor(tmp_path, monkeypatch):
-    """scripts/evaluate_real.py takes probabilities, gate, masks and boxes from MultiCheXNetPostprocessor."""
-    import importlib.util
-
+    """experiments/evaluate_real.py takes probabilities, gate, masks and boxes from MultiCheXNetPostprocessor."""
+    from experiments import evaluate_real
     from monai_mcx.data.public import COVIDLesions, RSNAPneumonia
     from monai_mcx.inferers import MultiCheXNetPostprocessor
 
@@ -286,11 +284,8 @@ def test_evaluate_real_post_processes_through_the_one_post_processor(tmp_path, m
         return real_call(self, outputs, images)
 
     monkeypatch.setattr(MultiCheXNetPostprocessor, "__call__", spy)
-    spec = importlib.util.spec_from_file_location("evaluate_real", REPO / "scripts" / "evaluate_real.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     args = ["--ckpt", str(ckpt), "--datalist", str(datalist), "--output-dir", str(tmp_path), "--gate", "0.6"]
-    assert mod.main(args + ["--box-score", "0.2"]) == 0
+    assert evaluate_real.main(args + ["--box-score", "0.2"]) == 0
     assert calls and calls[0]["class_thresholds"] == {"pneumonia": 0.6} and calls[0]["box_score_threshold"] == 0.2
     m = json.loads((tmp_path / "results_real.json").read_text())["metrics"]
     for key in ("rsna/auc", "rsna/ap50", "rsna/rsna_metric/gated", "covid_lesions/dice_positive"):

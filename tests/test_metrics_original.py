@@ -150,3 +150,61 @@ def test_bundle_evaluation_reports_both_resolutions(evaluated_bundle):
         assert metrics[f"{key}{ORIGINAL_SUFFIX}"] == pytest.approx(metrics[key], abs=1e-9), key
     report = (out / "report.md").read_text()
     assert "gated, original px" in report and "ungated, network px" in report
+
+
+def _with_in_memory_masks(pred: dict, targets: dict, lesion: bool) -> tuple[dict, dict]:
+    """The batch of :func:`_batch` plus a third image whose mask exists only in memory (no file, ``mask_path`` "";
+    as ``PrepareAnnotationsd(empty_mask_if_no_boxes=True)`` gives a negative): all-zero, or with a lesion."""
+    p3 = torch.as_tensor(_blob(NET, (15.0, 15.0), (3.0, 3.0)))[None, None]  # some predicted pixels on a negative
+    true3 = torch.zeros(1, 1, *NET)
+    if lesion:
+        true3[..., 5:10, 5:10] = 1.0
+    pred = dict(pred)
+    pred[PredKeys.SEG_PROBS.value] = torch.cat([pred[PredKeys.SEG_PROBS.value], p3])
+    pred[PredKeys.SEG_MASK.value] = pred[PredKeys.SEG_PROBS.value] >= 0.5
+    pred[PredKeys.CLASS_PROBS.value] = torch.tensor([[0.9], [0.2], [0.7]])
+    pred[PredKeys.DETECTIONS.value] = pred[PredKeys.DETECTIONS.value] + [
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0)}
+    ]
+    t = dict(targets)
+    t[BatchKeys.IMAGE.value] = torch.zeros(3, 1, *NET)
+    t[BatchKeys.LABEL.value] = torch.tensor([[1.0], [1.0], [0.0]])
+    t[BatchKeys.HAS_LABEL.value] = torch.ones(3)
+    t[BatchKeys.MASK.value] = torch.cat([targets[BatchKeys.MASK.value], true3])
+    t[BatchKeys.HAS_MASK.value] = torch.ones(3)
+    t[BatchKeys.BOXES.value] = targets[BatchKeys.BOXES.value] + [torch.zeros(0, 4)]
+    t[BatchKeys.HAS_BOXES.value] = torch.ones(3)
+    t[BatchKeys.ORIGINAL_SIZE.value] = [list(ORIG)] * 3
+    t[BatchKeys.MASK_PATH.value] = targets[BatchKeys.MASK_PATH.value] + [""]
+    return pred, t
+
+
+def test_in_memory_empty_mask_counts_at_both_resolutions(tmp_path):
+    """Issue 24 item 17: a negative whose empty mask exists only in memory (``empty_mask_if_no_boxes``) is in the
+    network-px AND the original-px Dice (as an all-zero mask of its original size), so both columns cover the same
+    images."""
+    pred, targets = _with_in_memory_masks(*_batch(tmp_path)[:2], lesion=False)
+    metric = MultiTaskMetrics(["lesion"], original_resolution=True)
+    metric.update((pred, targets))
+    out = metric.compute()
+    assert out["segmentation/n_images"] == out[f"segmentation/n_images{ORIGINAL_SUFFIX}"] == 3
+    # the negative's predicted pixels make its Dice 0 (SIIM rule): the empty-aware mean is over 3 images at both
+    two = MultiTaskMetrics(["lesion"], original_resolution=True)
+    two.update(_batch(tmp_path)[:2])
+    ref = two.compute()
+    for key in ("segmentation/dice_empty_aware", f"segmentation/dice_empty_aware{ORIGINAL_SUFFIX}"):
+        assert out[key] == pytest.approx(ref[key] * 2 / 3, abs=1e-9), key
+    assert out[f"segmentation/dice_positive{ORIGINAL_SUFFIX}"] == pytest.approx(
+        ref[f"segmentation/dice_positive{ORIGINAL_SUFFIX}"], abs=1e-9
+    )
+
+
+def test_in_memory_lesion_mask_is_left_out_at_original_resolution_with_a_warning(tmp_path):
+    """A NON-empty in-memory mask has no original-size pixels to compare with: left out of the original-px Dice,
+    with a warning, and the counts say so."""
+    pred, targets = _with_in_memory_masks(*_batch(tmp_path)[:2], lesion=True)
+    metric = MultiTaskMetrics(["lesion"], original_resolution=True)
+    metric.update((pred, targets))
+    with pytest.warns(UserWarning, match="1 image.*non-empty in-memory mask"):
+        out = metric.compute()
+    assert out["segmentation/n_images"] == 3 and out[f"segmentation/n_images{ORIGINAL_SUFFIX}"] == 2

@@ -20,6 +20,7 @@ Skipped only when the environment cannot be built for lack of the package index;
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -167,11 +168,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(ml_python, setup_dirs):
+@contextlib.contextmanager
+def run_server(ml_python, d: dict, studies: str, env: dict | None = None, extra_conf: dict | None = None):
+    """Start ``monailabel.main start_server`` for the app copy ``d["app"]`` and bundle ``d["bundle"]`` on
+    ``studies`` (a folder, or a DICOMweb root ``http://.../dicom-web``) on a free port, with ``env`` added to the
+    environment and ``extra_conf`` to the ``--conf`` pairs; yield
+    ``{"base", "proc", "log"}`` once ``/info/`` answers; stop it afterwards."""
     port = _free_port()
-    d = setup_dirs
-    log_path = d["root"] / "server.log"
+    log_path = d["root"] / f"server-{port}.log"
     env = {
         **os.environ,
         "TMPDIR": str(d["scratch"]),
@@ -179,33 +183,14 @@ def server(ml_python, setup_dirs):
         "BUNDLE_DOWNLOAD_SRC": "github",
         "PYTHONPATH": str(REPO),  # this checkout's monai_mcx, whatever the venv's editable install points to
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
-    cmd = [
-        str(ml_python),
-        "-m",
-        "monailabel.main",
-        "start_server",
-        "--app",
-        str(d["app"]),
-        "--studies",
-        str(d["studies"]),
-        "--conf",
-        "bundle",
-        str(d["bundle"]),
-        "--conf",
-        "overrides",
-        json.dumps(OVERRIDES),
-        "--conf",
-        "zoo_source",
-        "github",
-        "--conf",
-        "sam2",
-        "false",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    conf = {"bundle": str(d["bundle"]), "overrides": json.dumps(OVERRIDES), "zoo_source": "github", "sam2": "false"}
+    conf.update(extra_conf or {})
+    cmd = [str(ml_python), "-m", "monailabel.main", "start_server", "--app", str(d["app"]), "--studies", studies]
+    for key, value in conf.items():
+        cmd += ["--conf", key, value]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             cmd, cwd=d["scratch"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -225,7 +210,7 @@ def server(ml_python, setup_dirs):
                 pytest.fail(f"the server did not answer /info/ within 240 s:\n{log_path.read_text()[-4000:]}")
             time.sleep(1)
         print(f"[monailabel server] up in {time.time() - t0:.0f} s on {base}")
-        yield {"base": base, "proc": proc, "log": log_path, **d}
+        yield {"base": base, "proc": proc, "log": log_path}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -234,6 +219,12 @@ def server(ml_python, setup_dirs):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(ml_python, setup_dirs):
+    with run_server(ml_python, setup_dirs, str(setup_dirs["studies"])) as srv:
+        yield {**setup_dirs, **srv}
 
 
 # ------------------------------------------------------------------------------------------------------

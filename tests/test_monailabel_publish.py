@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 
 import pytest
@@ -150,3 +151,54 @@ def test_load_published_refuses_a_stale_pair(tmp_path):
     torch.save(net.state_dict(), path)  # weights replaced behind the description's back
     with pytest.raises(StaleDescriptionError, match="belongs to other weights"):
         pub.load_published(path, retries=2, wait_s=0.0)
+
+
+def test_infer_task_takes_the_whole_operating_point_from_the_current_description(tmp_path, fake_monailabel):
+    """Issue 24 item 15: after an evaluation rewrites ``model.json`` in place (new calibration, class and box
+    thresholds), the MONAI Label infer task applies all of them together: the config merged into every request
+    holds no start-up copy of the thresholds. A request's own override still applies."""
+    import os
+    import shutil
+
+    from monai_mcx.model import load_description, save_description
+
+    from conftest import BUNDLE, monailabel_request
+
+    infer = fake_monailabel
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    _, net, path = _described(bundle / "models")
+    task = infer.MultiCheXNetInfer(infer.BundleSpec(str(bundle)))
+    x = torch.rand(1, 64, 64)
+    with torch.no_grad():
+        z = float(net.eval()(x[None])["class_logits"][0, 0])
+
+    def run(**params):
+        data = monailabel_request(task, {"image": x, infer.ORIGINAL_SIZE: [70, 50], **params})
+        return task.run_inferer(data, device="cpu")["result"]
+
+    first = run()
+    assert first["gate"]["thresholds"] == {"pneumonia": pytest.approx(0.37)}
+    assert first["box_score_threshold"] == pytest.approx(0.42) and first["calibrated"] is False
+
+    # an evaluation writes a new operating point into model.json (same weights)
+    desc = load_description(path)
+    desc = desc.with_thresholds({"pneumonia": 0.61}, "youden", "validation")
+    desc = desc.with_calibration({"pneumonia": 2.5}, "validation", 40).with_box_threshold(0.55, "rsna", "validation")
+    save_description(desc, path)
+    json_path = bundle / "models" / "model.json"
+    st = os.stat(json_path)
+    os.utime(json_path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a later write, whatever the clock
+
+    second = run()
+    assert second["calibrated"] is True
+    assert second["class_probabilities"]["pneumonia"] == pytest.approx(1 / (1 + math.exp(-z / 2.5)), abs=1e-5)
+    assert second["gate"]["thresholds"] == {"pneumonia": pytest.approx(0.61)}
+    assert second["gate"]["positive"] == (second["class_probabilities"]["pneumonia"] >= 0.61)
+    assert second["box_score_threshold"] == pytest.approx(0.55)
+    assert all(b["score"] >= 0.55 for b in second["boxes_ungated"])
+
+    overridden = run(class_thresholds=0.05, box_score_threshold=0.0)
+    assert overridden["gate"]["thresholds"] == {"pneumonia": 0.05} and overridden["box_score_threshold"] == 0.0
+    assert overridden["class_probabilities"] == second["class_probabilities"]

@@ -1,5 +1,6 @@
 """The package's structure: no import cycle among the modules of ``monai_mcx``, ``torch.load`` called in one place
-(``monai_mcx/networks/weights.py``), and no module over 600 lines.
+(``monai_mcx/networks/weights.py``), no program in ``experiments/`` or ``scripts/`` editing ``sys.path``, and no module
+over 600 lines.
 
 The import graph is read from the source (``ast``), not by importing: an edge ``a -> b`` means that importing module
 ``a`` runs module ``b`` first (a module-level ``import`` / ``from ... import``; imports inside functions are not
@@ -21,6 +22,9 @@ PACKAGE = "monai_mcx"
 TORCH_LOAD_HOME = Path("monai_mcx") / "networks" / "weights.py"
 #: folders whose code must read weights through the weights layer (tests may call torch.load)
 TORCH_LOAD_SCOPE = ("monai_mcx", "scripts", "experiments", "monailabel_app")
+#: folders of programs run from the repository root (``python -m experiments.<name>``, ``python scripts/<name>.py``):
+#: they import ``monai_mcx`` and ``experiments`` from the root or as installed, never by editing ``sys.path``
+SYS_PATH_SCOPE = ("experiments", "scripts")
 MAX_LINES = 600
 
 
@@ -221,18 +225,49 @@ def test_torch_load_finder(tmp_path):
 
 
 def test_torch_load_only_in_the_weights_layer():
-    offenders = []
+    offenders, scanned = [], set()
     for folder in TORCH_LOAD_SCOPE:
         for path in sorted((REPO / folder).rglob("*.py")) if (REPO / folder).is_dir() else []:
             rel = path.relative_to(REPO)
+            scanned.add(rel)
             if rel == TORCH_LOAD_HOME:
                 assert torch_load_calls(path), f"{rel} no longer calls torch.load: update TORCH_LOAD_HOME"
                 continue
             offenders += [f"{rel}:{line}" for line in torch_load_calls(path)]
+    assert Path("experiments") / "lesion_suite.py" in scanned and TORCH_LOAD_HOME in scanned
     assert not offenders, (
         f"torch.load called outside {TORCH_LOAD_HOME} (read weights with monai_mcx.model.load_model or "
         f"monai_mcx.networks.weights): {offenders}"
     )
+
+
+# ----------------------------------------------------------------------------------------------- sys.path
+def sys_path_uses(path: Path) -> list[int]:
+    """Line numbers where ``path`` touches ``sys.path`` (``sys.path...`` or ``from sys import path``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "path":
+            if isinstance(node.value, ast.Name) and node.value.id == "sys":
+                lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "sys" and any(a.name == "path" for a in node.names):
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_sys_path_finder(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("import os.path\nimport sys\n\nsys.path.insert(0, 'x')\nos.path.join('a')\nfrom sys import path\n")
+    assert sys_path_uses(f) == [4, 6]
+
+
+def test_no_sys_path_edits_in_experiments_or_scripts():
+    """The experiments run as ``python -m experiments.<name>`` from the repository root and import through the
+    package (``experiments.common``, ``monai_mcx``): none of them, and no user script, edits ``sys.path``."""
+    files = [p for folder in SYS_PATH_SCOPE for p in sorted((REPO / folder).rglob("*.py"))]
+    assert REPO / "experiments" / "common.py" in files  # the scan is not trivially empty
+    offenders = [f"{p.relative_to(REPO)}:{line}" for p in files for line in sys_path_uses(p)]
+    assert not offenders, f"sys.path edited (run the program as a module from the repository root): {offenders}"
 
 
 # ----------------------------------------------------------------------------------------------- module size

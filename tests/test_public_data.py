@@ -222,6 +222,34 @@ def test_rsna_bad_rows_named(tmp_path, row, problem):
     assert len(ds.skipped) == 1 and ds.skipped[0]["row"] == 3 and problem in ds.skipped[0]["problem"]
 
 
+def test_rsna_exact_duplicate_rows_dropped_with_a_warning(tmp_path):
+    """Issue 24 item 9: a repeated row is one box, not two; the warning names the CSV lines and the patient."""
+    labels = (
+        "patientId,x,y,width,height,Target\n"
+        "a,,,,,0\n"  # line 2
+        "b,10,20,30,40,1\n"  # line 3
+        "b,10,20,30,40,1\n"  # line 4: repeats line 3
+        "b,100,100,50,60,1\n"  # line 5
+        "c,,,,,0\n"  # line 6
+        "b,10,20,30,40,1\n"  # line 7: repeats line 3 again
+        "c,,,,,0\n"  # line 8: repeats line 6
+    )
+    root = _rsna(tmp_path, labels, RSNA_DETAILED)
+    with pytest.warns(UserWarning) as record:
+        items = {it["patient"]: it for it in RSNAPneumonia(root).load()}
+    text = "\n".join(str(w.message) for w in record)
+    assert "stage_2_train_labels.csv.gz: 3 exact duplicate rows dropped" in text
+    assert "row 4 (patientId b, repeats row 3)" in text and "row 7 (patientId b, repeats row 3)" in text
+    assert "row 8 (patientId c, repeats row 6)" in text
+    assert items["rsna:b"]["boxes"] == [[10.0, 20.0, 40.0, 60.0], [100.0, 100.0, 150.0, 160.0]]
+    assert items["rsna:c"]["boxes"] == [] and items["rsna:a"]["boxes"] == []
+
+
+def test_rsna_without_duplicates_is_silent(tmp_path, recwarn):
+    RSNAPneumonia(_rsna(tmp_path, RSNA_OK, RSNA_DETAILED)).load()
+    assert not [w for w in recwarn if "duplicate" in str(w.message)]
+
+
 def test_missing_image_and_empty_csv_named(tmp_path):
     root = _rsna(tmp_path, RSNA_OK, images=("a", "b"))
     with pytest.raises(DataError, match=r"stage_2_train_labels.csv.gz, row 5: image not found: .*c.dcm"):

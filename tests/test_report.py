@@ -207,3 +207,107 @@ def test_gated_metrics_on_a_hand_made_case(tmp_path):
     assert best[0]["index"] == 0 and worst[0]["index"] == 1  # ranked by Dice (1 vs 2/3)
     for name in ("roc_pneumonia.png", "pr_pneumonia.png", "dice_hist.png", "gallery.png"):
         assert (tmp_path / "plots" / name).is_file()
+
+
+# ------------------------------------------------------------------------------ distributed evaluation (item 12)
+def _shard(batches: list[dict], keep: list[int]) -> list[dict]:
+    """The images ``keep`` of the one-batch hand-made evaluation (what one rank's sampler would give it)."""
+    b = batches[0]
+
+    def take(v):
+        if isinstance(v, dict):
+            return {k: take(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [v[i] for i in keep]
+        return v[keep]
+
+    return [{k: take(v) for k, v in b.items()}]
+
+
+def _fake_ranks(monkeypatch, rank: int, sent: list, others: list) -> None:
+    """A 2-rank ``torch.distributed`` where this process is ``rank``: ``all_gather_object`` records what this rank
+    sends in ``sent`` and receives, in rank order, its own object and ``others.pop(0)``."""
+    import torch.distributed as dist
+
+    def all_gather_object(parts, obj):
+        sent.append(obj)
+        other = others.pop(0) if others else obj
+        parts[:] = [obj, other] if rank == 0 else [other, obj]
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: rank)
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+
+
+def _per_image(folder: Path) -> set[tuple]:
+    import csv
+
+    with (folder / "per_image.csv").open() as f:
+        return {tuple(sorted(r.items())) for r in csv.DictReader(f)}
+
+
+def test_distributed_report_covers_every_rank(tmp_path, monkeypatch):
+    """Issue 24 item 12: each rank collects its shard; the report gathers every rank's per-image records, so
+    report.md's counts, per_image.csv and the gallery of rank 0 cover the whole split (as one process), and the
+    report handler runs on every rank (the gather is a collective), rank 0 alone writing."""
+    from monai_mcx.engines.distributed import rank0_handlers
+
+    batches = _hand_made_batches()
+    batches[0]["image_path"] = ["a.png", "b.png", "c.png"]  # as collate_cxr hands them to the report
+    single = EvaluationReport(tmp_path / "single", ["pneumonia"], num_cases=1)
+    engine = Engine(lambda e, batch: batch)
+    single.attach(engine)
+    engine.run(batches)
+
+    sent: list = []
+    with monkeypatch.context() as m:  # rank 1: images 1; it sends its records and writes nothing
+        _fake_ranks(m, 1, sent, [])
+        r1 = EvaluationReport(tmp_path / "rank1", ["pneumonia"], num_cases=1)
+        assert rank0_handlers([r1], rank=1) == [r1]
+        e1 = Engine(lambda e, batch: batch)
+        r1.attach(e1)
+        e1.run(_shard(batches, [1]))
+    assert not (tmp_path / "rank1").exists()
+    with monkeypatch.context() as m:  # rank 0: images 0 and 2, receives rank 1's records
+        _fake_ranks(m, 0, [], [sent[0]])
+        r0 = EvaluationReport(tmp_path / "rank0", ["pneumonia"], num_cases=1)
+        e0 = Engine(lambda e, batch: batch)
+        r0.attach(e0)
+        e0.run(_shard(batches, [0, 2]))
+
+    assert (
+        _per_image(tmp_path / "rank0") == _per_image(tmp_path / "single") and len(_per_image(tmp_path / "single")) == 3
+    )
+    text0, text1 = (tmp_path / "rank0" / "report.md").read_text(), (tmp_path / "single" / "report.md").read_text()
+    section = text1.split("## Images")[1].split("## ")[0]  # the per-task image counts
+    assert "| all | 3 |" in section and section in text0
+    assert "| all | 3 |" in text0 and "shard" not in text0
+    # the gallery ranks the cases of both ranks: the best (Dice 1) is on rank 0, the worst (Dice 2/3) on rank 1
+    best, worst = r0.gallery_cases()
+    assert best[0]["rank"] == pytest.approx(1.0) and worst[0]["rank"] == pytest.approx(2 / 3)
+    assert (tmp_path / "rank0" / "plots" / "dice_hist.png").is_file()
+
+
+def test_prediction_summary_gathers_every_rank(monkeypatch):
+    """The prediction writer's summary rows: every rank's on rank 0, None on the others; a file name written by
+    two ranks for different images is an error on every rank."""
+    from monai_mcx.engines.distributed import gather_rows
+
+    a, b = (
+        [{"image": "x/a.png", "json": "a.json"}],
+        [{"image": "y/b.png", "json": "b.json"}, {"image": "z", "error": "e"}],
+    )
+    assert gather_rows(a, unique="json") == a  # one process
+    with monkeypatch.context() as m:
+        _fake_ranks(m, 0, [], [b])
+        assert gather_rows(a, unique="json") == a + b
+    with monkeypatch.context() as m:
+        _fake_ranks(m, 1, [], [a])
+        assert gather_rows(b, unique="json") is None
+    clash = [{"image": "other/a.png", "json": "a.json"}]
+    for rank in (0, 1):
+        with monkeypatch.context() as m:
+            _fake_ranks(m, rank, [], [clash])
+            with pytest.raises(RuntimeError, match=r"a.json \(rank 0: .*a.png, rank 1: .*a.png\)"):
+                gather_rows(a, unique="json")

@@ -256,7 +256,10 @@ def test_no_unsafe_torch_load():
 
     offenders = []
     for path in (
-        list((REPO / "monai_mcx").rglob("*.py")) + list((REPO / "scripts").rglob("*.py")) + list(CONFIGS.glob("*.json"))
+        list((REPO / "monai_mcx").rglob("*.py"))
+        + list((REPO / "scripts").rglob("*.py"))
+        + list((REPO / "experiments").rglob("*.py"))
+        + list(CONFIGS.glob("*.json"))
     ):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             if re.search(r"torch\.load\(", line) and "weights_only=True" not in line:

@@ -153,7 +153,8 @@ def test_run_experiments_quick_writes_result_records(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "run_experiments.py"),
+            "-m",
+            "experiments.run_experiments",
             "--quick",
             "--suite",
             "lung",

@@ -168,8 +168,8 @@ def test_resolve_datalist_and_inference_items(small_set, tmp_path):
     files = inference_items(tmp_path)
     assert [f["image"] for f in files if "error" not in f] == [str(tmp_path / n) for n in ("a.png", "a_mask.png")]
     assert {Path(f["image"]).name: f["error"].split("skipped: ")[1] for f in files if "error" in f} == {
-        "datalist.json": "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)",
-        "other": "a folder (folder inference does not search sub-folders)",
+        "datalist.json": "not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI (named .json)",
+        "other": "a folder without DICOM files (sub-folders are searched for DICOM only)",
     }
     assert inference_items(small_set, "training")[0] == {"image": str(tmp_path / "a.png")}
     with pytest.raises(DatalistError, match="no DICOM/PNG"):
@@ -289,8 +289,8 @@ def test_folder_listing_names_every_skipped_path_and_sniffs_dicom(small_set, tmp
         "dangling.png": "broken symlink (its target does not exist)",
         "loop_a": "symlink loop",
         "loop_b": "symlink loop",
-        "notes.txt": "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)",
-        "sub": "a folder (folder inference does not search sub-folders)",
+        "notes.txt": "not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI (named .txt)",
+        "sub": "a folder (searched for DICOM files only)",
     }
     items = inference_items(folder)
     assert len(items) == 8 and sum("error" in it for it in items) == 5

@@ -26,10 +26,11 @@ import numpy as np
 
 from monai_mcx.data.datalist import load_datalist
 from monai_mcx.data.errors import DataError
+from monai_mcx.data.formats import input_format
 from monai_mcx.keys import DatalistKeys
 from monai_mcx.networks.anchors import fit_anchor_shapes
 from monai_mcx.transforms.readers import exif_size_wh
-from monai_mcx.utils import is_dicom_file, write_json_atomic
+from monai_mcx.utils import write_json_atomic
 
 __all__ = [
     "image_size_wh",
@@ -44,9 +45,6 @@ __all__ = [
 #: fallback shapes ``[w, h]`` for a 128-px input when the data hold too few boxes to fit (scaled to the input size)
 DEFAULT_ANCHOR_SHAPES = ((16.0, 16.0), (24.0, 24.0), (32.0, 20.0))
 
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
 
 def image_size_wh(path: str | os.PathLike) -> tuple[int, int]:
     """``(W, H)`` of a 2D image file from its header (W = number of columns = size along x).
@@ -55,16 +53,16 @@ def image_size_wh(path: str | os.PathLike) -> tuple[int, int]:
         DataError: naming the file when it cannot be read or is not 2D.
     """
     path = Path(path)
-    name = path.name.lower()
     try:
-        if name.endswith(_NIFTI_SUFFIXES):
+        fmt = input_format(path)  # the loader's rule: the content decides, not the name
+        if fmt == "nifti":
             import nibabel as nib
 
             shape = [int(s) for s in nib.load(str(path)).header.get_data_shape()]
             if len(shape) < 2:
                 raise DataError(f"expected a 2D NIfTI image, got shape {tuple(shape)}", path)
             return shape[0], shape[1]  # NIfTI arrays are indexed (x, y)
-        if name.endswith(_DICOM_SUFFIXES) or is_dicom_file(path):
+        if fmt == "dicom":
             import pydicom
 
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)

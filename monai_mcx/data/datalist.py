@@ -4,7 +4,7 @@ A datalist is a MONAI-style JSON object ``{"class_names": [...], "training": [..
 "test": [...]}``.  Each item has the keys
 
 ========== =====================================================================================
-``image``   path to a DICOM/PNG/JPEG/NIfTI file, relative to the datalist's folder
+``image``   path to a DICOM/PNG/JPEG/TIFF/NIfTI file, relative to the datalist's folder
 ``patient`` patient id (splits are made by patient, never by image)
 ``source``  data set name (``rsna``, ``siim``, ``nih``, ``kermany``, ``covid_lungs``, ``demo`` ...)
 ``label``   class vector over ``class_names`` or ``null`` when the image has no class annotation
@@ -37,8 +37,8 @@ from pathlib import Path
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.demo import ensure_demo_data
 from monai_mcx.data.errors import DataError
+from monai_mcx.data.formats import input_format
 from monai_mcx.keys import BatchKeys, DatalistKeys
-from monai_mcx.utils import is_dicom_file
 
 __all__ = [
     "DatalistError",
@@ -319,7 +319,9 @@ def resolve_datalist(
     )
 
 
-IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".nii", ".nii.gz")
+#: the usual extensions of the input formats (for globs and messages: an input is recognised by its content,
+#: :func:`monai_mcx.data.formats.sniff_format`, whatever its name)
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz")
 
 
 def _skip_reason(path: Path) -> str | None:
@@ -334,29 +336,35 @@ def _skip_reason(path: Path) -> str | None:
                 return "broken symlink (its target does not exist)"
         return f"cannot be read ({e.strerror or e})"
     if stat.S_ISDIR(st.st_mode):
-        return "a folder (folder inference does not search sub-folders)"
+        return "a folder (searched for DICOM files only)"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if not os.access(path, os.R_OK):
         return "unreadable (permission denied)"
-    if path.name.lower().endswith(IMAGE_SUFFIXES) or is_dicom_file(path):  # DICOM sniffed, extension or not
-        return None
-    return "not a DICOM/PNG/JPEG/NIfTI file (no such extension and no DICOM header)"
+    try:
+        input_format(path)  # the loader's rule: the content decides, not the name
+    except DataError as e:
+        return e.problem
+    return None
 
 
 def list_image_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The input images of a folder, and every other entry with the reason it is skipped.
 
-    An entry is an input when it is a readable regular file (symlinks followed) whose name ends with one of
-    :data:`IMAGE_SUFFIXES` or which starts like a DICOM file (``DICM`` at byte 128: PACS exports often have
-    no extension). Everything else -- sub-folders (not searched), symlink loops, broken symlinks, unreadable
-    and other files -- is returned with its reason.
+    An entry is an input when it is a readable regular file (symlinks followed) whose content is DICOM, PNG,
+    JPEG, TIFF, BMP or NIfTI, whatever its name (:func:`monai_mcx.data.formats.sniff_format`, the rule the
+    loader applies: a DICOM named ``.png`` or without an extension, as PACS exports often are, is listed; a text
+    file named ``.png`` is not). Everything else -- sub-folders (searched for DICOM by :func:`inference_items`),
+    symlink loops, broken symlinks, unreadable and other files -- is returned with its reason; a DICOMDIR is
+    left out (its instances are files of the tree).
 
     Returns:
         ``(images, skipped)``: sorted paths, and ``(path, reason)`` pairs in name order.
     """
     images, skipped = [], []
     for path in sorted(Path(folder).iterdir()):
+        if path.name.upper() == "DICOMDIR":
+            continue
         reason = _skip_reason(path)
         if reason is None:
             images.append(path)
@@ -365,38 +373,75 @@ def list_image_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple
     return images, skipped
 
 
-def inference_items(source: str | os.PathLike, split: str = "test") -> list[dict]:
+def inference_items(
+    source: str | os.PathLike,
+    split: str = "test",
+    dicom_checks: bool | str = True,
+    allow_secondary: bool | str = False,
+    allow_lateral: bool | str = False,
+) -> list[dict]:
     """Items ``{"image": path}`` to run inference on; inputs that cannot be run carry an ``error`` instead.
 
     ``source`` is
 
-    * a folder: every DICOM/PNG/JPEG/NIfTI file in it (not recursive, sorted; extension-less DICOM files are
-      recognised by their header), see :func:`list_image_folder`. Every other entry (sub-folder, symlink
-      loop, unreadable or non-image file) becomes ``{"image": path, "error": "<path>: skipped: <reason>"}``,
-      which :class:`~monai_mcx.transforms.GuardLoadd` turns into an error row of ``predictions.csv``;
+    * a folder: the DICOM/PNG/JPEG/TIFF/BMP/NIfTI files directly in it (by content, sorted by name; extension-less
+      DICOM files included), see :func:`list_image_folder`, then the DICOM instances of its sub-folders (any depth,
+      grouped by study, series and instance number; PNG/JPEG files in sub-folders are not run), see
+      :func:`monai_mcx.dicom.inputs.nested_instances`. Every other entry (a sub-folder without DICOM, symlink loop,
+      unreadable or non-image file) becomes ``{"image": path, "error": "<path>: skipped: <reason>"}``, which
+      :class:`~monai_mcx.transforms.GuardLoadd` turns into an error row of ``predictions.csv``;
+    * a DICOMDIR: the instances it references;
+    * a DICOMweb address (``dicomweb://host:port/dicom-web?StudyInstanceUID=...`` or ``http(s)://...``): the
+      instances it selects, downloaded into a temporary folder (:func:`monai_mcx.dicom.inputs.fetch_items`);
     * a datalist JSON: its ``split`` list (annotations are dropped); an item whose image is missing becomes an
       item with ``error`` (the run goes on), and so does a malformed item;
     * a single image file.
 
+    Every DICOM item then gets its UIDs, age and pediatric flag, and an ``error`` when its header says it is not a
+    frontal chest radiograph (:func:`monai_mcx.dicom.inputs.annotate_items`; ``dicom_checks``, ``allow_secondary``,
+    ``allow_lateral`` are its options).
+
     Raises:
-        DatalistError: ``source`` does not exist, a folder holds no input image, or the datalist file itself
-            is not a valid datalist.
+        DatalistError: ``source`` does not exist, a folder holds no input image, a DICOMweb address selects
+            nothing or cannot be reached, or the datalist file itself is not a valid datalist.
     """
-    source = Path(source)
+    from monai_mcx.dicom import inputs
+
+    if inputs.is_dicomweb(source):
+        try:
+            items = inputs.fetch_items(str(source))
+        except ValueError as e:
+            raise DatalistError(str(e)) from e
+    else:
+        items = _file_items(Path(source), split)
+    return inputs.annotate_items(items, dicom_checks, allow_secondary, allow_lateral)
+
+
+def _file_items(source: Path, split: str) -> list[dict]:
+    """:func:`inference_items` of a local folder, DICOMDIR, datalist or file (no header checks)."""
+    from monai_mcx.dicom import inputs
+
     if source.is_dir():
         images, skipped = list_image_folder(source)
-        if not images:
+        nested, empty = inputs.nested_instances(source)
+        skipped = [(p, r) for p, r in skipped if not p.is_dir()] + empty
+        if not images and not nested:
             listed = "; ".join(f"{p.name}: {r}" for p, r in skipped[:5])
             raise DatalistError(
-                f"{source}: no DICOM/PNG/JPEG/NIfTI files in this folder"
+                f"{source}: no DICOM/PNG/JPEG/TIFF/BMP/NIfTI file in this folder and no DICOM file in its sub-folders"
                 + (f" ({len(skipped)} other entries skipped: {listed})" if skipped else "")
             )
-        items = [{DatalistKeys.IMAGE.value: str(p)} for p in images]
+        items = [{DatalistKeys.IMAGE.value: str(p)} for p in images] + nested
         items += [
             {DatalistKeys.IMAGE.value: str(p), BatchKeys.ERROR.value: f"{p}: skipped: {reason}"}
-            for p, reason in skipped
+            for p, reason in sorted(skipped)
         ]
         return items
+    if source.is_file() and inputs.is_dicomdir(source):
+        try:
+            return inputs.dicomdir_items(source)
+        except ValueError as e:
+            raise DatalistError(str(e)) from e
     if source.suffix.lower() == ".json":
         raw, _ = _read_split(source, split, None)
         out = []

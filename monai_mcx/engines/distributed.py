@@ -6,7 +6,10 @@ PyTorch's own engine does the work (``init_process_group``, ``DistributedDataPar
 * :func:`init_process_group` / :func:`destroy_process_group` for ``initialize`` / ``finalize``;
 * :func:`local_device`: ``cuda:$LOCAL_RANK`` (and ``torch.cuda.set_device``) when CUDA is there, else CPU;
 * :func:`wrap_ddp`: ``DistributedDataParallel`` around the network (the trainer's; ``network`` stays unwrapped);
-* :func:`rank0_handlers`: drops logging, TensorBoard and file-writing handlers on ranks > 0.
+* :func:`rank0_handlers`: drops logging, TensorBoard and file-writing handlers on ranks > 0;
+* :func:`gather_shards` / :func:`merge_shards`: every rank's per-image records of an evaluation merged into those of
+  the whole split (the metrics, the report), :func:`gather_rows`: rows of a per-image table on rank 0 (the
+  prediction writer's summary).
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from monai_mcx.keys import DatalistKeys
 from monai_mcx.utils import as_bool
 
 __all__ = [
@@ -37,6 +41,9 @@ __all__ = [
     "unwrap",
     "rank0_handlers",
     "SyncBuffers",
+    "gather_shards",
+    "merge_shards",
+    "gather_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,3 +253,122 @@ def rank0_handlers(handlers: Sequence[Any] | None, rank: int | None = None) -> l
             continue
         kept.append(h)
     return kept
+
+
+# ----------------------------------------------------------------------------------- gathering evaluation records
+def _several_ranks() -> bool:
+    return is_distributed() and dist.get_world_size() > 1
+
+
+def merge_shards(
+    parts: Sequence[Mapping[str, Any]], count: str, renumber: Mapping[str, Callable[[Any, int], Any]] | None = None
+) -> dict[str, Any]:
+    """Merge the per-image records of shards of one data set (one per rank, in rank order) into those of the set.
+
+    Each field of a shard is merged by its type: a list is concatenated (the items of a field named in
+    ``renumber`` refer to an image by its index within the shard: ``renumber[field](item, offset)`` returns the item
+    for the merged set, ``offset`` being the images of the shards before); a dict of numbers is summed per key;
+    anything else (a number, a numpy array of counts) is summed.
+
+    Args:
+        parts: the shards, e.g. from ``torch.distributed.all_gather_object``.
+        count: the field holding a shard's number of images (summed).
+        renumber: per list field, how to shift an item's image index by ``offset``.
+
+    Returns:
+        The merged fields.
+    """
+    renumber = dict(renumber or {})
+    merged: dict[str, Any] = {}
+    offset = 0
+    for part in parts:
+        for key, value in part.items():
+            if key == count:
+                continue
+            if isinstance(value, list):
+                items = [renumber[key](item, offset) for item in value] if key in renumber else list(value)
+                merged.setdefault(key, []).extend(items)
+            elif isinstance(value, dict):
+                table = merged.setdefault(key, {})
+                for k, v in value.items():
+                    table[k] = table[k] + v if k in table else v
+            else:
+                merged[key] = merged[key] + value if key in merged else value
+        offset += int(part[count])
+    merged[count] = offset
+    return merged
+
+
+def gather_shards(
+    shard: Mapping[str, Any], count: str, renumber: Mapping[str, Callable[[Any, int], Any]] | None = None
+) -> dict[str, Any] | None:
+    """Under ``torch.distributed`` with several ranks (each evaluated its shard of the data, e.g.
+    ``multi_gpu_evaluate.json``'s ``DistributedSampler``): every rank's ``shard`` merged in rank order by
+    :func:`merge_shards`, on EVERY rank (``all_gather_object``: a collective, every rank must call it at the same
+    point). None in a one-process run (the shard is the whole set).
+
+    Used by :class:`monai_mcx.handlers.MultiTaskMetrics` and :class:`monai_mcx.handlers.EvaluationReport`, so that
+    ``metrics.json``, ``report.md`` and ``per_image.csv`` cover the whole split."""
+    if not _several_ranks():
+        return None
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, dict(shard))
+    return merge_shards(parts, count, renumber)
+
+
+def on_rank0(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` run on rank 0 only, its result given to every rank (collective, ``broadcast_object_list``).
+
+    One process: ``fn(*args)``. Several ranks: rank 0 runs it while the others wait; an error it raises is raised
+    on every rank (not only rank 0, which would leave the others waiting until the process-group timeout), so the
+    result and the error must be picklable.
+    """
+    if not _several_ranks():
+        return fn(*args)
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [(True, fn(*args))]
+        except Exception as e:  # raised again on every rank below
+            box = [(False, e)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def gather_rows(rows: Sequence[Mapping[str, Any]], unique: str | None = None) -> list | None:
+    """The rows of a per-image table (one per image, small dicts) of every rank, for the rank that writes the table.
+
+    One process: ``rows`` as given. Several ranks (collective, ``all_gather_object``): every rank's rows in rank
+    order on rank 0, None on the other ranks. With ``unique``, a value of that field (e.g. a per-image file name)
+    present in the rows of two ranks is an error raised on every rank: both ranks wrote the same file, so one
+    image's output was overwritten by another's.
+
+    Raises:
+        RuntimeError: ``unique`` values shared by ranks, naming the file and both images."""
+    if not _several_ranks():
+        return list(rows)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, [dict(r) for r in rows])
+    if unique is not None:
+        owner: dict[Any, tuple[int, Any]] = {}
+        clashes = []
+        for rank, part in enumerate(parts):
+            for row in part:
+                value = row.get(unique)
+                if not value:
+                    continue
+                if value in owner and owner[value][0] != rank:
+                    clashes.append(
+                        f"{value} (rank {owner[value][0]}: {owner[value][1]}, rank {rank}: {row.get(DatalistKeys.IMAGE)})"
+                    )
+                owner.setdefault(value, (rank, row.get(DatalistKeys.IMAGE)))
+        if clashes:
+            raise RuntimeError(
+                f"{len(clashes)} output file name(s) were written by two ranks for different images, so one image's "
+                f"output replaced another's: {', '.join(clashes[:5])}. Give the inputs distinct file names or write "
+                "the predictions from one process."
+            )
+    return [r for part in parts for r in part] if dist.get_rank() == 0 else None

@@ -31,12 +31,11 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.utils.enums import CommonKeys
@@ -66,9 +65,11 @@ __all__ = [
     "MultiTaskMetrics",
     "MetricsJSONWriter",
     "resolve_class_thresholds",
+    "deployed_from_metrics",
     "SCORE_KEYS",
     "BOX_THRESHOLD_KEY",
     "ORIGINAL_SUFFIX",
+    "SEG_COUNT_KEY",
     "class_threshold_key",
 ]
 
@@ -78,6 +79,8 @@ SCORE_KEYS = ("classification/auc", "segmentation/dice_positive", "localization/
 BOX_THRESHOLD_KEY = "localization/box_threshold"
 #: suffix of the keys computed at each image's original resolution (``MultiTaskMetrics(original_resolution=True)``)
 ORIGINAL_SUFFIX = "/original"
+#: the number of images in the segmentation metrics (with a known mask); ``.../original``: at the original resolution
+SEG_COUNT_KEY = "segmentation/n_images"
 
 
 def class_threshold_key(name: str) -> str:
@@ -87,6 +90,11 @@ def class_threshold_key(name: str) -> str:
 
 def _from_engine_output(output: dict) -> tuple[dict, dict]:
     return output[CommonKeys.PRED], output[CommonKeys.LABEL]
+
+
+def _shift_image_index(item: tuple, offset: int) -> tuple:
+    """A ``(image index, ...)`` record of one rank's shard, renumbered for the merged set."""
+    return (item[0] + offset, *item[1:])
 
 
 class MultiTaskMetrics(Metric):
@@ -126,7 +134,9 @@ class MultiTaskMetrics(Metric):
         original_resolution: also compute the segmentation and localization metrics at each image's original
             resolution (keys ``.../original``; module docstring). Needs the batch's ``original_size`` and
             ``mask_path`` (:class:`~monai_mcx.transforms.PrepareAnnotationsd` records the mask file; an in-memory
-            mask has none and is left out of the ``/original`` Dice, with a warning).
+            mask has none: an empty one counts as an all-zero mask of the original size (a negative of
+            ``empty_mask_if_no_boxes``), a non-empty one is left out of the ``/original`` Dice, with a warning).
+            ``segmentation/n_images`` and ``segmentation/n_images/original`` count the images of both.
         mask_loader: reads a mask file at its own size for ``original_resolution`` (default
             ``LoadCXR(as_mask=True)``, the loader of :class:`~monai_mcx.transforms.PrepareAnnotationsd`).
         calibration: the classifier's calibration: None (the post-processor's, e.g. the model description's on a
@@ -135,7 +145,9 @@ class MultiTaskMetrics(Metric):
             split), ``"none"`` (or False: raw ``sigmoid`` probabilities, no calibration).
         sensitivity_targets: fixed sensitivities of the reported operating points (``0.9`` -> ``sens90``).
         target_thresholds: ``{"sens90": {class: t}, ...}`` chosen on validation (the model description's
-            ``sensitivity_thresholds``); None: chosen on the evaluated data.
+            ``sensitivity_thresholds``); None: chosen on the evaluated data (only when that IS the validation
+            split). A target or class missing from a mapping (``{}``: a description without them, on a test split)
+            is not chosen here: its ``classification/<op>/...`` keys are NaN (``null``, "not available").
         n_boot: bootstrap replicates of the confidence intervals (resampling patients: the targets' ``patient``
             ids; one image = one patient where they are missing, see :attr:`patients_known`).
         ci: coverage of the intervals.
@@ -182,7 +194,7 @@ class MultiTaskMetrics(Metric):
         self.sensitivity_targets = [float(t) for t in sensitivity_targets]
         # {op: {class: t}} (the description's layout) -> {class: {op: t}} (class_operating_points')
         self.target_thresholds = None
-        if target_thresholds:
+        if target_thresholds is not None:  # {} (none from validation): reported as undefined, never chosen here
             self.target_thresholds = {}
             for op, table in dict(target_thresholds).items():
                 for c, t in dict(table).items():
@@ -281,11 +293,14 @@ class MultiTaskMetrics(Metric):
             pred[PredKeys.SEG_PROBS].detach().float().cpu().numpy()
         )  # float32: a rounding would flip pixels at the threshold
         paths = targets.get(BatchKeys.MASK_PATH) or [""] * len(has)
+        empty = ~(targets[BatchKeys.MASK].detach().cpu().reshape(len(has), -1) > 0.5).any(dim=1).numpy()
         for i in np.nonzero(has)[0]:
-            if not paths[i]:
+            path = str(paths[i]) if paths[i] else None
+            if path is None and not empty[i]:  # an in-memory lesion mask: its original-size pixels are unknown
                 self._missing_mask_files += 1
                 continue
-            self._seg_orig.append((base + int(i), probs[i, 0].copy(), str(paths[i]), self._original_size(targets, i)))
+            # no file and no lesion pixel (``empty_mask_if_no_boxes``): an all-zero mask of the original size
+            self._seg_orig.append((base + int(i), probs[i, 0].copy(), path, self._original_size(targets, i)))
 
     _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom", "_logits", "_patients")
 
@@ -293,33 +308,21 @@ class MultiTaskMetrics(Metric):
         """Under ``torch.distributed`` (each rank evaluated its shard of the data), replace the per-sample lists
         by the concatenation of every rank's (image indices shifted), so that every rank computes the metrics of
         the whole set — the same numbers as a one-process evaluation. Collective: every rank must call
-        :meth:`compute`."""
-        if (
-            getattr(self, "_gathered", False)
-            or not (dist.is_available() and dist.is_initialized())
-            or dist.get_world_size() == 1
-        ):
+        :meth:`compute` (:func:`monai_mcx.engines.distributed.gather_shards`)."""
+        from monai_mcx.engines.distributed import gather_shards
+
+        if getattr(self, "_gathered", False):
             return
-        self._gathered = True
         mine = {k: getattr(self, k) for k in self._STATE}
         mine["_n"] = self._n
-        parts: list = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, mine)
-        offset = 0
-        merged: dict[str, list] = {k: [] for k in self._STATE}
-        for part in parts:
-            merged["_probs"] += part["_probs"]
-            merged["_labels"] += part["_labels"]
-            merged["_logits"] += part["_logits"]
-            merged["_patients"] += part["_patients"]
-            merged["_seg"] += [(offset + j, p, t) for j, p, t in part["_seg"]]
-            merged["_det"] += [(offset + j, d, t) for j, d, t in part["_det"]]
-            merged["_seg_orig"] += [(offset + j, p, f, o) for j, p, f, o in part["_seg_orig"]]
-            merged["_det_geom"] += part["_det_geom"]
-            offset += part["_n"]
+        shifted = {k: _shift_image_index for k in ("_seg", "_det", "_seg_orig")}
+        merged = gather_shards(mine, "_n", shifted)
+        if merged is None:
+            return
+        self._gathered = True
         for k in self._STATE:
-            setattr(self, k, merged[k])
-        self._n = offset
+            setattr(self, k, merged.get(k, []))
+        self._n = merged["_n"]
 
     def compute(self) -> dict[str, float]:
         self._gather_ranks()
@@ -355,6 +358,7 @@ class MultiTaskMetrics(Metric):
             pred = np.stack([p for _, p, _ in self._seg])
             true = np.stack([t for _, _, t in self._seg])
             out.update(segmentation_metrics(pred, true))
+            out[SEG_COUNT_KEY] = float(len(self._seg))
             if gated:
                 out.update(
                     {f"{k}/gated": v for k, v in segmentation_metrics(pred & gate[idx][:, None, None], true).items()}
@@ -461,14 +465,17 @@ class MultiTaskMetrics(Metric):
             self._mask_loader = LoadCXR(as_mask=True)
         if self._missing_mask_files:
             warnings.warn(
-                f"{self._missing_mask_files} image(s) with an in-memory mask (no mask file) are left out of the "
+                f"{self._missing_mask_files} image(s) with a non-empty in-memory mask (no mask file) are left out of the "
                 "original-resolution Dice.",
                 stacklevel=2,
             )
         preds, truths, keep = [], [], []
         for j, probs, path, orig in self._seg_orig:
-            true = torch.as_tensor(np.asarray(self._mask_loader(path)))
-            true = (true[None] if true.ndim == 2 else true).amax(dim=0) > 0  # (W, H), any channel set
+            if path is None:  # an in-memory empty mask
+                true = torch.zeros([int(v) for v in orig], dtype=torch.bool)
+            else:
+                true = torch.as_tensor(np.asarray(self._mask_loader(path)))
+                true = (true[None] if true.ndim == 2 else true).amax(dim=0) > 0  # (W, H), any channel set
             if list(true.shape) != list(orig):
                 raise ValueError(
                     f"{path}: mask size {tuple(true.shape)} differs from its image's original size {tuple(orig)} (W, H)."
@@ -477,6 +484,7 @@ class MultiTaskMetrics(Metric):
             truths.append(true.numpy())
             keep.append(True if gate is None else bool(gate[j]))
         out = {f"{k}{ORIGINAL_SUFFIX}": v for k, v in segmentation_metrics(preds, truths).items()}
+        out[f"{SEG_COUNT_KEY}{ORIGINAL_SUFFIX}"] = float(len(preds))
         if gate is not None:
             gated = [p & k for p, k in zip(preds, keep)]
             out.update({f"{k}/gated{ORIGINAL_SUFFIX}": v for k, v in segmentation_metrics(gated, truths).items()})
@@ -488,6 +496,33 @@ class MultiTaskMetrics(Metric):
             if key != "score":
                 engine.state.metrics[key] = value
         engine.state.metrics[name] = result["score"]
+
+
+def deployed_from_metrics(postprocessor: MultiCheXNetPostprocessor, metrics: Mapping) -> MultiCheXNetPostprocessor:
+    """The post-processor at the operating point an evaluation's metrics used (what
+    :class:`monai_mcx.handlers.OperatingPointWriter` writes into the model description on the validation split):
+    ``classification/threshold/<class>`` (when every class has one), ``localization/box_threshold``, and the
+    calibration: ``calibration/temperature/<class>`` (temperature scaling), raw probabilities when the metrics have
+    only ``calibration/.../raw`` keys, else the post-processor's own.
+
+    Args:
+        postprocessor: the post-processing the evaluation started from (the model description's).
+        metrics: the flat metrics (``engine.state.metrics`` after :class:`MultiTaskMetrics` computed).
+    """
+    names = list(postprocessor.class_names)
+    thr = [metrics.get(class_threshold_key(c)) for c in names]
+    temps = [metrics.get(f"calibration/temperature/{c}") for c in names]
+    calibration = None  # keep the post-processor's unless the metrics say how they calibrated
+    if all(t is not None for t in temps):
+        calibration = {"method": "temperature", "temperatures": {c: float(t) for c, t in zip(names, temps)}}
+    elif any(str(k).startswith("calibration/") and str(k).endswith("/raw") for k in metrics):
+        calibration = False  # the metrics used raw probabilities
+    box = metrics.get(BOX_THRESHOLD_KEY)
+    return postprocessor.with_settings(
+        class_thresholds=[float(t) for t in thr] if all(t is not None for t in thr) else None,
+        box_score_threshold=None if box is None else float(box),
+        calibration=calibration,
+    )
 
 
 def resolve_class_thresholds(

@@ -1,7 +1,11 @@
 """Per-image prediction files written during inference.
 
-For each readable image (``<stem>`` = file name without its extensions; a repeated stem gets the extension
-appended, e.g. ``a_dcm``):
+Names. ``<stem>`` is the input's file name without its image suffix (``1.2.840.113619.2.55.3.1234.dcm`` ->
+``1.2.840.113619.2.55.3.1234``); unique in the run, never a name already in the folder, UTF-8 and at most 128
+bytes: the rule is :func:`monai_mcx.handlers.output_folder.candidate_stems` (and ``docs/inference.md``). The input
+path in the JSON and ``predictions.csv`` shows bytes that are not UTF-8 as ``\\xe9`` (``backslashreplace``).
+
+For each readable image:
 
 - ``<stem>.json``: class probabilities (``calibrated``: true when they are the model's temperature-scaled
   ``sigmoid(z / T)``, with ``calibration`` giving the temperatures; false for raw ``sigmoid(z)``), the gate
@@ -26,12 +30,23 @@ appended, e.g. ``a_dcm``):
   pass per class on the batch (in its own ``enable_grad`` block, eval mode); the predictions are not affected.
 
 At the end of the run ``predictions.csv`` summarises all images, one row per input file; a file that could
-not be read has a row whose ``error`` column names the file and the problem (and no other output).
+not be read has a row whose ``error`` column names the file and the problem (and no other output). An image's
+outputs are complete or absent: its JSON is written last, and when one of its files cannot be written (full disk,
+...) the others are removed and its row's ``error`` names the file and the error; the run goes on.
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written file.
+
+The output folder (:mod:`monai_mcx.handlers.output_folder`): it may not be, contain or lie inside the folder of
+an input image; a folder that is not empty is refused unless ``overwrite`` (the previous runs' files are removed
+first) or ``resume`` (complete images are kept, not written again) is asked; ``.monai_mcx_run.jsonl``, the run
+manifest, records each image's files before they are written and the image once they all are.
 
 Everything comes from the evaluator's post-processing (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`),
 mapped to the original pixels by :func:`monai_mcx.inferers.to_original`; nothing is thresholded, gated or
 resized here.
+
+DICOM: ``predictions.csv`` has the instance's UIDs, ``age_years`` and ``pediatric`` (from the input items,
+:mod:`monai_mcx.dicom.inputs`); with ``dicom`` (:class:`monai_mcx.dicom.outputs.DicomOutputs`) an image's job also
+writes ``<stem>_seg.dcm`` and ``<stem>_sr.dcm`` (before its JSON) and may store them to a PACS.
 
 Unreadable files: :class:`monai_mcx.transforms.GuardLoadd` wraps the preprocessing and turns an item that
 fails into a placeholder with ``error`` set; :class:`PredictionWriter` skips placeholders and reports them.
@@ -47,6 +62,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +73,17 @@ from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 from PIL import Image
 
+from monai_mcx.dicom.inputs import DICOM_COLUMNS, DICOM_KEY, dicom_columns
+from monai_mcx.engines.distributed import gather_rows, is_main_process, on_rank0
+from monai_mcx.handlers.output_folder import (
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    OutputNames,
+    RunManifest,
+    check_outside_inputs,
+    display_text,
+    prepare_output_folder,
+)
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys
 from monai_mcx.transforms.guard import ERROR_KEY
@@ -67,6 +94,8 @@ __all__ = ["PredictionWriter", "OVERLAY_FORMATS"]
 
 #: the overlay file formats (``PredictionWriter(overlay_format=...)``)
 OVERLAY_FORMATS = ("png", "jpg")
+#: the JSON record's box lists and the :func:`~monai_mcx.inferers.to_original` keys of their boxes and scores
+_BOX_LISTS = ((OriginalKeys.BOXES, OriginalKeys.SCORES), (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED))
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +140,15 @@ def _write_nifti(mask_wh: np.ndarray, spacing: Sequence[float], path: Path) -> N
     write_bytes_atomic(_nifti_bytes(mask_wh, spacing), path)
 
 
+def _error_row(image: str, error: str, info: Mapping | None) -> dict:
+    """The ``predictions.csv`` row of an input without outputs: its image, its DICOM columns (``info``), the error."""
+    return {DatalistKeys.IMAGE.value: image, **dicom_columns(info), BatchKeys.ERROR.value: error}
+
+
+def _write_encoded(encode: Callable[..., bytes], args: tuple, path: Path) -> None:
+    write_bytes_atomic(encode(*args), path)
+
+
 class PredictionWriter:
     """Write per-image predictions of a :class:`~monai_mcx.engines.MultiTaskEvaluator` run (module docstring).
 
@@ -131,10 +169,27 @@ class PredictionWriter:
             files (module docstring), or None (default: none written).
         background: encode and write the files in one background thread, off the evaluator's critical path
             (default True); every file is still written atomically, in the order the synchronous writer uses
-            (mask, NIfTI, overlay, then the JSON), and a writer error is raised in the engine at the next
-            batch or at the end of the run. ``predictions.csv`` is written once every file is. At most
+            (masks, saliency maps, overlay, then the JSON). A file that cannot be written (``OSError``: full disk,
+            quota, ...) makes its image an error row naming the file, its other files removed; any other writer
+            error is raised in the engine at the next batch or at the end of the run. ``predictions.csv`` is
+            written once every file is. At most
             ``max_pending`` writes wait at a time (the engine waits for the oldest beyond that), which bounds the
             memory that masks and overlay images held for writing can take.
+        inputs: the run's input items (``{"image": path}``, e.g. :func:`monai_mcx.data.inference_items`) or
+            paths. When given, an ``output_dir`` that is, contains or lies inside the folder of one of them is
+            refused when the run starts, before anything is written
+            (:func:`monai_mcx.handlers.output_folder.check_outside_inputs`).
+        dicom: a :class:`monai_mcx.dicom.outputs.DicomOutputs` to write each DICOM input's SEG and SR (and store
+            them), or None (default).
+        overwrite, resume: what to do with an ``output_dir`` that is not empty when the run starts (default:
+            refuse it). ``overwrite``: remove the files the previous runs recorded in the folder's run manifest,
+            then write this run; ``resume``: keep the images whose outputs are complete (they are not written
+            again, their rows are kept in ``predictions.csv``) and write the others
+            (:func:`monai_mcx.handlers.output_folder.prepare_output_folder`). A folder with files but no manifest
+            is refused either way.
+
+    Whatever the options, a run never replaces a file it did not create: an image whose output names are taken
+    by files already in ``output_dir`` gets another stem (module docstring).
 
     Batch keys used: ``image`` ``(B, 1, W, H)``, and from ``collate_cxr`` ``image_path`` and
     ``original_size`` (``(W, H)`` per item); ``error`` (from :class:`GuardLoadd`) marks unreadable items;
@@ -143,6 +198,9 @@ class PredictionWriter:
 
     #: most writes queued for the background thread before the engine waits (``background``)
     max_pending: int = 64
+    #: distributed evaluation (``multi_gpu_evaluate.json``): every rank writes its own images' files (memory stays
+    #: one batch per rank), rank 0 writes ``predictions.csv`` from every rank's rows (:meth:`write_summary`)
+    rank0_only = False
 
     def __init__(
         self,
@@ -156,6 +214,10 @@ class PredictionWriter:
         overlay_reader: Callable[[str], np.ndarray] | None = None,
         saliency: Any | None = None,
         background: bool = True,
+        inputs: Sequence[str | os.PathLike | Mapping] | None = None,
+        overwrite: bool = False,
+        resume: bool = False,
+        dicom: Any | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.class_names = list(class_names)
@@ -171,21 +233,61 @@ class PredictionWriter:
             )
         self.overlay_reader = overlay_reader
         self.saliency = saliency
+        self.inputs = None if inputs is None else list(inputs)
+        self.dicom = dicom
+        self._info = {str(x[DatalistKeys.IMAGE]): x.get(DICOM_KEY) for x in self.inputs or [] if isinstance(x, Mapping)}
+        self.overwrite, self.resume = as_bool(overwrite, "overwrite"), as_bool(resume, "resume")
+        #: this run's rows of ``predictions.csv`` (one per input, in run order)
         self.rows: list[dict] = []
-        self._stems: set[str] = set()
+        self._names = OutputNames(self.output_dir, reserved=[SUMMARY_NAME, MANIFEST_NAME])
+        self._manifest: RunManifest | None = None
+        self._kept: dict[str, dict] = {}  # resumed: input path -> complete entry of the manifest
         self.background = as_bool(background, "background")
         self._pool: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.STARTED, self.start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.write_batch)
         engine.add_event_handler(Events.COMPLETED, self.write_summary)
 
-    def _reset(self, engine: Engine | None = None) -> None:
+    def start(self, engine: Engine | None = None) -> None:
+        """A new run: check the output folder (``inputs``, ``overwrite``, ``resume``) before anything is written,
+        start its manifest, forget the previous run's rows and names."""
         self.flush()
+        if self.inputs is not None:
+            check_outside_inputs(self.output_dir, self.inputs)
+        # several ranks (distributed evaluation): rank 0 checks, clears or continues the folder, then every rank
+        # appends its own images' records to the one manifest (JSON Lines, one append per record)
+        self._kept = on_rank0(self._prepare_folder)
+        if not is_main_process():
+            self._manifest = RunManifest.read(self.output_dir)
         self.rows.clear()
-        self._stems.clear()
+        self._names.clear()
+        for entry in self._kept.values():
+            self._names.claim([*entry["files"], *self._output_names(entry["stem"])])
+
+    def _prepare_folder(self) -> dict[str, dict]:
+        """:func:`prepare_output_folder` (on rank 0 only, see :meth:`start`); returns the images kept."""
+        self._manifest, kept = prepare_output_folder(self.output_dir, self.settings(), self.overwrite, self.resume)
+        return kept
+
+    def settings(self) -> dict:
+        """What decides the files and values of an image (recorded in the manifest, compared on ``resume``)."""
+        pp = self.postprocessor
+        return {
+            "class_names": self.class_names,
+            "files": {
+                "mask_png": self.write_mask_png,
+                "nifti": self.write_nifti,
+                "overlay": self.overlay_format if self.write_overlay else None,
+                "saliency": self.saliency is not None,
+                **({} if self.dicom is None else {"dicom": self.dicom.settings()}),
+            },
+            "class_thresholds": [float(t) for t in pp.class_thresholds],
+            "mask_threshold": float(pp.seg_threshold),
+            "box_score_threshold": float(pp.box_score_threshold),
+        }
 
     # -- background writing ---------------------------------------------------------------------------------
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
@@ -212,17 +314,16 @@ class PredictionWriter:
         """Wait until every submitted file is written (raises the first writer error)."""
         self._collect(wait=True)
 
+    def _output_names(self, stem: str) -> list[str]:
+        """Every file name an image of stem ``stem`` may get with this writer's options."""
+        names = [f"{stem}.json", f"{stem}_mask.png", f"{stem}_mask.nii.gz", f"{stem}_overlay.{self.overlay_format}"]
+        if self.saliency is not None:
+            names += [f"{stem}_saliency_{_safe(c)}.png" for c in self.class_names] + [f"{stem}_saliency.nii.gz"]
+        return names + ([] if self.dicom is None else self.dicom.names(stem))
+
     def _stem(self, src: str) -> str:
-        name = Path(src).name
-        parts = name.split(".")
-        stem = parts[0] or name
-        if stem in self._stems:
-            stem = "_".join(p for p in parts if p) or f"image_{len(self._stems):05d}"
-            base, k = stem, 1
-            while stem in self._stems:
-                stem, k = f"{base}_{k}", k + 1
-        self._stems.add(stem)
-        return stem
+        """A stem none of whose output names this run claimed or a file in ``output_dir`` holds."""
+        return self._names.allocate(src, self._output_names)
 
     def _background(
         self, src: str, fallback: torch.Tensor, orig: list[int], kept: np.ndarray | None = None
@@ -246,6 +347,8 @@ class PredictionWriter:
         return img.numpy().T
 
     def write_batch(self, engine: Engine) -> None:
+        if self._manifest is None:  # used without attach(): the run starts at its first batch
+            self.start(engine)
         pred = engine.state.output[CommonKeys.PRED]
         batch = engine.state.batch
         images = batch[BatchKeys.IMAGE]
@@ -265,13 +368,18 @@ class PredictionWriter:
         kept = batch.get(BatchKeys.OVERLAY_IMAGE) or [None] * n
         for i in range(n):
             src = str(names[i])
+            if src in self._kept:  # resumed: its outputs are complete, its row is kept
+                continue
+            info = self._info.get(src)
             if errors[i]:
-                self.rows.append({DatalistKeys.IMAGE.value: src, BatchKeys.ERROR.value: str(errors[i])})
+                self.rows.append(_error_row(display_text(src), display_text(str(errors[i])), info))
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
-            record: dict = {DatalistKeys.IMAGE.value: src, OriginalKeys.SIZE_WH.value: orig}
+            record: dict = {DatalistKeys.IMAGE.value: display_text(src), OriginalKeys.SIZE_WH.value: orig}
+            record.update({} if info is None else {"dicom": info})
+            steps: list[tuple[str, Callable[[Path], None]]] = []  # (file name, write(path)), in writing order
             if res[OriginalKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
                     zip(self.class_names, (float(p) for p in res[OriginalKeys.CLASS_PROBS]))
@@ -286,34 +394,29 @@ class PredictionWriter:
                 }
             if res[OriginalKeys.HAS_BOXES]:
                 record["box_score_threshold"] = pp.box_score_threshold
-                for key, scores in (
-                    (OriginalKeys.BOXES, OriginalKeys.SCORES),
-                    (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED),
-                ):
+                for key, scores in _BOX_LISTS:
                     record[key.value] = [
                         {"box": [round(float(v), 2) for v in b], "score": float(sc)}
                         for b, sc in zip(res[key], res[scores])
                     ]
-            # (W, H), gated; a new array per image, never changed after: the writer thread reads it
-            mask_wh = res[OriginalKeys.MASK]
+            mask_wh = res[OriginalKeys.MASK]  # (W, H), gated; a new array per image, never changed after
             if mask_wh is not None:
                 if self.write_mask_png:
-                    rows_cols = (mask_wh.T * 255).astype(np.uint8)
-                    self._submit(_write_png, rows_cols, self.output_dir / f"{stem}_mask.png")
                     record[OriginalKeys.MASK.value] = f"{stem}_mask.png"
+                    steps.append((record[OriginalKeys.MASK], partial(_write_png, (mask_wh.T * 255).astype(np.uint8))))
                 if self.write_nifti:
                     spacing = spacings[i] if spacings else (1.0, 1.0)
-                    self._submit(_write_nifti, mask_wh, spacing, self.output_dir / f"{stem}_mask.nii.gz")
                     record["mask_nifti"] = f"{stem}_mask.nii.gz"
+                    steps.append((record["mask_nifti"], partial(_write_nifti, mask_wh, spacing)))
                 record["mask_area_px"] = int(mask_wh.sum())
             gray = None
             if maps is not None:
                 gray = self._background(src, images[i].detach().cpu(), orig, kept[i])
                 spacing = spacings[i] if spacings else (1.0, 1.0)
-                record["saliency"] = self._write_saliency(maps[i], orig, gray, spacing, stem)
+                record["saliency"] = self._saliency_files(maps[i], orig, gray, spacing, stem, steps)
             if self.write_overlay:
-                self._submit(
-                    self._write_overlay,
+                record["overlay"] = f"{stem}_overlay.{self.overlay_format}"
+                overlay = (
                     src,
                     images[i].detach().cpu().clone(),
                     orig,
@@ -321,12 +424,46 @@ class PredictionWriter:
                     None if mask_wh is None else mask_wh.T,
                     res[OriginalKeys.BOXES].tolist(),
                     res[OriginalKeys.SCORES].tolist(),
-                    self.output_dir / f"{stem}_overlay.{self.overlay_format}",
                 )
-                record["overlay"] = f"{stem}_overlay.{self.overlay_format}"
-            self._submit(write_json_atomic, copy.deepcopy(record), self.output_dir / f"{stem}.json")
+                steps.append((record["overlay"], partial(self._write_overlay, *overlay)))
+            if self.dicom is not None:  # <stem>_seg.dcm, <stem>_sr.dcm (monai_mcx.dicom.outputs)
+                self.dicom.add(src, info, record, mask_wh, stem, steps)
+            steps.append((f"{stem}.json", partial(write_json_atomic, copy.deepcopy(record))))  # last: complete
             record["json"] = f"{stem}.json"
-            self.rows.append(record)
+            row = self._csv_row(record)
+            self.rows.append(row)
+            self._submit(self._write_image, src, stem, steps, row)
+
+    def _write_image(self, src: str, stem: str, steps: list[tuple[str, Callable[[Path], None]]], row: dict) -> None:
+        """Write one image's files in order (its JSON last), between its ``image`` and ``done`` manifest records.
+
+        The image's outputs are complete or absent: when a file cannot be written (``OSError``: a full disk, a
+        quota, ...) the files of the image already written are removed and ``row`` becomes an error row naming
+        the file and the error; the run goes on."""
+        written: list[Path] = []
+        path = self._manifest.path
+        try:
+            self._manifest.start_image(src, stem, [name for name, _ in steps])
+            for name, write in steps:
+                path = self.output_dir / name
+                write(path)
+                written.append(path)
+            path = self._manifest.path
+            if self.dicom is not None:
+                self.dicom.store(self.output_dir, row)  # STOW-RS with store_to: row["stored"]
+            self._manifest.finish_image(src, row)
+        except OSError as e:
+            for done in written:
+                try:
+                    os.unlink(done)
+                except OSError:
+                    pass
+            detail = f"{e.strerror or e}" if e.errno is None else f"[Errno {e.errno}] {e.strerror}"
+            error = display_text(f"{src}: outputs not written: {path}: {detail}")
+            logger.warning("%s", error)
+            image = row[DatalistKeys.IMAGE]
+            row.clear()
+            row.update({DatalistKeys.IMAGE.value: image, BatchKeys.ERROR.value: error})
 
     def _write_overlay(
         self,
@@ -360,10 +497,16 @@ class PredictionWriter:
         out[keep] = m
         return out
 
-    def _write_saliency(
-        self, maps: torch.Tensor, orig: list[int], gray: np.ndarray, spacing: Sequence[float], stem: str
+    def _saliency_files(
+        self,
+        maps: torch.Tensor,
+        orig: list[int],
+        gray: np.ndarray,
+        spacing: Sequence[float],
+        stem: str,
+        steps: list[tuple[str, Callable[[Path], None]]],
     ) -> dict:
-        """Write one image's saliency PNGs and NIfTI; return the JSON entry."""
+        """Add one image's saliency PNGs and NIfTI to ``steps``; return the JSON entry."""
         from monai_mcx.explain import saliency_nifti_bytes, to_original_geometry
 
         sal = to_original_geometry(maps, orig).numpy()  # (K, W0, H0)
@@ -371,23 +514,23 @@ class PredictionWriter:
         entry: dict = {**self.saliency.settings(), "classes": names, "png": {}, "peak_xy": {}}
         for k, name in enumerate(names):
             fname = f"{stem}_saliency_{_safe(name)}.png"
-            write_bytes_atomic(saliency_png_bytes(gray, sal[k].T), self.output_dir / fname)
+            steps.append((fname, partial(_write_encoded, saliency_png_bytes, (gray, sal[k].T))))
             entry["png"][name] = fname
             peak = float(sal[k].max())
             entry["peak_xy"][name] = (
                 [int(v) for v in np.unravel_index(int(sal[k].argmax()), sal[k].shape)] if peak > 0 else None
             )
         fname = f"{stem}_saliency.nii.gz"
-        write_bytes_atomic(saliency_nifti_bytes(np.moveaxis(sal, 0, -1), spacing), self.output_dir / fname)
+        steps.append((fname, partial(_write_encoded, saliency_nifti_bytes, (np.moveaxis(sal, 0, -1), spacing))))
         entry["nifti"] = fname
         entry["nifti_layout"] = "(W, H, K): x first, one slice per class in 'classes' order, float32 in [0, 1]"
         return entry
 
-    def write_summary(self, engine: Engine) -> None:
-        self.flush()  # every per-image file first: the summary lists them
-        buf = io.StringIO()
-        fields = [
+    def _fields(self) -> list[str]:
+        """The columns of ``predictions.csv``."""
+        return [
             DatalistKeys.IMAGE.value,
+            *DICOM_COLUMNS,
             "gate_positive",
             *[f"p_{c}" for c in self.class_names],
             "calibrated",
@@ -398,36 +541,59 @@ class PredictionWriter:
             "mask_nifti",
             "overlay",
             "saliency_nifti",
+            "dicom_seg",
+            "dicom_sr",
+            "stored",
             BatchKeys.ERROR.value,
         ]
-        w = csv.DictWriter(buf, fieldnames=fields)
+
+    def _csv_row(self, r: dict) -> dict:
+        """An image's row of ``predictions.csv`` from its JSON record."""
+        row = {
+            DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE],
+            "gate_positive": r.get(OriginalKeys.GATE, {}).get("positive", ""),
+            "calibrated": r.get("calibrated", ""),
+            "n_boxes": len(r.get(OriginalKeys.BOXES, [])),
+            "max_box_score": max([b["score"] for b in r.get(OriginalKeys.BOXES, [])], default=""),
+            "mask_area_px": r.get("mask_area_px", ""),
+            "json": r.get("json", ""),
+            "mask_nifti": r.get("mask_nifti", ""),
+            "overlay": r.get("overlay", ""),
+            "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
+            **dicom_columns(r.get("dicom")),
+            **({} if self.dicom is None else self.dicom.columns(r)),
+            BatchKeys.ERROR.value: "",
+        }
+        for c, p in r.get("class_probabilities", {}).items():
+            row[f"p_{c}"] = round(p, 6)
+        return row
+
+    def write_summary(self, engine: Engine | None = None) -> None:
+        """Write ``predictions.csv``: the rows of the images kept from the run this one resumed, then this run's."""
+        self.flush()  # every per-image file first: the summary lists them
+        if self._manifest is None:
+            self.start(engine)
+        rows = gather_rows(self.rows, unique="json")  # every rank's rows on rank 0 (None on the others)
+        if rows is None:
+            return
+        rows = [e["row"] for e in self._kept.values()] + rows
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=self._fields())
         w.writeheader()
-        for r in self.rows:
-            if r.get(BatchKeys.ERROR):
-                w.writerow({DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE], BatchKeys.ERROR.value: r[BatchKeys.ERROR]})
-                continue
-            row = {
-                DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE],
-                "gate_positive": r.get(OriginalKeys.GATE, {}).get("positive", ""),
-                "calibrated": r.get("calibrated", ""),
-                "n_boxes": len(r.get(OriginalKeys.BOXES, [])),
-                "max_box_score": max([b["score"] for b in r.get(OriginalKeys.BOXES, [])], default=""),
-                "mask_area_px": r.get("mask_area_px", ""),
-                "json": r.get("json", ""),
-                "mask_nifti": r.get("mask_nifti", ""),
-                "overlay": r.get("overlay", ""),
-                "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
-                BatchKeys.ERROR.value: "",
-            }
-            for c, p in r.get("class_probabilities", {}).items():
-                row[f"p_{c}"] = round(p, 6)
-            w.writerow(row)
-        write_bytes_atomic(buf.getvalue().encode(), self.output_dir / "predictions.csv")
-        n_err = sum(1 for r in self.rows if r.get(BatchKeys.ERROR))
+        for r in rows:
+            w.writerow(_error_row(r[DatalistKeys.IMAGE], r[BatchKeys.ERROR], r) if r.get(BatchKeys.ERROR) else r)
+        self._manifest.start_summary([SUMMARY_NAME])
+        path = self.output_dir / SUMMARY_NAME
+        try:
+            write_bytes_atomic(buf.getvalue().encode("utf-8", "backslashreplace"), path)
+        except OSError as e:
+            raise OSError(e.errno, f"{path}: cannot be written ({e.strerror or e})") from e
+        n_err = sum(1 for r in rows if r.get(BatchKeys.ERROR))
         if n_err:
             logger.warning(
-                "%d of %d inputs could not be read; see the 'error' column of %s",
+                "%d of %d inputs have no outputs (unreadable, or their files could not be written); see the 'error' "
+                "column of %s",
                 n_err,
-                len(self.rows),
-                self.output_dir / "predictions.csv",
+                len(rows),
+                self.output_dir / SUMMARY_NAME,
             )

@@ -25,6 +25,10 @@ The thresholds chosen on the validation split (class thresholds, box operating p
 :class:`~monai_mcx.handlers.MultiTaskMetrics`) are saved into the model description by
 :class:`monai_mcx.handlers.OperatingPointWriter`.
 
+In a distributed evaluation (``multi_gpu_evaluate.json``) the handler runs on every rank: at the end each rank's
+per-image records are gathered (:meth:`EvaluationReport.gather`, as :class:`~monai_mcx.handlers.MultiTaskMetrics`
+gathers its samples) and rank 0 writes the report of the whole split.
+
 This handler only collects the per-image records and writes the report: the curves' numbers come from
 :mod:`monai_mcx.metrics`, the figures are drawn by :mod:`monai_mcx.visualize` (plots, gallery), and the sections of
 ``report.md`` that depend on the metrics alone are :mod:`monai_mcx.handlers.report_markdown`.
@@ -94,6 +98,8 @@ class EvaluationReport:
         title: the report's heading.
         saliency: a :class:`monai_mcx.explain.SaliencyMaps` of the evaluator's network: the gallery shows each
             case's saliency (computed at the end, for the gallery cases only); None: no saliency panels.
+        sensitivity_note: where the thresholds of the sensitivity targets (``sens90``...) come from
+            (:func:`monai_mcx.handlers.report_markdown.sensitivity_note`); empty: "on the validation split".
     """
 
     def __init__(
@@ -108,6 +114,7 @@ class EvaluationReport:
         box_threshold_note: str = "",
         title: str = "MultiCheXNet evaluation report",
         saliency: Any | None = None,
+        sensitivity_note: str = "",
     ) -> None:
         from monai_mcx.inferers import MultiCheXNetPostprocessor
 
@@ -122,6 +129,7 @@ class EvaluationReport:
         self.box_threshold_note = box_threshold_note
         self.title = title
         self.saliency = saliency
+        self.sensitivity_note = sensitivity_note
         self.plot_files: list[str] = []
         self.reset()
 
@@ -222,8 +230,43 @@ class EvaluationReport:
         self._cases.sort(key=lambda t: (t[0], t[1]))
         self._cases = self._cases[:k] + self._cases[-k:]
 
+    #: runs on every rank of a distributed evaluation (``rank0_handlers`` keeps it): the ranks' records are gathered
+    #: (a collective), rank 0 writes
+    rank0_only = False
+
+    _RECORDS = ("_probs", "_labels", "_all_probs", "_all_logits", "_known", "_images", "_dice", "_counts",
+                "_pos_per_class", "_cases")  # fmt: skip
+
+    def gather(self) -> None:
+        """Under ``torch.distributed`` (each rank evaluated its shard of the split): replace this rank's records by
+        those of every rank (:func:`monai_mcx.engines.distributed.gather_shards`, as the metrics gather theirs),
+        so that ``report.md``, its plots and gallery and ``per_image.csv`` cover the whole split. Collective: every
+        rank calls it. Memory: the per-image records are small (probabilities, box scores, one Dice); of the
+        images only each rank's ``num_cases`` best and worst cases travel."""
+        from monai_mcx.engines.distributed import gather_shards
+
+        mine = {k: getattr(self, k) for k in self._RECORDS}
+        mine["_index"] = self._index
+        renumber = {
+            "_known": lambda j, o: j + o,  # every image has probabilities when there is a classifier
+            "_dice": lambda t, o: (t[0] + o, t[1]),
+            "_cases": lambda t, o: (t[0], t[1] + o, {**t[2], "index": t[2]["index"] + o}),
+        }
+        merged = gather_shards(mine, "_index", renumber)
+        if merged is None:
+            return
+        for k in self._RECORDS:
+            setattr(self, k, merged[k])
+        self._index = merged["_index"]
+        self._prune()
+
     # -- output
     def __call__(self, engine: Engine) -> None:
+        from monai_mcx.engines.distributed import get_rank
+
+        self.gather()
+        if get_rank() != 0:
+            return
         metrics = {}
         for key, v in engine.state.metrics.items():
             if isinstance(v, (int, float, np.floating, np.integer)) or (torch.is_tensor(v) and v.numel() == 1):
@@ -233,21 +276,9 @@ class EvaluationReport:
 
     def _deployed(self, metrics: dict) -> Any:
         """The post-processor with the thresholds the metrics used (when reported)."""
-        from monai_mcx.handlers.metrics import BOX_THRESHOLD_KEY, class_threshold_key
+        from monai_mcx.handlers.metrics import deployed_from_metrics
 
-        thr = [metrics.get(class_threshold_key(c)) for c in self.class_names]
-        box = metrics.get(BOX_THRESHOLD_KEY)
-        temps = [metrics.get(f"calibration/temperature/{c}") for c in self.class_names]
-        calibration = None  # keep the post-processor's unless the metrics say how they calibrated
-        if all(t is not None for t in temps):
-            calibration = {"method": "temperature", "temperatures": dict(zip(self.class_names, temps))}
-        elif any(k.startswith("calibration/") and k.endswith("/raw") for k in metrics):
-            calibration = False  # the metrics used raw probabilities
-        return self.postprocessor.with_settings(
-            class_thresholds=thr if all(t is not None for t in thr) else None,
-            box_score_threshold=box,
-            calibration=calibration,
-        )
+        return deployed_from_metrics(self.postprocessor, metrics)
 
     def _recalibrate(self) -> None:
         """Recompute the collected probabilities from the raw logits with the deployed calibration (the one the
@@ -301,7 +332,7 @@ class EvaluationReport:
         self.plot_files = []
         curve_links = self._plot_curves(plots_dir, metrics)
         self._calibration_lines = calibration_section(
-            metrics, self.class_names, self.deployed, self._plot_reliability()
+            metrics, self.class_names, self.deployed, self._plot_reliability(), self.sensitivity_note
         )
         dice_link = self._plot_dice(plots_dir, gates)
         gallery_link = self._plot_gallery(plots_dir, gates)
@@ -472,16 +503,6 @@ class EvaluationReport:
             f"(score >= {d.box_score_threshold:.4g}).",
             "",
         ]
-        if (
-            torch.distributed.is_available()
-            and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size() > 1
-        ):
-            lines += [
-                f"*Distributed evaluation: the metrics cover the whole split; the counts, curves and gallery below "
-                f"cover rank {torch.distributed.get_rank()}'s shard only.*",
-                "",
-            ]
         c = self._counts
         gated_out = int((~gates).sum()) if self._all_probs else 0
         lines += [

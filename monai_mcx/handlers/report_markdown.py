@@ -15,7 +15,30 @@ from typing import Any
 from monai_mcx.handlers.metrics import ORIGINAL_SUFFIX
 from monai_mcx.visualize import format_value
 
-__all__ = ["metrics_section", "calibration_section", "explain_section", "plots_section"]
+__all__ = ["metrics_section", "calibration_section", "explain_section", "plots_section", "sensitivity_note"]
+
+
+def sensitivity_note(split: str | None, description_thresholds: Mapping | None, targets: Sequence[float]) -> str:
+    """Where the thresholds of the fixed sensitivity targets (``sens90``, ``sens95``) of an evaluation come from, in
+    words, for :func:`calibration_section`.
+
+    Args:
+        split: the evaluated split; ``"validation"``: chosen on it by this evaluation.
+        description_thresholds: the model description's ``sensitivity_thresholds`` (chosen on a validation split),
+            or None.
+        targets: the sensitivity targets (``0.9`` -> "90").
+
+    Returns:
+        ``"chosen on this validation split"``, ``"chosen on the validation split, read from the model
+        description"``, or ``"not available: the description has no 90/95 % sensitivity thresholds from a
+        validation split"`` (then they are not chosen on the evaluated split either).
+    """
+    if split == "validation":
+        return "chosen on this validation split"
+    if description_thresholds:
+        return "chosen on the validation split, read from the model description"
+    pct = "/".join(f"{100 * float(t):g}" for t in targets)
+    return f"not available: the description has no {pct} % sensitivity thresholds from a validation split"
 
 
 def metrics_section(metrics: Mapping[str, float | None]) -> list[str]:
@@ -70,6 +93,7 @@ def calibration_section(
     class_names: Sequence[str],
     deployed: Any,
     reliability_links: Sequence[tuple[str, str]] = (),
+    sensitivity_source: str = "",
 ) -> list[str]:
     """The "Calibration and operating points" section: ECE / Brier / NLL before and after calibration, the reliability
     diagrams, and sensitivity / specificity with their bootstrap intervals at each operating point.
@@ -80,6 +104,8 @@ def calibration_section(
         deployed: the deployed post-processor (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`): its
             calibration says which table is written.
         reliability_links: ``(class, relative PNG path)`` of the reliability diagrams shown.
+        sensitivity_source: where the sensitivity-target thresholds come from (:func:`sensitivity_note`); empty:
+            "on the validation split".
 
     Returns:
         The markdown lines; empty without ``calibration/ece/<class>/raw`` keys.
@@ -132,10 +158,15 @@ def calibration_section(
         return f"{format_value(v)} [{format_value(lo)}, {format_value(hi)}]" if lo is not None else format_value(v)
 
     ops = sorted({k.split("/")[1] for k in metrics if re.fullmatch(r"classification/sens[0-9.]+/threshold/.+", k)})
+    source = sensitivity_source or "on the validation split"
+    if source.startswith("not available"):
+        sens = f"*sensNN* (the highest threshold reaching NN % sensitivity on a validation split): {source}"
+    else:
+        sens = f"*sensNN*: the highest threshold reaching NN % sensitivity, {source}"
     lines += [
         "Operating points (sensitivity and specificity with 95 % confidence intervals, percentile bootstrap "
-        "over patients: all images of a patient are resampled together). *chosen*: the deployed class threshold; "
-        "*sensNN*: the highest threshold reaching NN % sensitivity on the validation split.",
+        f"over patients: all images of a patient are resampled together). *chosen*: the deployed class threshold; "
+        f"{sens}.",
         "",
         "| class | operating point | threshold | sensitivity [95 % CI] | specificity [95 % CI] | patients |",
         "| --- | --- | ---: | --- | --- | ---: |",

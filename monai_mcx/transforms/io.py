@@ -1,4 +1,4 @@
-"""Loading chest X-rays (DICOM, PNG/JPEG, NIfTI) as one-channel float images in [0, 1].
+"""Loading chest X-rays (DICOM, PNG/JPEG/TIFF/BMP, NIfTI) as one-channel float images in [0, 1].
 
 :class:`LoadCXR` / :class:`LoadCXRd` return a :class:`monai.data.MetaTensor` of shape ``(1, W, H)``
 (spatial dim 0 = x = column), the layout that ``LoadImage`` + ``EnsureChannelFirst`` give for a PNG,
@@ -28,6 +28,14 @@ Everything else (MetaTensor, affine with the pixel spacing) follows MONAI.
      DX image also carries ``INVERSE``), so that bone is bright and lungs dark.
 
   Colour DICOMs (``SamplesPerPixel`` 3) are averaged to gray and mapped from the stored range.
+
+  **BitsStored and the data.** The pixels are decoded as stored, not masked to ``BitsStored`` bits. When
+  unsigned pixel values exceed ``2**BitsStored - 1`` (a 12-bit header over 13-bit data: masking would wrap 4096
+  to 0) the header contradicts the data: a warning names the file, the pixels are kept, and ``BitsStored`` is
+  taken as the smallest bit depth that holds the largest value (at most ``BitsAllocated``; 5000 -> 13 bits,
+  stored range ``0 .. 8191``); ``meta["bits_stored"]`` is the depth used. High bits that hold an embedded
+  overlay (``OverlayBitPosition >= BitsStored``) are masked off silently; signed pixels are sign-extended from
+  ``BitsStored``, as the standard says.
 * 16-bit PNG, 32-bit/float TIFF and NIfTI (no stored range or window in the file): min-max over the image.
 
 ``scale="minmax"`` min-max normalises the result of the pipeline per image (what the bundle did before
@@ -36,14 +44,24 @@ issue #13 with a later ``ScaleIntensityd``; models trained that way need it).
 DICOM: pixel data decoded by pydicom (compressed transfer syntaxes need a pixel plugin, e.g.
 ``pylibjpeg``/``pillow``/``gdcm``; when none is installed the error names the plugins to install), bits
 stored up to 16, spacing (``PixelSpacing`` or ``ImagerPixelSpacing``) kept in the metadata
-(``pixel_spacing`` = (x, y) in mm) and the affine. Files without a DICOM extension are recognised by their
-header (``DICM`` at byte 128).
+(``pixel_spacing`` = (x, y) in mm) and the affine.
+
+**What is an input: the content, not the extension.** :func:`monai_mcx.data.formats.sniff_format` reads
+the first bytes: DICOM (``DICM`` at byte 128, whatever the file's name, or none), PNG, JPEG, TIFF, BMP (their
+magic bytes) and NIfTI (its single-file magic, also gzipped). A DICOM named ``.png`` is read as DICOM, a PNG
+named ``.dcm`` as PNG; anything else (a text file named ``.png``, DICOM without its preamble, GIF, WebP) is
+refused with an error naming the file. Folder inference lists its inputs by the same function
+(:func:`monai_mcx.data.datalist.list_image_folder`).
 
 PNG/JPEG: the EXIF orientation is applied as image viewers do (``PIL.ImageOps.exif_transpose``), for images
 and masks alike (``meta["exif_orientation"]`` keeps the tag, 1 = none).
 
 Size: an image whose shorter side is below ``min_size`` pixels (default 32) or with more than ``max_pixels``
 pixels (default 40 million, about 6300 x 6300) is refused before its pixels are decoded.
+
+Frames: one image per file. A multi-frame DICOM (``NumberOfFrames`` > 1), an animated PNG (APNG) and a multi-page
+TIFF are refused before decoding ("expected a single-frame 2D image, got 3 frames (an animated PNG)"), not read
+as their first frame. (A camera JPEG's MPO preview frames are ignored: its first frame is the picture.)
 
 Masks (``as_mask``): no LUTs, no scaling, the same orientation rule. A label mask holds 0 for background and
 one foreground value (any, e.g. 1 or 255; a palette PNG's indices, RGB: any channel); it becomes 0/1 with
@@ -68,22 +86,14 @@ from monai.transforms import MapTransform, Transform
 
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
+from monai_mcx.data.formats import input_format
+from monai_mcx.data.pixels import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, minmax
+from monai_mcx.dicom import reader as _dicom_reader
 from monai_mcx.keys import BatchKeys
-from monai_mcx.transforms.dicom_reader import _read_dicom
-from monai_mcx.transforms.readers import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIZE,
-    _minmax,
-    _read_nifti,
-    _read_pil,
-)
-from monai_mcx.utils import is_dicom_file
+from monai_mcx.transforms.readers import _read_nifti, _read_pil
 
 __all__ = ["LoadCXR", "LoadCXRd", "KeepOverlayImaged", "read_cxr"]
 
-_DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _SCALES = ("auto", "minmax")
 _GREY_MASKS = ("error", "threshold")
 
@@ -109,7 +119,8 @@ def read_cxr(
     """Read one image as a numpy ``(rows, cols)`` float32 array in [0, 1] (0/1 when ``as_mask``) plus metadata.
 
     Args:
-        filename: DICOM (any extension, or none), PNG/JPEG/BMP/TIFF, or NIfTI file.
+        filename: DICOM, PNG, JPEG, TIFF, BMP or NIfTI file, recognised by its content whatever its name
+            (:func:`monai_mcx.data.formats.sniff_format`).
         apply_voi: apply the DICOM VOI LUT / window (pipeline step 2, module docstring).
         invert_monochrome1: invert ``MONOCHROME1`` and ``PresentationLUTShape = INVERSE`` DICOMs (step 3).
         scale: ``"auto"`` (the pipeline) or ``"minmax"`` (the pipeline, then per-image min-max).
@@ -119,20 +130,21 @@ def read_cxr(
         grey_masks: ``"error"`` or ``"threshold"`` for masks that are not label masks (module docstring).
 
     Raises:
-        DataError: file missing, not an image, truncated, undecodable (naming the plugin to install for
-            compressed DICOM), unsupported bit depth or shape, too small or too large, grey-level mask.
+        DataError: file missing, not an image (its content none of the formats above), truncated, undecodable (naming the plugin to install for
+            compressed DICOM), unsupported bit depth or shape, more than one frame, too small or too large,
+            grey-level mask.
     """
     _check_options(scale, grey_masks)
     path = Path(filename)
     if not path.is_file():
         raise DataError("file not found" if not path.exists() else "not a file", path)
-    name = path.name.lower()
+    fmt = input_format(path)  # the content decides, not the extension
     args = (as_mask, int(min_size), None if max_pixels is None else int(max_pixels), grey_masks)
     try:
-        if name.endswith(_NIFTI_SUFFIXES):
+        if fmt == "nifti":
             arr, spacing, meta = _read_nifti(path, *args)
-        elif name.endswith(_DICOM_SUFFIXES) or (not name.endswith(_PIL_SUFFIXES) and is_dicom_file(path)):
-            arr, spacing, meta = _read_dicom(path, apply_voi, invert_monochrome1, *args)
+        elif fmt == "dicom":
+            arr, spacing, meta = _dicom_reader._read_dicom(path, apply_voi, invert_monochrome1, *args)
         else:
             arr, spacing, meta = _read_pil(path, *args)
     except DataError:
@@ -142,7 +154,7 @@ def read_cxr(
     if arr.size == 0:
         raise DataError("image is empty", path)
     if scale == "minmax" and not as_mask:
-        arr = _minmax(arr)
+        arr = minmax(arr)
         meta["intensity"] = f"{meta.get('intensity', '')}+minmax"
     meta["filename_or_obj"] = str(path)
     meta["pixel_spacing"] = spacing

@@ -1,5 +1,7 @@
-"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, and the
-size, intensity and mask rules every reader shares (the DICOM reader is :mod:`monai_mcx.transforms.dicom_reader`).
+"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, the
+size, intensity and mask rules every reader shares live in :mod:`monai_mcx.data.pixels` (the DICOM reader is
+:mod:`monai_mcx.dicom.reader`);
+using :func:`monai_mcx.data.formats.input_format`, the one rule for what is an input image.
 Each reader returns ``(array (rows, cols), pixel spacing (x, y) or None, metadata)``; the rules are those of
 the :mod:`monai_mcx.transforms.io` docstring.
 """
@@ -12,74 +14,21 @@ from pathlib import Path
 import numpy as np
 
 from monai_mcx.data.errors import DataError
+from monai_mcx.data.formats import INPUT_FORMATS, input_format, sniff_format
+from monai_mcx.data.pixels import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_SIZE,
+    binary_mask,
+    check_single_frame,
+    check_size,
+    minmax,
+    to_unit,
+)
 
-__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "exif_size_wh"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "INPUT_FORMATS", "exif_size_wh", "input_format", "sniff_format"]
 
-#: smallest accepted side of an image, in pixels
-DEFAULT_MIN_SIZE = 32
-#: largest accepted number of pixels of an image or mask
-DEFAULT_MAX_PIXELS = 40_000_000
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
 _EXIF_SWAPS_WH = (5, 6, 7, 8)
-
-
-def _minmax(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float32, copy=False)
-    lo, hi = float(np.min(a)), float(np.max(a))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise ValueError("image has non-finite values")
-    if hi <= lo:
-        return np.zeros_like(a, dtype=np.float32)
-    return (a - lo) / (hi - lo)
-
-
-def _to_unit(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Map ``[lo, hi]`` linearly to [0, 1] (float32 arithmetic, clipped); ``lo == 0, hi == 255`` is ``x / 255``."""
-    if not hi > lo:
-        raise ValueError(f"empty intensity range [{lo}, {hi}]")
-    out = (a.astype(np.float32, copy=False) - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0)
-
-
-def _check_size(cols: int, rows: int, path: Path, min_size: int, max_pixels: int | None) -> None:
-    """Refuse degenerate and huge images before their pixels are decoded."""
-    if min(cols, rows) < min_size:
-        raise DataError(
-            f"image is {cols}x{rows} pixels (W x H): a side is below the minimum of {min_size} pixels (min_size)", path
-        )
-    if max_pixels is not None and cols * rows > max_pixels:
-        raise DataError(
-            f"image is {cols}x{rows} = {cols * rows} pixels, more than max_pixels={max_pixels}: refused before "
-            "decoding (raise max_pixels of LoadCXR / LoadCXRd to accept it)",
-            path,
-        )
-
-
-def _binary_mask(arr: np.ndarray, path: Path, grey_masks: str) -> np.ndarray:
-    """A label mask (0 and one foreground value) -> 0/1; a grey-level mask -> error or thresholded
-    (:mod:`monai_mcx.transforms.io` docstring)."""
-    arr = np.asarray(arr)
-    if not np.all(np.isfinite(arr)):
-        raise DataError("mask holds NaN or Inf values", path)
-    values = np.unique(arr)
-    if values.size <= 1 or (values.size == 2 and values[0] == 0):
-        return (arr > 0).astype(np.float32)
-    shown = ", ".join(f"{v:g}" for v in values[:4]) + (f", ..., {values[-1]:g}" if values.size > 4 else "")
-    if grey_masks == "error":
-        raise DataError(
-            f"mask is not a label mask: it has {values.size} distinct values ({shown}), a mask must hold 0 for "
-            "background and one foreground value. Re-export it as a binary mask, or pass grey_masks='threshold' "
-            "(LoadCXR / LoadCXRd / PrepareAnnotationsd) to binarise it at half its maximum",
-            path,
-        )
-    thr = float(values[-1]) / 2.0
-    warnings.warn(
-        f"{path}: grey-level mask with {values.size} distinct values ({shown}) binarised at >= {thr:g} "
-        "(half its maximum; grey_masks='threshold')",
-        UserWarning,
-        stacklevel=2,
-    )
-    return ((arr >= thr) & (arr > 0)).astype(np.float32)
 
 
 def _exif_orientation(im) -> int:
@@ -102,16 +51,25 @@ def exif_size_wh(im) -> tuple[int, int]:
     return (h, w) if _exif_orientation(im) in _EXIF_SWAPS_WH else (w, h)
 
 
+#: the PIL plugins the loader opens: the formats :func:`sniff_format` finds (PIL opens an MPO as a JPEG)
+_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+#: PIL formats whose extra frames are images of their own (refused, as multi-frame DICOM is)
+_MULTI_FRAME = {"PNG": "an animated PNG", "TIFF": "a multi-page TIFF"}
+
+
 def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels below says more
-            opened = Image.open(path)
+            opened = Image.open(path, formats=_PIL_FORMATS)
         with opened as im:
+            fmt = im.format
             w, h = im.size  # the smaller side and the pixel count do not change with the orientation
-            _check_size(w, h, path, 0 if as_mask else min_size, max_pixels)
+            check_size(w, h, path, 0 if as_mask else min_size, max_pixels)
+            if fmt in _MULTI_FRAME:  # not MPO: a camera JPEG's extra frames are previews of the first
+                check_single_frame(getattr(im, "n_frames", 1), _MULTI_FRAME[fmt], path)
             im.load()
             orientation = _exif_orientation(im)
             if orientation != 1:
@@ -141,18 +99,18 @@ def _read_pil(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"unreadable or truncated image ({type(e).__name__}: {e})", path) from e
     meta = {
-        "source_format": path.suffix.lower().lstrip("."),
+        "source_format": (fmt or "").lower(),
         "pil_mode": mode,
         "bits_stored": bits or 0,
         "exif_orientation": orientation,
     }
     if as_mask:
-        return _binary_mask(arr, path, grey_masks), None, meta
+        return binary_mask(arr, path, grey_masks), None, meta
     if bits == 8:
         meta["intensity"] = "x/255"
-        return _to_unit(arr, 0.0, 255.0), None, meta
+        return to_unit(arr, 0.0, 255.0), None, meta
     meta["intensity"] = "minmax"
-    return _minmax(arr), None, meta
+    return minmax(arr), None, meta
 
 
 def _read_nifti(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks):
@@ -163,7 +121,7 @@ def _read_nifti(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks
         shape = [int(s) for s in img.header.get_data_shape()]
         dims = [s for s in shape if s > 1]
         if len(dims) >= 2:
-            _check_size(dims[0], dims[1], path, 0 if as_mask else min_size, max_pixels)
+            check_size(dims[0], dims[1], path, 0 if as_mask else min_size, max_pixels)
         arr = np.asarray(img.dataobj, dtype=np.float32)
         zooms = img.header.get_zooms()
     except DataError:
@@ -180,6 +138,6 @@ def _read_nifti(path: Path, as_mask: bool, min_size: int, max_pixels, grey_masks
     # NIfTI arrays are indexed (x, y) already: return (rows, cols) like the others (transposed back later)
     arr = arr.T
     if as_mask:
-        return _binary_mask(arr, path, grey_masks), spacing, meta
+        return binary_mask(arr, path, grey_masks), spacing, meta
     meta["intensity"] = "minmax"
-    return _minmax(arr), spacing, meta
+    return minmax(arr), spacing, meta

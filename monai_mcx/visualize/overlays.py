@@ -3,7 +3,7 @@
 - :func:`overlay_image`: inference's ``<stem>_overlay.png`` (:class:`monai_mcx.handlers.PredictionWriter`): the
   mask tinted red and the boxes in yellow with their scores, at the original size (a ``PIL.Image``).
 - :func:`saliency_overlay` (and :func:`saliency_png_bytes`): a saliency heat map blended over the X-ray (inference's
-  ``<stem>_saliency_<class>.png``, TensorBoard, ``scripts/saliency_real.py``).
+  ``<stem>_saliency_<class>.png``, TensorBoard, ``experiments/saliency_real.py``).
 - :func:`overlay_rgb`: TensorBoard's validation pictures (:class:`monai_mcx.handlers.TensorBoardOverlayHandler`):
   true (green) and predicted (red) mask contours and boxes, drawn with numpy only; :func:`saliency_rgb` adds a
   saliency heat map under them. MONAI's ``TensorBoardImageHandler`` logs one image/label/prediction tensor per

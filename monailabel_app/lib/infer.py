@@ -15,6 +15,12 @@ at the operating point) and ``boxes_ungated``: lists of {"box": [x1, y1, x2, y2]
 "score", "label"}, ``box_score_threshold``, ``mask_area_px``, ``size_wh``. A request may override
 ``class_thresholds`` (one number or one per class), ``seg_threshold`` and ``box_score_threshold``.
 
+The operating point (calibration, class thresholds, mask threshold, box score threshold) comes from ONE reading
+of the model description, re-read as a whole with the weights when ``model.pt`` or ``model.json`` changes (a train
+task publishing, an evaluation writing a new operating point into ``model.json``). The task's config holds
+``None`` for the three overridable values ("the description's"), never a copy of them: a copy taken at start-up
+would be merged into every request and pair old thresholds with a new calibration.
+
 Saliency (optional, off by default: one extra forward + backward pass per class): with the task's config
 ``saliency`` true (``--conf saliency true`` at server start) or a request's ``params={"saliency": true}``, the result
 JSON also has ``saliency``, computed by :func:`monai_mcx.explain.saliency_result` with the method and layer of the
@@ -98,9 +104,10 @@ class MultiCheXNetInfer(BasicInferTask):
             config={
                 "result_extension": result_extension,
                 "result_dtype": "uint8",
-                "class_thresholds": self.postprocessor.class_thresholds,
-                "seg_threshold": self.postprocessor.seg_threshold,
-                "box_score_threshold": self.postprocessor.box_score_threshold,
+                # None: the current model description's (module docstring); a request may set them
+                "class_thresholds": None,
+                "seg_threshold": None,
+                "box_score_threshold": None,
                 "saliency": bool(saliency),
             },
             load_strict=True,

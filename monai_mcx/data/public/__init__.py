@@ -13,6 +13,8 @@ class                      source     what it yields
 :class:`COVIDLungs`        ``covid_lungs`` lung masks + lung boxes + ieee8023 findings
 :class:`QUViralLungs`      ``qu_viral_lungs`` lung masks on Kermany viral pneumonia images
 :class:`COVIDLesions`      ``covid_lesions`` lesion masks (GGO + consolidation) + ieee8023 findings
+:class:`SIIMCovidOpacity`  ``siim_covid`` radiologists' opacity 0/1 + study appearance (patient = study),
+                                      no boxes (original image size unknown)
 =========================  =========  ===========================================================
 
 Every adapter iterates datalist items (see ``monai_mcx.data.datalist``) with **absolute** paths::
@@ -47,6 +49,7 @@ from monai_mcx.data.public.nih import NIHChestXray14
 from monai_mcx.data.public.qu_viral_lungs import QUViralLungs
 from monai_mcx.data.public.rsna import RSNAPneumonia
 from monai_mcx.data.public.siim import SIIMPneumothorax
+from monai_mcx.data.public.siim_covid import SIIMCovidOpacity
 
 __all__ = [
     "ClassMap",
@@ -60,6 +63,7 @@ __all__ = [
     "COVIDLungs",
     "QUViralLungs",
     "COVIDLesions",
+    "SIIMCovidOpacity",
     "ieee8023_patient_groups",
     "ADAPTERS",
     "find_file",
@@ -76,4 +80,5 @@ ADAPTERS = {
     "covid_lungs": COVIDLungs,
     "qu_viral_lungs": QUViralLungs,
     "covid_lesions": COVIDLesions,
+    "siim_covid": SIIMCovidOpacity,
 }

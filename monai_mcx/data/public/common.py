@@ -165,6 +165,8 @@ DEFAULT_CLASS_MAP: dict[str, dict[str, str | list[str]]] = {
         )
     },
     "qu_viral_lungs": {"viral pneumonia": "pneumonia"},
+    # the radiologists drew an opacity box: a visible lesion, as RSNA's "Lung Opacity"
+    "siim_covid": {"Lung Opacity": "pneumonia"},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -12,6 +13,35 @@ from monai_mcx.keys import DatalistKeys
 
 __all__ = ["RSNAPneumonia"]
 
+#: how many dropped duplicate rows the warning lists one by one
+_LISTED = 20
+
+
+def _drop_exact_duplicates(path, rows: list[tuple[int, list[str]]], pid_col: int) -> list[tuple[int, list[str]]]:
+    """``rows`` without the rows that repeat an earlier one exactly (every value, surrounding spaces ignored); a
+    warning names the dropped CSV lines, their patientId and the line they repeat. A repeated box row would
+    otherwise be a second, identical box of the patient."""
+    first: dict[tuple[str, ...], int] = {}
+    kept, dropped = [], []
+    for row_no, r in rows:
+        key = tuple(v.strip() for v in r)
+        if key in first:
+            pid = r[pid_col].strip() if len(r) > pid_col else ""
+            dropped.append(f"row {row_no} (patientId {pid}, repeats row {first[key]})")
+            continue
+        first[key] = row_no
+        kept.append((row_no, r))
+    if dropped:
+        more = f", ... and {len(dropped) - _LISTED} more" if len(dropped) > _LISTED else ""
+        warnings.warn(
+            f"{path}: {len(dropped)} exact duplicate rows dropped (each box counted once): "
+            + ", ".join(dropped[:_LISTED])
+            + more,
+            UserWarning,
+            stacklevel=3,
+        )
+    return kept
+
 
 class RSNAPneumonia(PublicDataset):
     """RSNA Pneumonia Detection Challenge (2018).
@@ -20,6 +50,9 @@ class RSNAPneumonia(PublicDataset):
     single empty row for Target 0) and, when present, ``stage_2_detailed_class_info.csv``
     (``patientId,class``: ``Lung Opacity`` / ``No Lung Opacity / Not Normal`` / ``Normal``); images are
     ``<images_dir>/<patientId>.dcm`` (1024 x 1024).
+
+    Rows that repeat an earlier row exactly are dropped with a warning naming their CSV lines and patientId (a
+    repeated box row is one box, not two).
 
     Items: ``boxes`` = the patient's boxes (xywh converted to xyxy), ``[]`` for Target 0;
     ``findings = [detailed class]`` (``"Lung Opacity"`` / ``"No Lung Opacity / Not Normal"`` / ``"Normal"``;
@@ -50,6 +83,7 @@ class RSNAPneumonia(PublicDataset):
         path = self.labels_csv
         header, rows = read_csv(path, ("patientId", "x", "y", "width", "height", "Target"))
         ix = {c: header.index(c) for c in ("patientId", "x", "y", "width", "height", "Target")}
+        rows = _drop_exact_duplicates(path, rows, ix["patientId"])
         out: OrderedDict[str, dict] = OrderedDict()
         bad: set[str] = set()
         w_img, h_img = self.image_size

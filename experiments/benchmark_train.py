@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Training cost: MultiCheXNet vs the three single-task models, seconds per epoch and time to a fixed quality.
 
 Data sets (each preprocessed once into memory, so the timings hold the training steps only):
@@ -17,7 +16,8 @@ samples its task trains on) with the bundle's loss
 (teacher forcing ``positive_only``), AdamW, batch ``--batch-size``. Epochs are run INTERLEAVED: epoch ``e`` of
 every variant, in an order rotating with ``e``, before epoch ``e + 1`` of any, so load changes of the shared
 machine hit all variants alike. After each epoch the variant is validated (not timed): AUC, Dice on
-positives, AP@0.5 on the validation split.
+positives, AP@0.5 on the validation split, from the probabilities, masks and candidate boxes of the model's
+post-processor (:func:`monai_mcx.model.build_postprocessor` of its description, ungated).
 
 Time to quality: per task the target is ``--quality-fraction`` x the lower of the best validation values
 reached by MultiCheXNet and by the single-task model; a model's time to it is its cumulative training time at
@@ -34,7 +34,7 @@ Writes the ``training`` section of ``docs/benchmarks.md`` and the ``training`` k
 
 Example::
 
-    python scripts/benchmark_train.py --rsna-datalist /tmp/rsna/datalist.json --epochs 6
+    python -m experiments.benchmark_train --rsna-datalist /tmp/rsna/datalist.json --epochs 6
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,14 +50,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (str(REPO), str(REPO / "scripts")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+from experiments.bench_sections import (
+    add_output_options,
+    command_line,
+    load_average,
+    main_or_memory_probe,
+    peak_rss,
+    reset_peak_rss,
+    run_footer,
+    run_memory_probe,
+    write_section,
+)
+from monai_mcx.keys import TASKS
 
-from bench_sections import load_average, machine_line, update_json_key, update_markdown_section  # noqa: E402
-
-from monai_mcx.networks.multichexnet import TASKS  # noqa: E402
+#: this module (run again by ``python -m`` in a fresh process for a memory probe)
+MODULE = "experiments.benchmark_train"
 
 TARGET_JOINT = 0.45
 TARGET_DISJOINT = 1.0
@@ -139,15 +144,23 @@ class Variant:
     ):
         from monai_mcx.engines import MultiTaskTrainer
         from monai_mcx.losses import LocalizationLoss, MultiCheXNetLoss
-        from monai_mcx.networks import BoxDecoder, MultiCheXNet, make_anchor_generator
+        from monai_mcx.model import ModelDescription, build_anchor_generator, build_network, build_postprocessor
 
         torch.manual_seed(0)
         self.name, self.tasks, self.items, self.batch_size, self.grouped = name, tasks, items, batch_size, grouped
         self.set_to_none = set_to_none  # optimizer skips the parameters a step gave no gradient (skipped heads)
-        self.net = MultiCheXNet(encoder, class_names=("pneumonia",), tasks=tasks, num_anchors=len(anchors))
-        gen = make_anchor_generator(anchors)
-        self.loss = MultiCheXNetLoss(localization_loss=LocalizationLoss(gen) if "localization" in tasks else None)
-        self.decoder = BoxDecoder(gen, score_thresh=0.05, nms_thresh=0.4, detections_per_img=20)
+        # the model as the package describes it: network, anchors and the one post-processing (validation)
+        self.description = ModelDescription(
+            class_names=["pneumonia"],
+            tasks=list(tasks),
+            encoder=encoder,
+            spatial_size=[int(s) for s in items[0]["image"].shape[1:]],
+            base_anchor_shapes=anchors,
+        )
+        self.net = build_network(self.description)
+        gen = build_anchor_generator(self.description)
+        self.loss = MultiCheXNetLoss(localization_loss=LocalizationLoss(gen) if gen is not None else None)
+        self.post = build_postprocessor(self.description)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4)
         self.trainer_cls = MultiTaskTrainer
         self.trainer_kwargs = dict(trainer_kwargs or {})
@@ -185,6 +198,7 @@ class Variant:
 
     @torch.no_grad()
     def validate(self, val: list[dict]) -> dict:
+        from monai_mcx.keys import PredKeys
         from monai_mcx.metrics.classification import roc_auc
         from monai_mcx.metrics.detection import detection_metrics
         from monai_mcx.metrics.segmentation import segmentation_metrics
@@ -192,15 +206,17 @@ class Variant:
         self.net.eval()
         probs, labels, seg, masks, dets, truths = [], [], [], [], [], []
         for b in batches(val, 32, seed=0):
-            out = self.net(b["image"])
-            if "class_logits" in out:
-                probs.append(torch.sigmoid(out["class_logits"]))
+            # probabilities, the mask and every candidate box from the model's post-processor (ungated: the
+            # validation metrics score each head on its own)
+            pred = self.post(self.net(b["image"]), b["image"])
+            if PredKeys.CLASS_PROBS in pred:
+                probs.append(pred[PredKeys.CLASS_PROBS])
                 labels.append(b["label"])
-            if "seg_logits" in out:
-                seg.append((torch.sigmoid(out["seg_logits"]) > 0.5).float())
+            if PredKeys.SEG_MASK in pred:
+                seg.append(pred[PredKeys.SEG_MASK].float())
                 masks.append(b["mask"])
-            if "box_cls_logits" in out:
-                dets += [{k: v.numpy() for k, v in d.items()} for d in self.decoder(out, b["image"])]
+            if PredKeys.DETECTIONS in pred:
+                dets += [{k: v.numpy() for k, v in d.items()} for d in pred[PredKeys.DETECTIONS]]
                 truths += [bx.numpy() for bx in b["boxes"]]
         self.net.train()
         m = {}
@@ -425,31 +441,18 @@ def memory_probe(tasks: str, encoder: str, size: int, batch: int, threads: int) 
     )
     gc.collect()
     base = psutil.Process().memory_info().rss
-    with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM
-        f.write("5")
+    reset_peak_rss()
     trainer.run()
-    with open("/proc/self/status") as f:
-        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
-    print((peak - base) / 2**20)
+    print((peak_rss() - base) / 2**20)
 
 
 def train_memory(encoder: str, sizes: list[int], batch: int, threads: int) -> list[dict]:
+    """Peak memory of one training step per variant and size, each in a fresh process (:func:`memory_probe`)."""
     rows = []
     for size in sizes:
         for name, tasks in [("multichexnet", TASKS)] + [(f"single_{t}", (t,)) for t in TASKS]:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--_memory-probe",
-                ",".join(tasks),
-                encoder,
-                str(size),
-                str(batch),
-                str(threads),
-            ]
             try:
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True).stdout
-                mib = round(float(out.strip().splitlines()[-1]), 1)
+                mib = round(run_memory_probe(MODULE, [",".join(tasks), encoder, size, batch, threads]), 1)
             except Exception as e:  # noqa: BLE001 - a side measurement
                 print(f"memory probe failed for {name} {size}px: {e}", file=sys.stderr)
                 mib = None
@@ -464,8 +467,14 @@ def fmt(x, nd=2):
 
 
 def markdown(records: list[dict], memory: list[dict], args, command: str, load: tuple, elapsed: float) -> str:
+    """The ``training`` section of ``docs/benchmarks.md``: the epoch-time table, the quality targets, peak memory."""
+    lines = _epoch_table(records, args) + _quality_lines(records, args) + _memory_table(memory)
+    return "\n".join(lines + run_footer(load, elapsed, command)) + "\n"
+
+
+def _epoch_table(records: list[dict], args) -> list[str]:
     lines = [
-        "## Training: MultiCheXNet vs the three single-task models (`scripts/benchmark_train.py`)",
+        "## Training: MultiCheXNet vs the three single-task models (`experiments/benchmark_train.py`)",
         "",
         f"Goals: jointly labelled data, MultiCheXNet ≤ {TARGET_JOINT} × the single-task models' summed seconds "
         f"per epoch at equal quality; disjoint data ≤ {TARGET_DISJOINT} ×.",
@@ -508,7 +517,11 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
                 f"{fmt(g['time_to_all_targets_s'], 1)} s / {fmt(r['time_to_all_targets_s_sum_single'], 1)} s"
                 f" = {fmt(g['ratio_time_to_quality'], 3)} |"
             )
-    lines += [
+    return lines
+
+
+def _quality_lines(records: list[dict], args) -> list[str]:
+    lines = [
         "",
         "Quality targets (fraction "
         f"{args.quality_fraction} of the lower of the two best validation values) and best values reached:",
@@ -531,29 +544,28 @@ def markdown(records: list[dict], memory: list[dict], args, command: str, load: 
             + (f" Steps in which MultiCheXNet ran each head: {heads}." if heads else "")
             + heads_alt
         )
-    if memory:
-        lines += [
-            "",
-            f"Peak memory of one training step, batch {memory[0]['batch']} (peak RSS of a fresh process "
-            "during the step minus its RSS before it; MiB):",
-            "",
-            "| size | " + " | ".join(["multichexnet"] + [f"single_{t}" for t in TASKS]) + " |",
-            "| ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for size in sorted({m["size"] for m in memory}):
-            vals = {m["variant"]: m["peak_rss_increase_mib"] for m in memory if m["size"] == size}
-            lines.append(
-                f"| {size} | "
-                + " | ".join(fmt(vals.get(v), 0) for v in ["multichexnet"] + [f"single_{t}" for t in TASKS])
-                + " |"
-            )
-    lines += [
+    return lines
+
+
+def _memory_table(memory: list[dict]) -> list[str]:
+    if not memory:
+        return []
+    lines = [
         "",
-        f"- {machine_line(torch.get_num_threads())}; load average (1, 5, 15 min) at start {load[0]}, "
-        f"at end {load[1]}; {elapsed / 60:.1f} min.",
-        f"- command: `{command}`",
+        f"Peak memory of one training step, batch {memory[0]['batch']} (peak RSS of a fresh process "
+        "during the step minus its RSS before it; MiB):",
+        "",
+        "| size | " + " | ".join(["multichexnet"] + [f"single_{t}" for t in TASKS]) + " |",
+        "| ---: | ---: | ---: | ---: | ---: |",
     ]
-    return "\n".join(lines) + "\n"
+    for size in sorted({m["size"] for m in memory}):
+        vals = {m["variant"]: m["peak_rss_increase_mib"] for m in memory if m["size"] == size}
+        lines.append(
+            f"| {size} | "
+            + " | ".join(fmt(vals.get(v), 0) for v in ["multichexnet"] + [f"single_{t}" for t in TASKS])
+            + " |"
+        )
+    return lines
 
 
 def parse_args(argv=None):
@@ -585,9 +597,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--memory-sizes", type=int, nargs="*", default=[64, 128, 256], help="sizes of the memory probes ([] = none)"
     )
-    p.add_argument("--out-md", type=Path, default=REPO / "docs" / "benchmarks.md")
-    p.add_argument("--out-json", type=Path, default=REPO / "docs" / "benchmarks.json")
-    p.add_argument("--no-write", action="store_true")
+    add_output_options(p)
     p.add_argument("--from-log", type=Path, help="write the tables from the printed log of an interrupted run")
     return p.parse_args(argv)
 
@@ -597,9 +607,7 @@ def main(argv=None) -> list[dict]:
     from monai_mcx.data.anchors import anchor_shapes_from_datalist
 
     args = parse_args(argv)
-    command = "python scripts/benchmark_train.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line(MODULE, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start, t0 = load_average(), time.perf_counter()
@@ -642,10 +650,10 @@ def main(argv=None) -> list[dict]:
     text = markdown(records, memory, args, command, load, elapsed)
     print(text)
     if not args.no_write:
-        update_markdown_section(args.out_md, "training", text)
-        update_json_key(
-            args.out_json,
+        write_section(
+            args,
             "training",
+            text,
             {
                 "records": records,
                 "memory": memory,
@@ -658,7 +666,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--_memory-probe":
-        memory_probe(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
-    else:
-        main()
+    main_or_memory_probe(main, memory_probe)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """End-to-end folder inference throughput (``inference.json``) against the forward pass alone.
 
 A folder of ``--images`` synthetic chest X-rays of ``--file-size`` px is written twice, as 8-bit PNG and as
@@ -21,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,28 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (str(REPO), str(REPO / "scripts")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from bench_sections import load_average, machine_line, update_json_key, update_markdown_section  # noqa: E402
+from experiments.bench_sections import (
+    add_output_options,
+    command_line,
+    load_average,
+    peak_rss,
+    reset_peak_rss,
+    run_footer,
+    write_section,
+)
+from experiments.common import REPO
 
 TARGET = 0.7
 ANCHORS = [[16.0, 16.0], [24.0, 24.0], [32.0, 20.0]]
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
 
 
 def write_folders(root: Path, n: int, size: int) -> dict[str, Path]:
@@ -118,11 +106,11 @@ def workflow(folder: Path, out: Path, ckpt: Path, args, outputs: str):
 def run_e2e(folder: Path, root: Path, ckpt: Path, args, outputs: str, rep: int) -> tuple[float, float]:
     wf = workflow(folder, root / f"out_{folder.name}_{outputs}_{rep}", ckpt, args, outputs)
     gc.collect()
-    _reset_peak()
+    reset_peak_rss()
     t0 = time.perf_counter()
     wf.run()
     dt = time.perf_counter() - t0
-    peak = _peak() / 2**20
+    peak = peak_rss() / 2**20
     wf.finalize()
     return dt, peak
 
@@ -140,13 +128,13 @@ def forward_batches(folder: Path, ckpt: Path, args):
 
 def run_forward(net, data) -> tuple[float, float]:
     gc.collect()
-    _reset_peak()
+    reset_peak_rss()
     t0 = time.perf_counter()
     with torch.no_grad():
         for x in data:
             net(x)
     dt = time.perf_counter() - t0
-    return dt, _peak() / 2**20
+    return dt, peak_rss() / 2**20
 
 
 def parse_args(argv=None):
@@ -159,21 +147,29 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out-md", type=Path, default=REPO / "docs" / "benchmarks.md")
-    p.add_argument("--out-json", type=Path, default=REPO / "docs" / "benchmarks.json")
     p.add_argument("--section", default="end_to_end", help="section of docs/benchmarks.md and key of the JSON")
-    p.add_argument("--no-write", action="store_true")
+    add_output_options(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    command = "python scripts/benchmark_inference.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    command = command_line("experiments.benchmark_inference", argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     load_start, t_start = load_average(), time.perf_counter()
+    rows = measure(args)
+    load = (load_start, load_average())
+    text = report(rows, args, command, load, time.perf_counter() - t_start)
+    print(text)
+    if not args.no_write:
+        record = {"records": rows, "command": command, "load_average_start": load[0], "load_average_end": load[1]}
+        write_section(args, args.section, text, record)
+    return rows
+
+
+def measure(args) -> list[dict]:
+    """Every configuration ``--repeats`` times, interleaved (after one untimed warm-up each); one record each."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folders = write_folders(root / "data", args.images, args.file_size)
@@ -212,11 +208,14 @@ def main(argv=None) -> list[dict]:
                 "times_s": [round(t, 3) for t in times[name]],
             }
         )
-    load = (load_start, load_average())
-    elapsed = time.perf_counter() - t_start
+    return rows
+
+
+def report(rows: list[dict], args, command: str, load: tuple, elapsed: float) -> str:
+    """The section of ``docs/benchmarks.md``."""
     lines = [
         f"## End-to-end folder inference, {args.file_size} px files, network at {args.size} px "
-        "(`scripts/benchmark_inference.py`)",
+        "(`experiments/benchmark_inference.py`)",
         "",
         f"Goal: end to end ≥ {TARGET} × the forward pass alone, outputs on. `inference.json` on a folder of "
         f"{args.images} synthetic {args.file_size} px images, network input {args.size} px, encoder "
@@ -237,22 +236,7 @@ def main(argv=None) -> list[dict]:
             f"| {r['config']} | {r['median_s']:.2f} | {r['img_per_s']:.2f} | {r['ratio_vs_forward']:.3f} | "
             f"{holds} | {r['peak_rss_mib']:.0f} |"
         )
-    lines += [
-        "",
-        f"- {machine_line(torch.get_num_threads())}; load average (1, 5, 15 min) at start {load[0]}, "
-        f"at end {load[1]}; {elapsed / 60:.1f} min.",
-        f"- command: `{command}`",
-    ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        update_markdown_section(args.out_md, args.section, text)
-        update_json_key(
-            args.out_json,
-            args.section,
-            {"records": rows, "command": command, "load_average_start": load[0], "load_average_end": load[1]},
-        )
-    return rows
+    return "\n".join(lines + run_footer(load, elapsed, command)) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
-#!/usr/bin/env python
-"""CUDA-only checks and benchmark rows in one run (called by ``scripts/gpu_check.sh``); one JSON results file.
+"""CUDA-only checks and benchmark rows in one run (called by ``experiments/gpu_check.sh``); one JSON results file.
 
 Sections (each timed, each failing alone without stopping the others; ``ok`` per section in the JSON):
 
@@ -10,7 +9,7 @@ Sections (each timed, each failing alone without stopping the others; ``ok`` per
    box regression (raw deltas) 0.05.
 3. ``memory_format``: forward img/s with ``channels_last`` and with ``torch.compile`` against plain eager
    (AMP on), with the outputs compared to eager (same tolerances); whether each helps.
-4. ``benchmark_rows``: ``scripts/benchmark.py --device cuda`` rows (fp32, AMP, AMP + channels_last) at
+4. ``benchmark_rows``: ``python -m experiments.benchmark --device cuda`` rows (fp32, AMP, AMP + channels_last) at
    256 and 512 px, batch 1 and 32: img/s, MultiCheXNet vs the three single-task models.
 5. ``training_throughput``: training img/s (AMP) of MultiCheXNet vs the three single-task models on jointly
    labelled synthetic batches, steps interleaved.
@@ -33,12 +32,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (str(REPO), str(REPO / "scripts")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-from monai_mcx.networks.multichexnet import TASKS  # noqa: E402
+from experiments import benchmark
+from monai_mcx.keys import TASKS
 
 TOL = {"class_prob": 0.01, "seg_prob": 0.02, "box_scores": 0.02, "box_regression": 0.05}
 
@@ -195,8 +190,6 @@ def memory_format(s: Setup) -> dict:
 
 
 def benchmark_rows(s: Setup) -> dict:
-    import benchmark
-
     argv = (
         ["--device", "cpu", "--quick", "--encoder", s.encoder, "--no-xrv", "--no-memory", "--no-write"]
         if s.dry

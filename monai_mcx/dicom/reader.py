@@ -1,17 +1,18 @@
-"""The DICOM reader behind :func:`monai_mcx.transforms.io.read_cxr`: header and size checks before decoding, a
-clear error naming the pixel plugin to install for a compressed transfer syntax, and the DICOM grayscale
-pipeline (modality LUT, VOI LUT / window or stored range, ``MONOCHROME1`` inversion) described in the
+"""The DICOM pixel reader behind :func:`monai_mcx.transforms.io.read_cxr` (``LoadCXRd``): header and size checks
+before decoding, a clear error naming the pixel plugin to install for a compressed transfer syntax, and the DICOM
+grayscale pipeline (modality LUT, VOI LUT / window or stored range, ``MONOCHROME1`` inversion) described in the
 :mod:`monai_mcx.transforms.io` docstring.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from monai_mcx.data.errors import DataError
-from monai_mcx.transforms.readers import _binary_mask, _check_size, _to_unit
+from monai_mcx.data.pixels import binary_mask, check_single_frame, check_size, to_unit
 
 __all__ = ["PLUGIN_HINT"]
 
@@ -63,6 +64,52 @@ def _stored_range(ds, bits: int) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+def _overlay_in_unused_bits(ds, bits: int) -> bool:
+    """True when an overlay plane is embedded in the pixel data's high bits (retired, found in old CR files):
+    ``OverlayBitPosition`` (60xx,0102) at or above ``BitsStored``."""
+    for group in range(0x6000, 0x6020, 2):
+        elem = ds.get((group, 0x0102))
+        if elem is not None and elem.value is not None and int(elem.value) >= bits:
+            return True
+    return False
+
+
+def _decode(ds, path: Path, bits: int) -> tuple[np.ndarray, int]:
+    """The pixel array and the bits stored to use (:mod:`monai_mcx.transforms.io`, "BitsStored and the data").
+
+    pydicom 3 masks unsigned pixels to ``BitsStored`` bits (``correct_unused_bits``): a 12-bit header over
+    13-bit data would wrap 4096 to 0 and 5000 to 904. The pixels are decoded unmasked instead; when the unused
+    high bits hold values (the header contradicts the data) they are kept, ``BitsStored`` is taken as the
+    smallest bit depth that holds the largest value (at most ``BitsAllocated``) and a warning names the file.
+    High bits that hold an embedded overlay (``OverlayBitPosition >= BitsStored``) are masked off, as the
+    standard says. Signed pixels are sign-extended from ``BitsStored`` (the standard's rule, pydicom's default).
+    """
+    if hasattr(ds, "pixel_array_options"):  # pydicom >= 3; pydicom 2 does not mask unsigned pixels
+        ds.pixel_array_options(correct_unused_bits=False)
+    arr = ds.pixel_array
+    allocated = int(ds.get("BitsAllocated", 0) or 0)
+    if bits >= allocated or arr.dtype.kind not in "iu":
+        return arr, bits
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        shift = arr.dtype.itemsize * 8 - bits
+        arr = np.left_shift(arr, shift) >> shift  # arithmetic shift on a signed dtype: sign extension
+        return arr, bits
+    top = int(arr.max()) if arr.size else 0
+    if top < 2**bits:
+        return arr, bits
+    if _overlay_in_unused_bits(ds, bits):
+        return arr & np.asarray(2**bits - 1, dtype=arr.dtype), bits
+    used = min(allocated, top.bit_length())
+    warnings.warn(
+        f"{path}: BitsStored={bits} but pixel values reach {top} (BitsAllocated={allocated}): the header contradicts "
+        f"the pixel data. The pixels are used as stored (not masked to {bits} bits) and BitsStored taken as "
+        f"{used} bits, the smallest that holds them (stored range 0..{2**used - 1})",
+        UserWarning,
+        stacklevel=4,
+    )
+    return arr, used
+
+
 def _dicom_to_unit(arr: np.ndarray, ds, bits: int, apply_voi: bool, meta: dict) -> np.ndarray:
     """Steps 1 and 2 of the DICOM pipeline (:mod:`monai_mcx.transforms.io` docstring): modality LUT, then window
     or stored range -> [0, 1]."""
@@ -83,7 +130,7 @@ def _dicom_to_unit(arr: np.ndarray, ds, bits: int, apply_voi: bool, meta: dict) 
         ends = apply_modality_lut(np.array([smin, smax], dtype=np.int64), ds)
         lo, hi = sorted(float(v) for v in np.asarray(ends).ravel()[:2])
         meta["intensity"] = "stored_range"
-    return _to_unit(np.asarray(out), lo, hi)
+    return to_unit(np.asarray(out), lo, hi)
 
 
 def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_size: int, max_pixels, grey_masks):
@@ -101,9 +148,11 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
     bits = int(ds.get("BitsStored", 0) or 0)
     if not 1 <= bits <= 16:
         raise DataError(f"BitsStored={bits} is not supported (1..16)", path)
-    _check_size(
+    check_size(
         int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), path, 0 if as_mask else min_size, max_pixels
     )
+    frames = ds.get("NumberOfFrames")
+    check_single_frame(int(frames or 1), f"NumberOfFrames={frames}", path)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if ts is not None and ts.is_compressed:
         missing = _missing_decoder(ts, path)
@@ -114,7 +163,7 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
                 path,
             )
     try:
-        arr = ds.pixel_array
+        arr, bits = _decode(ds, path, bits)
     except Exception as e:  # noqa: BLE001 - truncated pixel data, bad JPEG stream...
         raise DataError(f"cannot decode the pixel data ({type(e).__name__}: {e})", path) from e
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -134,9 +183,9 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
         "view_position": str(ds.get("ViewPosition", "")),
     }
     if as_mask:
-        return _binary_mask(arr, path, grey_masks), _spacing(ds), meta
+        return binary_mask(arr, path, grey_masks), _spacing(ds), meta
     if spp > 1:
-        out = _to_unit(arr, *_stored_range(ds, bits))
+        out = to_unit(arr, *_stored_range(ds, bits))
         meta["intensity"] = "stored_range"
     else:
         out = _dicom_to_unit(arr, ds, bits, apply_voi, meta)

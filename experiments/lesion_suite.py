@@ -1,4 +1,4 @@
-"""The LESION suite of ``run_experiments.py`` (issue 12 item 4): MultiCheXNet's claims on real lesion data.
+"""The LESION suite of :mod:`experiments.run_experiments` (issue 12 item 4): MultiCheXNet's claims on real lesion data.
 
 Data: Kermany (classes, ``../shared/data/cxr-real/kermany``), RSNA (classes + opacity boxes) and covid_lesions
 (classes + lesion masks) from ``../shared/data/cxr-lesions``, prepared by ``scripts/prepare_data.py`` with one
@@ -12,7 +12,7 @@ patient-level split (``--val-fraction 0.2 --test-fraction 0``, seed fixed), then
 
 Every model is trained through the bundle (``train.json`` + ``train_real.json``: ResNet-18, box-aware
 augmentation, ``SourceWeightedSampler`` 45/40/15 Kermany/RSNA/covid_lesions, AdamW + cosine) with
-:func:`run_experiments.train_run`, at the preset's resolution, epochs and samples per epoch. Three tables:
+:func:`experiments.common.train_run`, at the preset's resolution, epochs and samples per epoch. Three tables:
 
 (a) ``lesion_multitask_vs_single``: MultiCheXNet (teacher forcing ``balanced``, the recipe's) vs the three
     single-task models (``tasks`` override), each trained on its task's sources only and on exactly the samples
@@ -41,13 +41,24 @@ import json
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundle" / "configs"
+from experiments.common import (
+    CONFIGS,
+    REPO,
+    discussion_lines,
+    preset_name,
+    run_header,
+    sample,
+    timed_forward,
+    train_handlers,
+    train_run,
+)
+
 SUITE = "lesions"
 SOURCES = ("kermany", "rsna", "covid_lesions")
 #: train_real.json's source fractions
@@ -123,13 +134,6 @@ def _absolute(item: dict, base: Path) -> dict:
     return out
 
 
-def _sample(items: list, n: int | None, rng: np.random.Generator) -> list:
-    if n is None or n >= len(items):
-        return list(items)
-    idx = sorted(rng.choice(len(items), size=n, replace=False).tolist())
-    return [items[i] for i in idx]
-
-
 def prepare(kermany: Path, lesions: Path, work: Path) -> Path:
     """``scripts/prepare_data.py`` on the three sources (README "Training on real lesions"), once."""
     out = work / "prepared_datalist.json"
@@ -178,13 +182,13 @@ def build_lesion_datalists(prepared: Path, work: Path, p: dict, seed: int) -> di
     csplit = split_by_patient(covid, val_fraction=p["covid_val_fraction"], test_fraction=0.0, seed=seed)
     check_patient_splits(csplit)
     train = {
-        "kermany": _sample(of("training", "kermany"), p["kermany_train"], rng),
-        "rsna": _sample(of("training", "rsna"), p["rsna_train"], rng),
+        "kermany": sample(of("training", "kermany"), p["kermany_train"], rng),
+        "rsna": sample(of("training", "rsna"), p["rsna_train"], rng),
         "covid_lesions": sorted(csplit["training"], key=lambda it: it["image"]),
     }
     val = {
-        "kermany": _sample(of("validation", "kermany"), p["kermany_val"], rng),
-        "rsna": _sample(of("validation", "rsna"), p["rsna_val"], rng),
+        "kermany": sample(of("validation", "kermany"), p["kermany_val"], rng),
+        "rsna": sample(of("validation", "rsna"), p["rsna_val"], rng),
         "covid_lesions": sorted(csplit["validation"], key=lambda it: it["image"]),
     }
     all_train = [it for s in SOURCES for it in train[s]]
@@ -436,6 +440,17 @@ def render_lesions(entry: dict) -> list[str]:
     """The lesion section of ``results.md`` from its ``results.json`` entry (header keys + ``records``)."""
     recs = entry.get("records", [])
     p = entry.get("settings", {})
+    lines = _lesion_header(entry, p)
+    missing = entry.get("missing_rows") or []
+    if missing:
+        lines += [f"**Missing rows** (the run did not reach them before it stopped): {', '.join(missing)}.", ""]
+    lines += _lesion_multitask_table(recs)
+    lines += _lesion_teacher_forcing_table(recs, p)
+    lines += _lesion_transfer_table(recs, p)
+    return lines + [""] + discussion_lines(entry)
+
+
+def _lesion_header(entry: dict, p: dict) -> list[str]:
     sz = entry.get("subset_sizes", {}).get("per_source", {})
     lines = [
         "## Part 1: LESION tasks on real X-rays (cxr-lesions + Kermany)",
@@ -471,11 +486,11 @@ def render_lesions(entry: dict) -> list[str]:
         "not depend on them; thresholded numbers are optimistic (chosen on the images they score).",
         "",
     ]
-    missing = entry.get("missing_rows") or []
-    if missing:
-        lines += [f"**Missing rows** (the run did not reach them before it stopped): {', '.join(missing)}.", ""]
-    # (a)
-    lines += [
+    return lines
+
+
+def _lesion_multitask_table(recs: list[dict]) -> list[str]:
+    lines = [
         "### (a) MultiCheXNet vs the three single-task models (lesions)",
         "",
         "Single-task models: the same network and recipe with one task (`tasks` override), trained on that task's "
@@ -509,8 +524,11 @@ def render_lesions(entry: dict) -> list[str]:
             "single-task models (three passes per image).",
         ]
     lines += [""] + observations(recs) + [""]
-    # (b)
-    lines += [
+    return lines
+
+
+def _lesion_teacher_forcing_table(recs: list[dict], p: dict) -> list[str]:
+    lines = [
         "### (b) Teacher forcing on REAL negatives (RSNA)",
         "",
         "The joint model of (a) with `teacher_forcing` `positive_only` (only images with a lesion train the mask and "
@@ -532,10 +550,13 @@ def render_lesions(entry: dict) -> list[str]:
             f"{ug(m, 'rsna/boxes_per_negative', 2)} | {ug(m, 'rsna/mask_px_per_negative', 0)} | "
             f"{ug(m, 'covid_lesions/dice_positive')} | {_f(r.get('train_seconds'), 1)} |"
         )
-    # (c)
+    return lines
+
+
+def _lesion_transfer_table(recs: list[dict], p: dict) -> list[str]:
     tr = [r for r in recs if r["experiment"] == "lesion_transfer"]
     t0 = tr[0] if tr else {}
-    lines += [
+    lines = [
         "",
         "### (c) Transfer to an unseen disease: COVID-19 vs other pneumonias (covid_lesions)",
         "",
@@ -559,9 +580,7 @@ def render_lesions(entry: dict) -> list[str]:
             f"| {r['row']} | {'frozen' if r.get('freeze_encoder') else 'fine-tuned'} | "
             f"{_ci(m.get('auc'), m.get('auc_low'), m.get('auc_high'))} | {fold} | {_f(r.get('train_seconds'), 1)} |"
         )
-    from run_experiments import discussion_lines
-
-    return lines + [""] + discussion_lines(entry)
+    return lines
 
 
 def observations(recs: list[dict]) -> list[str]:
@@ -596,109 +615,114 @@ def observations(recs: list[dict]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ the suite
+#: the four models of table (a)
+MAIN_ROWS = ("multichexnet", "single_classification", "single_segmentation", "single_localization")
+#: the suite's rows in order; ``latency`` last (it times the four models of table (a) together)
+PLAN = (
+    *MAIN_ROWS,
+    "tf_positive_only",
+    "tf_all",
+    *(f"transfer_{init}_{mode}" for mode in ("frozen", "unfrozen") for init in TRANSFER_INITS),
+    "latency",
+)
+#: the row whose encoder a transfer row starts from (none for ``random_init``)
+TRANSFER_SOURCE = {"from_multichexnet": "multichexnet", "from_single_classifier": "single_classification"}
+
+
+def lesion_settings(args) -> tuple[str, dict]:
+    """The preset's name and its settings with the ``--lesion-*`` options given."""
+    preset = preset_name(args)
+    p = dict(LESION_PRESETS[preset])
+    for opt, key in (("lesion_size", "size"), ("lesion_epochs", "epochs"), ("lesion_samples", "samples_per_epoch")):
+        if getattr(args, opt, None) is not None:
+            p[key] = getattr(args, opt)
+    return preset, p
+
+
 def run_lesion_suite(args, write) -> dict:
     """Run (or continue) the lesion suite; ``write(entry)`` stores the suite's entry (after every row).
 
     Args:
-        args: the parsed options of ``run_experiments.py`` (``quick``, ``device``, ``seed``, ``work_dir``,
-            ``data_root``, ``lesions_root``, ``threads``).
+        args: the parsed options of ``experiments/run_experiments.py`` (``quick``, ``device``, ``seed``,
+            ``work_dir``, ``data_root``, ``lesions_root``, ``threads``, ``lesion_rows``, ``argv``).
         write: callable taking the suite's results entry (``results.json["suites"]["lesions"]``).
 
     Returns:
         the final entry.
     """
-    import platform
-    import shlex
-    from datetime import datetime, timezone
+    return LesionSuite(args).run(write)
 
-    from run_experiments import latency_ms, train_run  # the one training helper (bundle + ConfigWorkflow)
 
-    preset = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
-    p = dict(LESION_PRESETS[preset])
-    for opt, key in (("lesion_size", "size"), ("lesion_epochs", "epochs"), ("lesion_samples", "samples_per_epoch")):
-        if getattr(args, opt, None) is not None:
-            p[key] = getattr(args, opt)
-    work = Path(args.work_dir) / "lesions" / preset
-    work.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    prepared = prepare(Path(args.data_root) / "kermany", Path(args.lesions_root), Path(args.work_dir) / "lesions")
-    data = build_lesion_datalists(prepared, work, p, args.seed)
-    val = preprocess_items(data["val_items"], p, work / f"val_{p['size']}px.pt")
-    transfer_items = data["transfer_items"]
-    tr_index = {it["image"]: i for i, it in enumerate(data["val_items"])}
-    tr_pre = [dict(val[tr_index[it["image"]]], label=it["label"][0]) for it in transfer_items]
-    command = "python scripts/run_experiments.py " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
-    rows_dir = work / "rows"
-    rows_dir.mkdir(exist_ok=True)
-    records: list[dict] = []
-    spe = p["samples_per_epoch"]
-    folds = patient_folds(transfer_items, p["transfer_folds"], args.seed)
-    plan = [
-        "multichexnet",
-        "single_classification",
-        "single_segmentation",
-        "single_localization",
-        "tf_positive_only",
-        "tf_all",
-    ]
-    plan += [f"transfer_{init}_{mode}" for mode in ("frozen", "unfrozen") for init in TRANSFER_INITS]
-    plan += ["latency"]
+class LesionSuite:
+    """One run (or continuation) of the lesion suite: its data (prepared once, cached), its row cache
+    (``<work>/rows/<row>.json``, reused while the settings are the same) and its rows."""
 
-    def entry(complete: bool, missing: list[str]) -> dict:
+    def __init__(self, args):
+        self.args = args
+        self.preset, self.p = lesion_settings(args)
+        self.work = Path(args.work_dir) / "lesions" / self.preset
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.t_start = time.perf_counter()
+        prepared = prepare(Path(args.data_root) / "kermany", Path(args.lesions_root), Path(args.work_dir) / "lesions")
+        self.data = build_lesion_datalists(prepared, self.work, self.p, args.seed)
+        self.val = preprocess_items(self.data["val_items"], self.p, self.work / f"val_{self.p['size']}px.pt")
+        self.transfer_items = self.data["transfer_items"]
+        index = {it["image"]: i for i, it in enumerate(self.data["val_items"])}
+        self.transfer_pre = [dict(self.val[index[it["image"]]], label=it["label"][0]) for it in self.transfer_items]
+        self.folds = patient_folds(self.transfer_items, self.p["transfer_folds"], args.seed)
+        self.rows_dir = self.work / "rows"
+        self.rows_dir.mkdir(exist_ok=True)
+        self.records: list[dict] = []
+        self.from_row_cache: list[str] = []
+
+    # -- the results entry and the row cache
+    def entry(self, complete: bool, missing: list[str]) -> dict:
         return {
             "suite": SUITE,
-            "command": command.strip(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(0),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "preset": preset,
-            "resolution": p["size"],
-            "encoder": p["encoder"],
-            "seed": args.seed,
-            "settings": p,
-            "subset_sizes": data["sizes"],
-            "total_minutes": (time.perf_counter() - t_start) / 60,
+            **run_header(self.args, self.preset, self.p, self.data["sizes"], self.t_start),
             "complete": complete,
             "missing_rows": missing,
-            "rows_from_cache": sorted(set(from_row_cache)),
-            "records": list(records),
+            "rows_from_cache": sorted(set(self.from_row_cache)),
+            "records": list(self.records),
         }
 
-    from_row_cache: list[str] = []
+    def from_cache(self, step: str) -> dict | None:
+        """The finished row ``step`` of an earlier run with the same settings, or None."""
+        path = self.rows_dir / f"{step}.json"
+        row = json.loads(path.read_text()) if path.is_file() else None
+        return row if row is not None and row.get("settings") == self.p else None
 
-    def cached(name: str, fn):
-        path = rows_dir / f"{name}.json"
-        if path.is_file():
-            row = json.loads(path.read_text())
-            if row.get("settings") == p:
-                from_row_cache.append(name)
-                return row
+    def cached(self, name: str, fn) -> dict:
+        """Row ``name`` from the row cache, or computed by ``fn()`` and stored there."""
+        row = self.from_cache(name)
+        if row is not None:
+            self.from_row_cache.append(name)
+            return row
         t = time.perf_counter()
         row = fn()
-        row["settings"] = p
+        row["settings"] = self.p
         row["step_wall_seconds"] = round(time.perf_counter() - t, 1)
-        path.write_text(json.dumps(row, indent=1))
+        (self.rows_dir / f"{name}.json").write_text(json.dumps(row, indent=1))
         return row
 
-    def joint_like(name: str, task: str | None, mode: str = "balanced") -> dict:
-        tasks = (task,) if task else ("classification", "segmentation", "localization")
-        datalist = data["paths"][task or "joint"]
+    # -- the rows
+    def joint_like(self, name: str, task: str | None, mode: str = "balanced") -> dict:
+        """MultiCheXNet (``task`` None, teacher forcing ``mode``) or the single-task model of ``task``, trained on
+        its task's sources with the joint model's samples of that task per epoch, then scored on ``val``."""
+        p, spe = self.p, self.p["samples_per_epoch"]
+        tasks = (task,) if task else TASK_NAMES
         frac = {"segmentation": {"covid_lesions": 1.0}, "localization": {"rsna": 1.0}}.get(task, FRACTIONS)
         n = {
             "segmentation": round(FRACTIONS["covid_lesions"] * spe),
             "localization": round(FRACTIONS["rsna"] * spe),
         }.get(task, spe)
-        handlers = json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]
-        keep = [h for h in handlers if h["_target_"].endswith(("LrScheduleHandler", "LastCheckpoint"))]
-        resumed = (work / "runs" / name / "models" / "last.pt").is_file()
+        resumed = (self.work / "runs" / name / "models" / "last.pt").is_file()
         res = train_run(
             name,
-            work,
-            datalist,
+            self.work,
+            self.data["paths"][task or "joint"],
             p,
-            args,
+            self.args,
             tasks=tasks,
             epochs=p["epochs"],
             base_configs=("train_real.json",),
@@ -707,15 +731,14 @@ def run_lesion_suite(args, write) -> dict:
                 "teacher_forcing": mode,
                 "samples_per_epoch": n,
                 "source_fractions": frac,
-                "train#handlers": keep,
+                "train#handlers": train_handlers("train", ("LrScheduleHandler", "LastCheckpoint")),
                 "resume": True,
                 "ckpt_interval_iters": 10,
             },
         )
         net = res.pop("network")
         t = time.perf_counter()
-        preds = predict(net, res["ckpt"], val)
-        metrics = lesion_metrics(preds, val)
+        metrics = lesion_metrics(predict(net, res["ckpt"], self.val), self.val)
         return {
             **res,
             "metrics": metrics,
@@ -726,63 +749,67 @@ def run_lesion_suite(args, write) -> dict:
             "resumed": resumed,
         }
 
-    def transfer_row(init: str, frozen: bool, ckpts: dict) -> dict:
+    def _transfer_fold(self, name: str, pretrained: str, frozen: bool, fold: int, held: list[int]) -> tuple:
+        """Train the ``covid19`` classifier of one fold (every transfer item but ``held``); its predictions on the
+        ``held`` items and its training seconds."""
+        held_set = set(held)
+        train_items = [it for i, it in enumerate(self.transfer_items) if i not in held_set]
+        dl = self.work / "datalists" / f"transfer_fold{fold}.json"
+        held_items = [self.transfer_items[i] for i in held][:2]
+        dl.write_text(
+            json.dumps({"class_names": ["covid19"], "training": train_items, "validation": held_items, "test": []})
+        )
+        p = self.p
+        res = train_run(
+            name,
+            self.work,
+            dl,
+            dict(p, batch_size=p["transfer_batch_size"], latency_repeats=1),
+            self.args,
+            tasks=("classification",),
+            class_names=("covid19",),
+            epochs=p["transfer_epochs"],
+            finetune=True,
+            base_configs=("train_real.json",),
+            return_network=True,
+            extra={
+                "pretrained_ckpt": pretrained,
+                "freeze_encoder": frozen,
+                "pretrained_class_names": ["pneumonia"],
+                "class_names": ["covid19"],
+                "samples_per_epoch": len(train_items),
+                "source_fractions": {"covid_lesions": 1.0},
+                "train#handlers": train_handlers("train", ("LrScheduleHandler",)),
+            },
+        )
+        net = res.pop("network")
+        return predict(net, res["ckpt"], [self.transfer_pre[i] for i in held]), res["train_seconds"]
+
+    def transfer_row(self, init: str, frozen: bool, ckpts: dict) -> dict:
+        """Table (c)'s row: k-fold cross-validation by patient of a new classifier on the encoder ``init``."""
         from monai_mcx.metrics.classification import roc_auc
 
-        src = {"from_multichexnet": "multichexnet", "from_single_classifier": "single_classification"}.get(init)
-        oof = np.full(len(transfer_items), np.nan)
+        src = TRANSFER_SOURCE.get(init)
+        oof = np.full(len(self.transfer_items), np.nan)
         fold_auc, seconds = [], 0.0
-        for f, held in enumerate(folds):
-            held_set = set(held)
-            train_items = [it for i, it in enumerate(transfer_items) if i not in held_set]
-            dl = work / "datalists" / f"transfer_fold{f}.json"
-            dl.write_text(
-                json.dumps(
-                    {
-                        "class_names": ["covid19"],
-                        "training": train_items,
-                        "validation": [transfer_items[i] for i in held][:2],
-                        "test": [],
-                    }
-                )
-            )
+        for f, held in enumerate(self.folds):
             name = f"transfer_{init}_{'frozen' if frozen else 'unfrozen'}_fold{f}"
-            res = train_run(
-                name,
-                work,
-                dl,
-                dict(p, batch_size=p["transfer_batch_size"], latency_repeats=1),
-                args,
-                tasks=("classification",),
-                class_names=("covid19",),
-                epochs=p["transfer_epochs"],
-                finetune=True,
-                base_configs=("train_real.json",),
-                return_network=True,
-                extra={
-                    "pretrained_ckpt": ckpts[src] if src else "",
-                    "freeze_encoder": frozen,
-                    "pretrained_class_names": ["pneumonia"],
-                    "class_names": ["covid19"],
-                    "samples_per_epoch": len(train_items),
-                    "source_fractions": {"covid_lesions": 1.0},
-                    "train#handlers": [
-                        h
-                        for h in json.loads((CONFIGS / "train.json").read_text())["train"]["handlers"]
-                        if h["_target_"].endswith("LrScheduleHandler")
-                    ],
-                },
-            )
-            net = res.pop("network")
-            seconds += res["train_seconds"]
-            preds = predict(net, res["ckpt"], [tr_pre[i] for i in held])
+            preds, fold_seconds = self._transfer_fold(name, ckpts[src] if src else "", frozen, f, held)
+            seconds += fold_seconds
             for i, q in zip(held, preds):
                 oof[i] = q["prob"]
-            y = np.array([tr_pre[i]["label"] for i in held])
+            y = np.array([self.transfer_pre[i]["label"] for i in held])
             if 0 < y.sum() < len(y):
                 fold_auc.append(roc_auc(oof[held], y))
-        labels = np.array([it["label"] for it in tr_pre])
-        auc, lo, hi = bootstrap_auc(oof, labels, [it["patient"] for it in tr_pre], n_boot=p["n_boot"], seed=args.seed)
+        return self._transfer_summary(oof, fold_auc, seconds, frozen)
+
+    def _transfer_summary(self, oof: np.ndarray, fold_auc: list[float], seconds: float, frozen: bool) -> dict:
+        """Pooled out-of-fold AUC with its patient-bootstrap interval, the per-fold AUCs and the set's size."""
+        pre = self.transfer_pre
+        labels = np.array([it["label"] for it in pre])
+        auc, lo, hi = bootstrap_auc(
+            oof, labels, [it["patient"] for it in pre], n_boot=self.p["n_boot"], seed=self.args.seed
+        )
         return {
             "metrics": {
                 "auc": None if not np.isfinite(auc) else auc,
@@ -795,68 +822,65 @@ def run_lesion_suite(args, write) -> dict:
             "oof_probs": [float(v) for v in oof],
             "fold_aucs": fold_auc,
             "train_seconds": round(seconds, 2),
-            "epochs": p["transfer_epochs"],
+            "epochs": self.p["transfer_epochs"],
             "freeze_encoder": frozen,
-            "n_images": len(tr_pre),
-            "n_patients": len({it["patient"] for it in tr_pre}),
+            "n_images": len(pre),
+            "n_patients": len({it["patient"] for it in pre}),
             "n_positive": int(labels.sum()),
         }
 
-    only = set(getattr(args, "lesion_rows", None) or plan)
+    def run_row(self, step: str, done: dict) -> dict | None:
+        """Row ``step`` (trained, or read from the row cache); None when a row it needs is not ``done``."""
+        if step == "multichexnet":
+            return self.cached(step, lambda: self.joint_like("multichexnet", None, "balanced"))
+        if step.startswith("single_"):
+            task = step.removeprefix("single_")
+            return self.cached(step, lambda: self.joint_like(step, task))
+        if step.startswith("tf_"):
+            mode = step.removeprefix("tf_")
+            return self.cached(step, lambda: self.joint_like(f"multichexnet_{mode}", None, mode))
+        if step == "latency":
+            if not all(r in done for r in MAIN_ROWS):
+                return None
+            return self.cached(step, lambda: latency_row({r: done[r]["ckpt"] for r in MAIN_ROWS}, self.p, self.args))
+        init, mode = step.removeprefix("transfer_").rsplit("_", 1)
+        ckpts = {k: done[k]["ckpt"] for k in ("multichexnet", "single_classification") if k in done}
+        need = TRANSFER_SOURCE.get(init)
+        if need is not None and need not in ckpts:
+            return None
+        return self.cached(step, lambda: self.transfer_row(init, mode == "frozen", ckpts))
 
-    def from_cache(step: str) -> dict | None:
-        path = rows_dir / f"{step}.json"
-        row = json.loads(path.read_text()) if path.is_file() else None
-        return row if row is not None and row.get("settings") == p else None
-
-    done: dict[str, dict] = {}
-    for step in plan:
-        t_step = time.perf_counter()
-        if step not in only:  # another process's rows (--lesion-rows): taken from the cache when finished
-            row = from_cache(step)
-            if row is not None:
-                done[step] = row
-            continue
-        try:
-            if step == "multichexnet":
-                done[step] = cached(step, lambda: joint_like("multichexnet", None, "balanced"))
-            elif step.startswith("single_"):
-                task = step.removeprefix("single_")
-                done[step] = cached(step, lambda: joint_like(step, task))
-            elif step.startswith("tf_"):
-                mode = step.removeprefix("tf_")
-                done[step] = cached(step, lambda: joint_like(f"multichexnet_{mode}", None, mode))
-            elif step == "latency":
-                main_rows = ("multichexnet", "single_classification", "single_segmentation", "single_localization")
-                if not all(r in done for r in main_rows):
-                    continue
-                done[step] = cached(step, lambda: latency_row({r: done[r]["ckpt"] for r in main_rows}, p, args))
-            else:
-                init, mode = step.removeprefix("transfer_").rsplit("_", 1)
-                ckpts = {k: done[k]["ckpt"] for k in ("multichexnet", "single_classification") if k in done}
-                need = {"from_multichexnet": "multichexnet", "from_single_classifier": "single_classification"}.get(
-                    init
-                )
-                if need is not None and need not in ckpts:
-                    continue
-                done[step] = cached(step, lambda: transfer_row(init, mode == "frozen", ckpts))
-        except Exception as e:  # one failing row must not lose the others: recorded as missing, the run goes on
-            print(f"lesion suite: row {step} failed: {type(e).__name__}: {e}", file=sys.stderr)
-            import traceback
-
-            traceback.print_exc()
-            continue
-        print(f"lesion suite: {step} done in {time.perf_counter() - t_step:.0f} s", file=sys.stderr, flush=True)
-        records[:] = _records(done, data["sizes"])
-        write(entry(False, [s for s in plan if s not in done]))
-    for step in plan:  # rows another process finished meanwhile
-        if step not in done and from_cache(step) is not None:
-            done[step] = from_cache(step)
-    records[:] = _records(done, data["sizes"])
-    final = entry(all(s in done for s in plan), [s for s in plan if s not in done])
-    write(final)
-    _ = latency_ms  # re-exported helper (latency is measured inside train_run)
-    return final
+    def run(self, write) -> dict:
+        """Every row of :data:`PLAN` (``--lesion-rows``: only those; the others from the row cache when finished);
+        ``write(entry)`` after every row. Returns the final entry."""
+        only = set(getattr(self.args, "lesion_rows", None) or PLAN)
+        done: dict[str, dict] = {}
+        for step in PLAN:
+            t_step = time.perf_counter()
+            if step not in only:  # another process's rows (--lesion-rows): taken from the cache when finished
+                row = self.from_cache(step)
+                if row is not None:
+                    done[step] = row
+                continue
+            try:
+                row = self.run_row(step, done)
+            except Exception as e:  # one failing row must not lose the others: recorded as missing, the run goes on
+                print(f"lesion suite: row {step} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                traceback.print_exc()
+                continue
+            if row is None:
+                continue
+            done[step] = row
+            print(f"lesion suite: {step} done in {time.perf_counter() - t_step:.0f} s", file=sys.stderr, flush=True)
+            self.records[:] = _records(done, self.data["sizes"])
+            write(self.entry(False, [s for s in PLAN if s not in done]))
+        for step in PLAN:  # rows another process finished meanwhile
+            if step not in done and self.from_cache(step) is not None:
+                done[step] = self.from_cache(step)
+        self.records[:] = _records(done, self.data["sizes"])
+        final = self.entry(all(s in done for s in PLAN), [s for s in PLAN if s not in done])
+        write(final)
+        return final
 
 
 def latency_row(ckpts: dict, p: dict, args) -> dict:
@@ -873,14 +897,9 @@ def latency_row(ckpts: dict, p: dict, args) -> dict:
     with torch.inference_mode():
         for i in range(p["latency_repeats"] + 2):
             for row, net in nets.items():
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                net(x)
-                if args.device.startswith("cuda"):
-                    torch.cuda.synchronize()
+                t = timed_forward(net, x)
                 if i >= 2:
-                    times[row].append(time.perf_counter() - t)
+                    times[row].append(t)
     return {"latency_ms": {row: round(1000 * float(np.median(v)), 2) for row, v in times.items()}}
 
 

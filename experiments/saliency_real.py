@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Does the shipped model's saliency point at the RSNA boxes? Pointing game on real validation images (issue 14).
 
 Runs a model (default the shipped ``bundle/models/model.pt`` with its ``model.json``) on the validation images of a
@@ -11,7 +10,7 @@ original size (``--figure``).
 
 Example::
 
-    python scripts/saliency_real.py --datalist bundle/runs/real/datalist.json --sources rsna \\
+    python -m experiments.saliency_real --datalist bundle/runs/real/datalist.json --sources rsna \\
         --output docs/saliency_real.json --figure docs/images/saliency_real_rsna.png
 """
 
@@ -19,28 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from experiments.common import REPO, repo_relative
 
 
-def _rel(path: Path) -> str:
-    if not Path(path).is_absolute():
-        return str(path)
-    try:
-        return str(Path(path).resolve().relative_to(REPO))
-    except ValueError:
-        return str(path)
-
-
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", default=str(REPO / "bundle" / "models" / "model.pt"))
     ap.add_argument("--datalist", required=True)
@@ -49,22 +36,64 @@ def main(argv=None) -> int:
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--output", default=None, help="JSON record of the numbers")
     ap.add_argument("--figure", default=None, help="PNG of one case (the image with the largest true box)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _positive_classes(it: dict, class_names: list[str]) -> list[int]:
+    """The classes an item is positive for (a single-class model: an unlabelled item counts as positive)."""
+    label = it.get("label")
+    positive = [k for k, y in enumerate(label or []) if y is not None and float(y) > 0.5]
+    if label is None and len(class_names) == 1:
+        positive = [0]
+    return positive
+
+
+def _truth_region(it: dict, size: list[int]):
+    """The item's image (loaded) and its true region (boxes and mask) in the network's geometry, or None."""
+    from monai.transforms import Resized
+
+    from monai_mcx.explain import truth_region
+    from monai_mcx.transforms.io import LoadCXRd
+
+    load = LoadCXRd(keys="image")
+    d = load({"image": it["image"]})
+    orig = [int(s) for s in d["image"].shape[1:]]
+    mask = None
+    if it.get("mask"):
+        m = load({"image": it["mask"]})["image"]
+        mask = Resized(keys="m", spatial_size=size, mode="nearest")({"m": m})["m"][0].numpy()
+    scale = np.array([size[0] / orig[0], size[1] / orig[1]] * 2)
+    boxes = np.asarray(it.get("boxes") or np.zeros((0, 4)), dtype=np.float64).reshape(-1, 4) * scale
+    region = truth_region(size, boxes=boxes, mask=mask)
+    return (d, orig, region) if region.any() else None
+
+
+def _top_box(pred: dict):
+    """The localization head's highest-scoring box of the first image (None without one)."""
+    from monai_mcx.keys import DetKeys, PredKeys
+
+    if PredKeys.DETECTIONS not in pred:
+        return None
+    det = pred[PredKeys.DETECTIONS][0]
+    if not len(det[DetKeys.SCORES]):
+        return None
+    return det[DetKeys.BOXES][int(torch.argmax(det[DetKeys.SCORES]))].numpy()
+
+
+def main(argv=None) -> int:
     from monai.transforms import Resized
 
     from monai_mcx.data import load_datalist
-    from monai_mcx.explain import PointingGame, SaliencyMaps, saliency_settings, truth_region
+    from monai_mcx.explain import PointingGame, SaliencyMaps, saliency_settings
     from monai_mcx.inferers import MultiCheXNetInferer
-    from monai_mcx.keys import DetKeys, PredKeys
     from monai_mcx.model import load_model
-    from monai_mcx.transforms.io import LoadCXRd
 
+    args = parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     net, desc, pp = load_model(args.ckpt)
     sal = SaliencyMaps.from_description(net, desc)
     size = [int(s) for s in desc.spatial_size]
-    load, resize = LoadCXRd(keys="image"), Resized(keys="image", spatial_size=size, mode="area")
+    resize = Resized(keys="image", spatial_size=size, mode="area")
     items = load_datalist(args.datalist, args.split, desc.class_names)
     if args.sources:
         items = [it for it in items if it.get("source") in args.sources]
@@ -72,31 +101,17 @@ def main(argv=None) -> int:
     t0 = time.time()
     n, best = 0, None
     for it in items:
-        label = it.get("label")
-        positive = [k for k, y in enumerate(label or []) if y is not None and float(y) > 0.5]
-        if label is None and len(desc.class_names) == 1:
-            positive = [0]
+        positive = _positive_classes(it, desc.class_names)
         if not positive or (not it.get("boxes") and not it.get("mask")):
             continue
-        d = load({"image": it["image"]})
-        orig = [int(s) for s in d["image"].shape[1:]]
-        mask = None
-        if it.get("mask"):
-            m = load({"image": it["mask"]})["image"]
-            mask = Resized(keys="m", spatial_size=size, mode="nearest")({"m": m})["m"][0].numpy()
-        scale = np.array([size[0] / orig[0], size[1] / orig[1]] * 2)
-        boxes = np.asarray(it.get("boxes") or np.zeros((0, 4)), dtype=np.float64).reshape(-1, 4) * scale
-        region = truth_region(size, boxes=boxes, mask=mask)
-        if not region.any():
+        case = _truth_region(it, size)
+        if case is None:
             continue
+        d, orig, region = case
         x = torch.as_tensor(resize(d)["image"]).float()[None]
         with torch.no_grad():
             pred = MultiCheXNetInferer(pp)(x, net)
-        top = None
-        if PredKeys.DETECTIONS in pred:
-            det = pred[PredKeys.DETECTIONS][0]
-            if len(det[DetKeys.SCORES]):
-                top = det[DetKeys.BOXES][int(torch.argmax(det[DetKeys.SCORES]))].numpy()
+        top = _top_box(pred)
         maps = sal(x)[0].numpy()
         for k in positive:
             game.add(desc.class_names[k], maps[sal.class_indices.index(k)], region, top_box=top)
@@ -109,9 +124,9 @@ def main(argv=None) -> int:
             break
     out = game.compute()
     record = {
-        "model": _rel(Path(args.ckpt)),
+        "model": repo_relative(Path(args.ckpt)),
         "weights_sha256": desc.weights_sha256,
-        "datalist": _rel(Path(args.datalist)),
+        "datalist": repo_relative(Path(args.datalist)),
         "split": args.split,
         "sources": args.sources,
         "saliency": saliency_settings(desc),

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Where the disjoint-data training gap comes from (issue 15): one-task steps of MultiCheXNet vs the single-task model.
 
-``benchmark_train.py`` interleaves the steps of five models (MultiCheXNet mixed and task-grouped, three single-task
+``experiments/benchmark_train.py`` interleaves the steps of five models (MultiCheXNet mixed and task-grouped, three single-task
 models). This script takes the interleaving out: (1) *same batch*: for each task, a 16-image batch with only that
 task's annotation goes through MultiCheXNet (three heads built, one run: the trainer skips the others) and through
 the single-task model in alternation, ``--repeats`` times; (2) *epochs*: task-grouped MultiCheXNet epochs against
@@ -12,7 +11,7 @@ through each single-task model on its own images, and through a classification-o
 
 Example::
 
-    python scripts/profile_disjoint_steps.py --output docs/disjoint_steps.json
+    python -m experiments.profile_disjoint_steps --output docs/disjoint_steps.json
 """
 
 from __future__ import annotations
@@ -25,13 +24,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (str(REPO), str(REPO / "scripts")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
-
-import benchmark_train as bt  # noqa: E402  (its data, batches and Variant: the same steps as the benchmark)
-from bench_sections import load_average  # noqa: E402
+from experiments import benchmark_train as bt  # its data, batches and Variant: the same steps as the benchmark
+from experiments.bench_sections import load_average
 
 
 def main(argv=None) -> dict:
@@ -91,7 +85,8 @@ def main(argv=None) -> dict:
         if len(epochs) > 1
         else None,
         "load_average": load_average(),
-        "command": "python scripts/profile_disjoint_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m experiments.profile_disjoint_steps "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     if a.output:
         write_json_atomic(out, a.output)

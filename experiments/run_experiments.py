@@ -1,13 +1,12 @@
-#!/usr/bin/env python
 """MultiCheXNet's experiments on real chest X-rays, by one command: ``docs/results.md`` / ``results.json``.
 
 Two suites (``--suite all`` runs both; ``--suite lesions`` / ``--suite lung`` re-runs one and keeps the other's
 entry in ``results.json``, keyed by suite, from which ``results.md`` is rendered):
 
-* ``lesions`` (:mod:`lesion_suite`): REAL LESION tasks -- Kermany classes, RSNA opacity boxes, covid_lesions
-  lesion masks (``../shared/data/cxr-lesions``) with the ``train_real.json`` recipe: MultiCheXNet vs the three
-  single-task models, teacher forcing on real negatives, transfer to COVID-19 vs other pneumonias with
-  cross-validation. Reduced CPU preset, resumable per row (see ``scripts/lesion_suite.py``).
+* ``lesions`` (:mod:`experiments.lesion_suite`): REAL LESION tasks -- Kermany classes, RSNA opacity boxes,
+  covid_lesions lesion masks (``../shared/data/cxr-lesions``) with the ``train_real.json`` recipe: MultiCheXNet vs
+  the three single-task models, teacher forcing on real negatives, transfer to COVID-19 vs other pneumonias with
+  cross-validation. Reduced CPU preset, resumable per row (see ``experiments/lesion_suite.py``).
 * ``lung`` (below): the older suite on ``../shared/data/cxr-real`` whose segmentation and localization targets
   are LUNG OUTLINES, not lesions.
 
@@ -43,8 +42,8 @@ Presets: ``--quick`` (64 px, ``densenet-tiny``, tiny subsets, 1 epoch: for tests
 
 Examples::
 
-    python scripts/run_experiments.py                          # writes docs/results.md and docs/results.json
-    python scripts/run_experiments.py --quick --output-dir /tmp/res --work-dir /tmp/work
+    python -m experiments.run_experiments                       # writes docs/results.md and docs/results.json
+    python -m experiments.run_experiments --quick --output-dir /tmp/res --work-dir /tmp/work
 """
 
 from __future__ import annotations
@@ -54,27 +53,27 @@ import csv
 import json
 import logging
 import os
-import platform
-import shlex
-import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parents[1]
-for _path in (REPO, REPO / "scripts"):  # monai_mcx, and lesion_suite.py beside this file
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+from experiments.common import (
+    REPO,
+    discussion_lines,
+    preset_name,
+    run_header,
+    sample,
+    suite_command,
+    train_run,
+)
+from experiments.lesion_suite import render_lesions, run_lesion_suite
+from monai_mcx.data.public import COVIDLungs, KermanyPneumonia, QUViralLungs
+from monai_mcx.data.splits import check_patient_splits, split_by_patient
 
-from monai_mcx.data.public import COVIDLungs, KermanyPneumonia, QUViralLungs  # noqa: E402
-from monai_mcx.data.splits import check_patient_splits, split_by_patient  # noqa: E402
-
-CONFIGS = REPO / "bundle" / "configs"
 TASKS = ("classification", "segmentation", "localization")
 ITEM_KEYS = ("image", "patient", "source", "label", "mask", "boxes")
 #: the metric each task is compared on
@@ -160,13 +159,6 @@ def _item(it: dict, label=True, mask=True, boxes=True) -> dict:
     return out
 
 
-def _sample(items: list, n: int | None, rng: np.random.Generator) -> list:
-    if n is None or n >= len(items):
-        return list(items)
-    idx = sorted(rng.choice(len(items), size=n, replace=False).tolist())
-    return [items[i] for i in idx]
-
-
 def build_datalists(data_root: Path, work: Path, p: dict, seed: int) -> dict[str, Path]:
     """Write the task datalists (absolute paths) under ``work``; return ``{name: path}`` plus sizes."""
     kermany = KermanyPneumonia(data_root / "kermany").load()
@@ -209,9 +201,9 @@ def build_datalists(data_root: Path, work: Path, p: dict, seed: int) -> dict[str
             _item(it, label=False, mask=False)
             for it in part(split, "covid_lungs", lambda it: it["patient"] not in seg_half)
         ]
-        cls = _sample(cls, p[f"cls_{key}"], rng)
-        seg = _sample(seg, p[f"seg_{key}"], rng)
-        loc = _sample(loc, p[f"loc_{key}"], rng)
+        cls = sample(cls, p[f"cls_{key}"], rng)
+        seg = sample(seg, p[f"seg_{key}"], rng)
+        loc = sample(loc, p[f"loc_{key}"], rng)
         lists["classification"][split], lists["segmentation"][split], lists["localization"][split] = cls, seg, loc
         lists["joint"][split] = cls + seg + loc
         # transfer: COVID-19 (covid_lungs) vs other findings (Kermany normal + pneumonia), same patient split
@@ -224,9 +216,9 @@ def build_datalists(data_root: Path, work: Path, p: dict, seed: int) -> dict[str
         ]
         n = p[f"transfer_{key}"]
         n_pos = len(pos) if n is None else min(len(pos), n // 2)
-        pos = _sample(pos, n_pos, rng)
+        pos = sample(pos, n_pos, rng)
         neg_pool = [dict(_item(it, mask=False, boxes=False), label=[0.0]) for it in part(split, "kermany")]
-        neg = _sample(neg_pool, (n - n_pos) if n is not None else len(pos), rng)
+        neg = sample(neg_pool, (n - n_pos) if n is not None else len(pos), rng)
         lists["transfer"][split] = pos + neg
     out: dict[str, Path] = {}
     sizes: dict[str, dict[str, int]] = {}
@@ -242,122 +234,6 @@ def build_datalists(data_root: Path, work: Path, p: dict, seed: int) -> dict[str
         out[name] = path
         sizes[name] = {"train": len(d["training"]), "val": len(d["validation"])}
     out["_sizes"] = sizes  # type: ignore[assignment]
-    return out
-
-
-# ------------------------------------------------------------------------------------------ runs
-def _handlers(section: str, keep: tuple[str, ...]) -> list:
-    cfg = json.loads((CONFIGS / "train.json").read_text())
-    return [h for h in cfg[section]["handlers"] if any(h["_target_"].endswith(k) for k in keep)]
-
-
-def latency_ms(net: torch.nn.Module, size: int, device: torch.device, repeats: int) -> float:
-    net.eval()
-    x = torch.rand(1, 1, size, size, device=device)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            net(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
-
-
-def train_run(
-    name: str,
-    work: Path,
-    datalist: Path,
-    p: dict,
-    args,
-    *,
-    tasks=TASKS,
-    class_names=("pneumonia",),
-    epochs: int,
-    extra: dict | None = None,
-    finetune: bool = False,
-    merge: dict | None = None,
-    base_configs: tuple[str, ...] = (),
-    return_network: bool = False,
-) -> dict:
-    """Train one configuration through the bundle; return metrics, timings and the checkpoint path.
-
-    ``base_configs``: configs merged between ``train.json`` and ``finetune.json`` (e.g. ``("train_real.json",)``);
-    ``return_network``: also return the trained network (key ``"network"``; not JSON).
-    """
-    from monai.bundle import ConfigWorkflow
-
-    from monai_mcx.model import save_model
-
-    run_dir = work / "runs" / name
-    overrides = {
-        "bundle_root": str(REPO / "bundle"),
-        "dataset_dir": str(datalist.parent),
-        "datalist_file": str(datalist),
-        "output_dir": str(run_dir / "eval"),
-        "ckpt_dir": str(run_dir / "models"),
-        "spatial_size": [p["size"], p["size"]],
-        "encoder": p["encoder"],
-        "epochs": epochs,
-        "val_interval": epochs,
-        "batch_size": p["batch_size"],
-        "tasks": list(tasks),
-        "class_names": list(class_names),
-        "seed": args.seed,
-        "num_workers": 0,
-        "device": f"$torch.device('{args.device}')",
-        "train#handlers": _handlers("train", ("LrScheduleHandler", "ValidationHandler")),
-        "validate#handlers": [],
-        **(extra or {}),
-    }
-    if merge:
-        init = json.loads((CONFIGS / "train.json").read_text())["initialize"]
-        overrides["initialize"] = init + [
-            {"_target_": "monai_mcx.model.merge.MergeWeights", "network": "@network", **merge}
-        ]
-    configs = [str(CONFIGS / "train.json")] + [str(CONFIGS / c) for c in base_configs]
-    configs += [str(CONFIGS / "finetune.json")] if finetune else []
-    wf = ConfigWorkflow(
-        workflow_type="train",
-        config_file=configs,
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=False,
-        **overrides,
-    )
-    wf.initialize()
-    trainer = wf.parser.get_parsed_content("train#trainer")  # builds (and caches) the data sets: not timed
-    evaluator = wf.parser.get_parsed_content("validate#evaluator")
-    net = wf.parser.get_parsed_content("network")
-    t0 = time.perf_counter()
-    trainer.run()
-    total = time.perf_counter() - t0
-    val_seconds = float(evaluator.state.times.get("COMPLETED") or 0.0)
-    metrics = {
-        k: (float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None)
-        for k, v in evaluator.state.metrics.items()
-        if isinstance(v, (int, float))
-    }
-    ckpt = run_dir / "models" / "model.pt"
-    # the validation handlers (CheckpointSaver + DescriptionWriter) are dropped above, so write the final weights
-    # with their model description (models/model.json) here: a later transfer row reads it through finetune.json
-    save_model(net, wf.parser.get_parsed_content("model_description"), ckpt)
-    lat = latency_ms(net, p["size"], torch.device(args.device), p["latency_repeats"])
-    report = getattr(net, "transfer_report", None)
-    out = {
-        "metrics": metrics,
-        "train_seconds": round(total - val_seconds, 2),
-        "val_seconds": round(val_seconds, 2),
-        "latency_ms": round(lat, 2),
-        "ckpt": str(ckpt),
-        "epochs": epochs,
-        "skipped_keys": len(report.skipped) if report is not None else None,
-    }
-    if return_network:
-        out["network"] = net
     return out
 
 
@@ -399,12 +275,10 @@ def write_suite(out_dir: Path, suite: str, entry: dict) -> None:
 
 def render_results(out_dir: Path, data: dict) -> None:
     """``results.md``: the lesion suite, then the lung-outline suite (whichever ``results.json`` holds)."""
-    from lesion_suite import render_lesions
-
     lines = [
         "# Results: MultiCheXNet on real chest X-rays",
         "",
-        "Generated from `docs/results.json` by `python scripts/run_experiments.py` (`--suite lesions` or "
+        "Generated from `docs/results.json` by `python -m experiments.run_experiments` (`--suite lesions` or "
         "`--suite lung` re-runs one part and keeps the other). Part 1 uses real LESION annotations (RSNA opacity "
         "boxes, covid_lesions masks); part 2 is the older suite whose segmentation and localization targets are "
         "LUNG OUTLINES (not lesions).",
@@ -427,7 +301,22 @@ def write_outputs(out_dir: Path, header: dict, records: list[dict]) -> None:
 
 def render_lung(entry: dict) -> list[str]:
     """The lung-outline section of ``results.md``."""
-    header, records = entry, entry.get("records", [])
+    records = entry.get("records", [])
+    lines = _lung_header(entry)
+    lines += _lung_multitask_table(records)
+    lines += _lung_teacher_forcing_table(records)
+    lines += _lung_transfer_table(records)
+    lines += [
+        "",
+        "Subset sizes per data set: "
+        + ", ".join(f"{k} {v['train']}/{v['val']}" for k, v in entry["subset_sizes"].items())
+        + " (train/validation images).",
+        "",
+    ]
+    return lines + discussion_lines(entry)
+
+
+def _lung_header(header: dict) -> list[str]:
     lines = [
         "## Part 2: LUNG-OUTLINE tasks (cxr-real; segmentation and boxes of the lungs, not lesions)",
         "",
@@ -442,13 +331,15 @@ def render_lung(entry: dict) -> list[str]:
             "about an hour on 2 CPU cores; with CUDA the script uses 256 px, every image and 10 epochs.",
             "",
         ]
-    lines += [
+    return lines + [
         "Data: `../shared/data/cxr-real`, one patient-level split (20 % validation, seed fixed) over Kermany, "
-        "covid_lungs and qu_viral_lungs; disjoint task sets (see `scripts/run_experiments.py`).",
+        "covid_lungs and qu_viral_lungs; disjoint task sets (see `experiments/run_experiments.py`).",
         "",
     ]
-    # 1
-    lines += [
+
+
+def _lung_multitask_table(records: list[dict]) -> list[str]:
+    lines = [
         "### (lung outlines) MultiCheXNet vs single-task baselines",
         "",
         "| row | epochs | train images | AUC (cls) | Dice (seg) | mAP@[.5:.95] (loc) | AP@0.5 (loc) | train time (s) | latency (ms, batch 1) |",
@@ -469,10 +360,12 @@ def render_lung(entry: dict) -> list[str]:
         "the baselines').",
         "",
     ]
-    lines += _observations(records)
-    # 2
+    return lines + _observations(records)
+
+
+def _lung_teacher_forcing_table(records: list[dict]) -> list[str]:
     tf_rows = [r for r in records if r["experiment"] == "teacher_forcing"]
-    lines += ["### (lung outlines) Teacher forcing on/off (synthetic demo data, lesions only on positives)", ""]
+    lines = ["### (lung outlines) Teacher forcing on/off (synthetic demo data, lesions only on positives)", ""]
     if tf_rows:
         r0 = tf_rows[0]
         lines += [
@@ -485,7 +378,7 @@ def render_lung(entry: dict) -> list[str]:
         "| teacher_forcing | AUC | Dice+ | Dice (empty-aware) | Dice (empty-aware, gated) | AP@0.5 | AP@0.5 gated | mAP | train time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in (r for r in records if r["experiment"] == "teacher_forcing"):
+    for r in tf_rows:
         m = r["metrics"]
         lines.append(
             f"| {r['row']} | {_fmt(m.get('classification/auc'))} | {_fmt(m.get('segmentation/dice_positive'))} | "
@@ -493,8 +386,11 @@ def render_lung(entry: dict) -> list[str]:
             f"{_fmt(m.get('localization/ap50'))} | {_fmt(m.get('localization/ap50/gated'))} | {_fmt(m.get('localization/map'))} | "
             f"{_fmt(r['train_seconds'], 1)} |"
         )
-    # 3
-    lines += [
+    return lines
+
+
+def _lung_transfer_table(records: list[dict]) -> list[str]:
+    lines = [
         "",
         "### (lung outlines) Transfer to COVID-19 vs other findings (new classifier)",
         "",
@@ -512,27 +408,7 @@ def render_lung(entry: dict) -> list[str]:
             f"{r['subset_sizes']['train']} / {r['subset_sizes']['val']} | {_fmt(r['metrics'].get('classification/auc'))} | "
             f"{_fmt(r['train_seconds'], 1)} |"
         )
-    lines += [
-        "",
-        "Subset sizes per data set: "
-        + ", ".join(f"{k} {v['train']}/{v['val']}" for k, v in header["subset_sizes"].items())
-        + " (train/validation images).",
-        "",
-    ]
-    return lines + discussion_lines(entry)
-
-
-def discussion_lines(entry: dict) -> list[str]:
-    """A suite's hand-written discussion (``results.json`` ``discussion``), headed by the run it was written for."""
-    if not entry.get("discussion"):
-        return []
-    return [
-        f"#### Discussion (written by hand after the run of {entry.get('discussion_for') or '?'}; the script does not "
-        "regenerate it: if the run above is newer, the numbers quoted here may differ)",
-        "",
-        entry["discussion"].rstrip(),
-        "",
-    ]
+    return lines
 
 
 def _observations(records: list[dict]) -> list[str]:
@@ -559,7 +435,8 @@ def _observations(records: list[dict]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ main
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of both suites."""
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -603,50 +480,68 @@ def main(argv: list[str] | None = None) -> int:
         help="lesion suite: run only these rows (e.g. transfer_random_init_frozen); the others are read from the "
         "row cache when finished (to split the suite over processes)",
     )
-    args = ap.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return ap
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    if args.suite in ("all", "lesions"):
-        from lesion_suite import run_lesion_suite
-
-        if not ((args.data_root / "kermany").is_dir() and (args.lesions_root / "rsna").is_dir()):
-            print(
-                f"error: the lesion suite needs {args.data_root / 'kermany'} and {args.lesions_root} (rsna/, covid_lesions/)",
-                file=sys.stderr,
-            )
-            return 2
-        t0 = time.perf_counter()
-        final = run_lesion_suite(args, lambda entry: write_suite(args.output_dir, "lesions", entry))
-        print(
-            f"lesion suite: {len(final['records'])} rows in {(time.perf_counter() - t0) / 60:.1f} min "
-            f"(missing: {final['missing_rows'] or 'none'})"
-        )
+    if args.suite in ("all", "lesions") and run_lesions(args) != 0:
+        return 2
     if args.suite in ("all", "lung"):
-        return run_lung_suite(args, argv)
+        return run_lung_suite(args)
     return 0
 
 
-def run_lung_suite(args, argv) -> int:
-    """The lung-outline suite (module docstring): trains its rows and writes its section."""
-    preset = "quick" if args.quick else ("cuda" if args.device.startswith("cuda") else "cpu")
-    p = dict(PRESETS[preset])
-    for opt, key in (
-        ("size", "size"),
-        ("encoder", "encoder"),
-        ("epochs", "epochs"),
-        ("merged_epochs", "merged_epochs"),
-        ("transfer_epochs", "transfer_epochs"),
-        ("tf_epochs", "tf_epochs"),
-    ):
-        if getattr(args, opt) is not None:
-            p[key] = getattr(args, opt)
+def run_lesions(args) -> int:
+    """The lesion suite (:mod:`experiments.lesion_suite`), its entry written after every row."""
+    if not ((args.data_root / "kermany").is_dir() and (args.lesions_root / "rsna").is_dir()):
+        print(
+            f"error: the lesion suite needs {args.data_root / 'kermany'} and {args.lesions_root} (rsna/, covid_lesions/)",
+            file=sys.stderr,
+        )
+        return 2
+    t0 = time.perf_counter()
+    final = run_lesion_suite(args, lambda entry: write_suite(args.output_dir, "lesions", entry))
+    print(
+        f"lesion suite: {len(final['records'])} rows in {(time.perf_counter() - t0) / 60:.1f} min "
+        f"(missing: {final['missing_rows'] or 'none'})"
+    )
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ the lung-outline suite
+def lung_settings(args) -> dict:
+    """The preset's settings with the options given on the command line."""
+    p = dict(PRESETS[preset_name(args)])
+    for key in ("size", "encoder", "epochs", "merged_epochs", "transfer_epochs", "tf_epochs"):
+        if getattr(args, key) is not None:
+            p[key] = getattr(args, key)
     if args.max_cls_train is not None:
         p["cls_train"] = args.max_cls_train or None
+    return p
+
+
+def lung_plan(args) -> list[str]:
+    """The suite's steps, in order (``--skip``, ``--transfer-unfrozen``)."""
+    plan = [] if "multitask" in args.skip else ["cls", "seg", "loc", "joint", "merged"]
+    plan += [] if "teacher_forcing" in args.skip else ["tf_pos", "tf_all"]
+    if "transfer" not in args.skip:
+        plan += ["tr_mcx", "tr_cls", "tr_rand"] + (
+            ["tr_mcx_u", "tr_cls_u", "tr_rand_u"] if args.transfer_unfrozen else []
+        )
+    return plan
+
+
+def run_lung_suite(args) -> int:
+    """The lung-outline suite (module docstring): trains its rows and writes its section."""
+    preset = preset_name(args)
+    p = lung_settings(args)
     if not (args.data_root / "kermany").is_dir():
         print(
             f"error: no cxr-real pack at {args.data_root} (expected kermany/, covid_lungs/, qu_viral_lungs/)",
@@ -655,32 +550,44 @@ def run_lung_suite(args, argv) -> int:
         return 2
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    work = args.work_dir
-    work.mkdir(parents=True, exist_ok=True)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    lists = build_datalists(args.data_root, work, p, args.seed)
+    lists = build_datalists(args.data_root, args.work_dir, p, args.seed)
     sizes = lists.pop("_sizes")
-    command = "python scripts/run_experiments.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    common = {
-        "resolution": p["size"],
-        "encoder": p["encoder"],
-        "device": args.device,
-        "seed": args.seed,
-        "command": command.strip(),
-    }
-    records: list[dict] = []
-    plan = [] if "multitask" in args.skip else ["cls", "seg", "loc", "joint", "merged"]
-    plan += [] if "teacher_forcing" in args.skip else ["tf_pos", "tf_all"]
-    plan += (
-        []
-        if "transfer" in args.skip
-        else ["tr_mcx", "tr_cls", "tr_rand"] + (["tr_mcx_u", "tr_cls_u", "tr_rand_u"] if args.transfer_unfrozen else [])
+    suite = LungSuite(args, p, lists, sizes)
+    bar = tqdm(lung_plan(args), desc="experiments", unit="run", file=sys.stderr)
+    for step in bar:
+        bar.set_postfix_str(step)
+        suite.run_step(step)
+    header = run_header(args, preset, p, sizes, t_start)
+    write_outputs(args.output_dir, header, suite.records)
+    print(
+        f"wrote {args.output_dir / 'results.md'} and results.json ({len(suite.records)} rows) in {header['total_minutes']:.1f} min"
     )
-    bar = tqdm(plan, desc="experiments", unit="run", file=sys.stderr)
-    results: dict[str, dict] = {}
+    return 0
 
-    def record(experiment: str, row: str, res: dict, sizes_: dict, description: str, **extra) -> None:
-        records.append(
+
+class LungSuite:
+    """The runs of the lung-outline suite, one step of :func:`lung_plan` at a time; ``records`` are its rows."""
+
+    SINGLE = {"cls": "classification", "seg": "segmentation", "loc": "localization"}
+    TRANSFER_SOURCE = {"tr_mcx": "joint", "tr_cls": "cls", "tr_rand": None}
+    TRANSFER_ROW = {"tr_mcx": "from_multichexnet", "tr_cls": "from_single_classifier", "tr_rand": "random_init"}
+
+    def __init__(self, args, p: dict, lists: dict, sizes: dict):
+        self.args, self.p, self.lists, self.sizes, self.work = args, p, lists, sizes, args.work_dir
+        self.common = {
+            "resolution": p["size"],
+            "encoder": p["encoder"],
+            "device": args.device,
+            "seed": args.seed,
+            "command": suite_command(args),
+        }
+        self.records: list[dict] = []
+        self.results: dict[str, dict] = {}
+
+    def record(self, experiment: str, row: str, res: dict, sizes: dict, description: str, **extra) -> None:
+        self.records.append(
             {
                 "experiment": experiment,
                 "row": row,
@@ -690,162 +597,144 @@ def run_lung_suite(args, argv) -> int:
                 "val_seconds": res.get("val_seconds"),
                 "latency_ms": res.get("latency_ms"),
                 "epochs": res["epochs"],
-                "subset_sizes": sizes_,
-                **common,
+                "subset_sizes": sizes,
+                **self.common,
                 **extra,
             }
         )
 
-    for step in bar:
-        bar.set_postfix_str(step)
-        if step in ("cls", "seg", "loc"):
-            task = {"cls": "classification", "seg": "segmentation", "loc": "localization"}[step]
-            res = train_run(f"single_{task}", work, lists[task], p, args, tasks=(task,), epochs=p["epochs"])
-            results[step] = res
-            record(
-                "multitask_vs_single",
-                f"single_{task}",
-                res,
-                sizes[task],
-                f"MultiCheXNet(tasks=('{task}',)) from scratch",
-            )
+    def run_step(self, step: str) -> None:
+        if step in self.SINGLE:
+            self.single(step)
         elif step == "joint":
-            res = train_run("multichexnet_scratch", work, lists["joint"], p, args, epochs=p["epochs"])
-            results["joint"] = res
-            if all(k in results for k in ("cls", "seg", "loc")):
-                s = {
-                    "metrics": {**results["cls"]["metrics"], **results["seg"]["metrics"], **results["loc"]["metrics"]},
-                    "train_seconds": round(sum(results[k]["train_seconds"] for k in ("cls", "seg", "loc")), 2),
-                    "val_seconds": round(sum(results[k]["val_seconds"] for k in ("cls", "seg", "loc")), 2),
-                    "latency_ms": round(sum(results[k]["latency_ms"] for k in ("cls", "seg", "loc")), 2),
-                    "epochs": p["epochs"],
-                }
-                s["metrics"] = {k: v for k, v in s["metrics"].items() if k.split("/")[0] in TASKS and "/gated" not in k}
-                record(
-                    "multitask_vs_single",
-                    "three_single_task_sum",
-                    s,
-                    sizes["joint"],
-                    "the three single-task models together: metrics from each, times and latencies added",
-                )
-            record(
-                "multitask_vs_single",
-                "multichexnet_scratch",
-                res,
-                sizes["joint"],
-                "joint from scratch, mixed batches of the disjoint sets",
-            )
+            self.joint()
         elif step == "merged":
-            if not all(k in results for k in ("cls", "seg", "loc")):
-                continue
-            merge = {
-                "encoder_from": results["cls"]["ckpt"],
-                "heads_from": {
-                    "classification": results["cls"]["ckpt"],
-                    "segmentation": results["seg"]["ckpt"],
-                    "localization": results["loc"]["ckpt"],
-                },
-            }
-            res = train_run(
-                "multichexnet_merged", work, lists["joint"], p, args, epochs=p["merged_epochs"], merge=merge
-            )
-            cum = res["train_seconds"] + sum(results[k]["train_seconds"] for k in ("cls", "seg", "loc"))
-            record(
-                "multitask_vs_single",
-                "multichexnet_merged",
-                res,
-                sizes["joint"],
-                "encoder from the classifier, each head from its baseline, then joint fine-tuning",
-                train_seconds_cumulative=round(cum, 2),
-            )
+            self.merged()
         elif step in ("tf_pos", "tf_all"):
-            from monai_mcx.data import generate_demo_data
-
-            if step == "tf_pos" or not (work / "demo_data" / "datalist.json").is_file():
-                generate_demo_data(
-                    work / "demo_data",
-                    num_images=p["demo_images"],
-                    image_size=p["tf_size"],
-                    seed=args.seed,
-                    overwrite=True,
-                )
-            demo = work / "demo_data" / "datalist.json"
-            mode = "positive_only" if step == "tf_pos" else "all"
-            # the demo data at the bundle demo's resolution (the lesions are drawn for it), not the real-data size
-            res = train_run(
-                f"teacher_forcing_{mode}",
-                work,
-                demo,
-                dict(p, size=p["tf_size"]),
-                args,
-                epochs=p["tf_epochs"],
-                extra={"teacher_forcing": mode},
-            )
-            n = {s: len(json.loads(demo.read_text())[s]) for s in ("training", "validation")}
-            record(
-                "teacher_forcing",
-                mode,
-                res,
-                {"train": n["training"], "val": n["validation"]},
-                f"joint model on the synthetic demo data, teacher_forcing={mode}",
-                teacher_forcing=mode,
-                resolution=p["tf_size"],
-            )
+            self.teacher_forcing(step)
         else:
-            src = {"tr_mcx": "joint", "tr_cls": "cls", "tr_rand": None}[step.removesuffix("_u")]
-            if src is not None and src not in results:
-                continue
-            frozen = not step.endswith("_u")
-            row = {"tr_mcx": "from_multichexnet", "tr_cls": "from_single_classifier", "tr_rand": "random_init"}[
-                step.removesuffix("_u")
-            ]
-            extra = {
-                "pretrained_ckpt": results[src]["ckpt"] if src else "",
-                "freeze_encoder": frozen,
-                "pretrained_class_names": ["pneumonia"],
-                "class_names": ["covid19"],
+            self.transfer(step)
+
+    def single(self, step: str) -> None:
+        task = self.SINGLE[step]
+        res = train_run(
+            f"single_{task}", self.work, self.lists[task], self.p, self.args, tasks=(task,), epochs=self.p["epochs"]
+        )
+        self.results[step] = res
+        desc = f"MultiCheXNet(tasks=('{task}',)) from scratch"
+        self.record("multitask_vs_single", f"single_{task}", res, self.sizes[task], desc)
+
+    def joint(self) -> None:
+        res = train_run(
+            "multichexnet_scratch", self.work, self.lists["joint"], self.p, self.args, epochs=self.p["epochs"]
+        )
+        self.results["joint"] = res
+        if all(k in self.results for k in self.SINGLE):
+            singles = [self.results[k] for k in self.SINGLE]
+            metrics = {k: v for s in singles for k, v in s["metrics"].items()}
+            s = {
+                "metrics": {k: v for k, v in metrics.items() if k.split("/")[0] in TASKS and "/gated" not in k},
+                "train_seconds": round(sum(r["train_seconds"] for r in singles), 2),
+                "val_seconds": round(sum(r["val_seconds"] for r in singles), 2),
+                "latency_ms": round(sum(r["latency_ms"] for r in singles), 2),
+                "epochs": self.p["epochs"],
             }
-            res = train_run(
-                f"transfer_{row}{'' if frozen else '_unfrozen'}",
-                work,
-                lists["transfer"],
-                p,
-                args,
-                tasks=("classification",),
-                class_names=("covid19",),
-                epochs=p["transfer_epochs"],
-                extra=extra,
-                finetune=True,
+            desc = "the three single-task models together: metrics from each, times and latencies added"
+            self.record("multitask_vs_single", "three_single_task_sum", s, self.sizes["joint"], desc)
+        desc = "joint from scratch, mixed batches of the disjoint sets"
+        self.record("multitask_vs_single", "multichexnet_scratch", res, self.sizes["joint"], desc)
+
+    def merged(self) -> None:
+        if not all(k in self.results for k in self.SINGLE):
+            return
+        ckpt = {k: self.results[k]["ckpt"] for k in self.SINGLE}
+        merge = {"encoder_from": ckpt["cls"], "heads_from": {task: ckpt[k] for k, task in self.SINGLE.items()}}
+        res = train_run(
+            "multichexnet_merged",
+            self.work,
+            self.lists["joint"],
+            self.p,
+            self.args,
+            epochs=self.p["merged_epochs"],
+            merge=merge,
+        )
+        cum = res["train_seconds"] + sum(self.results[k]["train_seconds"] for k in self.SINGLE)
+        self.record(
+            "multitask_vs_single",
+            "multichexnet_merged",
+            res,
+            self.sizes["joint"],
+            "encoder from the classifier, each head from its baseline, then joint fine-tuning",
+            train_seconds_cumulative=round(cum, 2),
+        )
+
+    def teacher_forcing(self, step: str) -> None:
+        from monai_mcx.data import generate_demo_data
+
+        p, demo = self.p, self.work / "demo_data" / "datalist.json"
+        if step == "tf_pos" or not demo.is_file():
+            generate_demo_data(
+                self.work / "demo_data",
+                num_images=p["demo_images"],
+                image_size=p["tf_size"],
+                seed=self.args.seed,
+                overwrite=True,
             )
-            record(
-                "transfer",
-                row if frozen else f"{row}_unfrozen",
-                res,
-                sizes["transfer"],
-                f"finetune.json, new 'covid19' classifier, encoder {'frozen' if frozen else 'fine-tuned'}",
-                freeze_encoder=frozen,
-                skipped_keys=res["skipped_keys"],
-            )
-    header = {
-        "command": common["command"],
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(0),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "preset": preset,
-        "resolution": p["size"],
-        "encoder": p["encoder"],
-        "seed": args.seed,
-        "settings": p,
-        "subset_sizes": sizes,
-        "total_minutes": (time.perf_counter() - t_start) / 60,
-    }
-    write_outputs(args.output_dir, header, records)
-    print(
-        f"wrote {args.output_dir / 'results.md'} and results.json ({len(records)} rows) in {header['total_minutes']:.1f} min"
-    )
-    return 0
+        mode = "positive_only" if step == "tf_pos" else "all"
+        # the demo data at the bundle demo's resolution (the lesions are drawn for it), not the real-data size
+        res = train_run(
+            f"teacher_forcing_{mode}",
+            self.work,
+            demo,
+            dict(p, size=p["tf_size"]),
+            self.args,
+            epochs=p["tf_epochs"],
+            extra={"teacher_forcing": mode},
+        )
+        n = {s: len(json.loads(demo.read_text())[s]) for s in ("training", "validation")}
+        self.record(
+            "teacher_forcing",
+            mode,
+            res,
+            {"train": n["training"], "val": n["validation"]},
+            f"joint model on the synthetic demo data, teacher_forcing={mode}",
+            teacher_forcing=mode,
+            resolution=p["tf_size"],
+        )
+
+    def transfer(self, step: str) -> None:
+        base = step.removesuffix("_u")
+        src = self.TRANSFER_SOURCE[base]
+        if src is not None and src not in self.results:
+            return
+        frozen, row = not step.endswith("_u"), self.TRANSFER_ROW[base]
+        extra = {
+            "pretrained_ckpt": self.results[src]["ckpt"] if src else "",
+            "freeze_encoder": frozen,
+            "pretrained_class_names": ["pneumonia"],
+            "class_names": ["covid19"],
+        }
+        res = train_run(
+            f"transfer_{row}{'' if frozen else '_unfrozen'}",
+            self.work,
+            self.lists["transfer"],
+            self.p,
+            self.args,
+            tasks=("classification",),
+            class_names=("covid19",),
+            epochs=self.p["transfer_epochs"],
+            extra=extra,
+            finetune=True,
+        )
+        self.record(
+            "transfer",
+            row if frozen else f"{row}_unfrozen",
+            res,
+            self.sizes["transfer"],
+            f"finetune.json, new 'covid19' classifier, encoder {'frozen' if frozen else 'fine-tuned'}",
+            freeze_encoder=frozen,
+            skipped_keys=res["skipped_keys"],
+        )
 
 
 if __name__ == "__main__":
