@@ -85,7 +85,7 @@ from monai_mcx.handlers.output_folder import (
     prepare_output_folder,
 )
 from monai_mcx.inferers import MultiCheXNetPostprocessor
-from monai_mcx.keys import BatchKeys, PredKeys
+from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
 from monai_mcx.visualize.overlays import overlay_image, saliency_png_bytes
@@ -94,6 +94,8 @@ __all__ = ["PredictionWriter", "OVERLAY_FORMATS"]
 
 #: the overlay file formats (``PredictionWriter(overlay_format=...)``)
 OVERLAY_FORMATS = ("png", "jpg")
+#: the JSON record's box lists and the :func:`~monai_mcx.inferers.to_original` keys of their boxes and scores
+_BOX_LISTS = ((OriginalKeys.BOXES, OriginalKeys.SCORES), (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED))
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,11 @@ def _write_nifti(mask_wh: np.ndarray, spacing: Sequence[float], path: Path) -> N
     write_bytes_atomic(_nifti_bytes(mask_wh, spacing), path)
 
 
+def _error_row(image: str, error: str, info: Mapping | None) -> dict:
+    """The ``predictions.csv`` row of an input without outputs: its image, its DICOM columns (``info``), the error."""
+    return {DatalistKeys.IMAGE.value: image, **dicom_columns(info), BatchKeys.ERROR.value: error}
+
+
 def _write_encoded(encode: Callable[..., bytes], args: tuple, path: Path) -> None:
     write_bytes_atomic(encode(*args), path)
 
@@ -172,7 +179,6 @@ class PredictionWriter:
             paths. When given, an ``output_dir`` that is, contains or lies inside the folder of one of them is
             refused when the run starts, before anything is written
             (:func:`monai_mcx.handlers.output_folder.check_outside_inputs`).
-
         dicom: a :class:`monai_mcx.dicom.outputs.DicomOutputs` to write each DICOM input's SEG and SR (and store
             them), or None (default).
         overwrite, resume: what to do with an ``output_dir`` that is not empty when the run starts (default:
@@ -229,7 +235,7 @@ class PredictionWriter:
         self.saliency = saliency
         self.inputs = None if inputs is None else list(inputs)
         self.dicom = dicom
-        self._info = {str(it["image"]): it.get(DICOM_KEY) for it in self.inputs or [] if isinstance(it, Mapping)}
+        self._info = {str(x[DatalistKeys.IMAGE]): x.get(DICOM_KEY) for x in self.inputs or [] if isinstance(x, Mapping)}
         self.overwrite, self.resume = as_bool(overwrite, "overwrite"), as_bool(resume, "resume")
         #: this run's rows of ``predictions.csv`` (one per input, in run order)
         self.rows: list[dict] = []
@@ -366,40 +372,38 @@ class PredictionWriter:
                 continue
             info = self._info.get(src)
             if errors[i]:
-                self.rows.append(
-                    {"image": display_text(src), **dicom_columns(info), "error": display_text(str(errors[i]))}
-                )
+                self.rows.append(_error_row(display_text(src), display_text(str(errors[i])), info))
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
-            record: dict = {"image": display_text(src), "size_wh": orig, **({} if info is None else {"dicom": info})}
+            record: dict = {DatalistKeys.IMAGE.value: display_text(src), OriginalKeys.SIZE_WH.value: orig}
+            record.update({} if info is None else {"dicom": info})
             steps: list[tuple[str, Callable[[Path], None]]] = []  # (file name, write(path)), in writing order
-            if res[PredKeys.CLASS_PROBS] is not None:
+            if res[OriginalKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
-                    zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS]))
+                    zip(self.class_names, (float(p) for p in res[OriginalKeys.CLASS_PROBS]))
                 )
                 record["calibrated"] = pp.calibrated
                 if pp.calibrated:
                     record["calibration"] = pp.calibration.to_dict()
-                record["gate"] = {
+                record[OriginalKeys.GATE.value] = {
                     "rule": pp.gate_rule,
                     "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
-                    "positive": bool(res["gate"]),
+                    "positive": bool(res[OriginalKeys.GATE]),
                 }
-            if res["has_boxes"]:
+            if res[OriginalKeys.HAS_BOXES]:
                 record["box_score_threshold"] = pp.box_score_threshold
-                for key in ("boxes", "boxes_ungated"):
-                    suffix = key[len("boxes") :]
-                    record[key] = [
+                for key, scores in _BOX_LISTS:
+                    record[key.value] = [
                         {"box": [round(float(v), 2) for v in b], "score": float(sc)}
-                        for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])
+                        for b, sc in zip(res[key], res[scores])
                     ]
-            mask_wh = res["mask"]  # (W, H), gated; a new array per image, never changed after: the writer reads it
+            mask_wh = res[OriginalKeys.MASK]  # (W, H), gated; a new array per image, never changed after
             if mask_wh is not None:
                 if self.write_mask_png:
-                    record["mask"] = f"{stem}_mask.png"
-                    steps.append((record["mask"], partial(_write_png, (mask_wh.T * 255).astype(np.uint8))))
+                    record[OriginalKeys.MASK.value] = f"{stem}_mask.png"
+                    steps.append((record[OriginalKeys.MASK], partial(_write_png, (mask_wh.T * 255).astype(np.uint8))))
                 if self.write_nifti:
                     spacing = spacings[i] if spacings else (1.0, 1.0)
                     record["mask_nifti"] = f"{stem}_mask.nii.gz"
@@ -418,8 +422,8 @@ class PredictionWriter:
                     orig,
                     kept[i] if gray is None else gray,
                     None if mask_wh is None else mask_wh.T,
-                    res["boxes"].tolist(),
-                    res["scores"].tolist(),
+                    res[OriginalKeys.BOXES].tolist(),
+                    res[OriginalKeys.SCORES].tolist(),
                 )
                 steps.append((record["overlay"], partial(self._write_overlay, *overlay)))
             if self.dicom is not None:  # <stem>_seg.dcm, <stem>_sr.dcm (monai_mcx.dicom.outputs)
@@ -457,9 +461,9 @@ class PredictionWriter:
             detail = f"{e.strerror or e}" if e.errno is None else f"[Errno {e.errno}] {e.strerror}"
             error = display_text(f"{src}: outputs not written: {path}: {detail}")
             logger.warning("%s", error)
-            image = row["image"]
+            image = row[DatalistKeys.IMAGE]
             row.clear()
-            row.update({"image": image, "error": error})
+            row.update({DatalistKeys.IMAGE.value: image, BatchKeys.ERROR.value: error})
 
     def _write_overlay(
         self,
@@ -525,7 +529,7 @@ class PredictionWriter:
     def _fields(self) -> list[str]:
         """The columns of ``predictions.csv``."""
         return [
-            "image",
+            DatalistKeys.IMAGE.value,
             *DICOM_COLUMNS,
             "gate_positive",
             *[f"p_{c}" for c in self.class_names],
@@ -540,17 +544,17 @@ class PredictionWriter:
             "dicom_seg",
             "dicom_sr",
             "stored",
-            "error",
+            BatchKeys.ERROR.value,
         ]
 
     def _csv_row(self, r: dict) -> dict:
         """An image's row of ``predictions.csv`` from its JSON record."""
         row = {
-            "image": r["image"],
-            "gate_positive": r.get("gate", {}).get("positive", ""),
+            DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE],
+            "gate_positive": r.get(OriginalKeys.GATE, {}).get("positive", ""),
             "calibrated": r.get("calibrated", ""),
-            "n_boxes": len(r.get("boxes", [])),
-            "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""),
+            "n_boxes": len(r.get(OriginalKeys.BOXES, [])),
+            "max_box_score": max([b["score"] for b in r.get(OriginalKeys.BOXES, [])], default=""),
             "mask_area_px": r.get("mask_area_px", ""),
             "json": r.get("json", ""),
             "mask_nifti": r.get("mask_nifti", ""),
@@ -558,7 +562,7 @@ class PredictionWriter:
             "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
             **dicom_columns(r.get("dicom")),
             **({} if self.dicom is None else self.dicom.columns(r)),
-            "error": "",
+            BatchKeys.ERROR.value: "",
         }
         for c, p in r.get("class_probabilities", {}).items():
             row[f"p_{c}"] = round(p, 6)
@@ -577,14 +581,14 @@ class PredictionWriter:
         w = csv.DictWriter(buf, fieldnames=self._fields())
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in ("image", *DICOM_COLUMNS, "error")} if r.get("error") else r)
+            w.writerow(_error_row(r[DatalistKeys.IMAGE], r[BatchKeys.ERROR], r) if r.get(BatchKeys.ERROR) else r)
         self._manifest.start_summary([SUMMARY_NAME])
         path = self.output_dir / SUMMARY_NAME
         try:
             write_bytes_atomic(buf.getvalue().encode("utf-8", "backslashreplace"), path)
         except OSError as e:
             raise OSError(e.errno, f"{path}: cannot be written ({e.strerror or e})") from e
-        n_err = sum(1 for r in rows if r.get("error"))
+        n_err = sum(1 for r in rows if r.get(BatchKeys.ERROR))
         if n_err:
             logger.warning(
                 "%d of %d inputs have no outputs (unreadable, or their files could not be written); see the 'error' "
