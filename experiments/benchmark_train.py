@@ -61,7 +61,7 @@ from experiments.bench_sections import (
     run_memory_probe,
     write_section,
 )
-from monai_mcx.networks.multichexnet import TASKS
+from monai_mcx.keys import TASKS
 
 #: this module (run again by ``python -m`` in a fresh process for a memory probe)
 MODULE = "experiments.benchmark_train"

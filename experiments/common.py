@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from monai_mcx.networks.multichexnet import TASKS
+from monai_mcx.keys import TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"

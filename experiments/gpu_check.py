@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from experiments import benchmark
-from monai_mcx.networks.multichexnet import TASKS
+from monai_mcx.keys import TASKS
 
 TOL = {"class_prob": 0.01, "seg_prob": 0.02, "box_scores": 0.02, "box_regression": 0.05}
 

@@ -48,6 +48,7 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
+from monai_mcx.keys import BatchKeys, PredKeys, Task
 from monai_mcx.model import DescriptionError, has_description, load_description, load_model
 from monai_mcx.networks import MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
 from monai_mcx.networks.weights import WeightsError, load_weights
@@ -71,7 +72,12 @@ __all__ = [
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts", "torch_export": ".pt2"}
 
 #: output names of :class:`MultiCheXNetExport` in the ONNX graph
-EXPORT_OUTPUT_NAMES = ("class_logits", "seg_logits", "box_cls_logits", "box_regression")
+EXPORT_OUTPUT_NAMES = (
+    PredKeys.CLASS_LOGITS.value,
+    PredKeys.SEG_LOGITS.value,
+    PredKeys.BOX_CLS_LOGITS.value,
+    PredKeys.BOX_REGRESSION.value,
+)
 
 
 def export_wrapper(net: nn.Module) -> nn.Module:
@@ -85,7 +91,7 @@ def export_wrapper(net: nn.Module) -> nn.Module:
 
 def _output_names(model: nn.Module) -> list[str]:
     if isinstance(model, MultiCheXNetHead):
-        return ["class_logits" if model.head == "classification" else "seg_logits"]
+        return [PredKeys.CLASS_LOGITS.value if model.head == Task.CLASSIFICATION else PredKeys.SEG_LOGITS.value]
     return list(EXPORT_OUTPUT_NAMES)
 
 
@@ -123,7 +129,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(*[int(s) for s in input_shape])
     names = _output_names(model)
-    dynamic_axes = {n: {0: "batch"} for n in ["image", *names]} if dynamic_batch else None
+    dynamic_axes = {n: {0: "batch"} for n in [BatchKeys.IMAGE.value, *names]} if dynamic_batch else None
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -132,7 +138,7 @@ def export_onnx(
                 model,
                 (x,),
                 str(tmp),
-                input_names=["image"],
+                input_names=[BatchKeys.IMAGE.value],
                 output_names=names,
                 opset_version=int(opset),
                 dynamic_axes=dynamic_axes,
@@ -188,7 +194,7 @@ def export_program(
     if dynamic_batch:  # an example batch of 1 would be specialised (torch.export's 0/1 rule)
         shape[0] = max(shape[0], 2)
     x = torch.rand(*shape)
-    dynamic = {"image": {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
+    dynamic = {BatchKeys.IMAGE.value: {0: torch.export.Dim("batch", min=1, max=1024)}} if dynamic_batch else None
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
@@ -230,7 +236,7 @@ def onnx_parity(
         x = torch.rand(*[int(s) for s in input_shape], generator=g)
         with torch.no_grad():
             ref = _as_tuple(model(x))
-        got = sess.run(names, {"image": x.numpy()})
+        got = sess.run(names, {BatchKeys.IMAGE.value: x.numpy()})
         for k, v in _max_abs_diffs(ref, got, names).items():
             worst[k] = max(worst[k], v)
     return worst
@@ -351,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--net_id", default="network_def", help="legacy path: config id of the network (a MultiCheXNet)")
     p.add_argument(
         "--head",
-        choices=["all", "classification", "segmentation"],
+        choices=["all", Task.CLASSIFICATION.value, Task.SEGMENTATION.value],
         default="all",
         help="export all outputs (MultiCheXNetExport) or one head (MultiCheXNetHead)",
     )

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import Tensor
 
-from monai_mcx.keys import DetKeys, PredKeys
+from monai_mcx.keys import DetKeys, OriginalKeys, PredKeys, Task
 from monai_mcx.metrics.calibration import TemperatureScaling
 from monai_mcx.networks import BoxDecoder, make_anchor_generator
 
@@ -170,22 +170,28 @@ def to_original(
     orig = [int(v) for v in original_size]
     if len(orig) != 2 or min(orig) <= 0:
         raise ValueError(f"original_size must be a positive (W, H), got {original_size}.")
-    out: dict[str, Any] = {"size_wh": orig}
+    out: dict[str, Any] = {OriginalKeys.SIZE_WH.value: orig}
     probs = pred.get(PredKeys.CLASS_PROBS)
-    out[PredKeys.CLASS_PROBS.value] = None if probs is None else _np(probs[index]).reshape(-1)
+    out[OriginalKeys.CLASS_PROBS.value] = None if probs is None else _np(probs[index]).reshape(-1)
     gate = pred.get(PredKeys.GATE)
     positive = True if gate is None else bool(gate[index])
-    out["gate"] = positive
-    out["mask"] = out["mask_ungated"] = None
+    out[OriginalKeys.GATE.value] = positive
+    out[OriginalKeys.MASK.value] = out[OriginalKeys.MASK_UNGATED.value] = None
     in_size = None
     if PredKeys.SEG_PROBS in pred:
         seg = pred[PredKeys.SEG_PROBS][index]  # (1, w, h)
         in_size = [int(s) for s in seg.shape[-2:]]
         mask = (probs_to_original(seg, orig)[0] >= float(seg_threshold)).numpy()
-        out["mask_ungated"] = mask
-        out["mask"] = mask & positive
-    out["has_boxes"] = PredKeys.DETECTIONS_OP in pred
-    for suffix, key in (("", PredKeys.DETECTIONS_GATED), ("_ungated", PredKeys.DETECTIONS_OP)):
+        out[OriginalKeys.MASK_UNGATED.value] = mask
+        out[OriginalKeys.MASK.value] = mask & positive
+    out[OriginalKeys.HAS_BOXES.value] = PredKeys.DETECTIONS_OP in pred
+    for names, key in (
+        ((OriginalKeys.BOXES, OriginalKeys.SCORES, OriginalKeys.LABELS), PredKeys.DETECTIONS_GATED),
+        (
+            (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED, OriginalKeys.LABELS_UNGATED),
+            PredKeys.DETECTIONS_OP,
+        ),
+    ):
         boxes, scores, labels = np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,), dtype=np.int64)
         if key in pred:
             det = pred[key][index]
@@ -195,7 +201,7 @@ def to_original(
             boxes = scale_boxes_to_original(det[DetKeys.BOXES], size, orig)
             scores = _np(det[DetKeys.SCORES]).reshape(-1)
             labels = _np(det.get(DetKeys.LABELS, np.zeros(len(scores))), dtype=np.int64).reshape(-1)
-        out[f"boxes{suffix}"], out[f"scores{suffix}"], out[f"labels{suffix}"] = boxes, scores, labels
+        out.update(zip([n.value for n in names], (boxes, scores, labels)))
     return out
 
 
@@ -321,7 +327,7 @@ class MultiCheXNetPostprocessor:
             where = getattr(description, "path", None) or "the model description"
             raise ValueError(f"{where}: gate_rule {pp['gate_rule']!r} is not implemented (only {GATE_RULE!r}).")
         box_t = pp["box_score_threshold"]
-        boxes = "localization" in description.tasks
+        boxes = Task.LOCALIZATION in description.tasks
         out = cls(
             class_names=pp["class_names"],
             class_thresholds=pp["class_thresholds"],

@@ -1,19 +1,68 @@
-"""Names of the batch and prediction keys, in one place (as MONAI's ``monai.utils.enums.CommonKeys``).
+"""Names of the tasks and of the datalist, batch and prediction keys, in one place (as MONAI's ``CommonKeys``).
 
-:class:`BatchKeys` are the keys of a collated batch (``monai_mcx.data.collate_cxr``) and of the ``targets``
-dict handed to the loss and the metrics (``monai_mcx.engines.prepare_cxr_batch``); :class:`PredKeys` are the
-keys of the network's output dict and of the post-processed prediction dict
-(:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`); :class:`DetKeys` the keys of one image's detections.
+:class:`Task` names the three tasks (:data:`TASKS` in their canonical order); :class:`DatalistKeys` are the keys
+of a datalist item (:mod:`monai_mcx.data.datalist`); :class:`BatchKeys` are the keys of a collated batch
+(``monai_mcx.data.collate_cxr``) and of the ``targets`` dict handed to the loss and the metrics
+(``monai_mcx.engines.prepare_cxr_batch``); :class:`PredKeys` are the keys of the network's output dict and of the
+post-processed prediction dict (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`); :class:`DetKeys` the keys
+of one image's detections; :class:`OriginalKeys` the keys of one image's prediction in the original image's pixels
+(:func:`monai_mcx.inferers.to_original`).
 
 The classes are ``StrEnum``-like (``str`` subclasses), so ``batch[BatchKeys.MASK]`` and ``batch["mask"]`` are the
-same lookup and JSON configs keep using the plain strings.
+same lookup and JSON configs keep using the plain strings. Code that STORES a key (a dict it builds, a value it
+records) writes ``.value`` so what it builds holds plain ``str`` (pickles, ``torch.load(weights_only=True)`` and
+TorchScript see no enum); code that LOOKS UP or compares uses the member.
 """
 
 from __future__ import annotations
 
-from monai.utils.enums import StrEnum
+from enum import Enum
 
-__all__ = ["BatchKeys", "PredKeys", "DetKeys"]
+__all__ = ["Task", "TASKS", "DatalistKeys", "BatchKeys", "PredKeys", "DetKeys", "OriginalKeys"]
+
+
+class StrEnum(str, Enum):
+    """MONAI's ``monai.utils.StrEnum`` (the same definition: ``str(member)`` and ``repr(member)`` are its value).
+
+    Defined here rather than imported because importing MONAI loads matplotlib: modules that only need key names
+    (``monai_mcx.metrics``, ``monai_mcx.visualize``) must stay importable without MONAI.
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+class Task(StrEnum):
+    """The tasks of MultiCheXNet, one head each."""
+
+    CLASSIFICATION = "classification"
+    SEGMENTATION = "segmentation"
+    LOCALIZATION = "localization"
+
+
+#: every task, in the canonical order (plain ``str``: they are stored in model descriptions and checkpoints)
+TASKS: tuple[str, ...] = tuple(t.value for t in Task)
+
+
+class DatalistKeys(StrEnum):
+    """Keys of a datalist item (``DESIGN.md``, :mod:`monai_mcx.data.datalist`).
+
+    ``image`` path; ``patient`` id; ``source`` data set name; ``label`` class vector or null; ``mask`` path or null;
+    ``boxes`` ``[[x1, y1, x2, y2], ...]`` or null; the public data-set adapters add ``findings`` (the source's
+    finding names) and ``info`` (adapter-specific extras).
+    """
+
+    IMAGE = "image"
+    PATIENT = "patient"
+    SOURCE = "source"
+    LABEL = "label"
+    MASK = "mask"
+    BOXES = "boxes"
+    FINDINGS = "findings"
+    INFO = "info"
 
 
 class BatchKeys(StrEnum):
@@ -70,3 +119,25 @@ class DetKeys(StrEnum):
     BOXES = "boxes"
     SCORES = "scores"
     LABELS = "labels"
+
+
+class OriginalKeys(StrEnum):
+    """Keys of one image's prediction in the ORIGINAL image's pixels (:func:`monai_mcx.inferers.to_original`).
+
+    ``size_wh`` ``[W, H]``; ``class_probs`` ``(K,)`` or None; ``gate`` bool; ``mask`` (gated) / ``mask_ungated``
+    ``(W, H)`` bool or None; ``has_boxes`` (a localization head ran); ``boxes`` ``(M, 4)`` xyxy, ``scores``, ``labels``
+    (operating point, gated) and ``boxes_ungated`` / ``scores_ungated`` / ``labels_ungated`` (operating point).
+    """
+
+    SIZE_WH = "size_wh"
+    CLASS_PROBS = "class_probs"
+    GATE = "gate"
+    MASK = "mask"
+    MASK_UNGATED = "mask_ungated"
+    HAS_BOXES = "has_boxes"
+    BOXES = "boxes"
+    SCORES = "scores"
+    LABELS = "labels"
+    BOXES_UNGATED = "boxes_ungated"
+    SCORES_UNGATED = "scores_ungated"
+    LABELS_UNGATED = "labels_ungated"

@@ -93,3 +93,38 @@ def test_benchmark_train_measures_whole_batch_heads_beside_the_default(tmp_path)
     assert record["alternatives"]["multichexnet_whole_batch_heads"]["ratio_epoch_vs_sum_single"] > 0
     text = out_md.read_text()
     assert "demo_disjoint, heads on the whole batch" in text and "demo_disjoint, task-grouped batches" in text
+
+
+def test_benchmark_pacs_quick_times_every_stage(tmp_path):
+    """Two studies per thread setting (2 and 1, interleaved) through a throw-away Orthanc, search to SEG + SR stored,
+    and the one-study command line: the record has every stage's quantiles per setting, a total, the goal
+    verdicts and the CLI row, and docs are not written."""
+    import pytest
+
+    from monai_mcx.dicom.orthanc import OrthancUnavailable, find_orthanc
+
+    try:
+        find_orthanc()
+    except OrthancUnavailable as e:
+        pytest.skip(f"NOT RUN: PACS benchmark: {e}")
+    record_path, out_md = tmp_path / "pacs.json", tmp_path / "b.md"
+    cmd = [sys.executable, "-m", "experiments.benchmark_pacs", "--quick", "--record", str(record_path)]
+    cmd += ["--out-md", str(out_md)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not out_md.exists()  # --quick writes no docs
+    record = json.loads(record_path.read_text())
+    stages = ("qido", "wado", "headers", "decode_preprocess", "forward", "postprocess", "seg_build", "sr_build")
+    assert [run["threads"] for run in record["runs"]] == [2, 1]
+    for run in record["runs"]:
+        assert set(run["stages"]) == {*stages, "file_writes", "stow", "total"}
+        for q in run["stages"].values():
+            assert set(q) == {"median_s", "p90_s", "mean_s", "min_s", "max_s"}
+            assert 0 <= q["min_s"] <= q["median_s"] <= q["p90_s"] <= q["max_s"]
+        assert run["stages"]["forward"]["median_s"] > 0 and run["stages"]["stow"]["median_s"] > 0
+        assert run["studies"] == 2 and len({s["study"] for s in run["per_study"]}) == 2
+        assert run["goal_met"] == (run["stages"]["total"]["median_s"] < record["goal_s"])
+    studies = [s["study"] for run in record["runs"] for s in run["per_study"]]
+    assert len(set(studies)) == 4  # each setting has studies of its own
+    assert record["cli"]["stored"] == ["stored"] and record["cli"]["wall_s"] > 0
+    assert len(record["load_average_start"]) == 3

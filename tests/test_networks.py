@@ -10,6 +10,7 @@ import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from torch.utils.flop_counter import FlopCounterMode
 
+from monai_mcx.keys import TASKS
 from monai_mcx.networks import (
     ENCODER_NAMES,
     LocalizationHead,
@@ -21,7 +22,6 @@ from monai_mcx.networks import (
     flatten_head_maps,
     make_anchor_generator,
 )
-from monai_mcx.networks.multichexnet import TASKS
 
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(TASKS, r)]
 SIZES = [(64, 64), (72, 64)]  # the second is not a multiple of 32 and has W != H

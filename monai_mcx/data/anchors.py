@@ -27,6 +27,7 @@ import numpy as np
 from monai_mcx.data.datalist import load_datalist
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.formats import input_format
+from monai_mcx.keys import DatalistKeys
 from monai_mcx.networks.anchors import fit_anchor_shapes
 from monai_mcx.transforms.readers import exif_size_wh
 from monai_mcx.utils import write_json_atomic
@@ -93,12 +94,12 @@ def training_boxes(
     items = load_datalist(datalist_file, split, check_files=False, max_items=max_items)
     out = []
     for it in items:
-        boxes = it.get("boxes")
+        boxes = it.get(DatalistKeys.BOXES)
         if not boxes:
             continue
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if spatial_size is not None:
-            w, h = image_size_wh(it["image"])
+            w, h = image_size_wh(it[DatalistKeys.IMAGE])
             sx, sy = float(spatial_size[0]) / w, float(spatial_size[1]) / h
             b = b * np.array([sx, sy, sx, sy])
         out.append(b)

@@ -38,6 +38,7 @@ from monai_mcx.data.boxes import check_box
 from monai_mcx.data.demo import ensure_demo_data
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.formats import input_format
+from monai_mcx.keys import BatchKeys, DatalistKeys
 
 __all__ = [
     "DatalistError",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 SPLITS = ("training", "validation", "test")
-_REQUIRED = ("image",)
+_REQUIRED = (DatalistKeys.IMAGE.value,)
 #: what a label value of -1 (CheXpert's "uncertain") becomes: refused, 0 (U-Zeros) or 1 (U-Ones)
 UNCERTAIN_POLICIES = {"error": None, "zeros": 0.0, "ones": 1.0}
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
@@ -64,7 +65,9 @@ class DatalistError(DataError):
 
 
 def _where(datalist_file: str | os.PathLike, split: str, index: int, item: dict | None = None) -> str:
-    image = f" (image {item.get('image')!r})" if isinstance(item, dict) and "image" in item else ""
+    image = (
+        f" (image {item.get(DatalistKeys.IMAGE)!r})" if isinstance(item, dict) and DatalistKeys.IMAGE in item else ""
+    )
     return f"{datalist_file}: {split}[{index}]{image}"
 
 
@@ -112,7 +115,11 @@ def check_label(label, num_classes: int | None, where: str = "datalist item", un
 
 
 def resolve_path(
-    value, base_dir: str | os.PathLike, where: str = "datalist item", key: str = "image", check_files: bool = True
+    value,
+    base_dir: str | os.PathLike,
+    where: str = "datalist item",
+    key: str = DatalistKeys.IMAGE.value,
+    check_files: bool = True,
 ) -> str:
     """The absolute path of a datalist entry (relative paths are relative to ``base_dir``).
 
@@ -176,17 +183,17 @@ def validate_item(
         if key not in item or item[key] in (None, ""):
             raise DatalistError(f"{where}: missing required key {key!r}")
     out = dict(item)
-    out.setdefault("patient", Path(str(item["image"])).stem)
-    out.setdefault("source", "unknown")
-    for key in ("label", "mask", "boxes"):
+    out.setdefault(DatalistKeys.PATIENT.value, Path(str(item[DatalistKeys.IMAGE])).stem)
+    out.setdefault(DatalistKeys.SOURCE.value, "unknown")
+    for key in (DatalistKeys.LABEL.value, DatalistKeys.MASK.value, DatalistKeys.BOXES.value):
         out.setdefault(key, None)
-    for key in ("image", "mask"):
+    for key in (DatalistKeys.IMAGE.value, DatalistKeys.MASK.value):
         if out[key] is not None:
             out[key] = resolve_path(out[key], base_dir, where, key, check_files)
-    if out["label"] is not None:
-        out["label"] = check_label(out["label"], num_classes, where, uncertain)
-    if out["boxes"] is not None:
-        boxes = out["boxes"]
+    if out[DatalistKeys.LABEL] is not None:
+        out[DatalistKeys.LABEL.value] = check_label(out[DatalistKeys.LABEL], num_classes, where, uncertain)
+    if out[DatalistKeys.BOXES] is not None:
+        boxes = out[DatalistKeys.BOXES]
         if isinstance(boxes, (str, bytes)) or not isinstance(boxes, Sequence):
             raise DatalistError(f"{where}: boxes must be a list of [x1, y1, x2, y2] or null, got {boxes!r}")
         checked = []
@@ -196,7 +203,7 @@ def validate_item(
                 checked.append(check_box(b, tol=math.inf))
             except DataError as e:
                 raise DatalistError(f"{where}: boxes[{i}]: {e.problem}") from None
-        out["boxes"] = checked
+        out[DatalistKeys.BOXES.value] = checked
     return out
 
 
@@ -424,8 +431,11 @@ def _file_items(source: Path, split: str) -> list[dict]:
                 f"{source}: no DICOM/PNG/JPEG/TIFF/BMP/NIfTI file in this folder and no DICOM file in its sub-folders"
                 + (f" ({len(skipped)} other entries skipped: {listed})" if skipped else "")
             )
-        items = [{"image": str(p)} for p in images] + nested
-        items += [{"image": str(p), "error": f"{p}: skipped: {reason}"} for p, reason in sorted(skipped)]
+        items = [{DatalistKeys.IMAGE.value: str(p)} for p in images] + nested
+        items += [
+            {DatalistKeys.IMAGE.value: str(p), BatchKeys.ERROR.value: f"{p}: skipped: {reason}"}
+            for p, reason in sorted(skipped)
+        ]
         return items
     if source.is_file() and inputs.is_dicomdir(source):
         try:
@@ -437,14 +447,32 @@ def _file_items(source: Path, split: str) -> list[dict]:
         out = []
         for i, it in enumerate(raw):
             where = _where(source, split, i, it)
-            if not isinstance(it, dict) or it.get("image") in (None, ""):
-                out.append({"image": f"{source}: {split}[{i}]", "error": f"{where}: no 'image' path in this item"})
+            if not isinstance(it, dict) or it.get(DatalistKeys.IMAGE) in (None, ""):
+                out.append(
+                    {
+                        DatalistKeys.IMAGE.value: f"{source}: {split}[{i}]",
+                        BatchKeys.ERROR.value: f"{where}: no 'image' path in this item",
+                    }
+                )
                 continue
             try:
-                out.append({"image": resolve_path(it["image"], source.parent, where, "image", check_files=True)})
+                out.append(
+                    {
+                        DatalistKeys.IMAGE.value: resolve_path(
+                            it[DatalistKeys.IMAGE], source.parent, where, DatalistKeys.IMAGE.value, check_files=True
+                        )
+                    }
+                )
             except DatalistError as e:
-                out.append({"image": resolve_path(it["image"], source.parent, where, "image", False), "error": str(e)})
+                out.append(
+                    {
+                        DatalistKeys.IMAGE.value: resolve_path(
+                            it[DatalistKeys.IMAGE], source.parent, where, DatalistKeys.IMAGE.value, False
+                        ),
+                        BatchKeys.ERROR.value: str(e),
+                    }
+                )
         return out
     if source.is_file():
-        return [{"image": str(source)}]
+        return [{DatalistKeys.IMAGE.value: str(source)}]
     raise DatalistError(f"{source}: no such file or folder")

@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from monai_mcx.data.synthetic import _item_sample, _write_dicom
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["generate_demo_data", "ensure_demo_data", "main"]
 
@@ -162,12 +163,12 @@ def _write_items(
                 _write_png(os.path.join(tmp, rel_mask), sample.mask.astype(np.uint8))
                 items[split].append(
                     {
-                        "image": rel_image,
-                        "patient": pid,
-                        "source": SOURCE,
-                        "label": [1.0 if positive else 0.0],
-                        "mask": rel_mask,
-                        "boxes": [[int(c) for c in b] for b in sample.boxes],
+                        DatalistKeys.IMAGE.value: rel_image,
+                        DatalistKeys.PATIENT.value: pid,
+                        DatalistKeys.SOURCE.value: SOURCE,
+                        DatalistKeys.LABEL.value: [1.0 if positive else 0.0],
+                        DatalistKeys.MASK.value: rel_mask,
+                        DatalistKeys.BOXES.value: [[int(c) for c in b] for b in sample.boxes],
                         "_positive": positive,
                     }
                 )
@@ -187,11 +188,11 @@ def _assign_disjoint_roles(train: list[dict], seed: int) -> None:
         role = r % 3
         it = train[i]
         if role == 0:  # boxes only (RSNA role)
-            it["label"], it["mask"] = None, None
+            it[DatalistKeys.LABEL.value], it[DatalistKeys.MASK.value] = None, None
         elif role == 1:  # masks only (SIIM role)
-            it["label"], it["boxes"] = None, None
+            it[DatalistKeys.LABEL.value], it[DatalistKeys.BOXES.value] = None, None
         else:  # classes only (NIH role)
-            it["mask"], it["boxes"] = None, None
+            it[DatalistKeys.MASK.value], it[DatalistKeys.BOXES.value] = None, None
 
 
 def generate_demo_data(

@@ -22,12 +22,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from monai_mcx.keys import DatalistKeys, Task
+
 __all__ = ["SourceWeightedSampler", "TaskGroupedSampler", "source_weights", "annotation_signature"]
 
 
 def _sources(dataset: Any) -> list[str]:
     data = getattr(dataset, "data", dataset)
-    return [str(it.get("source", "unknown")) if isinstance(it, Mapping) else "unknown" for it in data]
+    return [str(it.get(DatalistKeys.SOURCE, "unknown")) if isinstance(it, Mapping) else "unknown" for it in data]
 
 
 def source_weights(sources: list[str], fractions: Mapping[str, float] | None) -> torch.Tensor:
@@ -131,7 +133,11 @@ class SourceWeightedSampler(_EpochSampler):
 def annotation_signature(item: Mapping) -> tuple[str, ...]:
     """The tasks a datalist item is annotated for: ``classification`` (``label`` known), ``segmentation``
     (``mask`` known) and ``localization`` (``boxes`` known, an empty list included); ``null`` is unknown."""
-    keys = (("label", "classification"), ("mask", "segmentation"), ("boxes", "localization"))
+    keys = (
+        (DatalistKeys.LABEL.value, Task.CLASSIFICATION.value),
+        (DatalistKeys.MASK.value, Task.SEGMENTATION.value),
+        (DatalistKeys.BOXES.value, Task.LOCALIZATION.value),
+    )
     return tuple(task for key, task in keys if item.get(key) is not None)
 
 

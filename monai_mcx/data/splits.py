@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from monai_mcx.data.errors import DataError
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["split_by_patient", "check_patient_splits", "SPLIT_NAMES"]
 
@@ -15,10 +16,10 @@ SPLIT_NAMES = ("training", "validation", "test")
 
 
 def _positive(item: dict) -> bool:
-    label = item.get("label")
+    label = item.get(DatalistKeys.LABEL)
     if label is not None:
         return any(float(v) > 0 for v in label)
-    return bool(item.get("boxes")) or bool(item.get("findings"))
+    return bool(item.get(DatalistKeys.BOXES)) or bool(item.get(DatalistKeys.FINDINGS))
 
 
 def split_by_patient(
@@ -44,10 +45,13 @@ def split_by_patient(
         )
     by_patient: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
-        by_patient[str(it.get("patient"))].append(i)
+        by_patient[str(it.get(DatalistKeys.PATIENT))].append(i)
     strata: dict[tuple, list[str]] = defaultdict(list)
     for pid, idx in by_patient.items():
-        key = (tuple(sorted({str(items[i].get("source")) for i in idx})), any(_positive(items[i]) for i in idx))
+        key = (
+            tuple(sorted({str(items[i].get(DatalistKeys.SOURCE)) for i in idx})),
+            any(_positive(items[i]) for i in idx),
+        )
         strata[key].append(pid)
     rng = np.random.default_rng(seed)
     assign: dict[str, str] = {}
@@ -61,7 +65,7 @@ def split_by_patient(
             assign[pids[j]] = "test" if rank < n_test else "validation" if rank < n_test + n_val else "training"
     out: dict[str, list[dict]] = {s: [] for s in SPLIT_NAMES}
     for it in items:
-        out[assign[str(it.get("patient"))]].append(it)
+        out[assign[str(it.get(DatalistKeys.PATIENT))]].append(it)
     return out
 
 
@@ -74,12 +78,12 @@ def check_patient_splits(datalist: Mapping[str, Sequence[dict]], file=None) -> N
     seen: dict[str, tuple[str, str]] = {}
     for split in SPLIT_NAMES:
         for it in datalist.get(split, []) or []:
-            pid = str(it.get("patient"))
+            pid = str(it.get(DatalistKeys.PATIENT))
             if pid in seen and seen[pid][0] != split:
                 first_split, first_image = seen[pid]
                 raise DataError(
-                    f"patient {pid!r} is in both {first_split!r} ({first_image}) and {split!r} ({it.get('image')}); "
+                    f"patient {pid!r} is in both {first_split!r} ({first_image}) and {split!r} ({it.get(DatalistKeys.IMAGE)}); "
                     "splits must be made by patient",
                     file,
                 )
-            seen.setdefault(pid, (split, str(it.get("image"))))
+            seen.setdefault(pid, (split, str(it.get(DatalistKeys.IMAGE))))

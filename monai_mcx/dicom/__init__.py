@@ -14,6 +14,7 @@ import importlib
 _EXPORTS = {
     "checks": ("HeaderCheck", "check_header", "parse_age"),
     "io": ("save_dataset",),
+    "orthanc": ("start_orthanc", "stop_orthanc"),
     "seg": ("LESION_LABEL", "LUNG_LABEL", "make_seg", "read_seg", "write_seg"),
     "sr": ("PNEUMONIA", "make_sr", "read_sr", "write_sr"),
     "tree": ("DicomRecord", "find_dicom", "read_dicomdir", "read_record"),

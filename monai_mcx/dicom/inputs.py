@@ -27,6 +27,7 @@ from pathlib import Path
 
 from monai_mcx.data.formats import sniff_format
 from monai_mcx.dicom.checks import LATERAL_VIEWS, check_header
+from monai_mcx.keys import BatchKeys, DatalistKeys
 from monai_mcx.utils import as_bool
 
 __all__ = [
@@ -68,9 +69,9 @@ def is_dicomdir(path: str | os.PathLike) -> bool:
 def _records_to_items(records, root: Path | None = None) -> list[dict]:
     items = []
     for r in records:
-        item = {"image": str(r.path)}
+        item = {DatalistKeys.IMAGE.value: str(r.path)}
         if r.error is not None:
-            item["error"] = f"{r.path}: skipped: {r.error.removeprefix(f'{r.path}: ').rstrip('.')}"
+            item[BatchKeys.ERROR.value] = f"{r.path}: skipped: {r.error.removeprefix(f'{r.path}: ').rstrip('.')}"
         if root is not None:
             item[ROOT_KEY] = str(root)
         items.append(item)
@@ -185,12 +186,12 @@ def annotate_items(
     for item in items:
         item = dict(item)
         out.append(item)
-        if item.get("error") or not _is_dicom(str(item["image"])):
+        if item.get(BatchKeys.ERROR) or not _is_dicom(str(item[DatalistKeys.IMAGE])):
             continue
         try:
-            header = read_header(item["image"])
+            header = read_header(item[DatalistKeys.IMAGE])
         except ValueError as e:
-            item["error"] = str(e)
+            item[BatchKeys.ERROR.value] = str(e)
             continue
         options = {} if checks else {"modalities": None, "body_parts": None, "views": None}
         options.update(allow_secondary=as_bool(allow_secondary, "allow_secondary") or not checks)
@@ -202,7 +203,7 @@ def annotate_items(
             "pediatric": result.pediatric,
         }
         if not result.accepted:
-            item["error"] = f"{item['image']}: not read: {result.reason}"
+            item[BatchKeys.ERROR.value] = f"{item[DatalistKeys.IMAGE]}: not read: {result.reason}"
     return out
 
 

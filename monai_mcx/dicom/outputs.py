@@ -28,6 +28,7 @@ import numpy as np
 
 from monai_mcx import __version__
 from monai_mcx.dicom.io import ALGORITHM_NAME, read_header, save_dataset
+from monai_mcx.keys import OriginalKeys
 from monai_mcx.utils import as_bool
 
 __all__ = ["DicomOutputs", "NOT_DICOM", "OUTPUT_COLUMNS"]
@@ -144,11 +145,13 @@ class DicomOutputs:
 
         probabilities = record["class_probabilities"]
         name = self.finding_class if self.finding_class in probabilities else next(iter(probabilities))
-        boxes = [b for b in record.get("boxes", []) if b["box"][2] > b["box"][0] and b["box"][3] > b["box"][1]]
+        boxes = [
+            b for b in record.get(OriginalKeys.BOXES, []) if b["box"][2] > b["box"][0] and b["box"][3] > b["box"][1]
+        ]
         return make_sr(
             header,
             probability=min(max(float(probabilities[name]), 0.0), 1.0),
-            gate=bool(record.get("gate", {}).get("positive", False)),
+            gate=bool(record.get(OriginalKeys.GATE, {}).get("positive", False)),
             boxes=[b["box"] for b in boxes],
             scores=[b["score"] for b in boxes],
             weights_sha256=self.weights_sha256,

@@ -31,6 +31,7 @@ from pydicom.uid import generate_uid
 
 from monai_mcx import __version__
 from monai_mcx.dicom.io import ALGORITHM_NAME, MANUFACTURER, read_header, save_dataset, source_header
+from monai_mcx.keys import OriginalKeys
 
 __all__ = ["PNEUMONIA", "make_sr", "write_sr", "read_sr"]
 
@@ -177,9 +178,9 @@ def read_sr(path: str | os.PathLike) -> dict:
         scores.append(float(roi_group.get_measurements(name=codes.SCT.Score)[0].value))
     return {
         "probability": float(probability),
-        "gate": evaluation.value == codes.SCT.Present,
-        "boxes": [[float(v) for v in b] for b in boxes],
-        "scores": scores,
+        OriginalKeys.GATE.value: evaluation.value == codes.SCT.Present,
+        OriginalKeys.BOXES.value: [[float(v) for v in b] for b in boxes],
+        OriginalKeys.SCORES.value: scores,
         "algorithm": _algorithm(group),
         "source_sop_instance_uid": next((i.referenced_sop_instance_uid for i in group.source_images), None),
     }

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from monai_mcx.keys import DatalistKeys
 from monai_mcx.utils import as_bool
 
 __all__ = [
@@ -365,9 +366,9 @@ def gather_rows(rows: Sequence[Mapping[str, Any]], unique: str | None = None) ->
                     continue
                 if value in owner and owner[value][0] != rank:
                     clashes.append(
-                        f"{value} (rank {owner[value][0]}: {owner[value][1]}, rank {rank}: {row.get('image')})"
+                        f"{value} (rank {owner[value][0]}: {owner[value][1]}, rank {rank}: {row.get(DatalistKeys.IMAGE)})"
                     )
-                owner.setdefault(value, (rank, row.get("image")))
+                owner.setdefault(value, (rank, row.get(DatalistKeys.IMAGE)))
         if clashes:
             raise RuntimeError(
                 f"{len(clashes)} output file name(s) were written by two ranks for different images, so one image's "

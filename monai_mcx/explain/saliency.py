@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from monai_mcx.inferers import probs_to_original
+from monai_mcx.keys import OriginalKeys
 
 __all__ = [
     "DEFAULT_LAYER",
@@ -267,7 +268,7 @@ def saliency_result(
     out: dict = {
         **saliency.settings(),
         "classes": names,
-        "size_wh": [int(v) for v in original_size],
+        OriginalKeys.SIZE_WH.value: [int(v) for v in original_size],
         "peak_xy": {},
         "png_base64": {},
     }

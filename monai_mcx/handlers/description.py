@@ -22,6 +22,7 @@ from pathlib import Path
 from ignite.engine import Events
 
 from monai_mcx.engines.checkpoint import _rank
+from monai_mcx.keys import Task
 from monai_mcx.model import (
     DescriptionError,
     ModelDescription,
@@ -171,7 +172,7 @@ class OperatingPointWriter:
         ops: dict[str, dict[str, float]] = {}
         for key, v in metrics.items():
             parts = str(key).split("/")
-            if len(parts) == 4 and parts[0] == "classification" and parts[2] == "threshold" and parts[3] in temps:
+            if len(parts) == 4 and parts[0] == Task.CLASSIFICATION and parts[2] == "threshold" and parts[3] in temps:
                 if v is not None and math.isfinite(float(v)):
                     ops.setdefault(parts[1], {})[parts[3]] = float(v)
         return desc.replace(sensitivity_thresholds=ops or None)

@@ -141,7 +141,7 @@ class EvaluationPredictionWriter:
             and isinstance(output, Mapping)
             and output.get(CommonKeys.IMAGE) is not None
         ):
-            record["image"] = _encode(output[CommonKeys.IMAGE], "the network input")
+            record[BatchKeys.IMAGE.value] = _encode(output[CommonKeys.IMAGE], "the network input")
         path = Path(self._tmp.name) / f"{len(self._files):08d}.pt"
         torch.save(record, path)
         self._files.append(path)
@@ -157,7 +157,7 @@ class EvaluationPredictionWriter:
                 batch = record["batch"]
                 n = int(batch[BatchKeys.IMAGE.value].shape[0])
                 pred = deployed.apply_operating_point(record["pred"], batch_size=n, device="cpu")
-                output = {CommonKeys.PRED: pred, CommonKeys.IMAGE: record.get("image")}
+                output = {CommonKeys.PRED: pred, CommonKeys.IMAGE: record.get(BatchKeys.IMAGE)}
                 self.writer.write_batch(types.SimpleNamespace(state=types.SimpleNamespace(output=output, batch=batch)))
                 path.unlink()
             self.writer.write_summary(engine)

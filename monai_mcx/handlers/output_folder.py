@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from monai_mcx.data.datalist import IMAGE_SUFFIXES
+from monai_mcx.keys import BatchKeys, DatalistKeys
 from monai_mcx.utils import as_bool
 
 __all__ = [
@@ -68,9 +69,9 @@ def _image_path(item: str | os.PathLike | Mapping) -> str | None:
     """The path of an input (an item ``{"image": path, ...}`` or a path); None for an item whose path names no
     file or folder (a datalist entry without a file: nothing there can be overwritten)."""
     if isinstance(item, Mapping):
-        if item.get("error") and not os.path.lexists(str(item.get("image", ""))):
+        if item.get(BatchKeys.ERROR) and not os.path.lexists(str(item.get(DatalistKeys.IMAGE, ""))):
             return None
-        item = item.get("image")
+        item = item.get(DatalistKeys.IMAGE)
     if item is None or str(item) == "":
         return None
     return str(item)
@@ -235,8 +236,8 @@ class OutputNames:
         skip = {str(s) for s in skip}
         stems: dict[str, list[str]] = {}
         for item in inputs:
-            src = str(item.get("image")) if isinstance(item, Mapping) else str(item)
-            if src not in skip and not (isinstance(item, Mapping) and item.get("error")):
+            src = str(item.get(DatalistKeys.IMAGE)) if isinstance(item, Mapping) else str(item)
+            if src not in skip and not (isinstance(item, Mapping) and item.get(BatchKeys.ERROR)):
                 stems.setdefault(src, []).append(self.allocate(src, names_of))
         return stems
 
@@ -317,9 +318,9 @@ class RunManifest:
         elif event == "image":
             files = [str(f) for f in record.get("files", [])]
             self.owned.update(files)
-            self.images[record["image"]] = {"stem": record.get("stem"), "files": files, "row": None}
-        elif event == "done" and record.get("image") in self.images:
-            self.images[record["image"]]["row"] = record.get("row")
+            self.images[record[DatalistKeys.IMAGE]] = {"stem": record.get("stem"), "files": files, "row": None}
+        elif event == "done" and record.get(DatalistKeys.IMAGE) in self.images:
+            self.images[record[DatalistKeys.IMAGE]]["row"] = record.get("row")
         elif event == "summary":
             self.owned.update(str(f) for f in record.get("files", []))
 
@@ -359,10 +360,10 @@ class RunManifest:
         )
 
     def start_image(self, image: str, stem: str, files: list[str]) -> None:
-        self.append({"event": "image", "image": image, "stem": stem, "files": list(files)})
+        self.append({"event": "image", DatalistKeys.IMAGE.value: image, "stem": stem, "files": list(files)})
 
     def finish_image(self, image: str, row: dict) -> None:
-        self.append({"event": "done", "image": image, "row": row})
+        self.append({"event": "done", DatalistKeys.IMAGE.value: image, "row": row})
 
     def start_summary(self, files: list[str]) -> None:
         self.append({"event": "summary", "files": list(files)})
@@ -492,5 +493,5 @@ def pending_items(items: list[dict], output_dir: str | os.PathLike, resume: bool
     if manifest is None:
         return items
     complete = manifest.complete()
-    pending = [it for it in items if it.get("error") or str(it.get("image")) not in complete]
+    pending = [it for it in items if it.get(BatchKeys.ERROR) or str(it.get(DatalistKeys.IMAGE)) not in complete]
     return pending or items[:1]

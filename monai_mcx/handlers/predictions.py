@@ -71,10 +71,10 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
-from PIL import Image
 
 from monai_mcx.dicom.inputs import DICOM_COLUMNS, DICOM_KEY, dicom_columns
 from monai_mcx.engines.distributed import gather_rows, is_main_process, on_rank0
+from monai_mcx.handlers.encoding import jpeg_bytes, nifti_mask_bytes, png_bytes
 from monai_mcx.handlers.output_folder import (
     MANIFEST_NAME,
     SUMMARY_NAME,
@@ -86,15 +86,17 @@ from monai_mcx.handlers.output_folder import (
     sort_rows,
 )
 from monai_mcx.inferers import MultiCheXNetPostprocessor
-from monai_mcx.keys import BatchKeys, PredKeys
+from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
-from monai_mcx.visualize.overlays import overlay_image, saliency_png_bytes
+from monai_mcx.visualize.overlays import overlay_image, saliencypng_bytes
 
 __all__ = ["PredictionWriter", "OVERLAY_FORMATS"]
 
 #: the overlay file formats (``PredictionWriter(overlay_format=...)``)
 OVERLAY_FORMATS = ("png", "jpg")
+#: the JSON record's box lists and the :func:`~monai_mcx.inferers.to_original` keys of their boxes and scores
+_BOX_LISTS = ((OriginalKeys.BOXES, OriginalKeys.SCORES), (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED))
 
 logger = logging.getLogger(__name__)
 
@@ -104,31 +106,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "class"
 
 
-def _png_bytes(image: Image.Image | np.ndarray) -> bytes:
-    """PNG bytes of an image (or a ``(rows, cols[, 3])`` uint8 array) at zlib level 1: masks and overlays
-    compress almost as well as at the default level 6, several times faster."""
-    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _jpeg_bytes(image: Image.Image) -> bytes:
-    """JPEG bytes of an RGB image at quality 90 (the optional, lossy overlay format)."""
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def _nifti_bytes(mask_wh: np.ndarray, spacing: Sequence[float]) -> bytes:
-    import gzip
-
-    import nibabel as nib
-
-    affine = np.diag([float(spacing[0]), float(spacing[1]), 1.0, 1.0])
-    img = nib.Nifti1Image(mask_wh.astype(np.uint8), affine)
-    img.header.set_data_dtype(np.uint8)
-    return gzip.compress(img.to_bytes(), compresslevel=6)
+def _error_row(image: str, error: str, info: Mapping | None) -> dict:
+    """The ``predictions.csv`` row of an input without outputs: its image, its DICOM columns (``info``), the error."""
+    return {DatalistKeys.IMAGE.value: image, **dicom_columns(info), BatchKeys.ERROR.value: error}
 
 
 def _write_encoded(encode: Callable[..., bytes], args: tuple, path: Path) -> None:
@@ -165,7 +145,6 @@ class PredictionWriter:
             paths. When given, an ``output_dir`` that is, contains or lies inside the folder of one of them is
             refused when the run starts, before anything is written
             (:func:`monai_mcx.handlers.output_folder.check_outside_inputs`).
-
         dicom: a :class:`monai_mcx.dicom.outputs.DicomOutputs` to write each DICOM input's SEG and SR (and store
             them), or None (default).
         overwrite, resume: what to do with an ``output_dir`` that is not empty when the run starts (default:
@@ -222,7 +201,7 @@ class PredictionWriter:
         self.saliency = saliency
         self.inputs = None if inputs is None else list(inputs)
         self.dicom = dicom
-        self._info = {str(it["image"]): it.get(DICOM_KEY) for it in self.inputs or [] if isinstance(it, Mapping)}
+        self._info = {str(x[DatalistKeys.IMAGE]): x.get(DICOM_KEY) for x in self.inputs or [] if isinstance(x, Mapping)}
         self.overwrite, self.resume = as_bool(overwrite, "overwrite"), as_bool(resume, "resume")
         #: this run's rows of ``predictions.csv`` (one per input, in run order)
         self.rows: list[dict] = []
@@ -368,46 +347,47 @@ class PredictionWriter:
                 continue
             info = self._info.get(src)
             if errors[i]:
-                self.rows.append(
-                    {"image": display_text(src), **dicom_columns(info), "error": display_text(str(errors[i]))}
-                )
+                self.rows.append(_error_row(display_text(src), display_text(str(errors[i])), info))
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
-            record: dict = {"image": display_text(src), "size_wh": orig, **({} if info is None else {"dicom": info})}
+            record: dict = {DatalistKeys.IMAGE.value: display_text(src), OriginalKeys.SIZE_WH.value: orig}
+            record.update({} if info is None else {"dicom": info})
             steps: list[tuple[str, Callable[[Path], None]]] = []  # (file name, write(path)), in writing order
-            if res[PredKeys.CLASS_PROBS] is not None:
+            if res[OriginalKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
-                    zip(self.class_names, (float(p) for p in res[PredKeys.CLASS_PROBS]))
+                    zip(self.class_names, (float(p) for p in res[OriginalKeys.CLASS_PROBS]))
                 )
                 record["calibrated"] = pp.calibrated
                 if pp.calibrated:
                     record["calibration"] = pp.calibration.to_dict()
-                record["gate"] = {
+                record[OriginalKeys.GATE.value] = {
                     "rule": pp.gate_rule,
                     "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
-                    "positive": bool(res["gate"]),
+                    "positive": bool(res[OriginalKeys.GATE]),
                 }
-            if res["has_boxes"]:
+            if res[OriginalKeys.HAS_BOXES]:
                 record["box_score_threshold"] = pp.box_score_threshold
-                for key in ("boxes", "boxes_ungated"):
-                    suffix = key[len("boxes") :]
-                    record[key] = [
+                for key, scores in _BOX_LISTS:
+                    record[key.value] = [
                         {"box": [round(float(v), 2) for v in b], "score": float(sc)}
-                        for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])
+                        for b, sc in zip(res[key], res[scores])
                     ]
-            mask_wh = res["mask"]  # (W, H), gated; a new array per image, never changed after: the writer reads it
+            mask_wh = res[OriginalKeys.MASK]  # (W, H), gated; a new array per image, never changed after
             if mask_wh is not None:
                 if self.write_mask_png:
-                    record["mask"] = f"{stem}_mask.png"
+                    record[OriginalKeys.MASK.value] = f"{stem}_mask.png"
                     steps.append(
-                        (record["mask"], partial(_write_encoded, _png_bytes, ((mask_wh.T * 255).astype(np.uint8),)))
+                        (
+                            record[OriginalKeys.MASK],
+                            partial(_write_encoded, png_bytes, ((mask_wh.T * 255).astype(np.uint8),)),
+                        )
                     )
                 if self.write_nifti:
                     spacing = spacings[i] if spacings else (1.0, 1.0)
                     record["mask_nifti"] = f"{stem}_mask.nii.gz"
-                    steps.append((record["mask_nifti"], partial(_write_encoded, _nifti_bytes, (mask_wh, spacing))))
+                    steps.append((record["mask_nifti"], partial(_write_encoded, nifti_mask_bytes, (mask_wh, spacing))))
                 record["mask_area_px"] = int(mask_wh.sum())
             gray = None
             if maps is not None:
@@ -422,8 +402,8 @@ class PredictionWriter:
                     orig,
                     kept[i] if gray is None else gray,
                     None if mask_wh is None else mask_wh.T,
-                    res["boxes"].tolist(),
-                    res["scores"].tolist(),
+                    res[OriginalKeys.BOXES].tolist(),
+                    res[OriginalKeys.SCORES].tolist(),
                 )
                 steps.append((record["overlay"], partial(self._write_overlay, *overlay)))
             if self.dicom is not None:  # <stem>_seg.dcm, <stem>_sr.dcm (monai_mcx.dicom.outputs)
@@ -461,9 +441,9 @@ class PredictionWriter:
             detail = f"{e.strerror or e}" if e.errno is None else f"[Errno {e.errno}] {e.strerror}"
             error = display_text(f"{src}: outputs not written: {path}: {detail}")
             logger.warning("%s", error)
-            image = row["image"]
+            image = row[DatalistKeys.IMAGE]
             row.clear()
-            row.update({"image": image, "error": error})
+            row.update({DatalistKeys.IMAGE.value: image, BatchKeys.ERROR.value: error})
 
     def _write_overlay(
         self,
@@ -480,7 +460,7 @@ class PredictionWriter:
         overlay (``overlay_format``) atomically."""
         gray = self._background(src, fallback, orig, gray)
         im = overlay_image(gray, mask_rows_cols, boxes, scores)
-        write_bytes_atomic(_jpeg_bytes(im) if self.overlay_format == "jpg" else _png_bytes(im), path)
+        write_bytes_atomic(jpeg_bytes(im) if self.overlay_format == "jpg" else png_bytes(im), path)
 
     # -- saliency -------------------------------------------------------------------------------------------
     def _saliency_maps(self, images: torch.Tensor, readable: Sequence[bool]) -> torch.Tensor | None:
@@ -507,21 +487,21 @@ class PredictionWriter:
         steps: list[tuple[str, Callable[[Path], None]]],
     ) -> dict:
         """Add one image's saliency PNGs and NIfTI to ``steps``; return the JSON entry."""
-        from monai_mcx.explain import saliency_nifti_bytes, to_original_geometry
+        from monai_mcx.explain import saliencynifti_mask_bytes, to_original_geometry
 
         sal = to_original_geometry(maps, orig).numpy()  # (K, W0, H0)
         names = [self.class_names[c] for c in self.saliency.class_indices]
         entry: dict = {**self.saliency.settings(), "classes": names, "png": {}, "peak_xy": {}}
         for k, name in enumerate(names):
             fname = f"{stem}_saliency_{_safe(name)}.png"
-            steps.append((fname, partial(_write_encoded, saliency_png_bytes, (gray, sal[k].T))))
+            steps.append((fname, partial(_write_encoded, saliencypng_bytes, (gray, sal[k].T))))
             entry["png"][name] = fname
             peak = float(sal[k].max())
             entry["peak_xy"][name] = (
                 [int(v) for v in np.unravel_index(int(sal[k].argmax()), sal[k].shape)] if peak > 0 else None
             )
         fname = f"{stem}_saliency.nii.gz"
-        steps.append((fname, partial(_write_encoded, saliency_nifti_bytes, (np.moveaxis(sal, 0, -1), spacing))))
+        steps.append((fname, partial(_write_encoded, saliencynifti_mask_bytes, (np.moveaxis(sal, 0, -1), spacing))))
         entry["nifti"] = fname
         entry["nifti_layout"] = "(W, H, K): x first, one slice per class in 'classes' order, float32 in [0, 1]"
         return entry
@@ -529,7 +509,7 @@ class PredictionWriter:
     def _fields(self) -> list[str]:
         """The columns of ``predictions.csv``."""
         return [
-            "image",
+            DatalistKeys.IMAGE.value,
             *DICOM_COLUMNS,
             "gate_positive",
             *[f"p_{c}" for c in self.class_names],
@@ -544,17 +524,17 @@ class PredictionWriter:
             "dicom_seg",
             "dicom_sr",
             "stored",
-            "error",
+            BatchKeys.ERROR.value,
         ]
 
     def _csv_row(self, r: dict) -> dict:
         """An image's row of ``predictions.csv`` from its JSON record."""
         row = {
-            "image": r["image"],
-            "gate_positive": r.get("gate", {}).get("positive", ""),
+            DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE],
+            "gate_positive": r.get(OriginalKeys.GATE, {}).get("positive", ""),
             "calibrated": r.get("calibrated", ""),
-            "n_boxes": len(r.get("boxes", [])),
-            "max_box_score": max([b["score"] for b in r.get("boxes", [])], default=""),
+            "n_boxes": len(r.get(OriginalKeys.BOXES, [])),
+            "max_box_score": max([b["score"] for b in r.get(OriginalKeys.BOXES, [])], default=""),
             "mask_area_px": r.get("mask_area_px", ""),
             "json": r.get("json", ""),
             "mask_nifti": r.get("mask_nifti", ""),
@@ -562,7 +542,7 @@ class PredictionWriter:
             "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
             **dicom_columns(r.get("dicom")),
             **({} if self.dicom is None else self.dicom.columns(r)),
-            "error": "",
+            BatchKeys.ERROR.value: "",
         }
         for c, p in r.get("class_probabilities", {}).items():
             row[f"p_{c}"] = round(p, 6)
@@ -582,14 +562,14 @@ class PredictionWriter:
         w = csv.DictWriter(buf, fieldnames=self._fields())
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k, "") for k in ("image", *DICOM_COLUMNS, "error")} if r.get("error") else r)
+            w.writerow(_error_row(r[DatalistKeys.IMAGE], r[BatchKeys.ERROR], r) if r.get(BatchKeys.ERROR) else r)
         self._manifest.start_summary([SUMMARY_NAME])
         path = self.output_dir / SUMMARY_NAME
         try:
             write_bytes_atomic(buf.getvalue().encode("utf-8", "backslashreplace"), path)
         except OSError as e:
             raise OSError(e.errno, f"{path}: cannot be written ({e.strerror or e})") from e
-        n_err = sum(1 for r in rows if r.get("error"))
+        n_err = sum(1 for r in rows if r.get(BatchKeys.ERROR))
         if n_err:
             logger.warning(
                 "%d of %d inputs have no outputs (unreadable, or their files could not be written); see the 'error' "

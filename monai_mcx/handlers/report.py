@@ -49,6 +49,7 @@ from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
 from monai_mcx.handlers.report_markdown import calibration_section, explain_section, metrics_section, plots_section
+from monai_mcx.keys import BatchKeys, DatalistKeys, DetKeys, PredKeys
 from monai_mcx.metrics import box_quality, dice_per_image
 from monai_mcx.utils import write_text_atomic
 from monai_mcx.visualize import (
@@ -143,10 +144,10 @@ class EvaluationReport:
         self._dice: list[tuple[int, float]] = []  # (image index, ungated Dice) for images with a non-empty true mask
         self._counts = {
             "images": 0,
-            "label": 0,
-            "mask": 0,
+            BatchKeys.LABEL.value: 0,
+            BatchKeys.MASK.value: 0,
             "mask_positive": 0,
-            "boxes": 0,
+            BatchKeys.BOXES.value: 0,
             "boxes_positive": 0,
             "true_boxes": 0,
         }
@@ -160,8 +161,6 @@ class EvaluationReport:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _collect(self, engine: Engine) -> None:
-        from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
-
         out = engine.state.output
         pred, targets, images = out[CommonKeys.PRED], out[CommonKeys.LABEL], out[CommonKeys.IMAGE]
         batch = getattr(engine.state, "batch", None) or {}
@@ -172,7 +171,7 @@ class EvaluationReport:
             idx = self._index
             self._index += 1
             self._counts["images"] += 1
-            info: dict = {"image": str(paths[i]) if paths else f"#{idx}"}
+            info: dict = {DatalistKeys.IMAGE.value: str(paths[i]) if paths else f"#{idx}"}
             if probs is not None:
                 self._all_probs.append(probs[i].reshape(-1))
                 self._all_logits.append(None if logits is None else logits[i].reshape(-1))
@@ -182,7 +181,7 @@ class EvaluationReport:
                 self._probs.append(probs[i].reshape(-1))
                 self._labels.append(y)
                 self._pos_per_class += y > 0.5
-                self._counts["label"] += 1
+                self._counts[BatchKeys.LABEL.value] += 1
             rank, kind = None, None
             case = {"index": idx}
             if PredKeys.SEG_MASK in pred:
@@ -190,7 +189,7 @@ class EvaluationReport:
             if PredKeys.SEG_MASK in pred and float(targets[BatchKeys.HAS_MASK][i]) > 0.5:
                 pm = _np(pred[PredKeys.SEG_MASK][i, 0]) > 0.5
                 tm = _np(targets[BatchKeys.MASK][i, 0]) > 0.5
-                self._counts["mask"] += 1
+                self._counts[BatchKeys.MASK.value] += 1
                 case.update(true_mask=tm, pred_mask=pm)
                 if tm.any():
                     self._counts["mask_positive"] += 1
@@ -199,12 +198,12 @@ class EvaluationReport:
                     rank, kind = d, "Dice"
             if PredKeys.DETECTIONS in pred:
                 det = pred[PredKeys.DETECTIONS][i]
-                info["scores"] = _np(det[DetKeys.SCORES]).reshape(-1)
+                info[DetKeys.SCORES.value] = _np(det[DetKeys.SCORES]).reshape(-1)
                 if float(targets[BatchKeys.HAS_BOXES][i]) > 0.5:
                     tb = _np(targets[BatchKeys.BOXES][i]).reshape(-1, 4)
-                    ps = info["scores"]
+                    ps = info[DetKeys.SCORES]
                     pb = _np(det[DetKeys.BOXES]).reshape(-1, 4)
-                    self._counts["boxes"] += 1
+                    self._counts[BatchKeys.BOXES.value] += 1
                     self._counts["true_boxes"] += len(tb)
                     case.update(true_boxes=tb, all_boxes=pb, all_scores=ps)
                     if len(tb):
@@ -216,7 +215,7 @@ class EvaluationReport:
             self._images.append(info)
             if rank is None:
                 continue
-            case["image"] = _np(images[i, 0]).astype(np.float32)
+            case[BatchKeys.IMAGE.value] = _np(images[i, 0]).astype(np.float32)
             if self.saliency is not None:  # the network input, for the gallery's saliency panel
                 case["input"] = images[i].detach().cpu()
                 case["probs"] = None if probs is None else probs[i].reshape(-1)
@@ -351,11 +350,11 @@ class EvaluationReport:
         t = self.deployed.box_score_threshold
         for j, info in enumerate(self._images):
             g = bool(gates[j])
-            row = {"image": info["image"], "gate_positive": g}
+            row = {DatalistKeys.IMAGE.value: info[DatalistKeys.IMAGE], "gate_positive": g}
             if self._all_probs:
                 row.update({f"p_{c}": round(float(p), 6) for c, p in zip(self.class_names, self._all_probs[j])})
-            if "scores" in info:
-                kept = info["scores"][info["scores"] >= t] if g else info["scores"][:0]
+            if DetKeys.SCORES in info:
+                kept = info[DetKeys.SCORES][info[DetKeys.SCORES] >= t] if g else info[DetKeys.SCORES][:0]
                 row["n_boxes"] = len(kept)
                 row["max_box_score"] = float(kept.max()) if len(kept) else ""
             if "mask_area_px_input" in info:
@@ -369,7 +368,7 @@ class EvaluationReport:
 
         rows = self.per_image_rows(gates)
         fields = [
-            "image",
+            DatalistKeys.IMAGE.value,
             "gate_positive",
             *[f"p_{c}" for c in self.class_names],
             "n_boxes",
@@ -481,7 +480,7 @@ class EvaluationReport:
             name = self.class_names[indices[k]] if indices[k] < len(self.class_names) else str(indices[k])
             p = f" p={float(probs[indices[k]]):.2f}" if probs is not None else ""
             panels[case["index"]] = {
-                "image": case["image"],
+                BatchKeys.IMAGE.value: case[BatchKeys.IMAGE],
                 "saliency": maps[j, k],
                 "true_mask": case.get("true_mask"),
                 "true_boxes": case.get("true_boxes"),
@@ -514,10 +513,10 @@ class EvaluationReport:
         ]
         lines.append(f"| all | {c['images']} | | {gated_out} gated out by the classifier |")
         pos = ", ".join(f"{n}: {int(p)}" for n, p in zip(self.class_names, self._pos_per_class))
-        lines.append(f"| classification | {c['label']} | {pos} | images with a known class label |")
-        lines.append(f"| segmentation | {c['mask']} | {c['mask_positive']} | images with a known mask |")
+        lines.append(f"| classification | {c[BatchKeys.LABEL]} | {pos} | images with a known class label |")
+        lines.append(f"| segmentation | {c[BatchKeys.MASK]} | {c['mask_positive']} | images with a known mask |")
         lines.append(
-            f"| localization | {c['boxes']} | {c['boxes_positive']} | images with known boxes; {c['true_boxes']} true boxes |"
+            f"| localization | {c[BatchKeys.BOXES]} | {c['boxes_positive']} | images with known boxes; {c['true_boxes']} true boxes |"
         )
         lines.append("")
         lines += ["## Thresholds (the deployed model's)", ""]

@@ -96,7 +96,7 @@ class TensorBoardOverlayHandler:
         for i in range(images.shape[0]):
             if len(self._cases) >= self.num_images:
                 break
-            case = {"image": _np(images[i, 0])}
+            case = {BatchKeys.IMAGE.value: _np(images[i, 0])}
             if self.saliency is not None:
                 img = images[i].detach()
                 case["_input"] = img.as_tensor() if hasattr(img, "as_tensor") else img
@@ -117,7 +117,7 @@ class TensorBoardOverlayHandler:
         maps = self._saliency_maps()
         for i, case in enumerate(self._cases):
             drawn = {k: v for k, v in case.items() if not k.startswith("_")}
-            w, h = case["image"].shape
+            w, h = case[BatchKeys.IMAGE].shape
             s = self.upscale or max(1, int(np.ceil(256 / max(w, h))))
             rgb = overlay_rgb(upscale=s, **drawn)
             self.writer.add_image(f"{self.tag}/{i}", rgb, global_step=step, dataformats="HWC")

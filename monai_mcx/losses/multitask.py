@@ -32,12 +32,17 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from monai_mcx.keys import BatchKeys, PredKeys, Task
 from monai_mcx.transforms.labels import task_positives
 
 __all__ = ["MultiCheXNetLoss", "TEACHER_FORCING_MODES", "select_samples"]
 
 #: the network output key that tells a task's head was computed
-_OUTPUT_KEYS = {"classification": "class_logits", "segmentation": "seg_logits", "localization": "box_cls_logits"}
+_OUTPUT_KEYS = {
+    Task.CLASSIFICATION.value: PredKeys.CLASS_LOGITS.value,
+    Task.SEGMENTATION.value: PredKeys.SEG_LOGITS.value,
+    Task.LOCALIZATION.value: PredKeys.BOX_CLS_LOGITS.value,
+}
 
 TEACHER_FORCING_MODES = ("positive_only", "all", "balanced")
 
@@ -115,7 +120,12 @@ class MultiCheXNetLoss(nn.Module):
         self.classification_loss = classification_loss or nn.BCEWithLogitsLoss()
         self.segmentation_loss = segmentation_loss or DiceCELoss(sigmoid=True, squared_pred=False)
         self.localization_loss = localization_loss
-        self.weights = {"classification": 1.0, "segmentation": 1.0, "localization": 1.0, **dict(weights or {})}
+        self.weights = {
+            Task.CLASSIFICATION.value: 1.0,
+            Task.SEGMENTATION.value: 1.0,
+            Task.LOCALIZATION.value: 1.0,
+            **dict(weights or {}),
+        }
         self.teacher_forcing = teacher_forcing
         self.negative_fraction = float(negative_fraction)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -131,12 +141,12 @@ class MultiCheXNetLoss(nn.Module):
             ``{task: (n_task,) long indices into the batch}`` for each of ``tasks``.
         """
         sel: dict[str, torch.Tensor] = {}
-        positive = task_positives(targets) if {"segmentation", "localization"} & set(tasks) else {}
+        positive = task_positives(targets) if {Task.SEGMENTATION.value, Task.LOCALIZATION.value} & set(tasks) else {}
         for task in tasks:
-            if task == "classification":
-                sel[task] = torch.nonzero(targets["has_label"].reshape(-1) > 0.5, as_tuple=False).reshape(-1)
-            elif task in ("segmentation", "localization"):
-                flag = targets["has_mask" if task == "segmentation" else "has_boxes"]
+            if task == Task.CLASSIFICATION:
+                sel[task] = torch.nonzero(targets[BatchKeys.HAS_LABEL].reshape(-1) > 0.5, as_tuple=False).reshape(-1)
+            elif task in (Task.SEGMENTATION, Task.LOCALIZATION):
+                flag = targets[BatchKeys.HAS_MASK if task == Task.SEGMENTATION else BatchKeys.HAS_BOXES]
                 sel[task] = select_samples(
                     flag, positive[task], self.teacher_forcing, self.negative_fraction, self.generator
                 )
@@ -184,7 +194,7 @@ class MultiCheXNetLoss(nn.Module):
 
         terms: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        device = targets["image"].device if "image" in targets else None
+        device = targets[BatchKeys.IMAGE].device if BatchKeys.IMAGE in targets else None
         for task, idx in selection.items():
             counts[task] = int(idx.numel())
             if _OUTPUT_KEYS[task] not in outputs:
@@ -192,38 +202,38 @@ class MultiCheXNetLoss(nn.Module):
                     raise ValueError(f"the {task} head was not computed but {idx.numel()} samples need it")
                 terms[task] = torch.zeros((), device=device)
 
-        if "classification" in selection and "class_logits" in outputs:
-            logits = outputs["class_logits"]
-            oi, idx = rows("classification", logits)
+        if Task.CLASSIFICATION in selection and PredKeys.CLASS_LOGITS in outputs:
+            logits = outputs[PredKeys.CLASS_LOGITS]
+            oi, idx = rows(Task.CLASSIFICATION.value, logits)
             if idx.numel():
-                y = targets["label"].to(logits.device, logits.dtype)
-                terms["classification"] = self.classification_loss(logits[oi].float(), y[idx].float())
+                y = targets[BatchKeys.LABEL].to(logits.device, logits.dtype)
+                terms[Task.CLASSIFICATION.value] = self.classification_loss(logits[oi].float(), y[idx].float())
             else:
-                terms["classification"] = _zero(logits)
+                terms[Task.CLASSIFICATION.value] = _zero(logits)
 
-        if "segmentation" in selection and "seg_logits" in outputs:
-            logits = outputs["seg_logits"]
-            oi, idx = rows("segmentation", logits)
+        if Task.SEGMENTATION in selection and PredKeys.SEG_LOGITS in outputs:
+            logits = outputs[PredKeys.SEG_LOGITS]
+            oi, idx = rows(Task.SEGMENTATION.value, logits)
             if idx.numel():
-                m = targets["mask"].to(logits.device)
-                terms["segmentation"] = self.segmentation_loss(logits[oi].float(), m[idx].float())
+                m = targets[BatchKeys.MASK].to(logits.device)
+                terms[Task.SEGMENTATION.value] = self.segmentation_loss(logits[oi].float(), m[idx].float())
             else:
-                terms["segmentation"] = _zero(logits)
+                terms[Task.SEGMENTATION.value] = _zero(logits)
 
-        if "localization" in selection and "box_cls_logits" in outputs:
-            cls_maps, reg_maps = outputs["box_cls_logits"], outputs["box_regression"]
+        if Task.LOCALIZATION in selection and PredKeys.BOX_CLS_LOGITS in outputs:
+            cls_maps, reg_maps = outputs[PredKeys.BOX_CLS_LOGITS], outputs[PredKeys.BOX_REGRESSION]
             if self.localization_loss is None:
                 raise ValueError("the network has a localization head but MultiCheXNetLoss got no localization_loss")
-            oi, idx = rows("localization", cls_maps[0])
+            oi, idx = rows(Task.LOCALIZATION.value, cls_maps[0])
             if idx.numel():
-                images = targets["image"][idx]
-                boxes = [torch.as_tensor(targets["boxes"][int(i)]).to(cls_maps[0].device).float() for i in idx]
+                images = targets[BatchKeys.IMAGE][idx]
+                boxes = [torch.as_tensor(targets[BatchKeys.BOXES][int(i)]).to(cls_maps[0].device).float() for i in idx]
                 parts = self.localization_loss(
                     [c[oi].float() for c in cls_maps], [r[oi].float() for r in reg_maps], images, boxes
                 )
-                terms["localization"] = sum(parts.values()) + _zero(cls_maps) + _zero(reg_maps)
+                terms[Task.LOCALIZATION.value] = sum(parts.values()) + _zero(cls_maps) + _zero(reg_maps)
             else:
-                terms["localization"] = _zero(cls_maps) + _zero(reg_maps)
+                terms[Task.LOCALIZATION.value] = _zero(cls_maps) + _zero(reg_maps)
 
         if not terms:
             raise ValueError("the network output holds none of class_logits, seg_logits, box_cls_logits")

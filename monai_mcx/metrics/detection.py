@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_mcx.keys import DetKeys
+
 __all__ = [
     "box_iou_float64",
     "box_quality",
@@ -59,7 +61,7 @@ def _to_numpy(x: Any, dtype=np.float64) -> np.ndarray:
 
 def _as_boxes(x: Any, what: str) -> np.ndarray:
     if isinstance(x, Mapping):
-        x = x["boxes"]
+        x = x[DetKeys.BOXES]
     b = _to_numpy(x)
     if b.size == 0:
         return np.zeros((0, 4), dtype=np.float64)
@@ -74,8 +76,8 @@ def _prepare(preds: Sequence[Mapping[str, Any]], truths: Sequence[Any]):
         raise ValueError(f"preds and truths must list the same images, got {len(preds)} and {len(truths)}.")
     pboxes, pscores, gboxes = [], [], []
     for i, (p, t) in enumerate(zip(preds, truths)):
-        b = _as_boxes(p["boxes"], f"preds[{i}]")
-        s = _to_numpy(p["scores"]).reshape(-1)
+        b = _as_boxes(p[DetKeys.BOXES], f"preds[{i}]")
+        s = _to_numpy(p[DetKeys.SCORES]).reshape(-1)
         if len(s) != len(b):
             raise ValueError(f"preds[{i}]: {len(b)} boxes but {len(s)} scores.")
         pboxes.append(b)
@@ -358,10 +360,10 @@ def boxes_per_negative_image(preds: Sequence[Mapping[str, Any]], truths: Sequenc
 def _above(preds: Sequence[Mapping[str, Any]], score_threshold: float) -> list[dict[str, np.ndarray]]:
     out = []
     for i, p in enumerate(preds):
-        b = _as_boxes(p["boxes"], f"preds[{i}]")
-        s = _to_numpy(p["scores"]).reshape(-1)
+        b = _as_boxes(p[DetKeys.BOXES], f"preds[{i}]")
+        s = _to_numpy(p[DetKeys.SCORES]).reshape(-1)
         keep = s >= float(score_threshold)
-        out.append({"boxes": b[keep], "scores": s[keep]})
+        out.append({DetKeys.BOXES.value: b[keep], DetKeys.SCORES.value: s[keep]})
     return out
 
 

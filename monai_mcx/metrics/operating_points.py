@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_mcx.keys import Task
 from monai_mcx.metrics.classification import _binary_inputs, _np
 
 __all__ = [
@@ -250,7 +251,7 @@ def class_operating_points(
             p[known, k], y[known, k], table, None if pats is None else pats[known], n_boot=n_boot, ci=ci, seed=seed
         )
         for op, row in res.items():
-            prefix = "classification" if op == "chosen" else f"classification/{op}"
+            prefix = Task.CLASSIFICATION.value if op == "chosen" else f"{Task.CLASSIFICATION.value}/{op}"
             if op != "chosen":
                 out[f"{prefix}/threshold/{name}"] = row["threshold"]
             for m in ("sensitivity", "specificity"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from monai_mcx.inferers import MultiCheXNetPostprocessor
+from monai_mcx.keys import Task
 from monai_mcx.model.description import ModelDescription
 from monai_mcx.networks import BoxDecoder, MultiCheXNet, make_anchor_generator
 
@@ -23,7 +24,7 @@ def build_network(description: ModelDescription, **extra: Any) -> MultiCheXNet:
 
 def build_anchor_generator(description: ModelDescription):
     """MONAI's ``AnchorGenerator`` for the described anchors (None without a localization head)."""
-    if "localization" not in description.tasks:
+    if Task.LOCALIZATION not in description.tasks:
         return None
     return make_anchor_generator(description.base_anchor_shapes, feature_map_scales=description.feature_map_scales)
 

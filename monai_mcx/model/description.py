@@ -16,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from monai_mcx.keys import TASKS, Task
 from monai_mcx.metrics.calibration import TemperatureScaling
 from monai_mcx.model.errors import DescriptionError
 from monai_mcx.model.reconcile import reconcile
 from monai_mcx.model.values import jsonable, utc_now
-from monai_mcx.networks.multichexnet import TASKS
 
 __all__ = ["DESCRIPTION_FORMAT", "DESCRIPTION_VERSION", "GATE_RULES", "DEFAULT_INTENSITY", "ModelDescription"]
 
@@ -164,7 +164,7 @@ class ModelDescription:
             problems.append("class_names is empty")
         if len(self.spatial_size) != 2 or min(self.spatial_size) <= 0:
             problems.append(f"spatial_size {self.spatial_size} must be two positive sizes [W, H]")
-        if "localization" in self.tasks:
+        if Task.LOCALIZATION in self.tasks:
             if not self.base_anchor_shapes or any(len(s) != 2 or min(s) <= 0 for s in self.base_anchor_shapes):
                 problems.append(
                     f"base_anchor_shapes {self.base_anchor_shapes} must be positive [w, h] pairs "

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from monai_mcx.keys import Task
 from monai_mcx.model.errors import DescriptionError
 from monai_mcx.model.files import description_path, load_description
 from monai_mcx.model.values import same_value
@@ -63,9 +64,9 @@ logger = logging.getLogger(__name__)
 #: part of a MultiCheXNet -> the prefix of its keys in the state dict
 PART_PREFIXES: dict[str, str] = {
     "encoder": "encoder.",
-    "classification": "classification_head.",
-    "segmentation": "segmentation_head.",
-    "localization": "localization_head.",
+    Task.CLASSIFICATION.value: "classification_head.",
+    Task.SEGMENTATION.value: "segmentation_head.",
+    Task.LOCALIZATION.value: "localization_head.",
 }
 
 
@@ -196,9 +197,9 @@ def merge_multichexnet(
 #: description fields a merged part must share with the target's description
 _PART_FIELDS = {
     "encoder": ("encoder", "in_channels"),
-    "classification": ("encoder", "in_channels", "class_names"),
-    "segmentation": ("encoder", "in_channels"),
-    "localization": ("encoder", "in_channels", "base_anchor_shapes", "feature_map_scales"),
+    Task.CLASSIFICATION.value: ("encoder", "in_channels", "class_names"),
+    Task.SEGMENTATION.value: ("encoder", "in_channels"),
+    Task.LOCALIZATION.value: ("encoder", "in_channels", "base_anchor_shapes", "feature_map_scales"),
 }
 
 
@@ -231,7 +232,7 @@ def check_source_descriptions(
         except DescriptionError as e:
             raise MergeError(f"merge source {str(src)!r}: {e}") from e
         fields = _PART_FIELDS[part]
-        if part == "localization" and "localization" not in description.tasks:
+        if part == Task.LOCALIZATION and Task.LOCALIZATION not in description.tasks:
             continue
         bad = [
             f"{f}: {theirs.field_value(f)!r} in {str(theirs.path)!r}, {description.field_value(f)!r} in the target"

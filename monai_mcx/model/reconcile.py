@@ -12,9 +12,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from monai_mcx.keys import TASKS
 from monai_mcx.model.errors import DescriptionConflictError
 from monai_mcx.model.values import jsonable, same_value
-from monai_mcx.networks.multichexnet import TASKS
 
 __all__ = ["ARCHITECTURE_FIELDS", "COMPARABLE_FIELDS", "reconcile"]
 

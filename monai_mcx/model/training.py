@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from monai_mcx.data import load_datalist
+from monai_mcx.keys import DatalistKeys
 from monai_mcx.model.values import jsonable, utc_now
 
 __all__ = ["training_summary"]
@@ -40,7 +41,7 @@ def training_summary(
                 items[split] = len(rows)
                 if split == "training":
                     for r in rows:
-                        s = str(r.get("source", "unknown"))
+                        s = str(r.get(DatalistKeys.SOURCE, "unknown"))
                         sources[s] = sources.get(s, 0) + 1
             out["items"], out["data_sources"] = items, sources
         except Exception as e:  # noqa: BLE001 -- the summary must never stop a training run

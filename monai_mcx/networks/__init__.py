@@ -11,5 +11,5 @@ from .encoders import (
     build_encoder,
 )
 from .heads import ClassificationHead, LocalizationHead, SegmentationDecoder
-from .multichexnet import TASKS, MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
+from .multichexnet import MultiCheXNet, MultiCheXNetExport, MultiCheXNetHead
 from .pretrained import load_pretrained_encoder

@@ -23,6 +23,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork
 from torch import Tensor, nn
 
+from monai_mcx.keys import PredKeys
+
 __all__ = ["ClassificationHead", "SegmentationDecoder", "LocalizationHead"]
 
 
@@ -217,4 +219,7 @@ class LocalizationHead(nn.Module):
         for name, i in zip(self._names, self.feature_levels):
             x[name] = features[i]
         maps = list(self.fpn(x).values())
-        return {"box_cls_logits": self.classification_head(maps), "box_regression": self.regression_head(maps)}
+        return {
+            PredKeys.BOX_CLS_LOGITS.value: self.classification_head(maps),
+            PredKeys.BOX_REGRESSION.value: self.regression_head(maps),
+        }

@@ -26,13 +26,13 @@ from typing import Dict, List, Optional
 
 from torch import Tensor, nn
 
+from monai_mcx.keys import TASKS, PredKeys, Task
+
 from .box_decoding import flatten_head_maps
 from .encoders import build_encoder, encoder_out_channels
 from .heads import ClassificationHead, LocalizationHead, SegmentationDecoder
 
-__all__ = ["TASKS", "MultiCheXNet", "MultiCheXNetHead", "MultiCheXNetExport"]
-
-TASKS: tuple[str, ...] = ("classification", "segmentation", "localization")
+__all__ = ["MultiCheXNet", "MultiCheXNetHead", "MultiCheXNetExport"]
 
 
 def _selected(samples: Optional[Dict[str, Tensor]], task: str) -> Optional[Tensor]:
@@ -93,7 +93,7 @@ class MultiCheXNet(nn.Module):
         if isinstance(class_names, str):
             class_names = (class_names,)
         self.class_names: tuple[str, ...] = tuple(class_names)
-        if "classification" in tasks and not self.class_names:
+        if Task.CLASSIFICATION in tasks and not self.class_names:
             raise ValueError("class_names must not be empty when the classification head is built.")
         # keep the canonical order whatever order was given
         self.tasks: tuple[str, ...] = tuple(t for t in TASKS if t in tasks)
@@ -111,13 +111,13 @@ class MultiCheXNet(nn.Module):
         self.segmentation_head: SegmentationDecoder | None = None
         self.localization_head: LocalizationHead | None = None
         self.box_strides: list[int] | None = None
-        if "classification" in self.tasks:
+        if Task.CLASSIFICATION in self.tasks:
             self.classification_head = ClassificationHead(channels[-1], len(self.class_names), dropout=dropout)
-        if "segmentation" in self.tasks:
+        if Task.SEGMENTATION in self.tasks:
             self.segmentation_head = SegmentationDecoder(
                 channels, decoder_channels=seg_decoder_channels, out_channels=1
             )
-        if "localization" in self.tasks:
+        if Task.LOCALIZATION in self.tasks:
             self.localization_head = LocalizationHead(
                 channels,
                 feature_levels=loc_feature_levels,
@@ -155,28 +155,30 @@ class MultiCheXNet(nn.Module):
                 if t not in self.tasks:
                     built = ", ".join(self.tasks)
                     raise ValueError("MultiCheXNet.forward: task " + t + " is not built (tasks=" + built + ").")
-            run_cls = run_cls and "classification" in tasks
-            run_seg = run_seg and "segmentation" in tasks
-            run_loc = run_loc and "localization" in tasks
+            run_cls = run_cls and Task.CLASSIFICATION.value in tasks
+            run_seg = run_seg and Task.SEGMENTATION.value in tasks
+            run_loc = run_loc and Task.LOCALIZATION.value in tasks
         features = self.encoder(image)
         out: dict[str, Tensor | list[Tensor]] = {}
         cls_head = self.classification_head
         if run_cls and cls_head is not None:
-            out["class_logits"] = cls_head(_take(features[-1], _selected(samples, "classification")))
+            out[PredKeys.CLASS_LOGITS.value] = cls_head(
+                _take(features[-1], _selected(samples, Task.CLASSIFICATION.value))
+            )
         seg_head = self.segmentation_head
         if run_seg and seg_head is not None:
-            idx = _selected(samples, "segmentation")
+            idx = _selected(samples, Task.SEGMENTATION.value)
             if idx is not None and self.training and idx.numel() * min([f.shape[2] * f.shape[3] for f in features]) < 2:
                 # BatchNorm cannot train on one value per channel (one sample, a 1 x 1 map): whole batch, then rows
-                out["seg_logits"] = _take(seg_head(features, image.shape[2:]), idx)
+                out[PredKeys.SEG_LOGITS.value] = _take(seg_head(features, image.shape[2:]), idx)
             else:
-                out["seg_logits"] = seg_head([_take(f, idx) for f in features], image.shape[2:])
+                out[PredKeys.SEG_LOGITS.value] = seg_head([_take(f, idx) for f in features], image.shape[2:])
         loc_head = self.localization_head
         if run_loc and loc_head is not None:
-            idx = _selected(samples, "localization")
+            idx = _selected(samples, Task.LOCALIZATION.value)
             box_maps = loc_head([_take(f, idx) for f in features])
-            out["box_cls_logits"] = box_maps["box_cls_logits"]
-            out["box_regression"] = box_maps["box_regression"]
+            out[PredKeys.BOX_CLS_LOGITS.value] = box_maps[PredKeys.BOX_CLS_LOGITS.value]
+            out[PredKeys.BOX_REGRESSION.value] = box_maps[PredKeys.BOX_REGRESSION.value]
         return out
 
 
@@ -194,16 +196,16 @@ class MultiCheXNetHead(nn.Module):
         head: ``"classification"`` -> ``(B, K)`` class logits; ``"segmentation"`` -> ``(B, 1, W, H)`` logits.
     """
 
-    def __init__(self, net: MultiCheXNet, head: str = "classification") -> None:
+    def __init__(self, net: MultiCheXNet, head: str = Task.CLASSIFICATION.value) -> None:
         super().__init__()
-        if head not in ("classification", "segmentation"):
+        if head not in (Task.CLASSIFICATION, Task.SEGMENTATION):
             raise ValueError(f"head must be 'classification' or 'segmentation', got {head!r}.")
         if head not in net.tasks:
             raise ValueError(f"the network has no {head} head (tasks={net.tasks}).")
         self.head = head
         self.encoder = net.encoder
-        self.classification_head = net.classification_head if head == "classification" else None
-        self.segmentation_head = net.segmentation_head if head == "segmentation" else None
+        self.classification_head = net.classification_head if head == Task.CLASSIFICATION else None
+        self.segmentation_head = net.segmentation_head if head == Task.SEGMENTATION else None
 
     def forward(self, image: Tensor) -> Tensor:
         features = self.encoder(image)
@@ -251,8 +253,8 @@ class MultiCheXNetExport(nn.Module):
         loc_head = self.localization_head
         if loc_head is not None:
             maps = loc_head(features)
-            box_cls = flatten_head_maps(maps["box_cls_logits"], self.num_anchors)
-            box_reg = flatten_head_maps(maps["box_regression"], self.num_anchors)
+            box_cls = flatten_head_maps(maps[PredKeys.BOX_CLS_LOGITS.value], self.num_anchors)
+            box_reg = flatten_head_maps(maps[PredKeys.BOX_REGRESSION.value], self.num_anchors)
         else:
             box_cls = image.new_zeros([b, 0, 1])
             box_reg = image.new_zeros([b, 0, 4])

@@ -46,6 +46,7 @@ from monai.data.box_utils import clip_boxes_to_image, spatial_crop_boxes
 from monai.transforms import BorderPad, MapTransform, RandomizableTransform, Resize, Rotate, SpatialCrop
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from monai_mcx.keys import BatchKeys
 from monai_mcx.transforms.labels import ResizeWithBoxesd
 
 __all__ = [
@@ -76,8 +77,8 @@ class AddBoxLabelsd(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "boxes",
-        label_keys: KeysCollection = "box_labels",
+        keys: KeysCollection = BatchKeys.BOXES.value,
+        label_keys: KeysCollection = BatchKeys.BOX_LABELS.value,
         value: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -110,9 +111,9 @@ class RemoveBoxLabelsd(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "boxes",
-        label_keys: KeysCollection = "box_labels",
-        mask_key: str = "mask",
+        keys: KeysCollection = BatchKeys.BOXES.value,
+        label_keys: KeysCollection = BatchKeys.BOX_LABELS.value,
+        mask_key: str = BatchKeys.MASK.value,
         update_positive: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -128,14 +129,19 @@ class RemoveBoxLabelsd(MapTransform):
             for k in (label_key, f"{key}_transforms", f"{label_key}_transforms"):
                 d.pop(k, None)
         first = self.keys[0]
-        if self.update_positive and "positive" in d and first in d and float(d.get("has_label", 1)) == 0:
-            if float(d.get("has_mask", 0)) > 0 and self.mask_key in d:
+        if (
+            self.update_positive
+            and BatchKeys.POSITIVE in d
+            and first in d
+            and float(d.get(BatchKeys.HAS_LABEL, 1)) == 0
+        ):
+            if float(d.get(BatchKeys.HAS_MASK, 0)) > 0 and self.mask_key in d:
                 pos = bool(torch.as_tensor(d[self.mask_key]).any())
-            elif float(d.get("has_boxes", 0)) > 0:
+            elif float(d.get(BatchKeys.HAS_BOXES, 0)) > 0:
                 pos = d[first].shape[0] > 0
             else:
                 pos = False
-            d["positive"] = torch.tensor(float(pos))
+            d[BatchKeys.POSITIVE.value] = torch.tensor(float(pos))
         return d
 
 
@@ -154,9 +160,9 @@ class ClipBoxesToImaged(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "boxes",
-        box_ref_image_keys: KeysCollection = "image",
-        label_keys: KeysCollection = ("box_labels",),
+        keys: KeysCollection = BatchKeys.BOXES.value,
+        box_ref_image_keys: KeysCollection = BatchKeys.IMAGE.value,
+        label_keys: KeysCollection = (BatchKeys.BOX_LABELS.value,),
         min_size: float = 1.0,
         allow_missing_keys: bool = False,
     ) -> None:
@@ -208,9 +214,9 @@ class RandCropWithBoxesd(RandomizableTransform, MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        box_keys: KeysCollection = "boxes",
-        box_ref_image_key: str = "image",
-        label_keys: KeysCollection = ("box_labels",),
+        box_keys: KeysCollection = BatchKeys.BOXES.value,
+        box_ref_image_key: str = BatchKeys.IMAGE.value,
+        label_keys: KeysCollection = (BatchKeys.BOX_LABELS.value,),
         prob: float = 0.5,
         min_scale: float = 0.8,
         max_scale: float = 1.0,
@@ -285,8 +291,8 @@ class RandZoomWithBoxesd(RandomizableTransform, MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        box_keys: KeysCollection = "boxes",
-        box_ref_image_key: str = "image",
+        box_keys: KeysCollection = BatchKeys.BOXES.value,
+        box_ref_image_key: str = BatchKeys.IMAGE.value,
         prob: float = 0.5,
         min_zoom: float = 0.9,
         max_zoom: float = 1.1,
@@ -359,9 +365,9 @@ class RandRotateWithBoxesd(RandomizableTransform, MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        box_keys: KeysCollection = "boxes",
-        box_ref_image_key: str = "image",
-        label_keys: KeysCollection = ("box_labels",),
+        box_keys: KeysCollection = BatchKeys.BOXES.value,
+        box_ref_image_key: str = BatchKeys.IMAGE.value,
+        label_keys: KeysCollection = (BatchKeys.BOX_LABELS.value,),
         prob: float = 0.5,
         max_angle: float = 7.0,
         mode: Sequence[str] | str = "bilinear",
@@ -424,10 +430,10 @@ class RandRotateWithBoxesd(RandomizableTransform, MapTransform):
 
 def cxr_box_augmentations(
     spatial_size: Sequence[int] | int | None = None,
-    image_key: str = "image",
-    mask_key: str | None = "mask",
-    box_key: str = "boxes",
-    box_label_key: str = "box_labels",
+    image_key: str = BatchKeys.IMAGE.value,
+    mask_key: str | None = BatchKeys.MASK.value,
+    box_key: str = BatchKeys.BOXES.value,
+    box_label_key: str = BatchKeys.BOX_LABELS.value,
     crop_prob: float = 0.5,
     crop_scale: Sequence[float] = (0.8, 1.0),
     zoom_prob: float = 0.5,
@@ -514,6 +520,6 @@ def cxr_box_augmentations(
         )
     out += [
         ClipBoxesToImaged(box_key, image_key, (box_label_key,), min_size=min_box_size),
-        RemoveBoxLabelsd(box_key, box_label_key, mask_key=mask_key or "mask"),
+        RemoveBoxLabelsd(box_key, box_label_key, mask_key=mask_key or BatchKeys.MASK.value),
     ]
     return out

@@ -62,7 +62,7 @@ class GuardLoadd(MapTransform):
         self,
         transform: Callable,
         spatial_size: Sequence[int],
-        keys: str = "image",
+        keys: str = BatchKeys.IMAGE.value,
         catch: tuple[type[BaseException], ...] = (Exception,),
     ) -> None:
         super().__init__(keys)

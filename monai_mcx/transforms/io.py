@@ -89,6 +89,7 @@ from monai_mcx.data.errors import DataError
 from monai_mcx.data.formats import input_format
 from monai_mcx.data.pixels import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, minmax
 from monai_mcx.dicom import reader as _dicom_reader
+from monai_mcx.keys import BatchKeys
 from monai_mcx.transforms.readers import _read_nifti, _read_pil
 
 __all__ = ["LoadCXR", "LoadCXRd", "KeepOverlayImaged", "read_cxr"]
@@ -339,7 +340,12 @@ class KeepOverlayImaged(MapTransform):
         enabled: when False the transform does nothing (the writer then re-reads the file if it needs it).
     """
 
-    def __init__(self, keys: KeysCollection = "image", name: str = "overlay_image", enabled: bool = True) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = BatchKeys.IMAGE.value,
+        name: str = BatchKeys.OVERLAY_IMAGE.value,
+        enabled: bool = True,
+    ) -> None:
         super().__init__(keys)
         self.name = str(name)
         self.enabled = bool(enabled)

@@ -26,6 +26,7 @@ from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from monai_mcx.data.boxes import check_boxes
 from monai_mcx.data.errors import DataError
+from monai_mcx.keys import BatchKeys, Task
 from monai_mcx.transforms.io import LoadCXR
 
 __all__ = ["AnnotationError", "PrepareAnnotationsd", "ResizeWithBoxesd", "task_positives"]
@@ -71,10 +72,10 @@ class PrepareAnnotationsd(MapTransform):
     def __init__(
         self,
         num_classes: int,
-        image_key: str = "image",
-        label_key: str = "label",
-        mask_key: str = "mask",
-        box_key: str = "boxes",
+        image_key: str = BatchKeys.IMAGE.value,
+        label_key: str = BatchKeys.LABEL.value,
+        mask_key: str = BatchKeys.MASK.value,
+        box_key: str = BatchKeys.BOXES.value,
         box_tolerance: float = 2.0,
         grey_masks: str = "error",
         empty_mask_if_no_boxes: bool = False,
@@ -96,25 +97,25 @@ class PrepareAnnotationsd(MapTransform):
         label = d.get(self.label_key)
         if label is None:
             d[self.label_key] = torch.zeros(self.num_classes, dtype=torch.float32)
-            d["has_label"] = torch.tensor(0.0)
+            d[BatchKeys.HAS_LABEL.value] = torch.tensor(0.0)
         else:
             t = torch.as_tensor(np.asarray(label, dtype=np.float32)).reshape(-1)
             if t.numel() != self.num_classes:
                 raise AnnotationError(f"{name}: label has {t.numel()} values, expected {self.num_classes}")
             d[self.label_key] = t
-            d["has_label"] = torch.tensor(1.0)
+            d[BatchKeys.HAS_LABEL.value] = torch.tensor(1.0)
 
         mask = d.get(self.mask_key)
         boxes = d.get(self.box_key)
         if mask is None and self.empty_mask_if_no_boxes and boxes is not None and len(boxes) == 0:
             mask = np.zeros(spatial, dtype=np.uint8)  # no box on a fully boxed set: no lesion pixel
         is_path = isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__")
-        d["mask_path"] = os.fsdecode(mask) if is_path else ""
+        d[BatchKeys.MASK_PATH.value] = os.fsdecode(mask) if is_path else ""
         if mask is None:
             d[self.mask_key] = MetaTensor(
                 torch.zeros((1, *spatial), dtype=torch.float32), meta=dict(getattr(image, "meta", {}))
             )
-            d["has_mask"] = torch.tensor(0.0)
+            d[BatchKeys.HAS_MASK.value] = torch.tensor(0.0)
         else:
             if is_path:
                 try:
@@ -135,11 +136,11 @@ class PrepareAnnotationsd(MapTransform):
             if not isinstance(m, MetaTensor):
                 m = MetaTensor(m, meta=dict(getattr(image, "meta", {})))
             d[self.mask_key] = m
-            d["has_mask"] = torch.tensor(1.0)
+            d[BatchKeys.HAS_MASK.value] = torch.tensor(1.0)
 
         if boxes is None:
             d[self.box_key] = torch.zeros((0, 4), dtype=torch.float32)
-            d["has_boxes"] = torch.tensor(0.0)
+            d[BatchKeys.HAS_BOXES.value] = torch.tensor(0.0)
         else:
             try:  # the one box validation (finite, x2 > x1, y2 > y1, inside the image up to the tolerance)
                 b = torch.as_tensor(check_boxes(boxes, spatial[0], spatial[1], tol=self.box_tolerance))
@@ -149,17 +150,17 @@ class PrepareAnnotationsd(MapTransform):
                 hi = torch.tensor([spatial[0], spatial[1], spatial[0], spatial[1]], dtype=torch.float32)
                 b = torch.minimum(torch.clamp(b, min=0.0), hi)
             d[self.box_key] = b
-            d["has_boxes"] = torch.tensor(1.0)
+            d[BatchKeys.HAS_BOXES.value] = torch.tensor(1.0)
 
-        if d["has_label"] > 0:
+        if d[BatchKeys.HAS_LABEL] > 0:
             positive = bool(d[self.label_key].max() > 0.5)
-        elif d["has_mask"] > 0:
+        elif d[BatchKeys.HAS_MASK] > 0:
             positive = bool(d[self.mask_key].any())
-        elif d["has_boxes"] > 0:
+        elif d[BatchKeys.HAS_BOXES] > 0:
             positive = d[self.box_key].shape[0] > 0
         else:
             positive = False
-        d["positive"] = torch.tensor(float(positive))
+        d[BatchKeys.POSITIVE.value] = torch.tensor(float(positive))
         return d
 
 
@@ -182,7 +183,11 @@ def task_positives(targets: Mapping[str, object]) -> dict[str, torch.Tensor]:
     Returns:
         ``{"segmentation": (B,), "localization": (B,)}`` float 0/1 on the device of the flags.
     """
-    flags = [targets[k] for k in ("has_label", "has_mask", "has_boxes") if k in targets]
+    flags = [
+        targets[k]
+        for k in (BatchKeys.HAS_LABEL.value, BatchKeys.HAS_MASK.value, BatchKeys.HAS_BOXES.value)
+        if k in targets
+    ]
     if not flags:
         raise ValueError("task_positives needs at least one of has_label, has_mask, has_boxes in the targets")
     ref = torch.as_tensor(flags[0]).reshape(-1)
@@ -193,18 +198,18 @@ def task_positives(targets: Mapping[str, object]) -> dict[str, torch.Tensor]:
             return torch.zeros(b, dtype=torch.bool, device=device)
         return torch.as_tensor(targets[key]).reshape(-1).to(device) > 0.5
 
-    label_pos = known("has_label")
-    if "label" in targets:
-        label_pos = label_pos & (torch.as_tensor(targets["label"]).reshape(b, -1).to(device).amax(dim=1) > 0.5)
+    label_pos = known(BatchKeys.HAS_LABEL.value)
+    if BatchKeys.LABEL in targets:
+        label_pos = label_pos & (torch.as_tensor(targets[BatchKeys.LABEL]).reshape(b, -1).to(device).amax(dim=1) > 0.5)
     else:
         label_pos = torch.zeros_like(label_pos)
     out = {}
-    if "mask" in targets:
-        mask_nonempty = torch.as_tensor(targets["mask"]).reshape(b, -1).to(device).amax(dim=1) > 0
+    if BatchKeys.MASK in targets:
+        mask_nonempty = torch.as_tensor(targets[BatchKeys.MASK]).reshape(b, -1).to(device).amax(dim=1) > 0
     else:
         mask_nonempty = torch.zeros(b, dtype=torch.bool, device=device)
-    out["segmentation"] = torch.where(known("has_mask"), mask_nonempty, label_pos)
-    boxes = targets.get("boxes")
+    out[Task.SEGMENTATION.value] = torch.where(known(BatchKeys.HAS_MASK.value), mask_nonempty, label_pos)
+    boxes = targets.get(BatchKeys.BOXES)
     box_nonempty = (
         torch.tensor(
             [int(torch.as_tensor(x).reshape(-1, 4).shape[0]) > 0 for x in boxes], dtype=torch.bool, device=device
@@ -212,7 +217,7 @@ def task_positives(targets: Mapping[str, object]) -> dict[str, torch.Tensor]:
         if boxes is not None
         else torch.zeros(b, dtype=torch.bool, device=device)
     )
-    out["localization"] = torch.where(known("has_boxes"), box_nonempty, label_pos)
+    out[Task.LOCALIZATION.value] = torch.where(known(BatchKeys.HAS_BOXES.value), box_nonempty, label_pos)
     return {k: v.float() for k, v in out.items()}
 
 
@@ -233,8 +238,8 @@ class ResizeWithBoxesd(MapTransform):
         self,
         keys: KeysCollection,
         spatial_size: Sequence[int] | int,
-        box_keys: KeysCollection = ("boxes",),
-        box_ref_image_key: str = "image",
+        box_keys: KeysCollection = (BatchKeys.BOXES.value,),
+        box_ref_image_key: str = BatchKeys.IMAGE.value,
         mode: Sequence[str] | str = "area",
         allow_missing_keys: bool = False,
     ) -> None:

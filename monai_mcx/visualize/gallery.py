@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_mcx.keys import BatchKeys
 from monai_mcx.visualize.overlays import _np
 from monai_mcx.visualize.plots import save_figure
 
@@ -37,7 +38,7 @@ def draw_case(ax: Any, case: dict, show_scores: bool = True, linewidth: float = 
     # matplotlib: imported on use only (module docstring)
     from matplotlib.patches import Rectangle
 
-    img = _np(case["image"]).astype(np.float32)
+    img = _np(case[BatchKeys.IMAGE]).astype(np.float32)
     w, h = img.shape
     ax.imshow(
         img.T,
@@ -85,7 +86,7 @@ def render_case(case: dict, scale: int = 4, show_scores: bool = False, linewidth
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    w, h = _np(case["image"]).shape
+    w, h = _np(case[BatchKeys.IMAGE]).shape
     dpi = 100
     fig = Figure(figsize=(w * scale / dpi, h * scale / dpi), dpi=dpi)
     ax = fig.add_axes((0, 0, 1, 1))

@@ -159,7 +159,7 @@ class MultiCheXNetInfer(BasicInferTask):
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         from monai_mcx.inferers import MultiCheXNetInferer
-        from monai_mcx.keys import PredKeys
+        from monai_mcx.keys import OriginalKeys
 
         network = self._get_network(device, data)
         image = data["image"]
@@ -173,25 +173,27 @@ class MultiCheXNetInfer(BasicInferTask):
         with torch.no_grad():
             pred = MultiCheXNetInferer(pp)(x, network)
         res = pp.to_original(pred, 0, orig)
-        result: dict = {"size_wh": res["size_wh"]}
-        if res[PredKeys.CLASS_PROBS] is not None:
-            result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res[PredKeys.CLASS_PROBS])}
+        result: dict = {OriginalKeys.SIZE_WH.value: res[OriginalKeys.SIZE_WH]}
+        if res[OriginalKeys.CLASS_PROBS] is not None:
+            result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res[OriginalKeys.CLASS_PROBS])}
             result["calibrated"] = pp.calibrated  # temperature-scaled probabilities of the model description
-        result["gate"] = {
+        result[OriginalKeys.GATE.value] = {
             "rule": pp.gate_rule,
             "thresholds": dict(zip(pp.class_names, pp.class_thresholds)),
-            "positive": bool(res["gate"]),
+            "positive": bool(res[OriginalKeys.GATE]),
         }
         result["box_score_threshold"] = pp.box_score_threshold
-        for key in ("boxes", "boxes_ungated"):
-            suffix = key[len("boxes") :]
-            result[key] = [
+        for key, scores in (
+            (OriginalKeys.BOXES, OriginalKeys.SCORES),
+            (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED),
+        ):
+            result[key.value] = [
                 {"box": [round(float(v), 2) for v in b], "score": float(sc), "label": LESION}
-                for b, sc in zip(res[f"boxes{suffix}"], res[f"scores{suffix}"])
+                for b, sc in zip(res[key], res[scores])
             ]
-        mask = res["mask"].astype("uint8")  # (W, H), gated
+        mask = res[OriginalKeys.MASK].astype("uint8")  # (W, H), gated
         result["mask_area_px"] = int(mask.sum())
-        if _truthy(data.get("saliency")) and res[PredKeys.CLASS_PROBS] is not None:
+        if _truthy(data.get("saliency")) and res[OriginalKeys.CLASS_PROBS] is not None:
             from monai_mcx.explain import SaliencyMaps, saliency_result
 
             maps = SaliencyMaps.from_description(network, self.model_description)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from monai_mcx.data.errors import DataError
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["ClassMap", "DEFAULT_CLASS_NAMES", "DEFAULT_CLASS_MAP", "PublicDataset", "find_file", "read_csv"]
 
@@ -270,9 +271,9 @@ class PublicDataset:
     def _fail(self, err: DataError, item: dict | None = None) -> None:
         if self.on_error == "raise":
             raise err
-        rec = {"source": self.source, **err.as_dict(), "message": str(err)}
+        rec = {DatalistKeys.SOURCE.value: self.source, **err.as_dict(), "message": str(err)}
         if item is not None:
-            rec["image"] = item.get("image")
+            rec[DatalistKeys.IMAGE.value] = item.get(DatalistKeys.IMAGE)
         self.skipped.append(rec)
 
     def _patient(self, pid) -> str:
@@ -280,14 +281,14 @@ class PublicDataset:
 
     def _item(self, image, patient, findings, mask=None, boxes=None, **extra) -> dict:
         return {
-            "image": str(image),
-            "patient": self._patient(patient),
-            "source": self.source,
-            "label": self.class_map.label(self.source, findings),
-            "mask": None if mask is None else str(mask),
-            "boxes": boxes,
-            "findings": list(findings),
-            "info": dict(extra),
+            DatalistKeys.IMAGE.value: str(image),
+            DatalistKeys.PATIENT.value: self._patient(patient),
+            DatalistKeys.SOURCE.value: self.source,
+            DatalistKeys.LABEL.value: self.class_map.label(self.source, findings),
+            DatalistKeys.MASK.value: None if mask is None else str(mask),
+            DatalistKeys.BOXES.value: boxes,
+            DatalistKeys.FINDINGS.value: list(findings),
+            DatalistKeys.INFO.value: dict(extra),
         }
 
     def _check_exists(self, path: Path | None, what: str, csv_file=None, row=None) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.public.common import PublicDataset, find_file, read_csv
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["COVIDLungs", "ieee8023_patient_groups", "COVIDLesions"]
 
@@ -71,7 +72,7 @@ class COVIDLungs(PublicDataset):
                     boxes.setdefault(name, []).append((b, lab))
                 except DataError as e:
                     bad.add(name)
-                    self._fail(e, {"image": str(self.root / "images" / name)})
+                    self._fail(e, {DatalistKeys.IMAGE.value: str(self.root / "images" / name)})
             for name in bad:
                 boxes.pop(name, None)
                 sizes[name] = None  # marks the image as skipped
@@ -91,9 +92,9 @@ class COVIDLungs(PublicDataset):
                 finding_raw=finding,
             )
             if self.lung_annotations:
-                item["info"]["mask_kind"] = item["info"]["box_kind"] = "lung"
+                item[DatalistKeys.INFO]["mask_kind"] = item[DatalistKeys.INFO]["box_kind"] = "lung"
                 if bx is not None:
-                    item["info"]["box_names"] = [lab for _, lab in bx]
+                    item[DatalistKeys.INFO]["box_names"] = [lab for _, lab in bx]
             try:
                 self._check_exists(image, "image", path, row_no)
             except DataError as e:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.public.common import PublicDataset
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["KermanyPneumonia"]
 
@@ -58,5 +59,5 @@ class KermanyPneumonia(PublicDataset):
                     findings = ["pneumonia", subtype]
                 item = self._item(path, patient, findings, subtype=subtype)
                 if split and split.lower() in ("train", "val", "test"):
-                    item["info"]["official_split"] = split.lower()
+                    item[DatalistKeys.INFO]["official_split"] = split.lower()
                 yield item

@@ -9,6 +9,7 @@ from pathlib import Path
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.public.common import PublicDataset, _index_files, find_file, read_csv
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["NIHChestXray14"]
 
@@ -83,8 +84,8 @@ class NIHChestXray14(PublicDataset):
                 if name in out:
                     raise DataError(f"image {name} listed twice (first in row {out[name]['row']})", path, row_no)
                 out[name] = {
-                    "findings": findings,
-                    "patient": pid.lstrip("0") or "0",
+                    DatalistKeys.FINDINGS.value: findings,
+                    DatalistKeys.PATIENT.value: pid.lstrip("0") or "0",
                     "row": row_no,
                     "view": r[iv].strip() if iv is not None and iv < len(r) else None,
                 }
@@ -136,12 +137,16 @@ class NIHChestXray14(PublicDataset):
             mapped = self.class_map.sources.get(self.source, {})
             kept = [(f, b) for f, b, _ in boxes.get(name, []) if mapped.get(f.lower())]
             item = self._item(
-                image, rec["patient"], rec["findings"], boxes=[b for _, b in kept] if kept else None, view=rec["view"]
+                image,
+                rec[DatalistKeys.PATIENT],
+                rec[DatalistKeys.FINDINGS],
+                boxes=[b for _, b in kept] if kept else None,
+                view=rec["view"],
             )
             if kept:
-                item["info"]["box_findings"] = [f for f, _ in kept]
+                item[DatalistKeys.INFO]["box_findings"] = [f for f, _ in kept]
             if name in official:
-                item["info"]["official_split"] = official[name]
+                item[DatalistKeys.INFO]["official_split"] = official[name]
             try:
                 self._check_exists(
                     image if stem in files else None, f"image {name} under {self.root}", self.data_entry_csv, rec["row"]

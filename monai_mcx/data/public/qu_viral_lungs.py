@@ -7,6 +7,7 @@ from pathlib import Path
 
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.public.common import PublicDataset, find_file, read_csv
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["QUViralLungs"]
 
@@ -47,7 +48,7 @@ class QUViralLungs(PublicDataset):
                 boxes=None,
             )
             if self.lung_annotations:
-                item["info"]["mask_kind"] = "lung"
+                item[DatalistKeys.INFO]["mask_kind"] = "lung"
             try:
                 self._check_exists(image, "image", path, row_no)
                 if self.lung_annotations:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from monai_mcx.data.boxes import check_box
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.public.common import PublicDataset, find_file, read_csv
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["RSNAPneumonia"]
 
@@ -96,7 +97,7 @@ class RSNAPneumonia(PublicDataset):
                 target = r[ix["Target"]].strip()
                 if target not in ("0", "1"):
                     raise DataError(f"Target must be 0 or 1, got {target!r}", path, row_no)
-                rec = out.setdefault(pid, {"target": int(target), "boxes": [], "row": row_no})
+                rec = out.setdefault(pid, {"target": int(target), DatalistKeys.BOXES.value: [], "row": row_no})
                 if rec["target"] != int(target):
                     raise DataError(f"patient {pid} has rows with Target 0 and Target 1", path, row_no)
                 if target == "1":
@@ -104,7 +105,7 @@ class RSNAPneumonia(PublicDataset):
                         x, y, w, h = (float(r[ix[c]]) for c in ("x", "y", "width", "height"))
                     except ValueError as e:
                         raise DataError(f"Target 1 row needs numeric x, y, width, height ({e})", path, row_no) from e
-                    rec["boxes"].append(check_box([x, y, x + w, y + h], w_img, h_img, path, row_no))
+                    rec[DatalistKeys.BOXES].append(check_box([x, y, x + w, y + h], w_img, h_img, path, row_no))
             except DataError as e:
                 bad.add(pid)
                 self._fail(e)
@@ -136,7 +137,9 @@ class RSNAPneumonia(PublicDataset):
     def items(self) -> Iterator[dict]:
         for pid, rec in self.parse().items():
             image = self.images_dir / f"{pid}.dcm"
-            item = self._item(image, pid, [rec["finding"]], boxes=[list(b) for b in rec["boxes"]], target=rec["target"])
+            item = self._item(
+                image, pid, [rec["finding"]], boxes=[list(b) for b in rec[DatalistKeys.BOXES]], target=rec["target"]
+            )
             try:
                 self._check_exists(image, "image", self.labels_csv, rec["row"])
             except DataError as e:

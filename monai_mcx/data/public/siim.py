@@ -12,6 +12,7 @@ import numpy as np
 from monai_mcx.data.errors import DataError
 from monai_mcx.data.public.common import PublicDataset, _index_files, find_file, read_csv
 from monai_mcx.data.rle import rle_check, rle_decode
+from monai_mcx.keys import DatalistKeys
 
 __all__ = ["SIIMPneumothorax"]
 
@@ -129,7 +130,7 @@ class SIIMPneumothorax(PublicDataset):
                         mpath = self.mask_dir / f"empty_{width}x{height}.png"
                         if not mpath.is_file():
                             self._write_png(mpath, np.zeros((height, width), np.uint8))
-                    item["mask"] = str(mpath)
+                    item[DatalistKeys.MASK.value] = str(mpath)
                 else:
                     for rle, row in zip(rec["rles"], rec["rows"]):
                         rle_check(rle, width, height, file=self.rle_csv, row=row)
@@ -137,5 +138,5 @@ class SIIMPneumothorax(PublicDataset):
             except DataError as e:
                 self._fail(e, item)
                 continue
-            item["patient"] = self._patient(patient)
+            item[DatalistKeys.PATIENT.value] = self._patient(patient)
             yield item
