@@ -89,7 +89,7 @@ from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys
 from monai_mcx.transforms.guard import ERROR_KEY
 from monai_mcx.utils import as_bool, write_bytes_atomic, write_json_atomic
-from monai_mcx.visualize.overlays import overlay_image, saliencypng_bytes
+from monai_mcx.visualize.overlays import overlay_image, saliency_png_bytes
 
 __all__ = ["PredictionWriter", "OVERLAY_FORMATS"]
 
@@ -487,21 +487,21 @@ class PredictionWriter:
         steps: list[tuple[str, Callable[[Path], None]]],
     ) -> dict:
         """Add one image's saliency PNGs and NIfTI to ``steps``; return the JSON entry."""
-        from monai_mcx.explain import saliencynifti_mask_bytes, to_original_geometry
+        from monai_mcx.explain import saliency_nifti_bytes, to_original_geometry
 
         sal = to_original_geometry(maps, orig).numpy()  # (K, W0, H0)
         names = [self.class_names[c] for c in self.saliency.class_indices]
         entry: dict = {**self.saliency.settings(), "classes": names, "png": {}, "peak_xy": {}}
         for k, name in enumerate(names):
             fname = f"{stem}_saliency_{_safe(name)}.png"
-            steps.append((fname, partial(_write_encoded, saliencypng_bytes, (gray, sal[k].T))))
+            steps.append((fname, partial(_write_encoded, saliency_png_bytes, (gray, sal[k].T))))
             entry["png"][name] = fname
             peak = float(sal[k].max())
             entry["peak_xy"][name] = (
                 [int(v) for v in np.unravel_index(int(sal[k].argmax()), sal[k].shape)] if peak > 0 else None
             )
         fname = f"{stem}_saliency.nii.gz"
-        steps.append((fname, partial(_write_encoded, saliencynifti_mask_bytes, (np.moveaxis(sal, 0, -1), spacing))))
+        steps.append((fname, partial(_write_encoded, saliency_nifti_bytes, (np.moveaxis(sal, 0, -1), spacing))))
         entry["nifti"] = fname
         entry["nifti_layout"] = "(W, H, K): x first, one slice per class in 'classes' order, float32 in [0, 1]"
         return entry
