@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 from dicom_factory import make_radiograph
 from PIL import Image
 from test_dicom import rsna_files
+from tiny_model import save_always_positive_model
 
 from monai_mcx.data import inference_items
 from monai_mcx.dicom import parse_age, read_seg, read_sr
@@ -27,7 +27,6 @@ from monai_mcx.handlers.output_folder import OutputFolderError, check_outside_in
 
 from conftest import BUNDLE, run_bundle
 
-ANCHORS = [[8, 8], [12, 12], [16, 10]]
 LATERAL = "lateral view (ViewPosition LL): the model reads frontal radiographs"
 
 
@@ -174,22 +173,8 @@ def test_dicomdir_input_lists_its_instances_and_a_folder_run_skips_the_dicomdir(
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny described model whose gate is always positive with every candidate box (boxes and masks written)."""
-    from monai_mcx.model import ModelDescription, build_network, save_model
-
     root = tmp_path_factory.mktemp("dicom_model")
-    torch.manual_seed(0)
-    desc = ModelDescription(
-        class_names=["pneumonia"],
-        tasks=["classification", "segmentation", "localization"],
-        encoder="densenet-tiny",
-        spatial_size=[64, 64],
-        base_anchor_shapes=ANCHORS,
-        class_thresholds={"pneumonia": 0.0},
-        box_score_threshold=0.0,
-        candidate_score_thresh=0.0,
-        mask_threshold=0.45,
-    )
-    save_model(build_network(desc), desc, root / "model.pt")
+    save_always_positive_model(root / "model.pt", mask_threshold=0.45)
     return root
 
 

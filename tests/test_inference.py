@@ -13,8 +13,8 @@ from unittest import mock
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from tiny_model import ANCHORS, save_always_positive_model
 
 from conftest import BUNDLE, run_bundle, run_inference
 
@@ -38,7 +38,6 @@ ERRORS = {
     "loop_a": "skipped: symlink loop",
     "loop_b": "skipped: symlink loop",
 }
-ANCHORS = [[8, 8], [12, 12], [16, 10]]
 
 
 def _write_dicom(path: Path, pixels: np.ndarray) -> None:
@@ -99,23 +98,9 @@ def _make_inputs(folder: Path) -> None:
 def inference_run(tmp_path_factory):
     """Run the inference bundle (ConfigWorkflow) once on a fresh tiny network's checkpoint and its description
     (gate always positive, every candidate box: boxes and masks are written)."""
-    from monai_mcx.model import ModelDescription, build_network, save_model
-
     root = tmp_path_factory.mktemp("infer")
     _make_inputs(root / "inputs")
-    torch.manual_seed(0)
-    desc = ModelDescription(
-        class_names=["pneumonia"],
-        tasks=["classification", "segmentation", "localization"],
-        encoder="densenet-tiny",
-        spatial_size=[64, 64],
-        base_anchor_shapes=ANCHORS,
-        class_thresholds={"pneumonia": 0.0},
-        box_score_threshold=0.0,
-        candidate_score_thresh=0.0,
-    )
-    (root / "models").mkdir()
-    save_model(build_network(desc), desc, root / "models" / "model.pt")
+    save_always_positive_model(root / "models" / "model.pt")
     out = root / "predictions"
     run_inference(root, out, batch_size=2)  # the corrupt file shares a batch with a good one
     return root, out

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 from test_distributed import _torchrun
+from tiny_model import ANCHORS, save_always_positive_model
 
 from conftest import BUNDLE, run_bundle
 
 pytestmark = pytest.mark.slow
 
-ANCHORS = [[8, 8], [12, 12], [16, 10]]
 MODEL = {"spatial_size": [64, 64], "encoder": "densenet-tiny", "base_anchor_shapes": ANCHORS}
 #: one image per batch on both sides (and one thread: torchrun's OMP_NUM_THREADS=1, `single_thread` here): each
 #: image goes through the same kernels, so even the overlays are the same bytes
@@ -30,8 +30,6 @@ MANIFEST = ".monai_mcx_run.jsonl"
 def archive(tmp_path_factory):
     """A folder of 10 PNGs of different sizes, two PNGs of one name in two sub-folders, a datalist of them all
     (and of a missing file), and a fresh tiny network whose gate is always positive (masks, boxes: every file)."""
-    from monai_mcx.model import ModelDescription, build_network, save_model
-
     root = tmp_path_factory.mktemp("archive")
     rng = np.random.default_rng(0)
     folder = root / "folder"
@@ -46,19 +44,7 @@ def archive(tmp_path_factory):
     items += [{"image": str(p)} for p in sorted(folder.iterdir())]
     items += [{"image": str(root / "site_b" / "same.png")}, {"image": str(root / "missing.png")}]
     (root / "datalist.json").write_text(json.dumps({"test": items}))
-    torch.manual_seed(0)
-    desc = ModelDescription(
-        class_names=["pneumonia"],
-        tasks=["classification", "segmentation", "localization"],
-        encoder="densenet-tiny",
-        spatial_size=[64, 64],
-        base_anchor_shapes=ANCHORS,
-        class_thresholds={"pneumonia": 0.0},
-        box_score_threshold=0.0,
-        candidate_score_thresh=0.0,
-    )
-    (root / "models").mkdir()
-    save_model(build_network(desc), desc, root / "models" / "model.pt")
+    save_always_positive_model(root / "models" / "model.pt")
     return root
 
 

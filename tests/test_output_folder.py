@@ -15,32 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from tiny_model import save_always_positive_model
 
 from conftest import BUNDLE, run_bundle
-
-ANCHORS = [[8, 8], [12, 12], [16, 10]]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny network's checkpoint and description (gate always positive, every candidate box kept)."""
-    from monai_mcx.model import ModelDescription, build_network, save_model
-
     folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    desc = ModelDescription(
-        class_names=["pneumonia"],
-        tasks=["classification", "segmentation", "localization"],
-        encoder="densenet-tiny",
-        spatial_size=[32, 32],
-        base_anchor_shapes=ANCHORS,
-        class_thresholds={"pneumonia": 0.0},
-        box_score_threshold=0.0,
-        candidate_score_thresh=0.0,
-    )
-    save_model(build_network(desc), desc, folder / "model.pt")
+    save_always_positive_model(folder / "model.pt", spatial_size=(32, 32))
     return folder
 
 
