@@ -12,7 +12,7 @@ from pathlib import Path
 
 from monai_mcx.data.errors import DataError
 
-__all__ = ["INPUT_FORMATS", "input_format", "sniff_format"]
+__all__ = ["INPUT_FORMATS", "input_format", "is_dicom_file", "sniff_format"]
 
 
 #: the input image formats, as :func:`sniff_format` names them
@@ -83,3 +83,11 @@ def input_format(path: str | os.PathLike) -> str:
             path,
         )
     return fmt
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """:func:`sniff_format` is ``"dicom"`` (the ``DICM`` magic at byte 128); a file that cannot be read is not."""
+    try:
+        return sniff_format(path) == "dicom"
+    except OSError:
+        return False

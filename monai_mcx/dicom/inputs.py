@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from monai_mcx.data.formats import sniff_format
+from monai_mcx.data.formats import is_dicom_file
 from monai_mcx.dicom.checks import LATERAL_VIEWS, check_header
 from monai_mcx.keys import BatchKeys, DatalistKeys
 from monai_mcx.utils import as_bool
@@ -147,13 +147,6 @@ def fetch_items(url: str, folder: str | os.PathLike | None = None) -> list[dict]
     return _records_to_items(find_dicom(folder))
 
 
-def _is_dicom(path: str) -> bool:
-    try:
-        return sniff_format(path) == "dicom"
-    except OSError:
-        return False
-
-
 def annotate_items(
     items: Sequence[dict],
     dicom_checks: bool | str = True,
@@ -182,21 +175,22 @@ def annotate_items(
 
     checks = as_bool(dicom_checks, "dicom_checks")
     views = ("PA", "AP", *LATERAL_VIEWS) if as_bool(allow_lateral, "allow_lateral") else ("PA", "AP")
+    options = {"views": views} if checks else {"modalities": None, "body_parts": None, "views": None}
+    options.update(
+        allow_secondary=as_bool(allow_secondary, "allow_secondary") or not checks, allow_localizer=not checks
+    )
     out = []
     for item in items:
         item = dict(item)
         out.append(item)
-        if item.get(BatchKeys.ERROR) or not _is_dicom(str(item[DatalistKeys.IMAGE])):
+        if item.get(BatchKeys.ERROR) or not is_dicom_file(item[DatalistKeys.IMAGE]):
             continue
         try:
             header = read_header(item[DatalistKeys.IMAGE])
         except ValueError as e:
             item[BatchKeys.ERROR.value] = str(e)
             continue
-        options = {} if checks else {"modalities": None, "body_parts": None, "views": None}
-        options.update(allow_secondary=as_bool(allow_secondary, "allow_secondary") or not checks)
-        options.update(allow_localizer=not checks)
-        result = check_header(header, **({"views": views} | options))
+        result = check_header(header, **options)
         item[DICOM_KEY] = {
             **{k: str(header.get(k) or "") for k in DICOM_COLUMNS[:3]},
             "age_years": None if result.age_years is None else round(result.age_years, 2),

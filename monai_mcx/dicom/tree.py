@@ -22,7 +22,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from monai_mcx.data.formats import sniff_format
+from monai_mcx.data.formats import is_dicom_file
 
 __all__ = ["DicomRecord", "find_dicom", "read_dicomdir", "read_record"]
 
@@ -109,14 +109,6 @@ def _sniff_raw(path: Path) -> DicomRecord | None:
     return _record_from_header(path, ds)
 
 
-def _has_preamble(path: Path) -> bool:
-    """The ``DICM`` magic at byte 128 (:func:`monai_mcx.data.formats.sniff_format`, the loader's rule)."""
-    try:
-        return sniff_format(path) == "dicom"
-    except OSError:
-        return False
-
-
 def _is_dicomdir(record: DicomRecord) -> bool:
     return record.sop_class_uid == MEDIA_STORAGE_DIRECTORY or record.path.name.upper() == "DICOMDIR"
 
@@ -146,7 +138,7 @@ def find_dicom(root: str | os.PathLike) -> list[DicomRecord]:
         dirs.sort()
         for name in sorted(files):
             path = Path(folder) / name
-            if name.lower().endswith(DICOM_SUFFIXES) or _has_preamble(path):
+            if name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(path):
                 record = read_record(path)
             elif "." not in name:
                 record = _sniff_raw(path)

@@ -55,8 +55,8 @@ SUMMARY_NAME = "predictions.csv"
 #: longest output stem in UTF-8 bytes: with ``_saliency_<class>.png`` and the temporary file's ``.<name>.XXXXXXXX.tmp``
 #: around it a name stays well under the 255 bytes most file systems allow
 MAX_STEM_BYTES = 128
-#: the suffixes an output stem drops (case-insensitive): the input images' (:data:`IMAGE_SUFFIXES`) and TIFF's
-STEM_SUFFIXES = tuple(sorted({*IMAGE_SUFFIXES, ".tif", ".tiff"}, key=len, reverse=True))
+#: the suffixes an output stem drops (case-insensitive): the input images' (:data:`IMAGE_SUFFIXES`), longest first
+STEM_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES, key=len, reverse=True))
 _SURROGATES = re.compile("[\ud800-\udfff]+")
 _TOOL = "monai_mcx.PredictionWriter"
 

@@ -73,6 +73,7 @@ from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
 from monai_mcx.dicom.inputs import DICOM_COLUMNS, DICOM_KEY, dicom_columns
+from monai_mcx.dicom.outputs import OUTPUT_COLUMNS
 from monai_mcx.engines.distributed import gather_rows, is_main_process, on_rank0
 from monai_mcx.handlers.encoding import jpeg_bytes, nifti_mask_bytes, png_bytes
 from monai_mcx.handlers.output_folder import (
@@ -228,11 +229,10 @@ class PredictionWriter:
         # folder and gives every input its stem(s); every rank appends its own images' records to the one manifest
         self._kept, self._stems = on_rank0(self._prepare_folder)
         if not is_main_process():
-            self._manifest = RunManifest.read(self.output_dir)
+            self._manifest = RunManifest(self.output_dir)  # rank 0 prepared it; the other ranks only append
         self.rows.clear()
         self._names.clear()
-        for entry in self._kept.values():
-            self._names.claim([*entry["files"], *self._output_names(entry["stem"])])
+        self._claim(self._names, self._kept)
         for stem in (s for stems in self._stems.values() for s in stems):
             self._names.claim(self._output_names(stem))
 
@@ -241,9 +241,13 @@ class PredictionWriter:
         of the others' (:meth:`OutputNames.allocate_inputs`: in input order, whatever rank writes an image)."""
         self._manifest, kept = prepare_output_folder(self.output_dir, self.settings(), self.overwrite, self.resume)
         names = OutputNames(self.output_dir, reserved=[SUMMARY_NAME, MANIFEST_NAME])
+        self._claim(names, kept)
+        return kept, names.allocate_inputs(self.inputs or [], self._output_names, skip=kept)
+
+    def _claim(self, names: OutputNames, kept: dict[str, dict]) -> None:
+        """Reserve in ``names`` the files of the images kept from a resumed run and the names of their stems."""
         for entry in kept.values():
             names.claim([*entry["files"], *self._output_names(entry["stem"])])
-        return kept, names.allocate_inputs(self.inputs or [], self._output_names, skip=kept)
 
     def settings(self) -> dict:
         """What decides the files and values of an image (recorded in the manifest, compared on ``resume``)."""
@@ -521,9 +525,7 @@ class PredictionWriter:
             "mask_nifti",
             "overlay",
             "saliency_nifti",
-            "dicom_seg",
-            "dicom_sr",
-            "stored",
+            *OUTPUT_COLUMNS,
             BatchKeys.ERROR.value,
         ]
 

@@ -77,6 +77,7 @@ def verified_state_dict(
     where: str = "<model description>",
     map_location: Any = "cpu",
     weights_key: str | None = None,
+    network: Any = None,
 ) -> tuple[dict, str]:
     """``(state_dict, sha256)`` of ``ckpt`` (a file or a state dict), checked to be the described weights: the same
     ``weights_sha256`` and a state dict that fits :func:`~monai_mcx.model.build_network` (strict).
@@ -87,6 +88,7 @@ def verified_state_dict(
         where: the description file, for the messages.
         map_location: where the tensors are read to.
         weights_key: the checkpoint's entry holding the state dict (default: the description's ``weights_key``).
+        network: the described network, when the caller has built it already (else one is built for the check).
 
     Raises:
         StaleDescriptionError: the hash differs (the description -- thresholds, anchors -- belongs to another
@@ -109,7 +111,7 @@ def verified_state_dict(
             "and settings are stale (left from an earlier model, or the weights were replaced). Re-run evaluate.json "
             f"on the validation split after training, or describe the checkpoint: {DESCRIBE_COMMAND}"
         )
-    problems = state_dict_problems(build_network(description), state)
+    problems = state_dict_problems(build_network(description) if network is None else network, state)
     if problems:
         raise DescriptionError(
             f"checkpoint {name!r} does not fit the network its description {where} builds:\n  " + "\n  ".join(problems)

@@ -57,13 +57,16 @@ def load_model(
     """
     path = Path(path)
     desc = load_description(path, verify=False, description=description)
-    state, _ = verified_state_dict(desc, path, str(desc.path), map_location, weights_key)
+    network = build_network(desc)
+    state, _ = verified_state_dict(desc, path, str(desc.path), map_location, weights_key, network=network)
     where = desc.path
     if overrides or opt_out:
+        described = desc.network_args()
         desc = desc.reconcile(overrides or {}, opt_out, where=str(where))
         desc.path = where
-    network = build_network(desc)
-    check_state_dict(network, state, str(path), what="network of its model description")
+        if desc.network_args() != described:  # an opted-out field changed the architecture: check against it
+            network = build_network(desc)
+            check_state_dict(network, state, str(path), what="network of its model description")
     network.load_state_dict(state, strict=True)
     if isinstance(map_location, (str, torch.device)):
         network.to(map_location)

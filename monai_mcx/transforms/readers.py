@@ -1,7 +1,6 @@
-"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI, the
-size, intensity and mask rules every reader shares live in :mod:`monai_mcx.data.pixels` (the DICOM reader is
-:mod:`monai_mcx.dicom.reader`);
-using :func:`monai_mcx.data.formats.input_format`, the one rule for what is an input image.
+"""The readers behind :func:`monai_mcx.transforms.io.read_cxr` for PNG/JPEG/BMP/TIFF (PIL) and NIfTI (the DICOM
+reader is :mod:`monai_mcx.dicom.reader`; the size, intensity and mask rules every reader shares are in
+:mod:`monai_mcx.data.pixels`, what is an input image in :mod:`monai_mcx.data.formats`).
 Each reader returns ``(array (rows, cols), pixel spacing (x, y) or None, metadata)``; the rules are those of
 the :mod:`monai_mcx.transforms.io` docstring.
 """
@@ -14,10 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_mcx.data.errors import DataError
-from monai_mcx.data.formats import INPUT_FORMATS, input_format, sniff_format
 from monai_mcx.data.pixels import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MIN_SIZE,
     binary_mask,
     check_single_frame,
     check_size,
@@ -25,7 +21,7 @@ from monai_mcx.data.pixels import (
     to_unit,
 )
 
-__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_MAX_PIXELS", "INPUT_FORMATS", "exif_size_wh", "input_format", "sniff_format"]
+__all__ = ["exif_size_wh"]
 
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse)
 _EXIF_SWAPS_WH = (5, 6, 7, 8)
@@ -51,7 +47,7 @@ def exif_size_wh(im) -> tuple[int, int]:
     return (h, w) if _exif_orientation(im) in _EXIF_SWAPS_WH else (w, h)
 
 
-#: the PIL plugins the loader opens: the formats :func:`sniff_format` finds (PIL opens an MPO as a JPEG)
+#: the PIL plugins the loader opens: the formats :func:`monai_mcx.data.formats.sniff_format` finds (PIL opens an MPO as a JPEG)
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 #: PIL formats whose extra frames are images of their own (refused, as multi-frame DICOM is)
 _MULTI_FRAME = {"PNG": "an animated PNG", "TIFF": "a multi-page TIFF"}
