@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["Task", "TASKS", "DatalistKeys", "BatchKeys", "PredKeys", "DetKeys", "OriginalKeys"]
+__all__ = ["Task", "TASKS", "ALL_TASKS", "DatalistKeys", "BatchKeys", "PredKeys", "DetKeys", "OriginalKeys"]
 
 
 class StrEnum(str, Enum):
@@ -36,22 +36,31 @@ class StrEnum(str, Enum):
 
 
 class Task(StrEnum):
-    """The tasks of MultiCheXNet, one head each."""
+    """The tasks of MultiCheXNet, one head each.
+
+    The three diagnosis/lesion tasks of the original, plus one anatomy task: ``lungs``, the lung-field
+    segmentation (lung outlines, never lesions) that post-processing can use to keep lesions inside the lungs.
+    """
 
     CLASSIFICATION = "classification"
     SEGMENTATION = "segmentation"
     LOCALIZATION = "localization"
+    LUNGS = "lungs"
 
 
-#: every task, in the canonical order (plain ``str``: they are stored in model descriptions and checkpoints)
-TASKS: tuple[str, ...] = tuple(t.value for t in Task)
+#: the diagnosis and lesion tasks, in the canonical order: the default set of heads (plain ``str``: they are
+#: stored in model descriptions and checkpoints)
+TASKS: tuple[str, ...] = (Task.CLASSIFICATION.value, Task.SEGMENTATION.value, Task.LOCALIZATION.value)
+#: every task, in the canonical order: :data:`TASKS` then the anatomy task ``lungs``
+ALL_TASKS: tuple[str, ...] = tuple(t.value for t in Task)
 
 
 class DatalistKeys(StrEnum):
     """Keys of a datalist item (``DESIGN.md``, :mod:`monai_mcx.data.datalist`).
 
     ``image`` path; ``patient`` id; ``source`` data set name; ``label`` class vector or null; ``mask`` path or null;
-    ``boxes`` ``[[x1, y1, x2, y2], ...]`` or null; the public data-set adapters add ``findings`` (the source's
+    ``boxes`` ``[[x1, y1, x2, y2], ...]`` or null; ``lung_mask`` path to a lung-field mask (an outline of the
+    lungs, not a lesion) or null; ``population`` ``adult`` / ``pediatric`` or absent (unknown); the public data-set adapters add ``findings`` (the source's
     finding names) and ``info`` (adapter-specific extras).
     """
 
@@ -61,6 +70,8 @@ class DatalistKeys(StrEnum):
     LABEL = "label"
     MASK = "mask"
     BOXES = "boxes"
+    LUNG_MASK = "lung_mask"
+    POPULATION = "population"
     FINDINGS = "findings"
     INFO = "info"
 
@@ -76,6 +87,8 @@ class BatchKeys(StrEnum):
     BOXES = "boxes"
     BOX_LABELS = "box_labels"
     HAS_BOXES = "has_boxes"
+    LUNG_MASK = "lung_mask"
+    HAS_LUNG_MASK = "has_lung_mask"
     POSITIVE = "positive"
     IMAGE_PATH = "image_path"
     PATIENT = "patient"
@@ -94,11 +107,16 @@ class PredKeys(StrEnum):
     gate rule), ``seg_probs`` ``(B, 1, W, H)``, ``seg_mask`` / ``seg_mask_gated`` ``(B, 1, W, H)`` bool,
     ``detections`` (every decoded box, for AP), ``detections_op`` (boxes at the operating point, ungated),
     ``detections_gated`` (at the operating point, gated: the deployed output), ``input_size`` ``[W, H]`` of the
-    network input (what :func:`monai_mcx.inferers.to_original` scales boxes from).
+    network input (what :func:`monai_mcx.inferers.to_original` scales boxes from). With a ``lungs`` head:
+    ``lung_logits`` (raw) and ``lung_probs`` / ``lung_seg_mask`` ``(B, 1, W, H)`` (a lung outline, not a lesion) and
+    ``lung_field`` (the dilated field lesions are kept in when the restriction is on, else all True).
+    Per image: ``decision_thresholds`` ``(B, K)`` (the class thresholds applied) and ``population_point`` (list of
+    ``{"population": name or None, "reason": how it was decided}``, :mod:`monai_mcx.data.populations`).
     """
 
     CLASS_LOGITS = "class_logits"
     SEG_LOGITS = "seg_logits"
+    LUNG_LOGITS = "lung_logits"
     BOX_CLS_LOGITS = "box_cls_logits"
     BOX_REGRESSION = "box_regression"
     CLASS_PROBS = "class_probs"
@@ -107,6 +125,11 @@ class PredKeys(StrEnum):
     SEG_PROBS = "seg_probs"
     SEG_MASK = "seg_mask"
     SEG_MASK_GATED = "seg_mask_gated"
+    LUNG_PROBS = "lung_probs"
+    LUNG_MASK = "lung_seg_mask"
+    LUNG_FIELD = "lung_field"
+    CLASS_THRESHOLDS = "decision_thresholds"
+    POPULATION = "population_point"
     DETECTIONS = "detections"
     DETECTIONS_OP = "detections_op"
     DETECTIONS_GATED = "detections_gated"
@@ -126,7 +149,9 @@ class OriginalKeys(StrEnum):
 
     ``size_wh`` ``[W, H]``; ``class_probs`` ``(K,)`` or None; ``gate`` bool; ``mask`` (gated) / ``mask_ungated``
     ``(W, H)`` bool or None; ``has_boxes`` (a localization head ran); ``boxes`` ``(M, 4)`` xyxy, ``scores``, ``labels``
-    (operating point, gated) and ``boxes_ungated`` / ``scores_ungated`` / ``labels_ungated`` (operating point).
+    (operating point, gated) and ``boxes_ungated`` / ``scores_ungated`` / ``labels_ungated`` (operating point);
+    ``lung_mask`` ``(W, H)`` bool or None (no lungs head); ``population`` ``{"population", "reason"}``;
+    ``decision_thresholds`` ``(K,)`` (the class thresholds of that population's operating point).
     """
 
     SIZE_WH = "size_wh"
@@ -141,3 +166,6 @@ class OriginalKeys(StrEnum):
     BOXES_UNGATED = "boxes_ungated"
     SCORES_UNGATED = "scores_ungated"
     LABELS_UNGATED = "labels_ungated"
+    LUNG_MASK = "lung_mask"
+    POPULATION = "population"
+    DECISION_THRESHOLDS = "decision_thresholds"

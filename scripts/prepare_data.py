@@ -5,7 +5,7 @@ Each data set is read from its own files, as downloaded (see ``monai_mcx.data.pu
 merged, mapped to the bundle's class names, split by patient (fixed seed) into training / validation /
 test, and written as ``{"class_names": [...], "training": [...], "validation": [...], "test": [...]}``
 with image/mask paths relative to the datalist's folder. Every item has the same keys: ``image, patient,
-source, label, mask, boxes`` and ``finding`` (the source's findings joined by ``|``, ``""`` = none).
+source, label, mask, boxes, lung_mask, population`` and ``finding`` (the source's findings joined by ``|``, ``""`` = none).
 
 Examples::
 
@@ -202,7 +202,7 @@ def _atomic_json(path: Path, obj) -> None:
 
 
 #: the keys every written item has (uniform, so that MONAI's collate works on any mix of sources)
-ITEM_KEYS = ("image", "patient", "source", "label", "mask", "boxes")
+ITEM_KEYS = ("image", "patient", "source", "label", "mask", "boxes", "lung_mask", "population")
 
 
 def _relative(item: dict, base: Path, keep_info: bool = False) -> dict:
@@ -210,7 +210,7 @@ def _relative(item: dict, base: Path, keep_info: bool = False) -> dict:
     out["finding"] = "|".join(item.get("findings") or [])
     if keep_info:
         out["info"] = item.get("info", {})
-    for key in ("image", "mask"):
+    for key in ("image", "mask", "lung_mask"):
         if out.get(key) is not None:
             out[key] = os.path.relpath(os.path.abspath(out[key]), base).replace(os.sep, "/")
     return out

@@ -34,6 +34,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("monai_mcx/data/public/covid.py", "label"): "a column of the COVID-QU-Ex / ieee8023 box CSV (an input format)",
     ("monai_mcx/data/public/siim.py", "positive"): "a field of the SIIM adapter's RLE record, not a batch key",
     ("monai_mcx/data/public/siim_covid.py", "image"): "a column of the SIIM-FISABIO-RSNA labels.csv (an input format)",
+    ("monai_mcx/data/synthetic.py", "lungs"): "the synthetic anatomy's lung ellipses, not the lungs task",
 }
 
 _GETTERS = {"get", "pop", "setdefault"}

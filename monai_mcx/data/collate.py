@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from monai.data.utils import list_data_collate
 
-from monai_mcx.keys import BatchKeys
+from monai_mcx.keys import BatchKeys, DatalistKeys
 
 __all__ = ["collate_cxr", "LIST_KEYS", "HOST_KEYS"]
 
@@ -16,8 +16,8 @@ __all__ = ["collate_cxr", "LIST_KEYS", "HOST_KEYS"]
 LIST_KEYS = (BatchKeys.BOXES.value, BatchKeys.BOX_LABELS.value)
 #: keys kept as per-item lists of the values as they are (numpy arrays of varying size, ``None`` where an item
 #: lacks the key), never converted or moved to the device: the overlay background of
-#: :class:`monai_mcx.transforms.KeepOverlayImaged`
-HOST_KEYS = (BatchKeys.OVERLAY_IMAGE.value,)
+#: :class:`monai_mcx.transforms.KeepOverlayImaged`, and the datalist's ``population`` (a string or None)
+HOST_KEYS = (BatchKeys.OVERLAY_IMAGE.value, DatalistKeys.POPULATION.value)
 
 
 def collate_cxr(batch: Sequence[dict]) -> dict:

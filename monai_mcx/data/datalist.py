@@ -12,6 +12,10 @@ A datalist is a MONAI-style JSON object ``{"class_names": [...], "training": [..
 ``boxes``   list of ``[x1, y1, x2, y2]`` (x = column), ``[]`` = annotated with no box, ``null`` = unknown
 ========== =====================================================================================
 
+Optional: ``lung_mask`` (path to a lung-field mask -- an outline of the lungs, never a lesion -- or ``null``) and
+``population`` (``adult`` / ``pediatric``; absent or ``null`` = unknown: the source decides, see
+:data:`monai_mcx.data.populations.SOURCE_POPULATIONS`).
+
 ``null`` (unknown) is not the same as empty (negative): unknown labels contribute to no loss and no metric.
 
 Checks (:func:`validate_item`): label values must be 0 or 1 (``-1``, CheXpert's "uncertain", is refused
@@ -187,9 +191,12 @@ def validate_item(
     out.setdefault(DatalistKeys.SOURCE.value, "unknown")
     for key in (DatalistKeys.LABEL.value, DatalistKeys.MASK.value, DatalistKeys.BOXES.value):
         out.setdefault(key, None)
-    for key in (DatalistKeys.IMAGE.value, DatalistKeys.MASK.value):
-        if out[key] is not None:
+    for key in (DatalistKeys.IMAGE.value, DatalistKeys.MASK.value, DatalistKeys.LUNG_MASK.value):
+        if out.get(key) is not None:
             out[key] = resolve_path(out[key], base_dir, where, key, check_files)
+    population = out.get(DatalistKeys.POPULATION.value)
+    if population is not None and population not in ("adult", "pediatric"):
+        raise DatalistError(f"{where}: population must be 'adult', 'pediatric' or null, got {population!r}")
     if out[DatalistKeys.LABEL] is not None:
         out[DatalistKeys.LABEL.value] = check_label(out[DatalistKeys.LABEL], num_classes, where, uncertain)
     if out[DatalistKeys.BOXES] is not None:

@@ -181,6 +181,7 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
         "transfer_syntax": str(ts) if ts is not None else None,
         "modality": str(ds.get("Modality", "")),
         "view_position": str(ds.get("ViewPosition", "")),
+        "patient_age": str(ds.get("PatientAge", "") or ""),  # Age String ("045Y"); "" when absent
     }
     if as_mask:
         return binary_mask(arr, path, grey_masks), _spacing(ds), meta

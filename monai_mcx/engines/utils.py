@@ -8,11 +8,15 @@ import torch
 from monai.utils import convert_to_tensor
 
 from monai_mcx.keys import BatchKeys as K
+from monai_mcx.keys import DatalistKeys as DK
 
-__all__ = ["prepare_cxr_batch", "TARGET_KEYS", "PASSTHROUGH_KEYS", "loss_items"]
+__all__ = ["prepare_cxr_batch", "TARGET_KEYS", "PASSTHROUGH_KEYS", "loss_items", "batch_populations"]
 
 #: batch keys moved to the device and handed to the loss / metrics as ``targets``
-TARGET_KEYS = tuple(k.value for k in (K.LABEL, K.HAS_LABEL, K.MASK, K.HAS_MASK, K.BOXES, K.HAS_BOXES, K.POSITIVE))
+TARGET_KEYS = tuple(
+    k.value
+    for k in (K.LABEL, K.HAS_LABEL, K.MASK, K.HAS_MASK, K.BOXES, K.HAS_BOXES, K.LUNG_MASK, K.HAS_LUNG_MASK, K.POSITIVE)
+)
 #: per-item host-side values handed to the metrics as they are (not tensors, never moved to the device): the
 #: original image size ``(W, H)`` and the mask file, for metrics at the original resolution; the ``patient`` ids,
 #: which the bootstrap of the operating points resamples
@@ -56,3 +60,34 @@ def loss_items(output: Mapping[str, object]) -> dict[str, float]:
     for task, value in dict(output.get("losses", {})).items():
         items[f"loss/{task}"] = float(value)
     return items
+
+
+def batch_populations(
+    batchdata: Mapping[str, object], option: str | None = None
+) -> list[tuple[str | None, str | None]]:
+    """Each image's population and how it was decided (:func:`monai_mcx.data.populations.resolve_population`):
+    the run's ``option`` (``--population``), else the DICOM ``PatientAge`` in the image's metadata, else the
+    datalist's ``population``, else its ``source``; ``(None, None)`` when nothing tells (the model's default
+    population then applies).
+
+    Args:
+        batchdata: a collated batch (``image`` with its metadata, ``population`` and ``source`` lists when the
+            items had them).
+        option: ``adult`` / ``pediatric`` for every image, or None / ``"auto"``.
+    """
+    from monai_mcx.data.populations import resolve_population
+
+    image = batchdata[K.IMAGE]
+    n = int(image.shape[0])
+    meta = getattr(image, "meta", None)
+    ages = meta.get("patient_age") if isinstance(meta, Mapping) else None
+    ages = list(ages) if isinstance(ages, (list, tuple)) else [ages] * n
+    listed = batchdata.get(DK.POPULATION.value)
+    listed = list(listed) if isinstance(listed, (list, tuple)) else [None] * n
+    sources = batchdata.get(DK.SOURCE.value)
+    sources = list(sources) if isinstance(sources, (list, tuple)) else [None] * n
+    out = []
+    for i in range(n):
+        name, reason = resolve_population(option, ages[i], listed[i], sources[i], default=None)
+        out.append((name, reason if name is not None else None))
+    return out

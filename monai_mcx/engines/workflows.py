@@ -18,7 +18,8 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch.utils.data.distributed import DistributedSampler
 
-from monai_mcx.engines.utils import prepare_cxr_batch
+from monai_mcx.engines.utils import batch_populations, prepare_cxr_batch
+from monai_mcx.inferers import MultiCheXNetInferer
 from monai_mcx.keys import PredKeys
 
 __all__ = ["MultiTaskTrainer", "MultiTaskEvaluator"]
@@ -184,6 +185,11 @@ class MultiTaskEvaluator(SupervisedEvaluator):
     ``detections`` / ``detections_op`` / ``detections_gated`` in the network input's pixels, from the ONE
     post-processing component every consumer (metrics, report, overlays, prediction writer) reads.
     ``engine.state.output["pred"]`` is that dict.
+
+    Each image is post-processed at the operating point of its population (``population``: ``adult`` /
+    ``pediatric`` for every image, or None / ``"auto"``: per image from its DICOM age, datalist population or
+    source, :func:`monai_mcx.engines.utils.batch_populations`); a model without per-population operating points
+    gives every image its one operating point.
     """
 
     def __init__(
@@ -192,8 +198,12 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         val_data_loader: Iterable,
         network: torch.nn.Module,
         prepare_batch: Callable = prepare_cxr_batch,
+        population: str | None = None,
         **kwargs: Any,
     ) -> None:
+        from monai_mcx.data.populations import check_population
+
+        self.population = None if population in (None, "", "auto") else check_population(population, "population")
         kwargs.setdefault("decollate", False)
         _amp_on_cuda_only(device, kwargs)
         super().__init__(
@@ -207,7 +217,11 @@ class MultiTaskEvaluator(SupervisedEvaluator):
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         with engine.mode(engine.network), torch.no_grad():
             with _autocast(engine.state.device, bool(engine.amp), engine.amp_kwargs):
-                pred = engine.inferer(inputs, engine.network)
+                if isinstance(engine.inferer, MultiCheXNetInferer):
+                    pops = batch_populations(batchdata, engine.population)
+                    pred = engine.inferer(inputs, engine.network, populations=pops)
+                else:
+                    pred = engine.inferer(inputs, engine.network)
         if not isinstance(pred, Mapping) or PredKeys.GATE not in pred:
             raise TypeError(
                 "MultiTaskEvaluator: the inferer must return post-processed predictions (a dict with "

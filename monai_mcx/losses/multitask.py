@@ -11,7 +11,8 @@ samples train the segmentation and localization heads:
 * ``all``: every annotated sample, negatives included (empty masks / no boxes are targets too).
 * ``balanced``: all annotated positives plus a random ``negative_fraction`` of the annotated negatives.
 
-The classifier uses every sample with a class label. A batch in which no sample qualifies for a task gives
+The classifier uses every sample with a class label; the lung-field head (task ``lungs``, an anatomy task) every
+sample with a lung mask (no teacher forcing: every chest has lungs). A batch in which no sample qualifies for a task gives
 exactly zero for that task (kept in the autograd graph as ``0 * logits.sum()`` when the head was computed),
 never NaN.
 
@@ -42,6 +43,7 @@ _OUTPUT_KEYS = {
     Task.CLASSIFICATION.value: PredKeys.CLASS_LOGITS.value,
     Task.SEGMENTATION.value: PredKeys.SEG_LOGITS.value,
     Task.LOCALIZATION.value: PredKeys.BOX_CLS_LOGITS.value,
+    Task.LUNGS.value: PredKeys.LUNG_LOGITS.value,
 }
 
 TEACHER_FORCING_MODES = ("positive_only", "all", "balanced")
@@ -98,7 +100,7 @@ class MultiCheXNetLoss(nn.Module):
         localization_loss: e.g. :class:`monai_mcx.losses.LocalizationLoss`; required when the network
             has a localization head. It returns ``{"cls": ..., "box": ...}``; their sum is the task's term.
         classification_loss: defaults to ``BCEWithLogitsLoss`` (multi-label, one sigmoid per class).
-        segmentation_loss: defaults to MONAI's ``DiceCELoss(sigmoid=True)``.
+        segmentation_loss: defaults to MONAI's ``DiceCELoss(sigmoid=True)``; also the lung-field loss.
         weights: per-task weights, default 1.0 each.
         teacher_forcing: ``positive_only`` | ``all`` | ``balanced``.
         negative_fraction: share of annotated negatives kept in ``balanced`` mode.
@@ -124,6 +126,7 @@ class MultiCheXNetLoss(nn.Module):
             Task.CLASSIFICATION.value: 1.0,
             Task.SEGMENTATION.value: 1.0,
             Task.LOCALIZATION.value: 1.0,
+            Task.LUNGS.value: 1.0,
             **dict(weights or {}),
         }
         self.teacher_forcing = teacher_forcing
@@ -145,6 +148,12 @@ class MultiCheXNetLoss(nn.Module):
         for task in tasks:
             if task == Task.CLASSIFICATION:
                 sel[task] = torch.nonzero(targets[BatchKeys.HAS_LABEL].reshape(-1) > 0.5, as_tuple=False).reshape(-1)
+            elif task == Task.LUNGS:
+                flag = targets.get(BatchKeys.HAS_LUNG_MASK)
+                if flag is None:
+                    sel[task] = torch.zeros(0, dtype=torch.long)
+                else:
+                    sel[task] = torch.nonzero(torch.as_tensor(flag).reshape(-1) > 0.5, as_tuple=False).reshape(-1)
             elif task in (Task.SEGMENTATION, Task.LOCALIZATION):
                 flag = targets[BatchKeys.HAS_MASK if task == Task.SEGMENTATION else BatchKeys.HAS_BOXES]
                 sel[task] = select_samples(
@@ -219,6 +228,15 @@ class MultiCheXNetLoss(nn.Module):
                 terms[Task.SEGMENTATION.value] = self.segmentation_loss(logits[oi].float(), m[idx].float())
             else:
                 terms[Task.SEGMENTATION.value] = _zero(logits)
+
+        if Task.LUNGS in selection and PredKeys.LUNG_LOGITS in outputs:
+            logits = outputs[PredKeys.LUNG_LOGITS]
+            oi, idx = rows(Task.LUNGS.value, logits)
+            if idx.numel():
+                m = targets[BatchKeys.LUNG_MASK].to(logits.device)
+                terms[Task.LUNGS.value] = self.segmentation_loss(logits[oi].float(), m[idx].float())
+            else:
+                terms[Task.LUNGS.value] = _zero(logits)
 
         if Task.LOCALIZATION in selection and PredKeys.BOX_CLS_LOGITS in outputs:
             cls_maps, reg_maps = outputs[PredKeys.BOX_CLS_LOGITS], outputs[PredKeys.BOX_REGRESSION]

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from monai_mcx.keys import TASKS, Task
+from monai_mcx.keys import ALL_TASKS, Task
 from monai_mcx.metrics.calibration import TemperatureScaling
 from monai_mcx.model.errors import DescriptionError
 from monai_mcx.model.reconcile import reconcile
@@ -85,6 +85,27 @@ class ModelDescription:
         sensitivity_thresholds: ``{"sens90": {class: t}, "sens95": {class: t}}``: the thresholds reaching 90 % / 95 %
             sensitivity on the validation split (calibrated probabilities), chosen with the class thresholds; a test
             evaluation reports sensitivity / specificity at them. None: not chosen.
+        operating_points: per-population operating points, ``{population: point}`` for populations of
+            :data:`monai_mcx.data.populations.POPULATIONS`, each chosen on that population's validation images
+            (:func:`monai_mcx.metrics.population_points.choose_population_point`)::
+
+                {"class_thresholds": {class: t},        # the diagnosis decision p_k >= t_k (e.g. Youden)
+                 "gate_thresholds": {class: t},         # the gate of the lesion heads (may differ: lesion recall)
+                 "box_score_threshold": s or None,      # None: the global box_score_threshold
+                 "sensitivity_thresholds": {...} or None,
+                 "methods": {"class": ..., "gate": ..., "box": ...}, "split": ..., "n_images": n, "date": ...}
+
+            An image whose population has no point uses the global fields above. None: one operating point for all.
+        default_population: the population of an image when nothing tells it (no ``--population``, DICOM age,
+            datalist population or known source; :func:`monai_mcx.data.populations.resolve_population`); None:
+            such an image gets the global operating point.
+        lung_restriction: with a ``lungs`` head, keep lesions inside the (dilated) predicted lung field::
+
+                {"enabled": bool, "lung_threshold": 0.5, "dilation": 0.03}
+
+            ``dilation`` is the dilation radius as a fraction of the image width; a mask pixel outside the dilated
+            field is removed and a box whose centre lies outside it is dropped (an image whose lung mask is empty
+            is not restricted). None: no restriction.
         saliency: ``{"method", "layer"}`` of the saliency maps (:func:`monai_mcx.explain.saliency_settings`), e.g.
             ``{"method": "gradcam", "layer": "stride32"}`` (what ``train.json`` writes); None: that default.
 
@@ -121,6 +142,9 @@ class ModelDescription:
     box_threshold_date: str | None = None
     calibration: dict | None = None
     sensitivity_thresholds: dict | None = None
+    operating_points: dict | None = None
+    default_population: str | None = None
+    lung_restriction: dict | None = None
     saliency: dict | None = None
     training: dict = field(default_factory=dict)
     weights_file: str | None = None
@@ -136,7 +160,7 @@ class ModelDescription:
         if isinstance(self.tasks, str):
             self.tasks = [self.tasks]
         self.class_names = [str(c) for c in self.class_names]
-        self.tasks = [t for t in TASKS if t in list(self.tasks)] + [t for t in self.tasks if t not in TASKS]
+        self.tasks = [t for t in ALL_TASKS if t in list(self.tasks)] + [t for t in self.tasks if t not in ALL_TASKS]
         self.spatial_size = [int(s) for s in jsonable(self.spatial_size)]
         self.in_channels = int(self.in_channels)
         self.network_kwargs = jsonable(dict(self.network_kwargs or {}))
@@ -158,8 +182,8 @@ class ModelDescription:
             problems.append(f"format is {self.format!r}, expected {DESCRIPTION_FORMAT!r}")
         if int(self.version) > DESCRIPTION_VERSION:
             problems.append(f"version {self.version} is newer than this monai_mcx reads ({DESCRIPTION_VERSION})")
-        if not self.tasks or any(t not in TASKS for t in self.tasks):
-            problems.append(f"tasks {self.tasks} must be a non-empty subset of {list(TASKS)}")
+        if not self.tasks or any(t not in ALL_TASKS for t in self.tasks):
+            problems.append(f"tasks {self.tasks} must be a non-empty subset of {list(ALL_TASKS)}")
         if not self.class_names:
             problems.append("class_names is empty")
         if len(self.spatial_size) != 2 or min(self.spatial_size) <= 0:
@@ -193,11 +217,67 @@ class ModelDescription:
                 not isinstance(t, (int, float)) or not 0.0 <= float(t) <= 1.0 for t in table.values()
             ):
                 problems.append(f"sensitivity_thresholds[{op!r}] must map classes to thresholds in [0, 1], got {table}")
+        problems += self._population_problems()
+        if self.lung_restriction is not None:
+            lr = self.lung_restriction
+            if not isinstance(lr, Mapping) or set(lr) - {"enabled", "lung_threshold", "dilation"}:
+                problems.append(f"lung_restriction {lr!r} must be {{'enabled', 'lung_threshold', 'dilation'}}")
+            elif lr.get("enabled") and Task.LUNGS not in self.tasks:
+                problems.append("lung_restriction is enabled but the lungs head is not built")
+            elif not 0.0 <= float(lr.get("dilation", 0.0)) <= 0.5 or not 0.0 < float(lr.get("lung_threshold", 0.5)) < 1:
+                problems.append(f"lung_restriction {lr!r}: dilation must be in [0, 0.5], lung_threshold in (0, 1)")
         if self.weights_sha256 is not None and (len(str(self.weights_sha256)) != 64):
             problems.append(f"weights_sha256 {self.weights_sha256!r} is not a SHA-256 hex digest")
         if problems:
             raise DescriptionError(f"model description {where}: " + "; ".join(problems))
         return self
+
+    def _population_problems(self) -> list[str]:
+        from monai_mcx.data.populations import POPULATIONS
+
+        problems = []
+        if self.default_population is not None and self.default_population not in POPULATIONS:
+            problems.append(f"default_population {self.default_population!r} is not one of {list(POPULATIONS)}")
+        for pop, point in (self.operating_points or {}).items():
+            if pop not in POPULATIONS:
+                problems.append(f"operating_points has the population {pop!r}; populations are {list(POPULATIONS)}")
+                continue
+            if not isinstance(point, Mapping):
+                problems.append(f"operating_points[{pop!r}] must be an object, got {point!r}")
+                continue
+            for key in ("class_thresholds", "gate_thresholds"):
+                table = point.get(key)
+                if table is None and key == "gate_thresholds":
+                    continue
+                if not isinstance(table, Mapping) or set(table) != set(self.class_names):
+                    problems.append(f"operating_points[{pop!r}][{key!r}] must give every class of {self.class_names}")
+                elif any(not 0.0 <= float(t) <= 1.0 for t in table.values()):
+                    problems.append(f"operating_points[{pop!r}][{key!r}] has thresholds outside [0, 1]: {table}")
+            box = point.get("box_score_threshold")
+            if box is not None and not 0.0 <= float(box) <= 1.0:
+                problems.append(f"operating_points[{pop!r}]['box_score_threshold'] {box} is outside [0, 1]")
+        return problems
+
+    def operating_point(self, population: str | None) -> dict:
+        """The operating point applied to an image of ``population`` (None or a population without a point: the
+        global fields): ``{"class_thresholds", "gate_thresholds", "box_score_threshold"}`` with the thresholds as
+        lists in class order."""
+        point = (self.operating_points or {}).get(population) if population is not None else None
+        if point is None:
+            cls = self.class_threshold_list()
+            return {
+                "class_thresholds": cls,
+                "gate_thresholds": list(cls),
+                "box_score_threshold": self.box_score_threshold,
+            }
+        cls = [float(point["class_thresholds"][c]) for c in self.class_names]
+        gate = point.get("gate_thresholds")
+        box = point.get("box_score_threshold")
+        return {
+            "class_thresholds": cls,
+            "gate_thresholds": list(cls) if gate is None else [float(gate[c]) for c in self.class_names],
+            "box_score_threshold": self.box_score_threshold if box is None else float(box),
+        }
 
     def to_dict(self) -> dict:
         return jsonable(dataclasses.asdict(self))
@@ -253,7 +333,8 @@ class ModelDescription:
 
         {"class_names", "class_thresholds" (list, class order), "gate_rule", "mask_threshold",
          "box_score_threshold" (None: keep every candidate), "candidate_score_thresh", "nms_thresh",
-         "detections_per_img", "spatial_size", "calibration", "saliency"}
+         "detections_per_img", "spatial_size", "calibration", "saliency", "operating_points",
+         "default_population", "lung_restriction"}
         """
         return {
             "class_names": list(self.class_names),
@@ -267,6 +348,9 @@ class ModelDescription:
             "spatial_size": list(self.spatial_size),
             "calibration": copy.deepcopy(self.calibration),
             "saliency": copy.deepcopy(self.saliency),
+            "operating_points": copy.deepcopy(self.operating_points),
+            "default_population": self.default_population,
+            "lung_restriction": copy.deepcopy(self.lung_restriction),
         }
 
     # ------------------------------------------------------------------ config values vs the description
@@ -311,6 +395,17 @@ class ModelDescription:
             "date": utc_now(),
         }
         return self.replace(calibration=cal)
+
+    def with_operating_points(
+        self, points: Mapping[str, Mapping], default_population: str | None = None
+    ) -> ModelDescription:
+        """A copy with the per-population operating points ``{population: point}`` (replacing those populations'
+        points; the class docstring gives a point's fields) and, when given, the default population."""
+        table = {**copy.deepcopy(self.operating_points or {}), **{str(k): jsonable(dict(v)) for k, v in points.items()}}
+        changes: dict[str, Any] = {"operating_points": table}
+        if default_population is not None:
+            changes["default_population"] = str(default_population)
+        return self.replace(**changes)
 
     def with_box_threshold(self, score: float, method: str, split: str | None) -> ModelDescription:
         """A copy with the box operating point ``score`` and how it was chosen."""

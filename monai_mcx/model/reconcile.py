@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monai_mcx.keys import TASKS
+from monai_mcx.keys import ALL_TASKS
 from monai_mcx.model.errors import DescriptionConflictError
 from monai_mcx.model.values import jsonable, same_value
 
@@ -80,7 +80,7 @@ def reconcile(
         if name == "intensity" and isinstance(value, str):
             ours = description.intensity.get("name")
         if name == "tasks":
-            value = [t for t in TASKS if t in list(value)] if not isinstance(value, str) else [value]
+            value = [t for t in ALL_TASKS if t in list(value)] if not isinstance(value, str) else [value]
         if same_value(ours, value):
             continue
         if name in opt_out:

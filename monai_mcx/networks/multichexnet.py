@@ -1,11 +1,13 @@
-"""MultiCheXNet: one shared encoder, up to three heads (classification, segmentation, localization).
+"""MultiCheXNet: one shared encoder, up to three heads (classification, segmentation, localization), and
+optionally an anatomy head (``lungs``: lung-field segmentation).
 
 Input ``image`` ``(B, in_channels, W, H)`` (spatial dim 0 is x). ``forward`` returns a dict with only
 the keys of the built tasks (``docs/CONTRACTS.md``):
 
 =================== ====================================================================
 ``class_logits``    ``(B, K)``, K = ``len(class_names)``
-``seg_logits``      ``(B, 1, W, H)``
+``seg_logits``      ``(B, 1, W, H)`` (lesion)
+``lung_logits``     ``(B, 1, W, H)`` (lung field; only with the ``lungs`` task)
 ``box_cls_logits``  list over head levels of ``(B, A*C, w_l, h_l)``, C = 1
 ``box_regression``  list over head levels of ``(B, A*4, w_l, h_l)``
 =================== ====================================================================
@@ -26,7 +28,7 @@ from typing import Dict, List, Optional
 
 from torch import Tensor, nn
 
-from monai_mcx.keys import TASKS, PredKeys, Task
+from monai_mcx.keys import ALL_TASKS, TASKS, PredKeys, Task
 
 from .box_decoding import flatten_head_maps
 from .encoders import build_encoder, encoder_out_channels
@@ -55,7 +57,8 @@ class MultiCheXNet(nn.Module):
             returning 4 features at strides 4..32 and exposing ``out_channels`` (and ideally ``strides``).
         in_channels: image channels (used when ``encoder`` is a name).
         class_names: names of the K classes of the classification head.
-        tasks: non-empty subset of ``("classification", "segmentation", "localization")``.
+        tasks: non-empty subset of ``("classification", "segmentation", "localization", "lungs")`` (default:
+            the first three; ``lungs`` adds the lung-field segmentation head).
         encoder_kwargs: extra arguments for ``build_encoder``.
         dropout: dropout of the classification head.
         seg_decoder_channels: channels of the segmentation decoder at strides 16, 8, 4.
@@ -63,9 +66,10 @@ class MultiCheXNet(nn.Module):
         loc_fpn_channels: FPN and box-tower width.
         num_anchors: A, anchors per location (must match the anchor generator).
         loc_num_convs: convs per box tower.
+        lung_decoder_channels: channels of the lung-field decoder at strides 16, 8, 4.
 
     Attributes: ``class_names``, ``tasks``, ``encoder``, ``classification_head``,
-    ``segmentation_head``, ``localization_head`` (None for a task not built), ``box_strides``
+    ``segmentation_head``, ``localization_head``, ``lung_head`` (None for a task not built), ``box_strides``
     (nominal strides of the localization levels, or None).
     """
 
@@ -82,21 +86,22 @@ class MultiCheXNet(nn.Module):
         loc_fpn_channels: int = 48,
         num_anchors: int = 3,
         loc_num_convs: int = 2,
+        lung_decoder_channels: Sequence[int] = (32, 24, 16),
     ) -> None:
         super().__init__()
         if isinstance(tasks, str):
             tasks = (tasks,)
         tasks = tuple(tasks)
-        bad = [t for t in tasks if t not in TASKS]
+        bad = [t for t in tasks if t not in ALL_TASKS]
         if not tasks or bad or len(set(tasks)) != len(tasks):
-            raise ValueError(f"tasks must be a non-empty subset of {TASKS} without repeats, got {tasks}.")
+            raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS} without repeats, got {tasks}.")
         if isinstance(class_names, str):
             class_names = (class_names,)
         self.class_names: tuple[str, ...] = tuple(class_names)
         if Task.CLASSIFICATION in tasks and not self.class_names:
             raise ValueError("class_names must not be empty when the classification head is built.")
         # keep the canonical order whatever order was given
-        self.tasks: tuple[str, ...] = tuple(t for t in TASKS if t in tasks)
+        self.tasks: tuple[str, ...] = tuple(t for t in ALL_TASKS if t in tasks)
 
         if isinstance(encoder, str):
             self.encoder = build_encoder(encoder, in_channels=in_channels, **(encoder_kwargs or {}))
@@ -110,6 +115,7 @@ class MultiCheXNet(nn.Module):
         self.classification_head: ClassificationHead | None = None
         self.segmentation_head: SegmentationDecoder | None = None
         self.localization_head: LocalizationHead | None = None
+        self.lung_head: SegmentationDecoder | None = None
         self.box_strides: list[int] | None = None
         if Task.CLASSIFICATION in self.tasks:
             self.classification_head = ClassificationHead(channels[-1], len(self.class_names), dropout=dropout)
@@ -127,6 +133,8 @@ class MultiCheXNet(nn.Module):
                 num_convs=loc_num_convs,
             )
             self.box_strides = [strides[i] for i in self.localization_head.feature_levels]
+        if Task.LUNGS in self.tasks:
+            self.lung_head = SegmentationDecoder(channels, decoder_channels=lung_decoder_channels, out_channels=1)
         self.num_anchors = int(num_anchors)
 
     def forward(
@@ -150,6 +158,7 @@ class MultiCheXNet(nn.Module):
         run_cls = self.classification_head is not None
         run_seg = self.segmentation_head is not None
         run_loc = self.localization_head is not None
+        run_lung = self.lung_head is not None
         if tasks is not None:
             for t in tasks:
                 if t not in self.tasks:
@@ -158,6 +167,7 @@ class MultiCheXNet(nn.Module):
             run_cls = run_cls and Task.CLASSIFICATION.value in tasks
             run_seg = run_seg and Task.SEGMENTATION.value in tasks
             run_loc = run_loc and Task.LOCALIZATION.value in tasks
+            run_lung = run_lung and Task.LUNGS.value in tasks
         features = self.encoder(image)
         out: dict[str, Tensor | list[Tensor]] = {}
         cls_head = self.classification_head
@@ -179,6 +189,13 @@ class MultiCheXNet(nn.Module):
             box_maps = loc_head([_take(f, idx) for f in features])
             out[PredKeys.BOX_CLS_LOGITS.value] = box_maps[PredKeys.BOX_CLS_LOGITS.value]
             out[PredKeys.BOX_REGRESSION.value] = box_maps[PredKeys.BOX_REGRESSION.value]
+        lung_head = self.lung_head
+        if run_lung and lung_head is not None:
+            idx = _selected(samples, Task.LUNGS.value)
+            if idx is not None and self.training and idx.numel() * min([f.shape[2] * f.shape[3] for f in features]) < 2:
+                out[PredKeys.LUNG_LOGITS.value] = _take(lung_head(features, image.shape[2:]), idx)
+            else:
+                out[PredKeys.LUNG_LOGITS.value] = lung_head([_take(f, idx) for f in features], image.shape[2:])
         return out
 
 
@@ -235,6 +252,7 @@ class MultiCheXNetExport(nn.Module):
         self.classification_head = net.classification_head
         self.segmentation_head = net.segmentation_head
         self.localization_head = net.localization_head
+        self.lung_head = net.lung_head  # registered so the state dict stays the net's; not an export output
         self.num_anchors: int = net.num_anchors
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

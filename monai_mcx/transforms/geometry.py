@@ -444,6 +444,7 @@ def cxr_box_augmentations(
     min_box_size: float = 2.0,
     rotate_prob: float = 0.0,
     max_angle: float = 7.0,
+    extra_mask_keys: Sequence[str] = (),
 ) -> list:
     """A list of box-aware geometric augmentations for chest X-rays (for ``train#augmentation``).
 
@@ -464,9 +465,11 @@ def cxr_box_augmentations(
             so that batches keep one shape).
         min_box_size: boxes whose clipped sides fall below this many pixels are dropped.
         rotate_prob, max_angle: probability and largest angle (degrees) of :class:`RandRotateWithBoxesd`.
+        extra_mask_keys: other 0/1 masks moved with the image like ``mask_key`` (e.g. ``("lung_mask",)``).
     """
-    img_keys = [image_key] + ([mask_key] if mask_key else [])
-    modes_resize = ["area", "nearest-exact"][: len(img_keys)]
+    masks = ([mask_key] if mask_key else []) + [k for k in extra_mask_keys if k]
+    img_keys = [image_key] + masks
+    modes_resize = ["area"] + ["nearest-exact"] * len(masks)
     out: list = [AddBoxLabelsd(box_key, box_label_key)]
     if crop_prob > 0:
         if spatial_size is None:
@@ -493,7 +496,7 @@ def cxr_box_augmentations(
                 prob=zoom_prob,
                 min_zoom=zoom_range[0],
                 max_zoom=zoom_range[1],
-                mode=["bilinear", "nearest-exact"][: len(img_keys)],
+                mode=["bilinear"] + ["nearest-exact"] * len(masks),
             )
         )
     if rotate_prob > 0:
@@ -505,7 +508,7 @@ def cxr_box_augmentations(
                 (box_label_key,),
                 prob=rotate_prob,
                 max_angle=max_angle,
-                mode=["bilinear", "nearest"][: len(img_keys)],
+                mode=["bilinear"] + ["nearest"] * len(masks),
             )
         )
     if flip_prob > 0:

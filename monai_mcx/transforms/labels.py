@@ -26,7 +26,7 @@ from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from monai_mcx.data.boxes import check_boxes
 from monai_mcx.data.errors import DataError
-from monai_mcx.keys import BatchKeys, Task
+from monai_mcx.keys import BatchKeys, DatalistKeys, Task
 from monai_mcx.transforms.io import LoadCXR
 
 __all__ = ["AnnotationError", "PrepareAnnotationsd", "ResizeWithBoxesd", "task_positives"]
@@ -67,6 +67,9 @@ class PrepareAnnotationsd(MapTransform):
             gets a known, all-zero lesion mask (``has_mask`` = 1). Only for box sets that box every lesion
             (RSNA: no box means no opacity), so that their negatives can teach the mask head to paint nothing;
             an image with boxes keeps an unknown mask. Off by default: unknown is not empty.
+        lung_mask_key: the item key of the lung-field mask (``"lung_mask"``) to load like the lesion mask, giving
+            ``lung_mask`` ``(1, W, H)`` and ``has_lung_mask`` (an unknown lung mask: zeros and flag 0), for the
+            ``lungs`` task. None (default): no lung keys are produced and an item's ``lung_mask`` entry is dropped.
     """
 
     def __init__(
@@ -79,12 +82,14 @@ class PrepareAnnotationsd(MapTransform):
         box_tolerance: float = 2.0,
         grey_masks: str = "error",
         empty_mask_if_no_boxes: bool = False,
+        lung_mask_key: str | None = None,
     ) -> None:
         super().__init__(keys=[image_key], allow_missing_keys=False)
         self.num_classes = int(num_classes)
         self.image_key, self.label_key, self.mask_key, self.box_key = image_key, label_key, mask_key, box_key
         self.box_tolerance = float(box_tolerance)
         self.empty_mask_if_no_boxes = bool(empty_mask_if_no_boxes)
+        self.lung_mask_key = lung_mask_key
         # masks load like images (EXIF orientation, grey-level check): monai_mcx.transforms.io.LoadCXR
         self._load_mask = LoadCXR(as_mask=True, grey_masks=grey_masks)
 
@@ -111,32 +116,13 @@ class PrepareAnnotationsd(MapTransform):
             mask = np.zeros(spatial, dtype=np.uint8)  # no box on a fully boxed set: no lesion pixel
         is_path = isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__")
         d[BatchKeys.MASK_PATH.value] = os.fsdecode(mask) if is_path else ""
-        if mask is None:
-            d[self.mask_key] = MetaTensor(
-                torch.zeros((1, *spatial), dtype=torch.float32), meta=dict(getattr(image, "meta", {}))
+        d[self.mask_key], d[BatchKeys.HAS_MASK.value] = self._binary_mask(mask, image, spatial, name, "mask")
+        if self.lung_mask_key is not None:
+            d[self.lung_mask_key], d[BatchKeys.HAS_LUNG_MASK.value] = self._binary_mask(
+                d.get(self.lung_mask_key), image, spatial, name, "lung mask"
             )
-            d[BatchKeys.HAS_MASK.value] = torch.tensor(0.0)
         else:
-            if is_path:
-                try:
-                    m = self._load_mask(mask)
-                except DataError as e:  # names the mask file; say which image it belongs to
-                    raise AnnotationError(f"{mask}: cannot use it as the mask of {name}: {e.problem}") from e
-            else:
-                m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
-            if m.ndim == len(spatial):
-                m = m[None]
-            if m.shape[0] > 1:  # RGB(A) mask: any channel set
-                m = m.amax(dim=0, keepdim=True)
-            if tuple(m.shape[1:]) != spatial:
-                raise AnnotationError(
-                    f"{mask}: mask size {tuple(m.shape[1:])} differs from its image {name} size {spatial} (W, H)"
-                )
-            m = (m > 0).float()
-            if not isinstance(m, MetaTensor):
-                m = MetaTensor(m, meta=dict(getattr(image, "meta", {})))
-            d[self.mask_key] = m
-            d[BatchKeys.HAS_MASK.value] = torch.tensor(1.0)
+            d.pop(DatalistKeys.LUNG_MASK.value, None)
 
         if boxes is None:
             d[self.box_key] = torch.zeros((0, 4), dtype=torch.float32)
@@ -162,6 +148,31 @@ class PrepareAnnotationsd(MapTransform):
             positive = False
         d[BatchKeys.POSITIVE.value] = torch.tensor(float(positive))
         return d
+
+    def _binary_mask(self, mask, image, spatial: tuple, name: str, what: str) -> tuple:
+        """``(mask (1, W, H) float 0/1, known flag)`` from a path, an array or None (unknown: zeros, flag 0)."""
+        if mask is None:
+            zeros = MetaTensor(torch.zeros((1, *spatial), dtype=torch.float32), meta=dict(getattr(image, "meta", {})))
+            return zeros, torch.tensor(0.0)
+        if isinstance(mask, (str, bytes)) or hasattr(mask, "__fspath__"):
+            try:
+                m = self._load_mask(mask)
+            except DataError as e:  # names the mask file; say which image it belongs to
+                raise AnnotationError(f"{mask}: cannot use it as the {what} of {name}: {e.problem}") from e
+        else:
+            m = mask if isinstance(mask, torch.Tensor) else torch.as_tensor(np.asarray(mask))
+        if m.ndim == len(spatial):
+            m = m[None]
+        if m.shape[0] > 1:  # RGB(A) mask: any channel set
+            m = m.amax(dim=0, keepdim=True)
+        if tuple(m.shape[1:]) != spatial:
+            raise AnnotationError(
+                f"{mask}: {what} size {tuple(m.shape[1:])} differs from its image {name} size {spatial} (W, H)"
+            )
+        m = (m > 0).float()
+        if not isinstance(m, MetaTensor):
+            m = MetaTensor(m, meta=dict(getattr(image, "meta", {})))
+        return m, torch.tensor(1.0)
 
 
 def task_positives(targets: Mapping[str, object]) -> dict[str, torch.Tensor]:

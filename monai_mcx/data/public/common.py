@@ -254,6 +254,8 @@ class PublicDataset:
     """
 
     source = "unknown"
+    #: ``adult`` / ``pediatric`` / None: the population of the data set's patients (DatalistKeys.POPULATION)
+    population: str | None = None
     #: prefix of patient ids, so that ids from different data sets never collide
     patient_namespace = "unknown"
 
@@ -279,7 +281,7 @@ class PublicDataset:
     def _patient(self, pid) -> str:
         return f"{self.patient_namespace}:{pid}"
 
-    def _item(self, image, patient, findings, mask=None, boxes=None, **extra) -> dict:
+    def _item(self, image, patient, findings, mask=None, boxes=None, lung_mask=None, **extra) -> dict:
         return {
             DatalistKeys.IMAGE.value: str(image),
             DatalistKeys.PATIENT.value: self._patient(patient),
@@ -287,6 +289,8 @@ class PublicDataset:
             DatalistKeys.LABEL.value: self.class_map.label(self.source, findings),
             DatalistKeys.MASK.value: None if mask is None else str(mask),
             DatalistKeys.BOXES.value: boxes,
+            DatalistKeys.LUNG_MASK.value: None if lung_mask is None else str(lung_mask),
+            DatalistKeys.POPULATION.value: self.population,
             DatalistKeys.FINDINGS.value: list(findings),
             DatalistKeys.INFO.value: dict(extra),
         }

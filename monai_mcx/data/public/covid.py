@@ -28,6 +28,7 @@ class COVIDLungs(PublicDataset):
     """
 
     source = "covid_lungs"
+    population = "adult"
     patient_namespace = "covid"
 
     def __init__(
@@ -88,6 +89,7 @@ class COVIDLungs(PublicDataset):
                 findings,
                 mask=mask if (self.lung_annotations and mask.is_file()) else None,
                 boxes=[b for b, _ in bx] if bx is not None else None,
+                lung_mask=mask if mask.is_file() else None,
                 view=view,
                 finding_raw=finding,
             )
@@ -146,6 +148,7 @@ class COVIDLesions(PublicDataset):
     """
 
     source = "covid_lesions"
+    population = "adult"
     patient_namespace = "covid"
 
     def __init__(
@@ -168,6 +171,7 @@ class COVIDLesions(PublicDataset):
         mapped = self.class_map.sources.get(self.source, {})
         annotated = self.class_map.label(self.source, []) is not None
         folder = "lungs" if self.lung_annotations else "masks"
+        lungs_dir = self.root / "lungs"
         for row_no, r in rows:
             get = lambda c: r[ix[c]].strip() if c in ix and ix[c] < len(r) else ""  # noqa: E731
             name = get("image")
@@ -182,6 +186,7 @@ class COVIDLesions(PublicDataset):
                 findings,
                 mask=mask,
                 boxes=None,
+                lung_mask=(lungs_dir / name) if (lungs_dir / name).is_file() else None,
                 view=get("view") or None,
                 finding_raw=finding,
                 mask_kind="lung" if self.lung_annotations else "lesion",

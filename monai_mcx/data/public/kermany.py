@@ -32,6 +32,7 @@ class KermanyPneumonia(PublicDataset):
     """
 
     source = "kermany"
+    population = "pediatric"
     patient_namespace = "kermany"
 
     def items(self) -> Iterator[dict]:

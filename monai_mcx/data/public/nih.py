@@ -29,6 +29,7 @@ class NIHChestXray14(PublicDataset):
     """
 
     source = "nih"
+    population = "adult"
     patient_namespace = "nih"
     FINDINGS = (
         "Atelectasis",

@@ -22,6 +22,7 @@ class QUViralLungs(PublicDataset):
     """
 
     source = "qu_viral_lungs"
+    population = "pediatric"
     patient_namespace = "kermany"
 
     def __init__(self, root, labels_csv="labels.csv", lung_annotations=True, **kwargs):
@@ -46,13 +47,13 @@ class QUViralLungs(PublicDataset):
                 [label] if label else [],
                 mask=mask if self.lung_annotations else None,
                 boxes=None,
+                lung_mask=mask,
             )
             if self.lung_annotations:
                 item[DatalistKeys.INFO]["mask_kind"] = "lung"
             try:
                 self._check_exists(image, "image", path, row_no)
-                if self.lung_annotations:
-                    self._check_exists(mask, "mask", path, row_no)
+                self._check_exists(mask, "mask", path, row_no)
             except DataError as e:
                 self._fail(e, item)
                 continue

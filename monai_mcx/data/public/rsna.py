@@ -61,6 +61,7 @@ class RSNAPneumonia(PublicDataset):
     """
 
     source = "rsna"
+    population = "adult"
     patient_namespace = "rsna"
 
     def __init__(

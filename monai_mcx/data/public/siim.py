@@ -37,6 +37,7 @@ class SIIMPneumothorax(PublicDataset):
     """
 
     source = "siim"
+    population = "adult"
     patient_namespace = "siim"
 
     def __init__(

@@ -56,6 +56,7 @@ class SIIMCovidOpacity(PublicDataset):
     """
 
     source = "siim_covid"
+    population = "adult"
     patient_namespace = "siim_covid"
 
     def __init__(self, root, labels_csv: str = "labels.csv", images_dir: str = "images", **kwargs):

@@ -1,35 +1,5 @@
-"""MultiCheXNet post-processing, written once: network outputs -> probabilities, gate, mask, boxes.
-
-Following the MONAI model zoo's detection bundles (``RetinaNetInferer`` wraps a ``RetinaNetDetector`` so that
-the evaluator's ``inferer`` returns boxes, not head maps), :class:`MultiCheXNetInferer` is a MONAI ``Inferer``
-that runs the network and hands its dict of head outputs to a :class:`MultiCheXNetPostprocessor`. Every
-consumer goes through this one component:
-
-- the evaluator (``MultiTaskEvaluator``'s ``inferer``) and so the metrics, the report and the TensorBoard
-  overlays, which read the post-processed keys in the network's geometry;
-- the prediction writer and the MONAI Label infer task, which map one image back to its ORIGINAL pixels with
-  :func:`to_original` (the only place where a mask or a box is resized back).
-
-Post-processed prediction (keys :class:`monai_mcx.keys.PredKeys`), network input geometry ``(B, C, W, H)``,
-x along spatial dim 0, boxes MONAI ``StandardMode`` (``xyxy``, pixel edges):
-
-- ``class_probs`` ``(B, K)``: the probabilities that leave the model, ``sigmoid(class_logits / T_k)`` with the
-  model's per-class temperatures (``calibration`` of the model description, see
-  :class:`monai_mcx.metrics.TemperatureScaling`; plain ``sigmoid(class_logits)`` for a model without one);
-- ``class_probs_raw`` ``(B, K)``: ``sigmoid(class_logits)``, uncalibrated (what evaluation refits the temperatures
-  on);
-- ``gate`` ``(B,)`` bool, the gate rule (:func:`gate_decision`): an image is **positive when some class ``k``
-  reaches its own threshold**, ``any_k p_k >= t_k`` on the (calibrated) ``class_probs``; a network without a classifier lets every image through;
-- ``seg_probs`` ``(B, 1, W, H)``, ``seg_mask`` (``seg_probs >= seg_threshold``) and ``seg_mask_gated``
-  (``seg_mask`` and the gate);
-- ``detections``: per image every box the decoder keeps (its candidate score floor, NMS, detections per
-  image), ungated: what AP / mAP are computed on;
-- ``detections_op``: the boxes at the operating point (``score >= box_score_threshold``), ungated;
-- ``detections_gated``: ``detections_op`` of the positive images, none for the negative ones (the deployed
-  output).
-
-The raw head outputs (``class_logits``, ``seg_logits``, ``box_cls_logits``, ``box_regression``) are kept.
-"""
+"""The post-processing component (:class:`MultiCheXNetPostprocessor`) and the MONAI ``Inferer`` that runs it;
+the package docstring (:mod:`monai_mcx.inferers`) describes the prediction it returns."""
 
 from __future__ import annotations
 
@@ -43,166 +13,14 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 from torch import Tensor
 
-from monai_mcx.keys import DetKeys, OriginalKeys, PredKeys, Task
+from monai_mcx.keys import DatalistKeys, PredKeys, Task
 from monai_mcx.metrics.calibration import TemperatureScaling
 from monai_mcx.networks import BoxDecoder, make_anchor_generator
 
-__all__ = [
-    "GATE_RULE",
-    "GATE_RULE_TEXT",
-    "gate_decision",
-    "select_detections",
-    "to_original",
-    "probs_to_original",
-    "scale_boxes_to_original",
-    "MultiCheXNetPostprocessor",
-    "MultiCheXNetInferer",
-]
+from .decisions import GATE_RULE, boxes_in_field, gate_decision, select_detections
+from .original import to_original
 
-#: name of the gate rule, as saved in the model description (``monai_mcx.model.GATE_RULES``)
-GATE_RULE = "any_class_at_threshold"
-#: the gate rule in words (report.md, README)
-GATE_RULE_TEXT = "an image is positive when some class reaches its own threshold (any_k p_k >= t_k)"
-
-
-def gate_decision(class_probs: Tensor | np.ndarray | None, class_thresholds: Sequence[float]) -> Tensor | None:
-    """The gate: ``any_k class_probs[:, k] >= class_thresholds[k]``.
-
-    Args:
-        class_probs: ``(B, K)`` probabilities, or None (no classifier: the caller lets everything through).
-        class_thresholds: ``K`` per-class thresholds.
-
-    Returns:
-        ``(B,)`` bool tensor (on ``class_probs``' device), or None when ``class_probs`` is None.
-    """
-    if class_probs is None:
-        return None
-    probs = torch.as_tensor(class_probs)
-    if probs.ndim != 2:
-        raise ValueError(f"class_probs must be (B, K), got {tuple(probs.shape)}.")
-    thr = torch.as_tensor([float(t) for t in class_thresholds], dtype=probs.dtype, device=probs.device)
-    if thr.numel() != probs.shape[1]:
-        raise ValueError(f"{thr.numel()} class thresholds for {probs.shape[1]} classes.")
-    return (probs >= thr[None]).any(dim=1)
-
-
-def select_detections(det: Mapping[str, Tensor], score_threshold: float, keep: bool = True) -> dict[str, Tensor]:
-    """The boxes of one image with ``score >= score_threshold`` (all of them dropped when ``keep`` is False).
-
-    Args:
-        det: ``{"boxes": (M, 4), "scores": (M,), "labels": (M,)}`` (``labels`` optional).
-
-    Returns:
-        a dict of the same keys with the selected rows, order kept (decreasing score).
-    """
-    scores = torch.as_tensor(det[DetKeys.SCORES]).reshape(-1)
-    sel = scores >= float(score_threshold)
-    if not keep:
-        sel = torch.zeros_like(sel)
-    out = {
-        DetKeys.BOXES.value: torch.as_tensor(det[DetKeys.BOXES]).reshape(-1, 4)[sel],
-        DetKeys.SCORES.value: scores[sel],
-    }
-    if DetKeys.LABELS in det:
-        out[DetKeys.LABELS.value] = torch.as_tensor(det[DetKeys.LABELS]).reshape(-1)[sel]
-    return out
-
-
-def _np(x: Any, dtype=np.float64) -> np.ndarray:
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
-
-def probs_to_original(probs: Tensor | np.ndarray, original_size: Sequence[int]) -> Tensor:
-    """Maps of the network geometry resized to the ORIGINAL image: the one resampling rule of masks and saliency.
-
-    Args:
-        probs: ``(..., w, h)`` probabilities (or saliency maps) at the network input size: ``(w, h)``,
-            ``(1, w, h)``, ``(B, C, w, h)``, ...
-        original_size: ``(W, H)`` of the original image (x first, MONAI order).
-
-    Returns:
-        ``(..., W, H)`` float32 CPU tensor (same leading dims), bilinear (``align_corners=False``); threshold it
-        for the mask.
-    """
-    seg = torch.as_tensor(probs).detach().float().cpu()
-    lead = seg.shape[:-2]
-    size = [int(v) for v in original_size]
-    out = F.interpolate(seg.reshape(-1, 1, *seg.shape[-2:]), size=size, mode="bilinear", align_corners=False)
-    return out.reshape(*lead, *size)
-
-
-def scale_boxes_to_original(boxes: Any, input_size: Sequence[int], original_size: Sequence[int]) -> np.ndarray:
-    """``xyxy`` boxes in the network input's pixels -> the original image's pixels (float64, ``(M, 4)``).
-
-    Each axis is scaled by ``original / input`` (the inverse of the bundle's resize) and clipped to
-    ``[0, W] x [0, H]``; ``input_size`` and ``original_size`` are ``(W, H)``.
-    """
-    orig = [float(v) for v in original_size]
-    scale = np.array([o / float(s) for o, s in zip(orig, input_size)] * 2)
-    return np.clip(_np(boxes).reshape(-1, 4) * scale, 0, np.array(orig * 2, dtype=np.float64))
-
-
-def to_original(
-    pred: Mapping[str, Any], index: int, original_size: Sequence[int], seg_threshold: float = 0.5
-) -> dict[str, Any]:
-    """One image of a post-processed batch, in the ORIGINAL image's pixels: the only place that maps back.
-
-    The mask is the seg probability map resized (bilinear, ``align_corners=False``) to the original ``(W, H)``,
-    thresholded at ``seg_threshold`` and gated; boxes are scaled by ``original / input`` per axis and clipped to
-    ``[0, W] x [0, H]``.
-
-    Args:
-        pred: the output of :class:`MultiCheXNetPostprocessor` for a batch (network geometry).
-        index: the image's index in the batch.
-        original_size: ``(W, H)`` of the original image (x first, MONAI order).
-        seg_threshold: the mask threshold (the post-processor's).
-
-    Returns:
-        ``size_wh`` ``[W, H]``; ``class_probs`` ``(K,)`` numpy or None (calibrated when the post-processor is);
-        ``gate`` bool; ``mask`` /
-        ``mask_ungated`` ``(W, H)`` bool numpy (None without a segmentation head); ``boxes`` ``(M, 4)`` float64
-        ``xyxy`` original pixels with ``scores`` ``(M,)`` and ``labels`` ``(M,)`` (gated, operating point),
-        ``boxes_ungated`` / ``scores_ungated`` / ``labels_ungated`` (operating point, ungated); empty arrays
-        without a localization head (``has_boxes`` False).
-    """
-    orig = [int(v) for v in original_size]
-    if len(orig) != 2 or min(orig) <= 0:
-        raise ValueError(f"original_size must be a positive (W, H), got {original_size}.")
-    out: dict[str, Any] = {OriginalKeys.SIZE_WH.value: orig}
-    probs = pred.get(PredKeys.CLASS_PROBS)
-    out[OriginalKeys.CLASS_PROBS.value] = None if probs is None else _np(probs[index]).reshape(-1)
-    gate = pred.get(PredKeys.GATE)
-    positive = True if gate is None else bool(gate[index])
-    out[OriginalKeys.GATE.value] = positive
-    out[OriginalKeys.MASK.value] = out[OriginalKeys.MASK_UNGATED.value] = None
-    in_size = None
-    if PredKeys.SEG_PROBS in pred:
-        seg = pred[PredKeys.SEG_PROBS][index]  # (1, w, h)
-        in_size = [int(s) for s in seg.shape[-2:]]
-        mask = (probs_to_original(seg, orig)[0] >= float(seg_threshold)).numpy()
-        out[OriginalKeys.MASK_UNGATED.value] = mask
-        out[OriginalKeys.MASK.value] = mask & positive
-    out[OriginalKeys.HAS_BOXES.value] = PredKeys.DETECTIONS_OP in pred
-    for names, key in (
-        ((OriginalKeys.BOXES, OriginalKeys.SCORES, OriginalKeys.LABELS), PredKeys.DETECTIONS_GATED),
-        (
-            (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED, OriginalKeys.LABELS_UNGATED),
-            PredKeys.DETECTIONS_OP,
-        ),
-    ):
-        boxes, scores, labels = np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,), dtype=np.int64)
-        if key in pred:
-            det = pred[key][index]
-            size = pred.get(PredKeys.INPUT_SIZE) or in_size
-            if size is None:
-                raise ValueError("to_original needs the network input size (the post-processor records it).")
-            boxes = scale_boxes_to_original(det[DetKeys.BOXES], size, orig)
-            scores = _np(det[DetKeys.SCORES]).reshape(-1)
-            labels = _np(det.get(DetKeys.LABELS, np.zeros(len(scores))), dtype=np.int64).reshape(-1)
-        out.update(zip([n.value for n in names], (boxes, scores, labels)))
-    return out
+__all__ = ["MultiCheXNetPostprocessor", "MultiCheXNetInferer"]
 
 
 class MultiCheXNetPostprocessor:
@@ -225,8 +43,13 @@ class MultiCheXNetPostprocessor:
             ``to_dict()`` (``{"method": "temperature", "temperatures": {class: T}, ...}``, the model description's
             ``calibration``), or None (uncalibrated: ``class_probs`` = ``sigmoid(class_logits)``). The class
             thresholds must have been chosen on probabilities calibrated the same way.
+        operating_points: ``{population: {"class_thresholds", "gate_thresholds", "box_score_threshold"}}``
+            (thresholds as ``K`` numbers or ``{class: t}``; a missing gate / box entry: the class thresholds / the
+            global box score); None: one operating point for every image.
+        default_population: the point of an image whose population is unknown (None: the global point).
+        lung_restriction: ``{"enabled", "lung_threshold", "dilation"}`` (module docstring), or None.
 
-    ``postprocessor(outputs, images)``: ``outputs`` the network's dict, ``images`` the ``(B, C, W, H)`` input
+    ``postprocessor(outputs, images, populations=None)``: ``outputs`` the network's dict, ``images`` the ``(B, C, W, H)`` input
     batch (its shape gives the anchors and the input size). Runs without gradient, in float32.
     """
 
@@ -244,9 +67,18 @@ class MultiCheXNetPostprocessor:
         nms_thresh: float = 0.4,
         detections_per_img: int = 20,
         calibration: Any = None,
+        operating_points: Mapping[str, Mapping[str, Any]] | None = None,
+        default_population: str | None = None,
+        lung_restriction: Mapping[str, Any] | None = None,
     ) -> None:
         self.class_names = [str(c) for c in class_names]
         self.class_thresholds = self._thresholds(class_thresholds)
+        self.operating_points = self._points(operating_points)
+        self.default_population = default_population
+        lr = dict(lung_restriction or {})
+        self.lung_restriction = bool(lr.get("enabled", False))
+        self.lung_threshold = float(lr.get("lung_threshold", 0.5))
+        self.lung_dilation = float(lr.get("dilation", 0.0))
         self.calibration = self._calibration(calibration)
         self.seg_threshold = float(seg_threshold)
         self.box_score_threshold = float(box_score_threshold)
@@ -305,6 +137,30 @@ class MultiCheXNetPostprocessor:
             raise ValueError(f"{thr.size} class thresholds for {k} classes {self.class_names}.")
         return [float(t) for t in thr]
 
+    def _points(self, points: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+        """``{population: {"class_thresholds": [K], "gate_thresholds": [K], "box_score_threshold": float or None}}``."""
+        out = {}
+        for pop, point in (points or {}).items():
+            cls_t = self._thresholds(point["class_thresholds"])
+            gate = point.get("gate_thresholds")
+            box = point.get("box_score_threshold")
+            out[str(pop)] = {
+                "class_thresholds": cls_t,
+                "gate_thresholds": cls_t if gate is None else self._thresholds(gate),
+                "box_score_threshold": None if box is None else float(box),
+            }
+        return out
+
+    def point(self, population: str | None) -> tuple[str | None, list[float], list[float], float]:
+        """``(population used or None, class thresholds, gate thresholds, box score)`` for an image of
+        ``population`` (None: the default population; a population without a point: the global settings)."""
+        name = population if population is not None else self.default_population
+        p = self.operating_points.get(name) if name is not None else None
+        if p is None:
+            return None, self.class_thresholds, self.class_thresholds, self.box_score_threshold
+        box = self.box_score_threshold if p["box_score_threshold"] is None else p["box_score_threshold"]
+        return name, p["class_thresholds"], p["gate_thresholds"], box
+
     @classmethod
     def from_description(cls, description: Any, **overrides: Any) -> MultiCheXNetPostprocessor:
         """The post-processing of a described model (a :class:`monai_mcx.model.ModelDescription` object; this module
@@ -339,6 +195,9 @@ class MultiCheXNetPostprocessor:
             nms_thresh=pp["nms_thresh"],
             detections_per_img=pp["detections_per_img"],
             calibration=pp.get("calibration"),
+            operating_points={p: description.operating_point(p) for p in (pp.get("operating_points") or {})},
+            default_population=pp.get("default_population"),
+            lung_restriction=pp.get("lung_restriction"),
         )
         return out.with_settings(**overrides) if overrides else out
 
@@ -349,9 +208,13 @@ class MultiCheXNetPostprocessor:
         box_score_threshold: float | None = None,
         seg_threshold: float | None = None,
         calibration: Any = None,
+        lung_restriction: bool | None = None,
+        operating_points: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> MultiCheXNetPostprocessor:
         """A copy with other thresholds (the same decoder): how evaluation applies the thresholds it chose.
-        ``None`` keeps a setting; ``calibration=False`` (or ``{}``) removes the calibration (raw probabilities)."""
+        ``None`` keeps a setting; ``calibration=False`` (or ``{}``) removes the calibration (raw probabilities);
+        ``lung_restriction`` switches the restriction on or off (its threshold and dilation are kept);
+        ``operating_points={}`` removes the per-population points (every image gets the global point)."""
         other = copy.copy(self)
         if calibration is not None:
             other.calibration = self._calibration(calibration)
@@ -361,6 +224,10 @@ class MultiCheXNetPostprocessor:
             other.box_score_threshold = float(box_score_threshold)
         if seg_threshold is not None:
             other.seg_threshold = float(seg_threshold)
+        if lung_restriction is not None:
+            other.lung_restriction = bool(lung_restriction)
+        if operating_points is not None:
+            other.operating_points = other._points(operating_points or {})
         return other
 
     def settings(self) -> dict[str, Any]:
@@ -371,6 +238,13 @@ class MultiCheXNetPostprocessor:
             "gate_rule": self.gate_rule,
             "seg_threshold": self.seg_threshold,
             "box_score_threshold": self.box_score_threshold,
+            "operating_points": copy.deepcopy(self.operating_points),
+            "default_population": self.default_population,
+            "lung_restriction": {
+                "enabled": self.lung_restriction,
+                "lung_threshold": self.lung_threshold,
+                "dilation": self.lung_dilation,
+            },
         }
 
     # -- the steps ---------------------------------------------------------------------------------------
@@ -378,7 +252,9 @@ class MultiCheXNetPostprocessor:
         """:func:`gate_decision` with this post-processor's class thresholds."""
         return gate_decision(class_probs, self.class_thresholds)
 
-    def __call__(self, outputs: Mapping[str, Any], images: Tensor) -> dict[str, Any]:
+    def __call__(
+        self, outputs: Mapping[str, Any], images: Tensor, populations: Sequence[Any] | None = None
+    ) -> dict[str, Any]:
         pred: dict[str, Any] = {
             k: ([t.detach().float() for t in v] if isinstance(v, (list, tuple)) else v.detach().float())
             for k, v in outputs.items()
@@ -387,12 +263,32 @@ class MultiCheXNetPostprocessor:
         with torch.no_grad():
             if PredKeys.SEG_LOGITS in pred:
                 pred[PredKeys.SEG_PROBS.value] = torch.sigmoid(pred[PredKeys.SEG_LOGITS])
+            if PredKeys.LUNG_LOGITS in pred:
+                pred[PredKeys.LUNG_PROBS.value] = torch.sigmoid(pred[PredKeys.LUNG_LOGITS])
             if self.box_decoder is not None and PredKeys.BOX_CLS_LOGITS in pred:
                 pred[PredKeys.DETECTIONS.value] = self.box_decoder(pred, images)
-        return self.apply_operating_point(pred, batch_size=int(images.shape[0]), device=images.device)
+        return self.apply_operating_point(
+            pred, batch_size=int(images.shape[0]), device=images.device, populations=populations
+        )
+
+    def lung_field(self, lung_probs: Tensor) -> Tensor:
+        """``(B, 1, W, H)`` bool: where lesions may be. With the restriction on, the lung mask dilated by
+        ``dilation * W`` pixels (a square structuring element), all True for an image whose lung mask is empty;
+        with it off, all True."""
+        if not self.lung_restriction:
+            return torch.ones_like(lung_probs, dtype=torch.bool)
+        lungs = (lung_probs >= self.lung_threshold).float()
+        r = int(round(self.lung_dilation * lung_probs.shape[-2]))
+        field = F.max_pool2d(lungs, kernel_size=2 * r + 1, stride=1, padding=r) > 0.5 if r > 0 else lungs > 0.5
+        empty = lungs.flatten(1).amax(dim=1) <= 0
+        return field | empty.reshape(-1, 1, 1, 1)
 
     def apply_operating_point(
-        self, pred: Mapping[str, Any], batch_size: int | None = None, device: torch.device | str | None = None
+        self,
+        pred: Mapping[str, Any],
+        batch_size: int | None = None,
+        device: torch.device | str | None = None,
+        populations: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
         """The operating-point part of the post-processing, from the outputs that do not depend on it: a copy of
         ``pred`` whose ``class_probs_raw``, ``class_probs`` (this calibration), ``gate`` (these class thresholds),
@@ -405,35 +301,70 @@ class MultiCheXNetPostprocessor:
             pred: a post-processed batch (or its ``class_logits``, ``seg_probs``, ``detections``, ``input_size``).
             batch_size: ``B`` (default: from the outputs present); device: where the gate of a network without a
                 classifier is made.
+            populations: per image, its population (a name or None) or ``(name, reason)`` as
+                :func:`monai_mcx.data.populations.resolve_population` returns; None: every image unknown.
         """
         pred = dict(pred)
         logits, seg, dets = (pred.get(k) for k in (PredKeys.CLASS_LOGITS, PredKeys.SEG_PROBS, PredKeys.DETECTIONS))
+        lung = pred.get(PredKeys.LUNG_PROBS)
         if batch_size is None:
-            batch_size = next(len(v) for v in (logits, seg, dets) if v is not None)
+            batch_size = next(len(v) for v in (logits, seg, dets, lung) if v is not None)
+        if populations is None:
+            populations = [None] * batch_size
+        if len(populations) != batch_size:
+            raise ValueError(f"{len(populations)} populations for a batch of {batch_size} images.")
+        points, records = [], []
+        for p in populations:
+            name, reason = p if isinstance(p, (tuple, list)) else (p, None if p is None else "given")
+            if name is None:
+                reason = "default" if self.default_population is not None else None
+            used, cls_t, gate_t, box_t = self.point(name)
+            points.append((cls_t, gate_t, box_t))
+            records.append({DatalistKeys.POPULATION.value: used, "reason": reason if used is not None else None})
+        pred[PredKeys.POPULATION.value] = records
         with torch.no_grad():
             gate = None
             if logits is not None:
                 pred[PredKeys.CLASS_PROBS_RAW.value] = torch.sigmoid(logits)
-                pred[PredKeys.CLASS_PROBS.value] = self.probabilities(logits)
-                gate = self.gate(pred[PredKeys.CLASS_PROBS])
+                probs = self.probabilities(logits)
+                pred[PredKeys.CLASS_PROBS.value] = probs
+                cls_t = torch.tensor([p[0] for p in points], dtype=probs.dtype, device=probs.device)
+                gate_t = torch.tensor([p[1] for p in points], dtype=probs.dtype, device=probs.device)
+                pred[PredKeys.CLASS_THRESHOLDS.value] = cls_t
+                gate = (probs >= gate_t).any(dim=1)
             if gate is None:
-                where = device if device is not None else next((v.device for v in (seg,) if v is not None), "cpu")
+                where = device if device is not None else next((v.device for v in (seg, lung) if v is not None), "cpu")
                 gate = torch.ones(batch_size, dtype=torch.bool, device=where)
             pred[PredKeys.GATE.value] = gate
+            field = None
+            if lung is not None:
+                pred[PredKeys.LUNG_MASK.value] = lung >= self.lung_threshold
+                field = self.lung_field(lung)
+                pred[PredKeys.LUNG_FIELD.value] = field
             if seg is not None:
                 mask = seg >= self.seg_threshold
+                if field is not None:
+                    mask = mask & field.to(mask.device)
                 pred[PredKeys.SEG_MASK.value] = mask
                 pred[PredKeys.SEG_MASK_GATED.value] = mask & gate.reshape(-1, 1, 1, 1).to(mask.device)
             if dets is not None:
-                pred[PredKeys.DETECTIONS_OP.value] = [select_detections(d, self.box_score_threshold) for d in dets]
+                op = []
+                for i, d in enumerate(dets):
+                    kept = select_detections(d, points[i][2])
+                    if field is not None and self.lung_restriction:
+                        kept = boxes_in_field(kept, field[i, 0])
+                    op.append(kept)
+                pred[PredKeys.DETECTIONS_OP.value] = op
                 pred[PredKeys.DETECTIONS_GATED.value] = [
-                    select_detections(d, self.box_score_threshold, keep=bool(g)) for d, g in zip(dets, gate)
+                    select_detections(d, 0.0, keep=bool(g)) for d, g in zip(op, gate)
                 ]
         return pred
 
     def to_original(self, pred: Mapping[str, Any], index: int, original_size: Sequence[int]) -> dict[str, Any]:
-        """:func:`to_original` with this post-processor's mask threshold."""
-        return to_original(pred, index, original_size, seg_threshold=self.seg_threshold)
+        """:func:`to_original` with this post-processor's mask and lung thresholds."""
+        return to_original(
+            pred, index, original_size, seg_threshold=self.seg_threshold, lung_threshold=self.lung_threshold
+        )
 
 
 class MultiCheXNetInferer(Inferer):
@@ -447,7 +378,8 @@ class MultiCheXNetInferer(Inferer):
             pass); None runs every head. Without the classification head there is no gate: every image gets its
             mask and boxes.
 
-    ``inferer(inputs, network)`` returns the post-processed dict of the module docstring. Post-processing runs
+    ``inferer(inputs, network, populations=None)`` (per image, see
+    :meth:`MultiCheXNetPostprocessor.apply_operating_point`) returns the post-processed dict of the module docstring. Post-processing runs
     in float32 with autocast off (AMP only affects the network's forward).
     """
 
@@ -464,7 +396,9 @@ class MultiCheXNetInferer(Inferer):
         if self.tasks is not None and not self.tasks:
             raise ValueError("MultiCheXNetInferer: tasks must name at least one head (or be None for every head).")
 
-    def __call__(self, inputs: Tensor, network: Callable, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def __call__(
+        self, inputs: Tensor, network: Callable, *args: Any, populations: Sequence[Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         if self.tasks is not None:
             kwargs.setdefault("tasks", self.tasks)
         outputs = (
@@ -473,4 +407,4 @@ class MultiCheXNetInferer(Inferer):
             else network(inputs, *args, **kwargs)
         )
         with torch.autocast(torch.device(inputs.device).type, enabled=False):
-            return self.postprocessor(outputs, torch.as_tensor(inputs))
+            return self.postprocessor(outputs, torch.as_tensor(inputs), populations=populations)
