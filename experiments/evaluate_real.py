@@ -1,39 +1,38 @@
-"""Per-source validation metrics of a model trained with ``bundle/configs/train_real.json`` (issue 12).
+"""The real-data model on its validation split: operating points per population, metrics per population and source.
 
-The bundle's evaluator pools every source into one AUC; the real-data goals are per source. This script
-reads the model with :func:`monai_mcx.model.load_model` (a checkpoint without a description is described after
-the fact from ``train.json`` + ``train_real.json`` + ``--set`` overrides, without writing a file beside it), builds
-the preprocessing and the box decoder from the same merged configs, runs the checkpoint on the validation split of the datalist (patients
-never trained on) and writes ``results_real.json`` / ``results_real.md``:
+Runs a model trained with ``bundle/configs/train_real.json`` (read with :func:`monai_mcx.model.load_model`) on a
+split of the datalist (patients never trained on) once, keeps every image's raw outputs (class logits, lesion and
+lung probabilities at the network's size, every candidate box) and then, through the one post-processing path
+(:meth:`monai_mcx.inferers.MultiCheXNetPostprocessor.apply_operating_point`):
 
-* Kermany AUC, RSNA AUC (classification head, per source);
-* RSNA challenge metric and AP50, ungated and gated (an image whose pneumonia probability is below the gate
-  gets no box); boxes are kept from ``--box-score`` up (the bundle's default 0.5), the metric is also
-  reported at the box score that maximises it on this split (optimistic: chosen on the data it is scored on);
-* boxes and mask pixels per RSNA negative image (ungated / gated);
-* lesion Dice on covid_lesions (images with a lesion; masks at the training resolution).
+1. fits the classifier's temperature on the split's labelled images;
+2. chooses each population's operating point on that population's images
+   (:func:`monai_mcx.metrics.population_points.choose_population_point`): the diagnosis threshold (Youden), the gate
+   of the lesion heads for lesion recall (``--lesion-recall`` of the lesion-annotated images let through), the box
+   score maximising the RSNA metric on the population's gated boxes; the global point (Youden on every image, the
+   adult box score) for images of unknown population;
+3. scores per population and per source with patient-bootstrap 95 % intervals (``experiments.real_results``),
+   with the lung restriction on and off, and the gate per population against one gate for all;
+4. writes ``results_real.json`` / ``results_real.md``, the worst validation cases per source
+   (``images/worst_<source>.png``) and, with ``--write-description``, the chosen calibration, operating points,
+   default population and lung restriction into the model's ``model.json``.
 
 Example::
 
-    python -m experiments.evaluate_real --ckpt bundle/runs/real/models/model.pt --output-dir docs
+    python -m experiments.evaluate_real --ckpt bundle/runs/real/models/model.pt --write-description
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from experiments.common import CONFIGS, REPO, repo_relative
-
-CONFIG_FILES = [str(CONFIGS / "train.json"), str(CONFIGS / "train_real.json")]
+from experiments.common import REPO, repo_relative
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,216 +41,116 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--datalist", type=Path, default=REPO / "bundle" / "runs" / "real" / "datalist.json")
     ap.add_argument("--split", default="validation")
     ap.add_argument("--output-dir", type=Path, default=REPO / "docs")
-    ap.add_argument("--gate", type=float, default=0.5, help="classification gate of the dense heads")
-    ap.add_argument("--box-score", type=float, default=0.5, help="boxes kept from this score up")
+    ap.add_argument("--lesion-recall", type=float, default=0.95, help="share of lesion images the gate lets through")
+    ap.add_argument("--dilation", type=float, default=0.03, help="lung-field dilation, fraction of the image width")
+    ap.add_argument("--default-population", default="adult", choices=["adult", "pediatric"])
+    ap.add_argument("--n-boot", type=int, default=1000, help="patient-bootstrap replicates")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-items", type=int, help="first N items only (smoke tests)")
-    ap.add_argument("--set", nargs="*", default=[], help="config overrides id=json_value (as in training)")
+    ap.add_argument("--write-description", action="store_true", help="store the chosen points in model.json")
+    ap.add_argument("--no-gallery", action="store_true")
     return ap.parse_args(argv)
 
 
-def config_overrides(args) -> dict:
-    """The overrides of ``train.json`` + ``train_real.json``: datalist, CPU, anchors file and ``--set``."""
-    overrides = {
-        "datalist_file": str(args.datalist),
-        "device": "$torch.device('cpu')",
-        "anchors_file": str(args.ckpt.parent / "anchors.json"),
-    }
-    for s in args.set:
-        k, v = s.split("=", 1)
-        overrides[k] = json.loads(v)
-    return overrides
+def build_transform(desc):
+    """The validation preprocessing of ``train_real.json`` for the described model (RSNA images without a box get a
+    known empty lesion mask; lung masks are loaded when the model has a lungs head)."""
+    from monai.transforms import Compose, EnsureTyped
 
+    from monai_mcx.keys import Task
+    from monai_mcx.transforms import PrepareAnnotationsd, ResizeWithBoxesd
+    from monai_mcx.transforms.io import LoadCXRd
 
-def load_network(ckpt: Path, overrides: dict):
-    """The model through :func:`monai_mcx.model.load_model`: ``(network, description)``. A legacy checkpoint (no
-    description) is described after the fact from the training configs and ``overrides``
-    (:func:`monai_mcx.model.describe_legacy_checkpoint`, anchors from ``anchors.json`` beside it) into a temporary
-    file, not beside the checkpoint."""
-    from monai_mcx.model import describe_legacy_checkpoint, has_description, load_model, save_description
-
-    if has_description(ckpt):
-        net, desc, _ = load_model(ckpt)
-        return net, desc
-    if "base_anchor_shapes" not in overrides and (ckpt.parent / "anchors.json").is_file():
-        anchors = json.loads((ckpt.parent / "anchors.json").read_text())
-        overrides = {
-            **overrides,
-            "base_anchor_shapes": anchors["base_anchor_shapes"] if isinstance(anchors, dict) else anchors,
-        }
-    desc = describe_legacy_checkpoint(ckpt, CONFIG_FILES, overrides=overrides, write=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        net, desc, _ = load_model(ckpt, description=save_description(desc, Path(tmp) / "model.json"))
-    return net, desc
-
-
-def build_pipeline(args, overrides: dict, desc):
-    """The preprocessing of the merged configs, the class names and the one post-processing path
-    (:class:`monai_mcx.inferers.MultiCheXNetPostprocessor`: probabilities, gate, mask, every candidate box) at
-    ``--gate`` / ``--box-score``, with the described anchors."""
-    from monai.bundle import ConfigParser
-    from monai.transforms import Compose
-
-    from monai_mcx.inferers import MultiCheXNetPostprocessor
-
-    parser = ConfigParser()
-    parser.read_config(CONFIG_FILES)
-    parser.update({**overrides, "base_anchor_shapes": desc.base_anchor_shapes})
-    class_names = parser.get_parsed_content("class_names")
-    post = MultiCheXNetPostprocessor(
-        class_names=class_names,
-        class_thresholds=args.gate,
-        seg_threshold=0.5,
-        box_score_threshold=args.box_score,
-        box_decoder=parser.get_parsed_content("box_decoder"),
+    lungs = Task.LUNGS in desc.tasks
+    keys = ["image", "mask"] + (["lung_mask"] if lungs else [])
+    return Compose(
+        [
+            LoadCXRd(keys="image", scale="auto"),
+            PrepareAnnotationsd(
+                num_classes=len(desc.class_names),
+                empty_mask_if_no_boxes=True,
+                lung_mask_key="lung_mask" if lungs else None,
+            ),
+            ResizeWithBoxesd(keys, desc.spatial_size, mode=["area"] + ["nearest-exact"] * (len(keys) - 1)),
+            EnsureTyped(keys=keys, dtype=torch.float32),
+        ]
     )
-    return Compose(parser.get_parsed_content("preprocessing_base")), class_names, post
 
 
-def collect(net, transform, post, items: list[dict], batch_size: int) -> dict:
-    """Run the model on ``items``; per source the lists ``gate``, ``prob``, ``label`` and, with those heads,
-    ``seg`` / ``mask`` / ``has_mask`` and ``det`` / ``boxes`` / ``has_boxes``."""
+def collect(net, post, transform, items: list[dict], batch_size: int) -> list[dict]:
+    """Run the network on ``items``; one record per image with its annotations and raw outputs (float16 maps)."""
     from monai_mcx.data import collate_cxr
+    from monai_mcx.data.populations import resolve_population
     from monai_mcx.keys import PredKeys
 
-    rec = defaultdict(lambda: defaultdict(list))
+    records = []
     for i in range(0, len(items), batch_size):
-        batch = collate_cxr([transform(dict(it)) for it in items[i : i + batch_size]])
+        chunk = items[i : i + batch_size]
+        batch = collate_cxr([transform(dict(it)) for it in chunk])
+        images = batch["image"].as_tensor() if hasattr(batch["image"], "as_tensor") else batch["image"]
         with torch.no_grad():
-            pred = post(net(batch["image"]), batch["image"])
-            probs = pred[PredKeys.CLASS_PROBS][:, 0]
-            seg = pred[PredKeys.SEG_MASK] if PredKeys.SEG_MASK in pred else None
-            dets = pred.get(PredKeys.DETECTIONS)
-        for j, it in enumerate(items[i : i + batch_size]):
-            r = rec[it["source"]]
-            r["gate"].append(bool(pred[PredKeys.GATE][j]))
-            r["prob"].append(float(probs[j]))
-            r["label"].append(None if it["label"] is None else float(it["label"][0]))
-            if seg is not None:
-                r["seg"].append(seg[j].numpy())
-                r["mask"].append(batch["mask"][j].numpy() > 0.5)
-                r["has_mask"].append(it["mask"] is not None)
-            if dets is not None:
-                r["det"].append({k: v.detach() for k, v in dets[j].items()})
-                r["boxes"].append(batch["boxes"][j] if isinstance(batch["boxes"], list) else batch["boxes"][j])
-                r["has_boxes"].append(it["boxes"] is not None)
-    return rec
-
-
-def rsna_metrics(r: dict, box_score: float) -> dict:
-    """RSNA challenge metric and AP50 (ungated and gated), the best-scoring box threshold, boxes and mask pixels
-    per negative image."""
-    from monai_mcx.inferers import select_detections
-    from monai_mcx.metrics.detection import detection_metrics, rsna_metric
-
-    m: dict = {}
-    truths = [torch.as_tensor(b).reshape(-1, 4) for b in r["boxes"]]
-    gate = r["gate"]
-
-    def keep(d, score, g=True):
-        return select_detections(d, score, keep=g)
-
-    for tag, gated in (("", False), ("/gated", True)):
-        preds = [keep(d, box_score, g or not gated) for d, g in zip(r["det"], gate)]
-        allp = [keep(d, 0.0, g or not gated) for d, g in zip(r["det"], gate)]
-        m[f"rsna/ap50{tag}"] = detection_metrics(allp, truths)["localization/ap50"]
-        m[f"rsna/rsna_metric{tag}"] = rsna_metric(preds, truths)
-        grid = {
-            round(float(s), 2): rsna_metric([keep(d, s, g or not gated) for d, g in zip(r["det"], gate)], truths)
-            for s in np.arange(0.05, 1.0, 0.05)
-        }
-        best = max(grid, key=lambda s: -1 if np.isnan(grid[s]) else grid[s])
-        m[f"rsna/rsna_metric_best{tag}"] = grid[best]
-        m[f"rsna/rsna_metric_best_score{tag}"] = best
-        neg = [i for i, y in enumerate(r["label"]) if y == 0]
-        m[f"rsna/boxes_per_negative{tag}"] = float(np.mean([len(preds[i]["boxes"]) for i in neg])) if neg else None
-        if r["seg"]:
-            m[f"rsna/mask_px_per_negative{tag}"] = (
-                float(np.mean([r["seg"][i].sum() * (gate[i] or not gated) for i in neg])) if neg else None
-            )
-    return m
-
-
-def lesion_dice(r: dict) -> tuple[dict, int]:
-    """Lesion Dice on the covid_lesions images with a lesion (ungated and gated) and their number."""
-    from monai_mcx.metrics.segmentation import dice_per_image
-
-    pos = [i for i, mk in enumerate(r["mask"]) if mk.any()]
-    d = dice_per_image(np.stack([r["seg"][i] for i in pos]), np.stack([r["mask"][i] for i in pos]))
-    gate = [r["gate"][i] for i in pos]
-    return {
-        "covid_lesions/dice_positive": float(d.mean()),
-        "covid_lesions/dice_positive/gated": float(np.mean([x if g else 0.0 for x, g in zip(d, gate)])),
-    }, len(pos)
-
-
-def compute_metrics(rec: dict, box_score: float) -> tuple[dict, dict]:
-    """Every metric of the module docstring (rounded, None where undefined) and the images per source."""
-    from monai_mcx.metrics.classification import roc_auc
-
-    m, counts = {}, {}
-    for src, r in rec.items():
-        lab = [(p, y) for p, y in zip(r["prob"], r["label"]) if y is not None]
-        counts[src] = {"images": len(r["prob"]), "positives": int(sum(y for _, y in lab))}
-        if lab:
-            m[f"{src}/auc"] = roc_auc(np.array([p for p, _ in lab]), np.array([y for _, y in lab]))
-    if "rsna" in rec and rec["rsna"]["det"]:
-        m.update(rsna_metrics(rec["rsna"], box_score))
-    if "covid_lesions" in rec and rec["covid_lesions"]["seg"]:
-        dice, n = lesion_dice(rec["covid_lesions"])
-        m.update(dice)
-        counts["covid_lesions"]["with_lesion"] = n
-    m = {k: (None if v is None or (isinstance(v, float) and np.isnan(v)) else round(float(v), 4)) for k, v in m.items()}
-    return m, counts
-
-
-def write_results(args, out: dict, seconds: float) -> list[str]:
-    """``results_real.json`` and ``results_real.md`` in ``--output-dir``; the Markdown lines."""
-    from monai_mcx.utils import write_json_atomic
-
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, args.output_dir / "results_real.json")
-    lines = (
-        [
-            "# The real-data model on its validation split",
-            "",
-            f"`python -m experiments.evaluate_real` on `{args.ckpt}` ({args.split} split of `{args.datalist.name}`; "
-            f"patients never trained on; gate {args.gate}, boxes from score {args.box_score}; {seconds:.0f} s on CPU).",
-            "",
-            "| metric | value |",
-            "|---|---|",
-        ]
-        + [f"| {k} | {'-' if v is None else v} |" for k, v in out["metrics"].items()]
-        + ["", "Images per source: " + ", ".join(f"{s} {c}" for s, c in out["counts"].items()), ""]
-    )
-    (args.output_dir / "results_real.md").write_text("\n".join(lines))
-    return lines
+            pred = post(net(images), images)  # raw maps and every candidate box; points applied later
+        for j, it in enumerate(chunk):
+            pop, reason = resolve_population(None, None, it.get("population"), it.get("source"))
+            r = {
+                "index": i + j,
+                "image": it["image"],
+                "source": it["source"],
+                "patient": it["patient"],
+                "population": pop,
+                "population_reason": reason,
+                "label": None if it["label"] is None else np.asarray(it["label"], dtype=np.float64),
+                "logits": pred[PredKeys.CLASS_LOGITS][j].numpy().astype(np.float64),
+                "has_mask": bool(batch["has_mask"][j] > 0.5),
+                "has_boxes": bool(batch["has_boxes"][j] > 0.5),
+                "boxes": torch.as_tensor(batch["boxes"][j]).reshape(-1, 4).clone(),
+            }
+            if r["has_mask"]:
+                r["mask"] = batch["mask"][j, 0].numpy() > 0.5
+            if PredKeys.SEG_PROBS in pred:
+                r["seg"] = pred[PredKeys.SEG_PROBS][j].half().clone()
+            if PredKeys.LUNG_PROBS in pred:
+                r["lung"] = pred[PredKeys.LUNG_PROBS][j].half().clone()
+                r["has_lung"] = bool(batch.get("has_lung_mask", torch.zeros(len(chunk)))[j] > 0.5)
+                if r["has_lung"]:
+                    r["lung_gt"] = batch["lung_mask"][j, 0].numpy() > 0.5
+            if PredKeys.DETECTIONS in pred:
+                r["det"] = {k: v.detach().clone() for k, v in pred[PredKeys.DETECTIONS][j].items()}
+            records.append(r)
+        print(f"evaluate_real: {min(i + batch_size, len(items))}/{len(items)} images", flush=True)
+    return records
 
 
 def main(argv=None) -> int:
+    from experiments.real_results import choose_points, score, write_gallery, write_results
     from monai_mcx.data import load_datalist
+    from monai_mcx.inferers import MultiCheXNetPostprocessor
+    from monai_mcx.model import load_model, save_description
 
     args = parse_args(argv)
-    overrides = config_overrides(args)
-    net, desc = load_network(args.ckpt, overrides)
+    net, desc, _ = load_model(args.ckpt)
     net.eval()
-    transform, class_names, post = build_pipeline(args, overrides, desc)
-    items = load_datalist(args.datalist, args.split, class_names, max_items=args.max_items)
+    items = load_datalist(args.datalist, args.split, desc.class_names, max_items=args.max_items)
+    raw_post = MultiCheXNetPostprocessor.from_description(desc.replace(calibration=None), box_score_threshold=0.0)
     t0 = time.perf_counter()
-    rec = collect(net, transform, post, items, args.batch_size)
+    transform = build_transform(desc)
+    records = collect(net, raw_post, transform, items, args.batch_size)
     seconds = time.perf_counter() - t0
-    metrics, counts = compute_metrics(rec, args.box_score)
+    chosen = choose_points(desc, records, args)
     out = {
         "ckpt": repo_relative(args.ckpt),
         "datalist": repo_relative(args.datalist),
         "split": args.split,
-        "gate": args.gate,
-        "box_score": args.box_score,
         "seconds": round(seconds, 1),
-        "metrics": metrics,
-        "counts": counts,
+        "description": {k: chosen.to_dict()[k] for k in ("calibration", "operating_points", "default_population")},
+        **score(chosen, records, args),
     }
-    print("\n".join(write_results(args, out, seconds)))
+    write_results(args, out)
+    if not args.no_gallery:
+        write_gallery(args, chosen, records, items, transform)
+    if args.write_description:
+        save_description(chosen, args.ckpt)
+        print(f"evaluate_real: wrote the operating points into {repo_relative(args.ckpt.with_suffix('.json'))}")
     return 0
 
 

@@ -25,9 +25,9 @@ def save_always_positive_model(ckpt: str | Path, spatial_size=(64, 64), **fields
         The description.
     """
     torch.manual_seed(0)
+    fields.setdefault("tasks", ["classification", "segmentation", "localization"])
     desc = ModelDescription(
         class_names=["pneumonia"],
-        tasks=["classification", "segmentation", "localization"],
         encoder="densenet-tiny",
         spatial_size=list(spatial_size),
         base_anchor_shapes=ANCHORS,

@@ -16,8 +16,9 @@ __all__ = ["collate_cxr", "LIST_KEYS", "HOST_KEYS"]
 LIST_KEYS = (BatchKeys.BOXES.value, BatchKeys.BOX_LABELS.value)
 #: keys kept as per-item lists of the values as they are (numpy arrays of varying size, ``None`` where an item
 #: lacks the key), never converted or moved to the device: the overlay background of
-#: :class:`monai_mcx.transforms.KeepOverlayImaged`, and the datalist's ``population`` (a string or None)
-HOST_KEYS = (BatchKeys.OVERLAY_IMAGE.value, DatalistKeys.POPULATION.value)
+#: :class:`monai_mcx.transforms.KeepOverlayImaged`, and the datalist's ``source`` and ``population`` (strings or None:
+#: an inference input from a folder has neither)
+HOST_KEYS = (BatchKeys.OVERLAY_IMAGE.value, DatalistKeys.SOURCE.value, DatalistKeys.POPULATION.value)
 
 
 def collate_cxr(batch: Sequence[dict]) -> dict:

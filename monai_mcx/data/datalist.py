@@ -400,7 +400,8 @@ def inference_items(
     * a DICOMDIR: the instances it references;
     * a DICOMweb address (``dicomweb://host:port/dicom-web?StudyInstanceUID=...`` or ``http(s)://...``): the
       instances it selects, downloaded into a temporary folder (:func:`monai_mcx.dicom.inputs.fetch_items`);
-    * a datalist JSON: its ``split`` list (annotations are dropped); an item whose image is missing becomes an
+    * a datalist JSON: its ``split`` list (annotations are dropped; ``source`` and ``population`` are kept: they
+      choose the image's operating point, :mod:`monai_mcx.data.populations`); an item whose image is missing becomes an
       item with ``error`` (the run goes on), and so does a malformed item;
     * a single image file.
 
@@ -463,11 +464,13 @@ def _file_items(source: Path, split: str) -> list[dict]:
                 )
                 continue
             try:
+                kept = {k.value: it[k] for k in (DatalistKeys.SOURCE, DatalistKeys.POPULATION) if it.get(k)}
                 out.append(
                     {
                         DatalistKeys.IMAGE.value: resolve_path(
                             it[DatalistKeys.IMAGE], source.parent, where, DatalistKeys.IMAGE.value, check_files=True
-                        )
+                        ),
+                        **kept,
                     }
                 )
             except DatalistError as e:

@@ -5,7 +5,8 @@ A model's operating points may differ per population (``operating_points`` of th
 (:func:`resolve_population`):
 
 1. an explicit choice for the whole run (``--population adult|pediatric``);
-2. the DICOM ``PatientAge`` (0010,1010) of the image: ``adult`` from :data:`ADULT_MIN_AGE_YEARS` years on;
+2. the patient's age from the DICOM header (``PatientAge``, else birth and study dates:
+   :func:`monai_mcx.dicom.checks.patient_age_years`): ``adult`` from :data:`ADULT_MIN_AGE_YEARS` years on;
 3. the datalist item's ``population`` field;
 4. the datalist item's ``source``, through :data:`SOURCE_POPULATIONS` (e.g. ``kermany`` -> ``pediatric``);
 5. the model's ``default_population``.
@@ -17,7 +18,6 @@ This module needs neither MONAI nor torch.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +26,6 @@ __all__ = [
     "POPULATION_REASONS",
     "ADULT_MIN_AGE_YEARS",
     "SOURCE_POPULATIONS",
-    "dicom_age_years",
     "population_from_age",
     "check_population",
     "resolve_population",
@@ -52,40 +51,10 @@ SOURCE_POPULATIONS: dict[str, str] = {
     "covid_lesions": "adult",
 }
 
-_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
-_UNIT_YEARS = {"D": 1.0 / 365.25, "W": 7.0 / 365.25, "M": 1.0 / 12.0, "Y": 1.0}
-
-
-def dicom_age_years(value: Any) -> float | None:
-    """Years from a DICOM Age String (``"045Y"``, ``"006M"``, ``"010W"``, ``"003D"``; VR AS), or None.
-
-    A plain number (some exports write ``"45"``) is read as years; an empty, malformed or implausible value
-    (over 130 years) gives None: the population is then decided by the next rule, never guessed.
-    """
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        years = float(value)
-    else:
-        text = str(value).strip()
-        if not text:
-            return None
-        m = _AGE.match(text)
-        if m:
-            years = int(m.group(1)) * _UNIT_YEARS[m.group(2).upper()]
-        else:
-            try:
-                years = float(text)
-            except ValueError:
-                return None
-    if not math.isfinite(years) or years < 0 or years > 130:
-        return None
-    return years
-
 
 def population_from_age(years: float | None) -> str | None:
     """``adult`` from :data:`ADULT_MIN_AGE_YEARS` on, ``pediatric`` below, None when the age is unknown."""
-    if years is None or not math.isfinite(float(years)):
+    if years is None or not math.isfinite(float(years)) or float(years) < 0:
         return None
     return "adult" if float(years) >= ADULT_MIN_AGE_YEARS else "pediatric"
 
@@ -102,7 +71,7 @@ def check_population(value: Any, where: str = "population") -> str | None:
 
 def resolve_population(
     option: str | None = None,
-    dicom_age: Any = None,
+    age_years: float | None = None,
     population: str | None = None,
     source: str | None = None,
     default: str | None = None,
@@ -113,7 +82,7 @@ def resolve_population(
 
     Args:
         option: the run's explicit choice (``adult`` / ``pediatric``; None or ``"auto"``: decide per image).
-        dicom_age: the image's DICOM ``PatientAge`` (Age String), or None.
+        age_years: the patient's age in years from the image's DICOM header, or None (NaN) when unknown.
         population: the datalist item's ``population``.
         source: the datalist item's ``source``.
         default: the model's ``default_population`` (None: no population; the model's global operating point).
@@ -124,7 +93,7 @@ def resolve_population(
     """
     if option is not None and str(option).strip().lower() not in ("", "auto"):
         return check_population(option, "--population"), "option"
-    from_age = population_from_age(dicom_age_years(dicom_age))
+    from_age = population_from_age(age_years)
     if from_age is not None:
         return from_age, "dicom_age"
     listed = check_population(population, "datalist population")

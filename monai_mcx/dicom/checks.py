@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pydicom
 
-__all__ = ["HeaderCheck", "check_header", "parse_age"]
+__all__ = ["HeaderCheck", "check_header", "parse_age", "patient_age_years"]
 
 #: ViewPosition values of a lateral view (refused: the model reads frontal radiographs)
 LATERAL_VIEWS = ("LL", "RL", "LATERAL", "LAT")
@@ -70,6 +70,13 @@ def _age_from_dates(ds: pydicom.Dataset) -> float | None:
     return days / _DAYS_PER_YEAR if days >= 0 else None
 
 
+def patient_age_years(ds: pydicom.Dataset) -> float | None:
+    """The patient's age in years: ``PatientAge`` (:func:`parse_age`), else from ``PatientBirthDate`` and the study
+    (series, acquisition) date; None when neither tells."""
+    age = parse_age(ds.get("PatientAge"))
+    return _age_from_dates(ds) if age is None else age
+
+
 def _upper(value) -> str | None:
     text = str(value or "").strip().upper()
     return text or None
@@ -116,9 +123,7 @@ def check_header(
 
     ds = read_header(dataset)
     modality, view = _upper(ds.get("Modality")), _upper(ds.get("ViewPosition"))
-    age = parse_age(ds.get("PatientAge"))
-    if age is None:
-        age = _age_from_dates(ds)
+    age = patient_age_years(ds)
     pediatric = None if age is None else age < pediatric_age
 
     def result(reason: str | None) -> HeaderCheck:

@@ -20,6 +20,15 @@ __all__ = ["PLUGIN_HINT"]
 PLUGIN_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or pillow / python-gdcm)"
 
 
+def _age_or_nan(ds) -> float:
+    """The patient's age in years (:func:`monai_mcx.dicom.checks.patient_age_years`), NaN when unknown (the
+    metadata of a batch is collated, so no None)."""
+    from monai_mcx.dicom.checks import patient_age_years
+
+    age = patient_age_years(ds)
+    return float("nan") if age is None else float(age)
+
+
 def _spacing(ds) -> tuple[float, float] | None:
     for tag in ("PixelSpacing", "ImagerPixelSpacing"):
         v = ds.get(tag)
@@ -181,7 +190,7 @@ def _read_dicom(path: Path, apply_voi: bool, invert: bool, as_mask: bool, min_si
         "transfer_syntax": str(ts) if ts is not None else None,
         "modality": str(ds.get("Modality", "")),
         "view_position": str(ds.get("ViewPosition", "")),
-        "patient_age": str(ds.get("PatientAge", "") or ""),  # Age String ("045Y"); "" when absent
+        "patient_age_years": _age_or_nan(ds),  # monai_mcx.data.populations decides adult / pediatric from it
     }
     if as_mask:
         return binary_mask(arr, path, grey_masks), _spacing(ds), meta

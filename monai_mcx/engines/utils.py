@@ -66,7 +66,7 @@ def batch_populations(
     batchdata: Mapping[str, object], option: str | None = None
 ) -> list[tuple[str | None, str | None]]:
     """Each image's population and how it was decided (:func:`monai_mcx.data.populations.resolve_population`):
-    the run's ``option`` (``--population``), else the DICOM ``PatientAge`` in the image's metadata, else the
+    the run's ``option`` (``--population``), else the patient's age in the image's metadata (DICOM), else the
     datalist's ``population``, else its ``source``; ``(None, None)`` when nothing tells (the model's default
     population then applies).
 
@@ -80,8 +80,10 @@ def batch_populations(
     image = batchdata[K.IMAGE]
     n = int(image.shape[0])
     meta = getattr(image, "meta", None)
-    ages = meta.get("patient_age") if isinstance(meta, Mapping) else None
-    ages = list(ages) if isinstance(ages, (list, tuple)) else [ages] * n
+    ages = meta.get("patient_age_years") if isinstance(meta, Mapping) else None
+    ages = [None] * n if ages is None else [float(a) for a in torch.as_tensor(ages, dtype=torch.float64).reshape(-1)]
+    if len(ages) != n:
+        ages = [None] * n
     listed = batchdata.get(DK.POPULATION.value)
     listed = list(listed) if isinstance(listed, (list, tuple)) else [None] * n
     sources = batchdata.get(DK.SOURCE.value)

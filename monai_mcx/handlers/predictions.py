@@ -11,7 +11,12 @@ For each readable image:
   ``sigmoid(z / T)``, with ``calibration`` giving the temperatures; false for raw ``sigmoid(z)``), the gate
   decision (rule and per-class thresholds), the boxes at the operating point with scores in the ORIGINAL image's
   pixel coordinates ``[x1, y1, x2, y2]`` (x = column, pixel edges, MONAI ``StandardMode``; ``boxes`` gated,
-  ``boxes_ungated`` not), the mask area;
+  ``boxes_ungated`` not), the mask area, and the ``operating_point`` applied: the image's ``population`` and how it
+  was decided (``reason``: ``option``, ``dicom_age``, ``datalist``, ``source`` or ``default``;
+  :mod:`monai_mcx.data.populations`), its class, gate and box-score thresholds;
+- with a ``lungs`` head: ``<stem>_lungs.png`` (0/255) and, with NIfTI, ``<stem>_lungs.nii.gz``: the predicted lung
+  field (a lung OUTLINE, not a lesion), ``lung_area_px`` and ``lung_restriction`` (whether lesions were cut to the
+  dilated lung field) in the JSON;
 - ``<stem>_mask.nii.gz``: the lesion mask at the original size, uint8 0/1, array ``(W, H)`` (MONAI order,
   x first) with the image's pixel spacing in the affine;
 - ``<stem>_mask.png``: the same mask as a PNG, 0/255, rows x columns;
@@ -72,8 +77,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from monai.utils.enums import CommonKeys
 
-from monai_mcx.dicom.inputs import DICOM_COLUMNS, DICOM_KEY, dicom_columns
-from monai_mcx.dicom.outputs import OUTPUT_COLUMNS
+from monai_mcx.dicom.inputs import DICOM_KEY
 from monai_mcx.engines.distributed import gather_rows, is_main_process, on_rank0
 from monai_mcx.handlers.encoding import jpeg_bytes, nifti_mask_bytes, png_bytes
 from monai_mcx.handlers.output_folder import (
@@ -86,6 +90,7 @@ from monai_mcx.handlers.output_folder import (
     prepare_output_folder,
     sort_rows,
 )
+from monai_mcx.handlers.prediction_table import csv_fields, csv_row, error_row
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, DatalistKeys, OriginalKeys
 from monai_mcx.transforms.guard import ERROR_KEY
@@ -105,11 +110,6 @@ logger = logging.getLogger(__name__)
 def _safe(name: str) -> str:
     """A class name as a file-name part."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("_") or "class"
-
-
-def _error_row(image: str, error: str, info: Mapping | None) -> dict:
-    """The ``predictions.csv`` row of an input without outputs: its image, its DICOM columns (``info``), the error."""
-    return {DatalistKeys.IMAGE.value: image, **dicom_columns(info), BatchKeys.ERROR.value: error}
 
 
 def _write_encoded(encode: Callable[..., bytes], args: tuple, path: Path) -> None:
@@ -264,6 +264,9 @@ class PredictionWriter:
             "class_thresholds": [float(t) for t in pp.class_thresholds],
             "mask_threshold": float(pp.seg_threshold),
             "box_score_threshold": float(pp.box_score_threshold),
+            "operating_points": pp.operating_points,
+            "default_population": pp.default_population,
+            "lung_restriction": pp.lung_restriction,
         }
 
     # -- background writing ---------------------------------------------------------------------------------
@@ -294,6 +297,7 @@ class PredictionWriter:
     def _output_names(self, stem: str) -> list[str]:
         """Every file name an image of stem ``stem`` may get with this writer's options."""
         names = [f"{stem}.json", f"{stem}_mask.png", f"{stem}_mask.nii.gz", f"{stem}_overlay.{self.overlay_format}"]
+        names += [f"{stem}_lungs.png", f"{stem}_lungs.nii.gz"]
         if self.saliency is not None:
             names += [f"{stem}_saliency_{_safe(c)}.png" for c in self.class_names] + [f"{stem}_saliency.nii.gz"]
         return names + ([] if self.dicom is None else self.dicom.names(stem))
@@ -351,13 +355,21 @@ class PredictionWriter:
                 continue
             info = self._info.get(src)
             if errors[i]:
-                self.rows.append(_error_row(display_text(src), display_text(str(errors[i])), info))
+                self.rows.append(error_row(display_text(src), display_text(str(errors[i])), info))
                 continue
             orig = [int(v) for v in sizes[i]] if len(sizes[i]) == 2 else in_size
             stem = self._stem(src)
             res = pp.to_original(pred, i, orig)
             record: dict = {DatalistKeys.IMAGE.value: display_text(src), OriginalKeys.SIZE_WH.value: orig}
             record.update({} if info is None else {"dicom": info})
+            population = res[OriginalKeys.POPULATION]
+            used, cls_t, gate_t, box_t = pp.point(population[DatalistKeys.POPULATION])
+            record["operating_point"] = {
+                **population,
+                "class_thresholds": dict(zip(self.class_names, cls_t)),
+                "gate_thresholds": dict(zip(self.class_names, gate_t)),
+                "box_score_threshold": box_t,
+            }
             steps: list[tuple[str, Callable[[Path], None]]] = []  # (file name, write(path)), in writing order
             if res[OriginalKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
@@ -368,11 +380,11 @@ class PredictionWriter:
                     record["calibration"] = pp.calibration.to_dict()
                 record[OriginalKeys.GATE.value] = {
                     "rule": pp.gate_rule,
-                    "thresholds": dict(zip(self.class_names, pp.class_thresholds)),
+                    "thresholds": dict(zip(self.class_names, gate_t)),
                     "positive": bool(res[OriginalKeys.GATE]),
                 }
             if res[OriginalKeys.HAS_BOXES]:
-                record["box_score_threshold"] = pp.box_score_threshold
+                record["box_score_threshold"] = box_t
                 for key, scores in _BOX_LISTS:
                     record[key.value] = [
                         {"box": [round(float(v), 2) for v in b], "score": float(sc)}
@@ -393,6 +405,7 @@ class PredictionWriter:
                     record["mask_nifti"] = f"{stem}_mask.nii.gz"
                     steps.append((record["mask_nifti"], partial(_write_encoded, nifti_mask_bytes, (mask_wh, spacing))))
                 record["mask_area_px"] = int(mask_wh.sum())
+            self._lung_files(res[OriginalKeys.LUNG_MASK], record, stem, spacings[i] if spacings else (1.0, 1.0), steps)
             gray = None
             if maps is not None:
                 gray = self._background(src, images[i].detach().cpu(), orig, kept[i])
@@ -417,6 +430,21 @@ class PredictionWriter:
             row = self._csv_row(record)
             self.rows.append(row)
             self._submit(self._write_image, src, stem, steps, row)
+
+    def _lung_files(self, lung_wh: np.ndarray | None, record: dict, stem: str, spacing, steps: list) -> None:
+        """The lung field's files and JSON fields (a lung outline, not a lesion), when the model has a lungs head."""
+        if lung_wh is None:
+            return
+        record["lung_restriction"] = bool(self.postprocessor.lung_restriction)
+        record["lung_area_px"] = int(lung_wh.sum())
+        if self.write_mask_png:
+            record["lung_mask"] = f"{stem}_lungs.png"
+            steps.append(
+                (record["lung_mask"], partial(_write_encoded, png_bytes, ((lung_wh.T * 255).astype(np.uint8),)))
+            )
+        if self.write_nifti:
+            record["lung_mask_nifti"] = f"{stem}_lungs.nii.gz"
+            steps.append((record["lung_mask_nifti"], partial(_write_encoded, nifti_mask_bytes, (lung_wh, spacing))))
 
     def _write_image(self, src: str, stem: str, steps: list[tuple[str, Callable[[Path], None]]], row: dict) -> None:
         """Write one image's files in order (its JSON last), between its ``image`` and ``done`` manifest records.
@@ -512,43 +540,11 @@ class PredictionWriter:
 
     def _fields(self) -> list[str]:
         """The columns of ``predictions.csv``."""
-        return [
-            DatalistKeys.IMAGE.value,
-            *DICOM_COLUMNS,
-            "gate_positive",
-            *[f"p_{c}" for c in self.class_names],
-            "calibrated",
-            "n_boxes",
-            "max_box_score",
-            "mask_area_px",
-            "json",
-            "mask_nifti",
-            "overlay",
-            "saliency_nifti",
-            *OUTPUT_COLUMNS,
-            BatchKeys.ERROR.value,
-        ]
+        return csv_fields(self.class_names)
 
     def _csv_row(self, r: dict) -> dict:
         """An image's row of ``predictions.csv`` from its JSON record."""
-        row = {
-            DatalistKeys.IMAGE.value: r[DatalistKeys.IMAGE],
-            "gate_positive": r.get(OriginalKeys.GATE, {}).get("positive", ""),
-            "calibrated": r.get("calibrated", ""),
-            "n_boxes": len(r.get(OriginalKeys.BOXES, [])),
-            "max_box_score": max([b["score"] for b in r.get(OriginalKeys.BOXES, [])], default=""),
-            "mask_area_px": r.get("mask_area_px", ""),
-            "json": r.get("json", ""),
-            "mask_nifti": r.get("mask_nifti", ""),
-            "overlay": r.get("overlay", ""),
-            "saliency_nifti": r.get("saliency", {}).get("nifti", ""),
-            **dicom_columns(r.get("dicom")),
-            **({} if self.dicom is None else self.dicom.columns(r)),
-            BatchKeys.ERROR.value: "",
-        }
-        for c, p in r.get("class_probabilities", {}).items():
-            row[f"p_{c}"] = round(p, 6)
-        return row
+        return csv_row(r, {} if self.dicom is None else self.dicom.columns(r))
 
     def write_summary(self, engine: Engine | None = None) -> None:
         """Write ``predictions.csv``: the rows of the images kept from the run this one resumed and this run's, in
@@ -564,7 +560,7 @@ class PredictionWriter:
         w = csv.DictWriter(buf, fieldnames=self._fields())
         w.writeheader()
         for r in rows:
-            w.writerow(_error_row(r[DatalistKeys.IMAGE], r[BatchKeys.ERROR], r) if r.get(BatchKeys.ERROR) else r)
+            w.writerow(error_row(r[DatalistKeys.IMAGE], r[BatchKeys.ERROR], r) if r.get(BatchKeys.ERROR) else r)
         self._manifest.start_summary([SUMMARY_NAME])
         path = self.output_dir / SUMMARY_NAME
         try:

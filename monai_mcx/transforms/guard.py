@@ -44,7 +44,8 @@ class GuardLoadd(MapTransform):
 
     - ``image``: a ``(1, *spatial_size)`` float MetaTensor (zeros for a failed item) whose meta holds only
       ``filename_or_obj``, ``spatial_shape`` (the ORIGINAL ``(W, H)``, the network input size for a failed
-      item) and ``pixel_spacing`` (``(x, y)`` mm, ``(1, 1)`` when unknown). Other metadata is dropped: it
+      item), ``pixel_spacing`` (``(x, y)`` mm, ``(1, 1)`` when unknown) and ``patient_age_years`` (DICOM; NaN when
+      unknown: it chooses the image's operating point). Other metadata is dropped: it
       differs between DICOM/PNG/NIfTI and would not collate.
     - ``error``: ``""`` or ``"<file>: <problem>"`` (``DataError`` messages already name the file). An input
       item that already carries a non-empty ``error`` (a path that :func:`monai_mcx.data.inference_items`
@@ -82,6 +83,7 @@ class GuardLoadd(MapTransform):
             src = str(meta.get("filename_or_obj", src))
             orig = [int(v) for v in np.asarray(meta.get("spatial_shape", image.shape[1:]))[:2]]
             spacing = meta.get("pixel_spacing") or (1.0, 1.0)
+            age = float(meta.get("patient_age_years", float("nan")))
             error = ""
             tensor = torch.as_tensor(image).float()
         except self.catch as e:  # noqa: PERF203 - the point of this transform
@@ -90,7 +92,7 @@ class GuardLoadd(MapTransform):
             error = msg if (src and src in msg) else f"{src}: {type(root).__name__}: {msg}"
             logger.warning("skipping unreadable input: %s", error)
             out = {k: v for k, v in dict(data).items() if k != key}
-            orig, spacing = list(self.spatial_size), (1.0, 1.0)
+            orig, spacing, age = list(self.spatial_size), (1.0, 1.0), float("nan")
             tensor = torch.zeros([1, *self.spatial_size], dtype=torch.float32)
         out[key] = MetaTensor(
             tensor.as_subclass(torch.Tensor) if isinstance(tensor, MetaTensor) else tensor,
@@ -98,6 +100,7 @@ class GuardLoadd(MapTransform):
                 "filename_or_obj": src,
                 "spatial_shape": np.asarray(orig),
                 "pixel_spacing": np.asarray([float(s) for s in spacing], dtype=np.float64),
+                "patient_age_years": age,
             },
         )
         out[ERROR_KEY] = error

@@ -175,6 +175,7 @@ _META_DEFAULTS = {
     "pil_mode": "",
     "exif_orientation": 1,
     "intensity": "",
+    "patient_age_years": float("nan"),  # DICOM only: monai_mcx.data.populations decides adult / pediatric from it
 }
 
 
