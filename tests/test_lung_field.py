@@ -12,13 +12,14 @@ from PIL import Image
 from scipy.ndimage import binary_dilation
 from tiny_model import save_always_positive_model
 
-from conftest import run_inference
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import BatchKeys, PredKeys, Task
 from monai_mcx.losses import MultiCheXNetLoss
 from monai_mcx.model import DescriptionError, ModelDescription
 from monai_mcx.networks import MultiCheXNet, MultiCheXNetExport
 from monai_mcx.transforms import PrepareAnnotationsd
+
+from conftest import run_inference
 
 
 def test_the_lungs_task_builds_its_own_head():

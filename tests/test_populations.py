@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from tiny_model import save_always_positive_model
 
-from conftest import BUNDLE, run_bundle, run_inference
 from monai_mcx.data.populations import population_from_age, resolve_population
 from monai_mcx.dicom.checks import parse_age
 from monai_mcx.inferers import MultiCheXNetPostprocessor
 from monai_mcx.keys import PredKeys
 from monai_mcx.model import DescriptionError, ModelDescription
+
+from conftest import BUNDLE, run_bundle, run_inference
 
 #: adult images pass the gate at any probability, pediatric images never do (p >= 1 is unreachable), so the gate
 #: tells which point was applied
