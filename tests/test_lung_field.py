@@ -147,3 +147,25 @@ def test_inference_writes_the_lung_field_and_cuts_the_mask_to_it(tmp_path, singl
     assert 0.2 < lungs.mean() < 0.8 and mask.sum() > 0
     assert not (mask & ~binary_dilation(lungs, iterations=3)).any()  # nothing beyond the dilated field
     assert mask.sum() < mask.size  # ... which is not the whole image
+
+
+def test_the_dicom_seg_holds_the_lung_field_as_its_second_segment(tmp_path, single_thread):
+    from dicom_factory import make_radiograph
+
+    from monai_mcx.dicom.seg import LESION_LABEL, LUNG_LABEL, read_seg
+
+    save_always_positive_model(  # lung threshold ~0: the whole image is lung, so segment 2 cannot be empty
+        tmp_path / "models" / "model.pt",
+        spatial_size=(48, 48),
+        tasks=["classification", "segmentation", "lungs"],
+        lung_restriction={"enabled": False, "lung_threshold": 1e-6, "dilation": 0.0},
+    )
+    (tmp_path / "inputs").mkdir()
+    make_radiograph(shape=(50, 40)).save_as(str(tmp_path / "inputs" / "cxr.dcm"), enforce_file_format=True)
+    run_inference(tmp_path, tmp_path / "out", write_overlay=False, write_dicom=True)
+    rec = json.loads((tmp_path / "out" / "cxr.json").read_text())
+    seg = tmp_path / "out" / rec["dicom_outputs"]["seg"]
+    lungs = np.asarray(Image.open(tmp_path / "out" / rec["lung_mask"])) > 0
+    lesion = np.asarray(Image.open(tmp_path / "out" / rec["mask"])) > 0
+    assert lungs.all() and not lesion.all()
+    assert np.array_equal(read_seg(seg, LUNG_LABEL), lungs) and np.array_equal(read_seg(seg, LESION_LABEL), lesion)

@@ -93,6 +93,7 @@ class DicomOutputs:
         mask_wh: np.ndarray | None,
         stem: str,
         steps: list[tuple[str, Callable[[Path], None]]],
+        lung_wh: np.ndarray | None = None,
     ) -> None:
         """Build the SEG and SR of one image and append their writes to ``steps``; set ``record["dicom_outputs"]``.
 
@@ -103,6 +104,8 @@ class DicomOutputs:
             mask_wh: the gated lesion mask ``(W, H)`` at the original size, or None.
             stem: the image's output stem.
             steps: the image's ``(file name, write(path))`` list, in writing order.
+            lung_wh: the predicted lung field ``(W, H)`` at the original size (a lungs head), or None: the SEG's
+                segment 2 "Lung".
         """
         if info is None:
             record["dicom_outputs"] = {"notes": [NOT_DICOM]}
@@ -118,7 +121,7 @@ class DicomOutputs:
         if mask_wh is None:
             entry["notes"].append("no SEG: no lesion mask (the segmentation head was not run)")
         else:
-            self._build(entry, steps, "seg", seg_name, self._seg, header, mask_wh)
+            self._build(entry, steps, "seg", seg_name, self._seg, header, mask_wh, lung_wh)
         probabilities = record.get("class_probabilities")
         if not probabilities:
             entry["notes"].append("no SR: no class probability (the classification head was not run)")
@@ -135,10 +138,11 @@ class DicomOutputs:
         entry[kind] = name
         entry[f"{kind}_sop_instance_uid"] = str(dataset.SOPInstanceUID)
 
-    def _seg(self, header, mask_wh: np.ndarray):
+    def _seg(self, header, mask_wh: np.ndarray, lung_wh: np.ndarray | None = None):
         from monai_mcx.dicom.seg import make_seg
 
-        return make_seg(header, np.asarray(mask_wh).T.astype(bool), **self.algorithm)
+        lungs = None if lung_wh is None else np.asarray(lung_wh).T.astype(bool)
+        return make_seg(header, np.asarray(mask_wh).T.astype(bool), lung_mask=lungs, **self.algorithm)
 
     def _sr(self, header, record: dict):
         from monai_mcx.dicom.sr import make_sr

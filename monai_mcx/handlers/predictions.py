@@ -424,7 +424,7 @@ class PredictionWriter:
                 )
                 steps.append((record["overlay"], partial(self._write_overlay, *overlay)))
             if self.dicom is not None:  # <stem>_seg.dcm, <stem>_sr.dcm (monai_mcx.dicom.outputs)
-                self.dicom.add(src, info, record, mask_wh, stem, steps)
+                self.dicom.add(src, info, record, mask_wh, stem, steps, res[OriginalKeys.LUNG_MASK])
             steps.append((f"{stem}.json", partial(write_json_atomic, copy.deepcopy(record))))  # last: complete
             record["json"] = f"{stem}.json"
             row = self._csv_row(record)
