@@ -400,31 +400,25 @@ def patient_folds(items: list[dict], k: int, seed: int) -> list[list[int]]:
 def bootstrap_auc(
     probs, labels, patients, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """ROC AUC with a percentile bootstrap interval over PATIENTS (all images of a drawn patient go in).
+    """ROC AUC with a percentile bootstrap interval over PATIENTS (all images of a drawn patient go in;
+    :func:`monai_mcx.metrics.population_points.patient_bootstrap_statistic`).
 
     Returns:
         ``(auc, low, high)``; replicates with one class only are dropped; NaN when undefined.
     """
     from monai_mcx.metrics.classification import roc_auc
+    from monai_mcx.metrics.population_points import patient_bootstrap_statistic
 
-    probs, labels, patients = np.asarray(probs, float), np.asarray(labels, float), np.asarray(patients)
+    probs, labels = np.asarray(probs, float), np.asarray(labels, float)
     if not (0 < labels.sum() < len(labels)):
         return float("nan"), float("nan"), float("nan")
-    point = roc_auc(probs, labels)
-    uniq = np.unique(patients)
-    members = [np.nonzero(patients == q)[0] for q in uniq]
-    rng = np.random.default_rng(seed)
-    vals = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[j] for j in rng.integers(0, len(uniq), len(uniq))])
+
+    def auc(idx: np.ndarray) -> float:
         y = labels[idx]
-        if 0 < y.sum() < len(y):
-            vals.append(roc_auc(probs[idx], y))
-    if not vals:
-        return point, float("nan"), float("nan")
-    a = (1 - ci) / 2
-    low, high = np.quantile(vals, [a, 1 - a])
-    return point, float(low), float(high)
+        return roc_auc(probs[idx], y) if 0 < y.sum() < len(y) else float("nan")
+
+    low, high = patient_bootstrap_statistic(auc, patients, n_boot=n_boot, ci=ci, seed=seed)
+    return roc_auc(probs, labels), low, high
 
 
 # ------------------------------------------------------------------------------------------ report
