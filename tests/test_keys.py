@@ -28,6 +28,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("monai_mcx/data/datalist.py", "error"): "UNCERTAIN_POLICIES names the uncertain-label policy 'error', not a key",
     ("monai_mcx/data/pixels.py", "error"): "grey_masks='error' names a grey-mask policy, not a key",
     ("monai_mcx/handlers/predictions.py", "positive"): "the prediction JSON's gate.positive (the gate's decision)",
+    ("monai_mcx/handlers/prediction_table.py", "positive"): "the prediction JSON's gate.positive (the gate's decision)",
+    (
+        "monai_mcx/metrics/population_points.py",
+        "gate",
+    ): "an operating point's 'methods' entry naming the gate rule used",
     ("monai_mcx/dicom/outputs.py", "positive"): "the prediction JSON's gate.positive (the gate's decision)",
     ("monai_mcx/handlers/output_folder.py", "image"): "the run manifest's event name 'image', not a key",
     ("monai_mcx/data/public/covid.py", "image"): "a column of the COVID-QU-Ex / ieee8023 box CSV (an input format)",

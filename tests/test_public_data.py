@@ -418,7 +418,10 @@ def test_prepare_data_end_to_end(tmp_path, capsys):
     assert dl["class_names"] == ["pneumonia"]
     items = dl["training"] + dl["validation"] + dl["test"]
     assert len(items) == 5 + 2
-    assert all(set(it) == {"image", "patient", "source", "label", "mask", "boxes", "finding"} for it in items)
+    keys = {"image", "patient", "source", "label", "mask", "boxes", "lung_mask", "population", "finding"}
+    assert all(set(it) == keys for it in items)
+    assert {it["source"]: it["population"] for it in items} == {"kermany": "pediatric", "rsna": "adult"}
+    assert all(it["lung_mask"] is None for it in items)  # neither set outlines lungs
     assert all((out.parent / it["image"]).is_file() and not Path(it["image"]).is_absolute() for it in items)
     check_patient_splits(dl)
     p1 = {s for s in ("training", "validation", "test") for it in dl[s] if it["patient"] == "kermany:person1"}

@@ -171,7 +171,8 @@ def test_resolve_datalist_and_inference_items(small_set, tmp_path):
         "datalist.json": "not an image file: its content is not DICOM, PNG, JPEG, TIFF, BMP or NIfTI (named .json)",
         "other": "a folder without DICOM files (sub-folders are searched for DICOM only)",
     }
-    assert inference_items(small_set, "training")[0] == {"image": str(tmp_path / "a.png")}
+    # a datalist keeps each item's source (and population): they choose the operating point
+    assert inference_items(small_set, "training")[0] == {"image": str(tmp_path / "a.png"), "source": "t"}
     with pytest.raises(DatalistError, match="no DICOM/PNG"):
         inference_items(tmp_path / "other")
 

@@ -45,7 +45,7 @@ def csv_row(r: Mapping, output_columns: Mapping | None = None) -> dict:
         "max_box_score": max([b["score"] for b in r.get(OriginalKeys.BOXES, [])], default=""),
         "mask_area_px": r.get("mask_area_px", ""),
         "lung_area_px": r.get("lung_area_px", ""),
-        "population": point.get(DatalistKeys.POPULATION) or "",
+        DatalistKeys.POPULATION.value: point.get(DatalistKeys.POPULATION) or "",
         "population_reason": point.get("reason") or "",
         "json": r.get("json", ""),
         "mask_nifti": r.get("mask_nifti", ""),

@@ -438,9 +438,12 @@ class PredictionWriter:
         record["lung_restriction"] = bool(self.postprocessor.lung_restriction)
         record["lung_area_px"] = int(lung_wh.sum())
         if self.write_mask_png:
-            record["lung_mask"] = f"{stem}_lungs.png"
+            record[OriginalKeys.LUNG_MASK.value] = f"{stem}_lungs.png"
             steps.append(
-                (record["lung_mask"], partial(_write_encoded, png_bytes, ((lung_wh.T * 255).astype(np.uint8),)))
+                (
+                    record[OriginalKeys.LUNG_MASK],
+                    partial(_write_encoded, png_bytes, ((lung_wh.T * 255).astype(np.uint8),)),
+                )
             )
         if self.write_nifti:
             record["lung_mask_nifti"] = f"{stem}_lungs.nii.gz"
