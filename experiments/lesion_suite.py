@@ -1,13 +1,15 @@
 """The LESION suite of :mod:`experiments.run_experiments` (issue 12 item 4): MultiCheXNet's claims on real lesion data.
 
-Data: Kermany (classes, ``../shared/data/cxr-real/kermany``), RSNA (classes + opacity boxes) and covid_lesions
+Data: Kermany (classes, ``../shared/data/cxr-real/kermany``), the SIIM-FISABIO-RSNA adults (opacity classes,
+``../shared/data/cxr-adult/siim_covid``, when present), RSNA (classes + opacity boxes) and covid_lesions
 (classes + lesion masks) from ``../shared/data/cxr-lesions``, prepared by ``scripts/prepare_data.py`` with one
 patient-level split (``--val-fraction 0.2 --test-fraction 0``, seed fixed), then, for this suite:
 
 * covid_lesions is re-split by patient with HALF of its patients in validation (``covid_val_fraction``), so
   that the lesion Dice is measured on ~27 images instead of 9 and the transfer set (below) is made only of
   images that no encoder of this suite was trained on;
-* Kermany is subsampled (``kermany_train`` / ``kermany_val``) to fit the CPU budget. The validation set is the
+* Kermany and SIIM are subsampled (``kermany_train`` / ``kermany_val``, ``siim_train`` / ``siim_val``) to fit the
+  CPU budget. The validation set is the
   same for every row.
 
 Every model is trained through the bundle (``train.json`` + ``train_real.json``: ResNet-18, box-aware
@@ -60,9 +62,10 @@ from experiments.common import (
 )
 
 SUITE = "lesions"
-SOURCES = ("kermany", "rsna", "covid_lesions")
-#: train_real.json's source fractions
-FRACTIONS = {"kermany": 0.45, "rsna": 0.40, "covid_lesions": 0.15}
+SOURCES = ("kermany", "siim_covid", "rsna", "covid_lesions")
+#: train_real.json's source fractions (0.4.0 recipe) over the suite's sources, renormalised: the recipe's lung-outline
+#: sources (covid_lungs, qu_viral_lungs, 10 % of its draws) and its lungs head are not part of this suite
+FRACTIONS = {"kermany": 0.35 / 0.9, "siim_covid": 0.25 / 0.9, "rsna": 0.20 / 0.9, "covid_lesions": 0.10 / 0.9}
 TF_MODES = ("positive_only", "all", "balanced")
 TASK_NAMES = ("classification", "segmentation", "localization")
 TRANSFER_INITS = ("from_multichexnet", "from_single_classifier", "random_init")
@@ -78,6 +81,8 @@ LESION_PRESETS = {
         kermany_val=8,
         rsna_train=12,
         rsna_val=8,
+        siim_train=12,
+        siim_val=8,
         covid_val_fraction=0.5,
         transfer_folds=2,
         transfer_epochs=1,
@@ -96,6 +101,8 @@ LESION_PRESETS = {
         kermany_val=200,
         rsna_train=None,
         rsna_val=None,
+        siim_train=400,
+        siim_val=200,
         covid_val_fraction=0.5,
         transfer_folds=5,
         transfer_epochs=4,
@@ -114,6 +121,8 @@ LESION_PRESETS = {
         kermany_val=None,
         rsna_train=None,
         rsna_val=None,
+        siim_train=None,
+        siim_val=None,
         covid_val_fraction=0.5,
         transfer_folds=5,
         transfer_epochs=20,
@@ -128,15 +137,15 @@ LESION_PRESETS = {
 # ------------------------------------------------------------------------------------------ data
 def _absolute(item: dict, base: Path) -> dict:
     out = dict(item)
-    for key in ("image", "mask"):
+    for key in ("image", "mask", "lung_mask"):
         if out.get(key) is not None and not Path(out[key]).is_absolute():
             out[key] = str((base / out[key]).resolve())
     return out
 
 
-def prepare(kermany: Path, lesions: Path, work: Path) -> Path:
-    """``scripts/prepare_data.py`` on the three sources (README "Training on real lesions"), once."""
-    out = work / "prepared_datalist.json"
+def prepare(kermany: Path, lesions: Path, work: Path, siim_covid: Path | None = None) -> Path:
+    """``scripts/prepare_data.py`` on the suite's sources (docs/training.md, the shipped model's recipe), once."""
+    out = work / ("prepared_datalist.json" if siim_covid is None else "prepared_datalist_siim.json")
     if not out.is_file():
         cmd = [
             sys.executable,
@@ -147,6 +156,7 @@ def prepare(kermany: Path, lesions: Path, work: Path) -> Path:
             str(lesions / "rsna"),
             "--covid-lesions",
             str(lesions / "covid_lesions"),
+            *(["--siim-covid", str(siim_covid)] if siim_covid is not None else []),
             "--val-fraction",
             "0.2",
             "--test-fraction",
@@ -184,11 +194,13 @@ def build_lesion_datalists(prepared: Path, work: Path, p: dict, seed: int) -> di
     train = {
         "kermany": sample(of("training", "kermany"), p["kermany_train"], rng),
         "rsna": sample(of("training", "rsna"), p["rsna_train"], rng),
+        "siim_covid": sample(of("training", "siim_covid"), p["siim_train"], rng),
         "covid_lesions": sorted(csplit["training"], key=lambda it: it["image"]),
     }
     val = {
         "kermany": sample(of("validation", "kermany"), p["kermany_val"], rng),
         "rsna": sample(of("validation", "rsna"), p["rsna_val"], rng),
+        "siim_covid": sample(of("validation", "siim_covid"), p["siim_val"], rng),
         "covid_lesions": sorted(csplit["validation"], key=lambda it: it["image"]),
     }
     all_train = [it for s in SOURCES for it in train[s]]
@@ -461,8 +473,11 @@ def _lesion_header(entry: dict, p: dict) -> list[str]:
         "",
         f"**Preset `{entry.get('preset')}` (reduced CPU setting):** {p.get('size')} px, `{p.get('encoder')}`, "
         f"{p.get('epochs')} epochs x {p.get('samples_per_epoch')} samples (batch {p.get('batch_size')}) for the joint "
-        f"model, the `train_real.json` recipe otherwise (box-aware augmentation, sources 45/40/15, AdamW 1e-3 cosine); "
-        f"Kermany subsampled to {p.get('kermany_train')} training / {p.get('kermany_val')} validation images. "
+        f"model, the `train_real.json` recipe otherwise (box-aware augmentation, sources "
+        + "/".join(f"{round(100 * FRACTIONS[s])}" for s in SOURCES)
+        + f" % {'/'.join(SOURCES)}, AdamW 1e-3 cosine; the recipe's lungs head and lung-outline sources are left "
+        f"out); Kermany subsampled to {p.get('kermany_train')} training / {p.get('kermany_val')} validation images, "
+        f"SIIM to {p.get('siim_train')} / {p.get('siim_val')}. "
         f"The shipped model (`bundle/models`) was trained with `train_real.json` itself ({_shipped_recipe()}) on "
         "every Kermany image: these rows are a smaller, equal-budget comparison, not the shipped model's numbers "
         "(`docs/results_real.md`).",
@@ -657,7 +672,13 @@ class LesionSuite:
         self.work = Path(args.work_dir) / "lesions" / self.preset
         self.work.mkdir(parents=True, exist_ok=True)
         self.t_start = time.perf_counter()
-        prepared = prepare(Path(args.data_root) / "kermany", Path(args.lesions_root), Path(args.work_dir) / "lesions")
+        siim = getattr(args, "siim_covid_root", None)
+        prepared = prepare(
+            Path(args.data_root) / "kermany",
+            Path(args.lesions_root),
+            Path(args.work_dir) / "lesions",
+            Path(siim) if siim is not None and Path(siim).is_dir() else None,
+        )
         self.data = build_lesion_datalists(prepared, self.work, self.p, args.seed)
         self.val = preprocess_items(self.data["val_items"], self.p, self.work / f"val_{self.p['size']}px.pt")
         self.transfer_items = self.data["transfer_items"]

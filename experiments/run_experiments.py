@@ -471,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
         "all (default): both. results.json keeps the suites not run",
     )
     ap.add_argument("--lesions-root", type=Path, default=shared / "data" / "cxr-lesions", help="cxr-lesions pack")
+    ap.add_argument(
+        "--siim-covid-root",
+        type=Path,
+        default=shared / "data" / "cxr-adult" / "siim_covid",
+        help="lesion suite: SIIM-FISABIO-RSNA adult opacity classes (skipped when absent)",
+    )
     ap.add_argument("--lesion-size", type=int, help="lesion suite: resolution (px)")
     ap.add_argument("--lesion-epochs", type=int, help="lesion suite: epochs of every training")
     ap.add_argument("--lesion-samples", type=int, help="lesion suite: samples per epoch of the joint model")
