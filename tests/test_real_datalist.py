@@ -53,6 +53,11 @@ def test_prepared_real_datalist_trains_with_train_json(tmp_path, capsys):
     assert all(it["label"] == [1.0] for it in by("qu_viral_lungs"))
     # lung outlines are not lesions: not written as mask/boxes by default (unknown, not negative)
     assert all(it["mask"] is None and it["boxes"] is None for it in items)
+    # ... they are lung_mask, for the lungs head (issue 23), and every item says its population
+    assert all((out.parent / it["lung_mask"]).is_file() for it in by("covid_lungs") + by("qu_viral_lungs"))
+    assert all(it["lung_mask"] is None for it in by("kermany"))
+    assert {it["population"] for it in by("kermany") + by("qu_viral_lungs")} == {"pediatric"}
+    assert {it["population"] for it in by("covid_lungs")} == {"adult"}
     assert "qu_viral_lungs" in summary and "covid_lungs" in summary
     assert not Path(items[0]["image"]).is_absolute() and (out.parent / items[0]["image"]).is_file()
 
