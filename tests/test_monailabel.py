@@ -358,6 +358,7 @@ def test_infer_mask_and_json(server, image_id):
     assert got.shape == boxes.shape and np.allclose(got, boxes, atol=0.6), (got[:3], boxes[:3])
     assert result["size_wh"] == [cols, rows]
     assert result["mask_area_px"] == int(mask.sum())
+    assert result["operating_point"]["gate_thresholds"] == gate["thresholds"]  # the point applied, stated
 
 
 def test_gate_closed_empties_mask_and_boxes(server):

@@ -74,6 +74,9 @@ def test_the_postprocessor_applies_each_images_point():
     # without per-population points every image gets the global point
     one = post.with_settings(operating_points={}).apply_operating_point(pred, populations=pops)
     assert one[PredKeys.GATE].tolist() == [False, False, False, True]
+    # an explicit threshold (a what-if) applies to every image, whatever its population
+    what_if = post.with_settings(class_thresholds=0.35).apply_operating_point(pred, populations=pops)
+    assert what_if[PredKeys.GATE].all()
 
 
 def test_the_description_checks_its_operating_points():

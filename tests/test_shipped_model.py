@@ -40,7 +40,13 @@ def test_shipped_description_is_complete_and_verified():
     assert desc.thresholds_split == "validation" and desc.thresholds_method != "default"
     assert desc.box_threshold_split == "validation" and desc.box_threshold_method == "rsna"
     assert desc.box_score_threshold is not None
-    assert set(desc.training["data_sources"]) == {"kermany", "rsna", "covid_lesions"}
+    assert set(desc.training["data_sources"]) >= {"kermany", "rsna", "covid_lesions", "siim_covid", "covid_lungs"}
+    # issue 23: operating points per population, the lung-field head and the restriction to it
+    assert set(desc.operating_points) == {"adult", "pediatric"} and desc.default_population == "adult"
+    for point in desc.operating_points.values():
+        assert point["split"] == "validation" and point["n_images"] > 0
+        assert all(point["gate_thresholds"][c] <= point["class_thresholds"][c] for c in desc.class_names)
+    assert "lungs" in desc.tasks and desc.lung_restriction["enabled"]
     assert SHIPPED.stat().st_size < 40 * 2**20
 
 
@@ -59,13 +65,15 @@ def _check_record(rec: dict, w: int, h: int) -> None:
     assert rec["size_wh"] == [w, h]
     p = rec["class_probabilities"]["pneumonia"]
     assert 0.0 <= p <= 1.0
-    assert rec["gate"]["thresholds"]["pneumonia"] == pytest.approx(desc.class_thresholds["pneumonia"])
-    assert rec["gate"]["positive"] == (p >= desc.class_thresholds["pneumonia"])
-    assert rec["box_score_threshold"] == pytest.approx(desc.box_score_threshold)
+    point = desc.operating_point(rec["operating_point"]["population"])  # the image's population's point
+    assert rec["gate"]["thresholds"]["pneumonia"] == pytest.approx(point["gate_thresholds"][0])
+    assert rec["gate"]["positive"] == (p >= point["gate_thresholds"][0])
+    assert rec["operating_point"]["class_thresholds"]["pneumonia"] == pytest.approx(point["class_thresholds"][0])
+    assert rec["box_score_threshold"] == pytest.approx(point["box_score_threshold"])
     for b in rec["boxes"]:
         x1, y1, x2, y2 = b["box"]
         assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
-        assert b["score"] >= desc.box_score_threshold
+        assert b["score"] >= point["box_score_threshold"]
     if not rec["gate"]["positive"]:
         assert rec["boxes"] == [] and rec["mask_area_px"] == 0
     mask = np.asarray(Image.open(Path(rec["_out"]) / rec["mask"]))
@@ -96,6 +104,9 @@ def test_bare_inference_on_real_rsna_dicoms(tmp_path):
     assert len(recs) == len(files)
     for rec in recs:
         ds = pydicom.dcmread(rec["image"], stop_before_pixels=True)
+        age = float(str(ds.PatientAge).rstrip("Y"))
+        assert rec["operating_point"]["reason"] == "dicom_age"  # RSNA headers carry the patient's age
+        assert rec["operating_point"]["population"] == ("adult" if age >= 18 else "pediatric")
         rec["_out"] = str(tmp_path / "out")
         _check_record(rec, int(ds.Columns), int(ds.Rows))
 

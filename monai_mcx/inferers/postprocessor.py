@@ -214,7 +214,8 @@ class MultiCheXNetPostprocessor:
         """A copy with other thresholds (the same decoder): how evaluation applies the thresholds it chose.
         ``None`` keeps a setting; ``calibration=False`` (or ``{}``) removes the calibration (raw probabilities);
         ``lung_restriction`` switches the restriction on or off (its threshold and dilation are kept);
-        ``operating_points={}`` removes the per-population points (every image gets the global point)."""
+        ``operating_points={}`` removes the per-population points (every image gets the global point), and so does
+        a ``class_thresholds`` or ``box_score_threshold`` given without ``operating_points``."""
         other = copy.copy(self)
         if calibration is not None:
             other.calibration = self._calibration(calibration)
@@ -228,6 +229,8 @@ class MultiCheXNetPostprocessor:
             other.lung_restriction = bool(lung_restriction)
         if operating_points is not None:
             other.operating_points = other._points(operating_points or {})
+        elif class_thresholds is not None or box_score_threshold is not None:
+            other.operating_points = {}  # an explicit threshold is a what-if for every image, whatever its population
         return other
 
     def settings(self) -> dict[str, Any]:

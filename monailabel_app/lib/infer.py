@@ -12,8 +12,10 @@ and boxes to the ORIGINAL ``(W, H)``) -> writer. The label handed to the writer 
 Result JSON (``data["result"]``, plain Python types), the same fields as the bundle's ``PredictionWriter``:
 ``class_probabilities`` {class: p}, ``gate`` {"rule", "thresholds" {class: t}, "positive"}, ``boxes`` (gated,
 at the operating point) and ``boxes_ungated``: lists of {"box": [x1, y1, x2, y2] (original pixels, x = column),
-"score", "label"}, ``box_score_threshold``, ``mask_area_px``, ``size_wh``. A request may override
-``class_thresholds`` (one number or one per class), ``seg_threshold`` and ``box_score_threshold``.
+"score", "label"}, ``box_score_threshold``, ``mask_area_px``, ``size_wh``, ``operating_point`` (the image's
+population -- from the request's ``population`` or the DICOM age, else the model's default -- and its thresholds).
+A request may override ``population`` (``adult`` / ``pediatric``), ``class_thresholds`` (one number or one per
+class), ``seg_threshold`` and ``box_score_threshold``.
 
 The operating point (calibration, class thresholds, mask threshold, box score threshold) comes from ONE reading
 of the model description, re-read as a whole with the weights when ``model.pt`` or ``model.json`` changes (a train
@@ -58,6 +60,21 @@ def _truthy(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
+
+
+def image_population(image, requested=None) -> tuple:
+    """``(population, reason)`` of the request's image: the request's ``population`` (``adult`` / ``pediatric``),
+    else the patient's age in the DICOM header (:mod:`monai_mcx.data.populations`); ``(None, None)``: the model's
+    default population applies."""
+    import math
+
+    from monai_mcx.data.populations import resolve_population
+
+    meta = getattr(image, "meta", None) or {}
+    age = meta.get("patient_age_years")
+    age = None if age is None or not math.isfinite(float(age)) else float(age)
+    name, reason = resolve_population(requested, age)
+    return (name, reason) if name is not None else (None, None)
 
 
 class RecordOriginalSized(MapTransform):
@@ -170,19 +187,27 @@ class MultiCheXNetInfer(BasicInferTask):
             k: data[k] for k in ("class_thresholds", "seg_threshold", "box_score_threshold") if data.get(k) is not None
         }
         pp = self.postprocessor.with_settings(**overrides)
+        population = image_population(image, data.get("population"))
         with torch.no_grad():
-            pred = MultiCheXNetInferer(pp)(x, network)
+            pred = MultiCheXNetInferer(pp)(x, network, populations=[population])
         res = pp.to_original(pred, 0, orig)
+        _, cls_t, gate_t, box_t = pp.point(res[OriginalKeys.POPULATION]["population"])
         result: dict = {OriginalKeys.SIZE_WH.value: res[OriginalKeys.SIZE_WH]}
         if res[OriginalKeys.CLASS_PROBS] is not None:
             result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res[OriginalKeys.CLASS_PROBS])}
             result["calibrated"] = pp.calibrated  # temperature-scaled probabilities of the model description
+        result["operating_point"] = {
+            **res[OriginalKeys.POPULATION],
+            "class_thresholds": dict(zip(pp.class_names, cls_t)),
+            "gate_thresholds": dict(zip(pp.class_names, gate_t)),
+            "box_score_threshold": box_t,
+        }
         result[OriginalKeys.GATE.value] = {
             "rule": pp.gate_rule,
-            "thresholds": dict(zip(pp.class_names, pp.class_thresholds)),
+            "thresholds": dict(zip(pp.class_names, gate_t)),
             "positive": bool(res[OriginalKeys.GATE]),
         }
-        result["box_score_threshold"] = pp.box_score_threshold
+        result["box_score_threshold"] = box_t
         for key, scores in (
             (OriginalKeys.BOXES, OriginalKeys.SCORES),
             (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED),
