@@ -6,11 +6,11 @@ of that in fp16. The network still runs in fp32: ``load_state_dict`` casts the s
 difference is the rounding of each weight to fp16, which this script measures on real images (class probability,
 mask pixels, box scores) and writes to a JSON beside the model card.
 
-Usage (then describe and evaluate the written checkpoint, see bundle/docs/README.md)::
+Usage (then choose the operating points of the written checkpoint, see docs/experiments.md)::
 
-    python scripts/ship_model.py --ckpt bundle/runs/real/models/model.pt --out bundle/models/model.pt \\
-        --description bundle/models/model.json --images ../shared/data/cxr-lesions/rsna/stage_2_train_images \\
-        --report docs/shipped_model_parity.json
+    python scripts/ship_model.py --ckpt bundle/runs/real/models/final.pt --out bundle/models/model.pt \\
+        --description bundle/runs/real/models/last.json \\
+        --images ../shared/data/cxr-lesions/rsna/stage_2_train_images --report docs/shipped_model_parity.json
 """
 
 from __future__ import annotations
@@ -67,7 +67,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", required=True, help="the fp32 checkpoint (plain state dict)")
     p.add_argument("--out", help="where to write the fp16 state dict (e.g. bundle/models/model.pt)")
-    p.add_argument("--description", help="a model description of this network (for the parity check)")
+    p.add_argument(
+        "--description",
+        help="a model description of this network: the parity check builds the network from it and, with --out, it is "
+        "written beside the fp16 weights (model.json) with their hash",
+    )
     p.add_argument("--images", help="folder of images for the parity check")
     p.add_argument("--max-images", type=int, default=32)
     p.add_argument("--report", help="JSON file for the parity numbers")
@@ -80,6 +84,14 @@ def main(argv=None) -> int:
         torch.save(half_state_dict(state), tmp)
         tmp.replace(a.out)
         print(f"wrote {a.out} ({Path(a.out).stat().st_size / 1e6:.1f} MB, fp16)")
+        if a.description:
+            from monai_mcx.model import read_description, save_description
+            from monai_mcx.model.files import checkpoint_sha256
+
+            desc = read_description(a.description).replace(
+                weights_sha256=checkpoint_sha256(a.out), weights_file=Path(a.out).name, weights_key=None
+            )
+            print(f"wrote {save_description(desc, a.out)} (the description of the fp16 weights)")
     if a.description and a.images:
         from monai_mcx.data.datalist import list_image_folder
 
