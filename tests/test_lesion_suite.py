@@ -258,18 +258,23 @@ def test_lesion_suite_quick_on_real_images(tmp_path):
 
 @pytest.mark.shared
 def test_evaluate_real_post_processes_through_the_one_post_processor(tmp_path, monkeypatch):
-    """experiments/evaluate_real.py takes probabilities, gate, masks and boxes from MultiCheXNetPostprocessor."""
+    """experiments/evaluate_real.py chooses per-population points and scores through MultiCheXNetPostprocessor."""
+    import shutil
+
     from experiments import evaluate_real
     from monai_mcx.data.public import COVIDLesions, RSNAPneumonia
     from monai_mcx.inferers import MultiCheXNetPostprocessor
+    from monai_mcx.model import load_model
 
-    lesions, ckpt = SHARED / "data" / "cxr-lesions", REPO / "bundle" / "models" / "model.pt"
-    if not (lesions / "rsna").is_dir() or not ckpt.is_file():
-        pytest.skip(f"needs {lesions} and the shipped model {ckpt}")
+    lesions, shipped = SHARED / "data" / "cxr-lesions", REPO / "bundle" / "models"
+    if not (lesions / "rsna").is_dir() or not (shipped / "model.pt").is_file():
+        pytest.skip(f"needs {lesions} and the shipped model {shipped}")
+    for name in ("model.pt", "model.json"):  # a copy: --write-description must not touch the shipped model
+        shutil.copy(shipped / name, tmp_path / name)
     rsna = sorted(RSNAPneumonia(lesions / "rsna").load(), key=lambda it: it["image"])
     items = [it for it in rsna if it["boxes"]][:3] + [it for it in rsna if not it["boxes"]][:3]
-    items += COVIDLesions(lesions / "covid_lesions").load()[:2]
-    keys = ("image", "patient", "source", "label", "mask", "boxes")
+    items += COVIDLesions(lesions / "covid_lesions").load()[:3]
+    keys = ("image", "patient", "source", "label", "mask", "boxes", "lung_mask", "population")
     datalist = tmp_path / "datalist.json"
     datalist.write_text(
         json.dumps(
@@ -277,18 +282,23 @@ def test_evaluate_real_post_processes_through_the_one_post_processor(tmp_path, m
         )
     )
     calls = []
-    real_call = MultiCheXNetPostprocessor.__call__
+    real = MultiCheXNetPostprocessor.apply_operating_point
 
-    def spy(self, outputs, images):
-        calls.append(self.settings())
-        return real_call(self, outputs, images)
+    def spy(self, pred, *args, **kwargs):
+        calls.append(kwargs.get("populations"))
+        return real(self, pred, *args, **kwargs)
 
-    monkeypatch.setattr(MultiCheXNetPostprocessor, "__call__", spy)
-    args = ["--ckpt", str(ckpt), "--datalist", str(datalist), "--output-dir", str(tmp_path), "--gate", "0.6"]
-    assert evaluate_real.main(args + ["--box-score", "0.2"]) == 0
-    assert calls and calls[0]["class_thresholds"] == {"pneumonia": 0.6} and calls[0]["box_score_threshold"] == 0.2
-    m = json.loads((tmp_path / "results_real.json").read_text())["metrics"]
-    for key in ("rsna/auc", "rsna/ap50", "rsna/rsna_metric/gated", "covid_lesions/dice_positive"):
-        assert key in m, key
-    assert m["rsna/boxes_per_negative/gated"] <= m["rsna/boxes_per_negative"]
-    assert m["rsna/mask_px_per_negative/gated"] <= m["rsna/mask_px_per_negative"]
+    monkeypatch.setattr(MultiCheXNetPostprocessor, "apply_operating_point", spy)
+    args = ["--ckpt", str(tmp_path / "model.pt"), "--datalist", str(datalist), "--output-dir", str(tmp_path / "out")]
+    assert evaluate_real.main(args + ["--n-boot", "20", "--write-description"]) == 0
+    assert any(p and ("adult", "datalist") in p for p in calls)  # each image scored at its population's point
+    out = json.loads((tmp_path / "out" / "results_real.json").read_text())
+    assert {r["group"] for r in out["classification"]} >= {"population adult", "source rsna", "source covid_lesions"}
+    assert set(out["lesions"]) == {"per_population", "one_point_for_all", "per_population_no_lung_restriction"}
+    assert out["lesions"]["per_population"]["lesion_images_adult"] >= 3
+    if "outside_lungs" in out:  # a model with a lungs head: nothing outside the field with the restriction on
+        assert out["outside_lungs"]["restriction_on"]["lesion_px_outside"] == 0
+        assert out["outside_lungs"]["restriction_on"]["boxes_centre_outside"] == 0
+    _, desc, _ = load_model(tmp_path / "model.pt")  # the written description still matches the weights
+    assert set(desc.operating_points) == {"adult"} and desc.calibration["split"] == "validation"
+    assert (tmp_path / "out" / "images" / "worst_validation_cases.png").is_file()
