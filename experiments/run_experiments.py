@@ -287,6 +287,10 @@ def render_results(out_dir: Path, data: dict) -> None:
     suites = data["suites"]
     if "lesions" in suites:
         lines += render_lesions(suites["lesions"])
+    if "transfer_covid" in suites:
+        from experiments.transfer_covid import render as render_transfer_covid
+
+        lines += render_transfer_covid(suites["transfer_covid"])
     if "lung_outline" in suites:
         lines += render_lung(suites["lung_outline"])
     tmp = out_dir / ".results.md.tmp"

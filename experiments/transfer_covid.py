@@ -118,6 +118,36 @@ def run_row(name: str, pretrained: str, frozen: bool, dl: Path, test_pre: list[d
     }
 
 
+def table_lines(out: dict) -> list[str]:
+    """The rows of ``out`` as a Markdown table."""
+    return [
+        "| encoder | training | AUC on the transfer-test studies [95 % CI] | training s |",
+        "|---|---|---|---|",
+    ] + [
+        f"| {r['init']} | {'frozen encoder, new head' if r['freeze_encoder'] else 'every layer'} | "
+        f"{r['auc']:.3f} [{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}] | {r['train_seconds']:.0f} |"
+        for r in out["rows"]
+    ]
+
+
+def render(entry: dict) -> list[str]:
+    """The section of ``results.md`` (``experiments.run_experiments.render_results``)."""
+    return [
+        "## Transfer to COVID-19 on adult radiographs",
+        "",
+        f"Produced by `{entry['command']}` ({entry['seconds'] / 60:.1f} min). The SIIM-FISABIO-RSNA studies of the "
+        f"main datalist's `{entry['split']}` split (never trained on by `{entry['pretrained']}`), split again by "
+        f"study: {entry['train_images']} training images ({entry['train_studies']} studies, {entry['train_positive']} "
+        f"typical), {entry['test_images']} test images ({entry['test_studies']} studies, {entry['test_positive']} "
+        "typical). Task: `typical` appearance of COVID-19 against negative / indeterminate / atypical. Every row: "
+        f"`finetune.json` on `train.json` + `train_real.json`, {entry['size']} px, {entry['epochs']} epochs over the "
+        "same images; intervals: study bootstrap.",
+        "",
+        *table_lines(entry),
+        "",
+    ]
+
+
 def main(argv=None) -> int:
     from monai_mcx.utils import write_json_atomic
 
@@ -151,15 +181,11 @@ def main(argv=None) -> int:
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, args.output_dir / "results_transfer_covid.json")
-    lines = [
-        "| encoder | training | AUC on the transfer-test studies [95 % CI] | training s |",
-        "|---|---|---|---|",
-    ] + [
-        f"| {r['init']} | {'frozen encoder, new head' if r['freeze_encoder'] else 'every layer'} | "
-        f"{r['auc']:.3f} [{r['auc_ci'][0]:.3f}, {r['auc_ci'][1]:.3f}] | {r['train_seconds']:.0f} |"
-        for r in rows
-    ]
+    lines = table_lines(out)
     (args.output_dir / "results_transfer_covid.md").write_text("\n".join(lines) + "\n")
+    from experiments.run_experiments import write_suite
+
+    write_suite(args.output_dir, "transfer_covid", out)  # results.md renders it with the other suites
     print("\n".join(lines))
     return 0
 

@@ -302,3 +302,42 @@ def test_evaluate_real_post_processes_through_the_one_post_processor(tmp_path, m
     _, desc, _ = load_model(tmp_path / "model.pt")  # the written description still matches the weights
     assert set(desc.operating_points) == {"adult"} and desc.calibration["split"] == "validation"
     assert (tmp_path / "out" / "images" / "worst_validation_cases.png").is_file()
+
+
+@pytest.mark.shared
+def test_transfer_covid_and_class_probe_run_on_real_images(tmp_path):
+    """experiments.transfer_covid (study split, three rows into results.md) and experiments.class_probe, tiny."""
+    from experiments import class_probe, transfer_covid
+
+    shipped = REPO / "bundle" / "models" / "model.pt"
+    real = SHARED / "data"
+    if not ((real / "cxr-adult" / "siim_covid").is_dir() and (real / "cxr-real" / "kermany").is_dir()):
+        pytest.skip(f"needs the cxr-adult and cxr-real packs under {real}")
+    dl = tmp_path / "datalist.json"
+    prep = [sys.executable, str(REPO / "scripts" / "prepare_data.py"), "--quiet", "--output", str(dl)]
+    prep += ["--kermany", str(real / "cxr-real" / "kermany"), "--siim-covid", str(real / "cxr-adult" / "siim_covid")]
+    subprocess.run(prep + ["--val-fraction", "0.2", "--test-fraction", "0"], check=True, cwd=REPO)
+    out = tmp_path / "out"
+    common = ["--datalist", str(dl), "--output-dir", str(out), "--n-boot", "10"]
+    args = [
+        "--pretrained",
+        str(shipped),
+        "--max-items",
+        "30",
+        "--epochs",
+        "1",
+        "--size",
+        "64",
+        "--work",
+        str(tmp_path / "w"),
+    ]
+    assert transfer_covid.main(common + args) == 0
+    res = json.loads((out / "results_transfer_covid.json").read_text())
+    assert [r["init"] for r in res["rows"]] == ["shipped encoder", "shipped encoder", "random"]
+    train = json.loads((tmp_path / "w" / "datalist.json").read_text())
+    studies = [{it["patient"] for it in train[s]} for s in ("training", "validation")]
+    assert res["train_images"] + res["test_images"] == 30 and not studies[0] & studies[1]  # split by study
+    assert "## Transfer to COVID-19 on adult radiographs" in (out / "results.md").read_text()
+    assert class_probe.main(common + ["--ckpt", str(shipped), "--max-train", "20", "--max-val", "20"]) == 0
+    rows = json.loads((out / "class_probe.json").read_text())["models"][0]["rows"]
+    assert [r["population"] for r in rows] == ["pediatric", "adult"] and all("pooled_minus_own" in r for r in rows)
