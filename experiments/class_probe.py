@@ -121,6 +121,34 @@ def probe(ckpt: Path, train: dict, val: dict, args) -> dict:
     return {"ckpt": repo_relative(ckpt), "encoder": desc.encoder, "rows": rows}
 
 
+def write_markdown(out: dict, path: Path) -> list[str]:
+    """``class_probe.md`` from the results ``out``; returns its table lines."""
+    fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
+    lines = [
+        "| encoder of | validation images | pooled probe (one class) | own population's probe | other population's probe | pooled - own [95 % CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in out["models"]:
+        for r in m["rows"]:
+            other = "adult" if r["population"] == "pediatric" else "pediatric"
+            lines.append(
+                f"| `{m['ckpt']}` | {r['population']} {r['images']} ({r['positives']} positive) | {fmt(r['pooled_probe'])} | "
+                f"{fmt(r[r['population'] + '_probe'])} | {fmt(r[other + '_probe'])} | {fmt(r['pooled_minus_own'])} |"
+            )
+    head = [
+        "# One class or two: linear probes on the encoder",
+        "",
+        "`python -m experiments.class_probe` (module docstring): logistic regressions on the frozen encoder's pooled "
+        "stride-32 features, fitted on the training split (pooled: pediatric and adult images with one label; own: "
+        "one population), scored per population on the validation split of "
+        f"`{out['datalist']}` (Kermany for pediatric; SIIM-FISABIO-RSNA and RSNA for adult). AUC [patient-bootstrap "
+        "95 % interval]; the last column is the paired difference.",
+        "",
+    ]
+    path.write_text("\n".join(head + lines) + "\n")
+    return lines
+
+
 def main(argv=None) -> int:
     from monai_mcx.data import load_datalist
     from monai_mcx.utils import write_json_atomic
@@ -133,19 +161,7 @@ def main(argv=None) -> int:
     val = {"pediatric": pick(va, PEDIATRIC, args.max_val), "adult": pick(va, ADULT, args.max_val)}
     out = {"datalist": repo_relative(args.datalist), "models": [probe(c, train, val, args) for c in ckpts]}
     write_json_atomic(out, args.output_dir / "class_probe.json")
-    lines = [
-        "| encoder of | validation images | pooled probe (one class) | own population's probe | other population's probe | pooled - own [95 % CI] |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in out["models"]:
-        for r in m["rows"]:
-            other = "adult" if r["population"] == "pediatric" else "pediatric"
-            fmt = lambda v: f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"  # noqa: E731
-            lines.append(
-                f"| `{m['ckpt']}` | {r['population']} {r['images']} ({r['positives']} positive) | {fmt(r['pooled_probe'])} | "
-                f"{fmt(r[r['population'] + '_probe'])} | {fmt(r[other + '_probe'])} | {fmt(r['pooled_minus_own'])} |"
-            )
-    (args.output_dir / "class_probe.md").write_text("\n".join(lines) + "\n")
+    lines = write_markdown(out, args.output_dir / "class_probe.md")
     print("\n".join(lines))
     return 0
 
