@@ -504,12 +504,14 @@ def _lesion_multitask_table(recs: list[dict]) -> list[str]:
         "",
         "Single-task models: the same network and recipe with one task (`tasks` override), trained on that task's "
         "sources only and on exactly the samples of its task the joint model sees per epoch (equal data and epochs): "
-        "the classifier on all three sources, the segmenter on covid_lesions (15 % of the joint samples), the "
-        "detector on RSNA (40 %). RSNA metric / AP50 / Dice are gated (the deployed output) where the model has a "
-        "classifier; ungated values in brackets.",
+        f"the classifier on every source with a class label ({', '.join(SOURCES)}), the segmenter on covid_lesions "
+        f"({round(100 * FRACTIONS['covid_lesions'])} % of the joint samples), the detector on RSNA "
+        f"({round(100 * FRACTIONS['rsna'])} %). RSNA metric / AP50 / Dice are gated (the deployed output) where the "
+        "model has a classifier; ungated values in brackets. SIIM AUC: the adults' opacity label (when the run had "
+        "the SIIM-FISABIO-RSNA pack).",
         "",
-        "| row | Kermany AUC | RSNA AUC | RSNA metric | AP50 | lesion Dice (covid_lesions) | samples seen | train time (s) | latency (ms, batch 1) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | Kermany AUC | SIIM AUC | RSNA AUC | RSNA metric | AP50 | lesion Dice (covid_lesions) | samples seen | train time (s) | latency (ms, batch 1) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def gated(m, key):
@@ -521,7 +523,8 @@ def _lesion_multitask_table(recs: list[dict]) -> list[str]:
     for r in (r for r in recs if r["experiment"] == "lesion_multitask_vs_single"):
         m = r["metrics"]
         lines.append(
-            f"| {r['row']} | {_f(m.get('kermany/auc'))} | {_f(m.get('rsna/auc'))} | {gated(m, 'rsna/rsna_metric')} | "
+            f"| {r['row']} | {_f(m.get('kermany/auc'))} | {_f(m.get('siim_covid/auc'))} | {_f(m.get('rsna/auc'))} | "
+            f"{gated(m, 'rsna/rsna_metric')} | "
             f"{gated(m, 'rsna/ap50')} | {gated(m, 'covid_lesions/dice_positive')} | {r.get('samples_seen', '-')} | "
             f"{_f(r.get('train_seconds'), 1)} | {_f(r.get('latency_ms'), 1)} |"
         )
@@ -602,6 +605,7 @@ def observations(recs: list[dict]) -> list[str]:
     pairs = (
         ("single_classification", "kermany/auc", "kermany/auc"),
         ("single_classification", "rsna/auc", "rsna/auc"),
+        ("single_classification", "siim_covid/auc", "siim_covid/auc"),
         ("single_localization", "rsna/rsna_metric/gated", "rsna/rsna_metric"),
         ("single_localization", "rsna/ap50/gated", "rsna/ap50"),
         ("single_localization", "rsna/ap50", "rsna/ap50"),
