@@ -168,3 +168,31 @@ def test_a_datalist_population_or_source_chooses_the_point(population_model, tmp
         for r in _outputs(tmp_path / "out").values()
     )
     assert got == [("pediatric", "datalist"), ("pediatric", "source")]
+
+
+def test_evaluation_gates_each_image_at_its_populations_point():
+    """MultiTaskMetrics' gated Dice uses the gate the evaluator applied: the image's population's point."""
+    from ignite.engine import Engine
+
+    from monai_mcx.handlers import MultiTaskMetrics
+    from monai_mcx.keys import BatchKeys
+
+    post = MultiCheXNetPostprocessor(class_thresholds=0.5, operating_points=POINTS)
+    mask = torch.zeros(4, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1
+    outputs = {PredKeys.CLASS_LOGITS.value: torch.zeros(4, 1), PredKeys.SEG_PROBS.value: mask.clone()}
+    pops = [("adult", "datalist"), ("adult", "datalist"), ("pediatric", "datalist"), (None, None)]
+    pred = post.apply_operating_point(outputs, populations=pops)  # p = 0.5: adult passes, pediatric does not
+    targets = {
+        BatchKeys.IMAGE.value: torch.zeros(4, 1, 8, 8),
+        BatchKeys.LABEL.value: torch.ones(4, 1),
+        BatchKeys.HAS_LABEL.value: torch.ones(4),
+        BatchKeys.MASK.value: mask,
+        BatchKeys.HAS_MASK.value: torch.ones(4),
+    }
+    engine = Engine(lambda e, b: b)
+    MultiTaskMetrics(["pneumonia"], postprocessor=post).attach(engine, "score")
+    m = engine.run([{"pred": pred, "label": targets}]).metrics
+    assert pred[PredKeys.GATE].tolist() == [True, True, False, True]  # the last: no population, global 0.5
+    assert m["segmentation/dice_positive"] == pytest.approx(1.0)
+    assert m["segmentation/dice_positive/gated"] == pytest.approx(0.75)  # the pediatric image's mask is gated out

@@ -46,7 +46,7 @@ from monai_mcx.inferers import (
     scale_boxes_to_original,
     select_detections,
 )
-from monai_mcx.keys import BatchKeys, DetKeys, PredKeys
+from monai_mcx.keys import BatchKeys, DatalistKeys, DetKeys, PredKeys
 from monai_mcx.metrics import (
     TemperatureScaling,
     calibration_metrics,
@@ -219,6 +219,7 @@ class MultiTaskMetrics(Metric):
         self._det: list[tuple[int, dict, np.ndarray]] = []  # (image index, all detections, true boxes)
         self._logits: list[np.ndarray | None] = []  # every image: raw class logits (K,), None when unavailable
         self._patients: list[str | None] = []  # every image: patient id, None when unknown
+        self._pops: list[str | None] = []  # every image: the population whose point the evaluator applied
         # original resolution: (image index, seg probs (w, h) float32 as inference has them, mask file, original (W, H))
         self._seg_orig: list[tuple[int, np.ndarray, str, list[int]]] = []
         self._det_geom: list[tuple[list[int], list[int]]] = []  # per _det entry: (input (w, h), original (W, H))
@@ -239,7 +240,9 @@ class MultiTaskMetrics(Metric):
         has_label = targets.get(BatchKeys.HAS_LABEL)
         raw = self._raw_logits(pred)
         patients = targets.get(BatchKeys.PATIENT)
+        points = pred.get(PredKeys.POPULATION)
         for i in range(n if probs is not None else 0):
+            self._pops.append(None if points is None else points[i].get(DatalistKeys.POPULATION))
             self._logits.append(None if raw is None else raw[i])
             pid = None if patients is None else patients[i]
             self._patients.append(None if pid is None or str(pid) == "" else str(pid))
@@ -302,7 +305,7 @@ class MultiTaskMetrics(Metric):
             # no file and no lesion pixel (``empty_mask_if_no_boxes``): an all-zero mask of the original size
             self._seg_orig.append((base + int(i), probs[i, 0].copy(), path, self._original_size(targets, i)))
 
-    _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom", "_logits", "_patients")
+    _STATE = ("_probs", "_labels", "_seg", "_det", "_seg_orig", "_det_geom", "_logits", "_patients", "_pops")
 
     def _gather_ranks(self) -> None:
         """Under ``torch.distributed`` (each rank evaluated its shard of the data), replace the per-sample lists
@@ -350,7 +353,9 @@ class MultiTaskMetrics(Metric):
                 )
                 out.update(self._operating_points(probs[known], labels, deployed.class_thresholds, known))
             out.update({class_threshold_key(c): t for c, t in zip(self.class_names, deployed.class_thresholds)})
-            gate = deployed.gate(torch.as_tensor(probs)).numpy()
+            # the deployed gate: each image at its population's point (the global point, as chosen here, otherwise)
+            pops = self._pops if any(p is not None for p in self._pops) else None
+            gate = deployed.gate(torch.as_tensor(probs), pops).numpy()
         self.class_thresholds = list(deployed.class_thresholds)
         gated = gate is not None
         if self._seg:

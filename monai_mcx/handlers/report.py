@@ -138,6 +138,7 @@ class EvaluationReport:
         self._probs: list[np.ndarray] = []  # images with a known label
         self._labels: list[np.ndarray] = []
         self._all_probs: list[np.ndarray] = []  # every image (for the gate)
+        self._all_pops: list[str | None] = []  # every image: the population whose point the evaluator applied
         self._all_logits: list[np.ndarray | None] = []  # every image: raw class logits (recalibrated at write())
         self._known: list[int] = []  # indices into _all_probs of the images with a known label
         self._images: list[dict] = []  # every image: path, box scores
@@ -174,6 +175,8 @@ class EvaluationReport:
             info: dict = {DatalistKeys.IMAGE.value: str(paths[i]) if paths else f"#{idx}"}
             if probs is not None:
                 self._all_probs.append(probs[i].reshape(-1))
+                points = pred.get(PredKeys.POPULATION)
+                self._all_pops.append(None if points is None else points[i].get(DatalistKeys.POPULATION))
                 self._all_logits.append(None if logits is None else logits[i].reshape(-1))
             if probs is not None and float(targets[BatchKeys.HAS_LABEL][i]) > 0.5:
                 self._known.append(len(self._all_probs) - 1)
@@ -234,8 +237,8 @@ class EvaluationReport:
     #: (a collective), rank 0 writes
     rank0_only = False
 
-    _RECORDS = ("_probs", "_labels", "_all_probs", "_all_logits", "_known", "_images", "_dice", "_counts",
-                "_pos_per_class", "_cases")  # fmt: skip
+    _RECORDS = ("_probs", "_labels", "_all_probs", "_all_pops", "_all_logits", "_known", "_images", "_dice",
+                "_counts", "_pos_per_class", "_cases")  # fmt: skip
 
     def gather(self) -> None:
         """Under ``torch.distributed`` (each rank evaluated its shard of the split): replace this rank's records by
@@ -321,7 +324,8 @@ class EvaluationReport:
         """The deployed gate of every collected image (all True without a classifier)."""
         if not self._all_probs:
             return np.ones(self._index, dtype=bool)
-        return self.deployed.gate(torch.as_tensor(np.stack(self._all_probs))).numpy()
+        pops = self._all_pops if any(p is not None for p in self._all_pops) else None
+        return self.deployed.gate(torch.as_tensor(np.stack(self._all_probs)), pops).numpy()
 
     def write(self, metrics: dict[str, float | None]) -> Path:
         """Write the plots, ``per_image.csv`` and ``report.md`` for the collected data and the given flat ``metrics``."""

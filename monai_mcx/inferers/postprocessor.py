@@ -251,9 +251,18 @@ class MultiCheXNetPostprocessor:
         }
 
     # -- the steps ---------------------------------------------------------------------------------------
-    def gate(self, class_probs: Tensor | np.ndarray | None) -> Tensor | None:
-        """:func:`gate_decision` with this post-processor's class thresholds."""
-        return gate_decision(class_probs, self.class_thresholds)
+    def gate(
+        self, class_probs: Tensor | np.ndarray | None, populations: Sequence[str | None] | None = None
+    ) -> Tensor | None:
+        """:func:`gate_decision` with this post-processor's class thresholds, or, with ``populations`` (one name or
+        None per image, as ``population_point`` records them), each image's population's gate thresholds."""
+        if populations is None or class_probs is None:
+            return gate_decision(class_probs, self.class_thresholds)
+        probs = torch.as_tensor(class_probs)
+        if len(populations) != probs.shape[0]:
+            raise ValueError(f"{len(populations)} populations for {probs.shape[0]} images.")
+        thr = torch.tensor([self.point(p)[2] for p in populations], dtype=probs.dtype, device=probs.device)
+        return (probs >= thr.reshape(probs.shape[0], -1)).any(dim=1)
 
     def __call__(
         self, outputs: Mapping[str, Any], images: Tensor, populations: Sequence[Any] | None = None
