@@ -43,6 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--output-dir", type=Path, default=REPO / "docs")
     ap.add_argument("--lesion-recall", type=float, default=0.95, help="share of lesion images the gate lets through")
     ap.add_argument("--dilation", type=float, default=0.03, help="lung-field dilation, fraction of the image width")
+    ap.add_argument("--components", type=int, default=2, help="lung-mask components kept (0: all)")
     ap.add_argument("--default-population", default="adult", choices=["adult", "pediatric"])
     ap.add_argument("--n-boot", type=int, default=1000, help="patient-bootstrap replicates")
     ap.add_argument("--batch-size", type=int, default=32)

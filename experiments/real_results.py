@@ -87,7 +87,14 @@ def choose_points(desc, records: list[dict], args):
     temps = {c: float(fit_temperature(z[:, k], y[:, k])) for k, c in enumerate(names)}
     d = desc.with_calibration(temps, split=args.split, fitted_on=len(lab))
     if Task.LUNGS in d.tasks:
-        d = d.replace(lung_restriction={"enabled": True, "lung_threshold": 0.5, "dilation": float(args.dilation)})
+        d = d.replace(
+            lung_restriction={
+                "enabled": True,
+                "lung_threshold": 0.5,
+                "dilation": float(args.dilation),
+                "components": int(getattr(args, "components", 2)),
+            }
+        )
     post = MultiCheXNetPostprocessor.from_description(d)
     p = _probs(post, lab)
     d = d.with_thresholds(

@@ -169,3 +169,29 @@ def test_the_dicom_seg_holds_the_lung_field_as_its_second_segment(tmp_path, sing
     lesion = np.asarray(Image.open(tmp_path / "out" / rec["mask"])) > 0
     assert lungs.all() and not lesion.all()
     assert np.array_equal(read_seg(seg, LUNG_LABEL), lungs) and np.array_equal(read_seg(seg, LESION_LABEL), lesion)
+
+
+def test_the_lung_field_keeps_the_two_lungs_not_the_islands():
+    lung = torch.zeros(1, 1, 40, 40)
+    lung[0, 0, 5:20, 5:35] = 0.9  # right lung (image left)
+    lung[0, 0, 22:37, 5:35] = 0.9  # left lung
+    lung[0, 0, 1:3, 37:39] = 0.9  # a 4-pixel island over the shoulder
+    det = {"boxes": torch.tensor([[36.0, 0.0, 40.0, 4.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    pred = {
+        PredKeys.CLASS_LOGITS.value: torch.full((1, 1), 3.0),
+        PredKeys.SEG_PROBS.value: torch.full((1, 1, 40, 40), 0.9),
+        PredKeys.LUNG_PROBS.value: lung,
+        PredKeys.DETECTIONS.value: [det],
+        PredKeys.INPUT_SIZE.value: [40, 40],
+    }
+    post = MultiCheXNetPostprocessor(lung_restriction={"enabled": True, "lung_threshold": 0.5, "dilation": 0.0})
+    out = post.apply_operating_point(pred)
+    lungs = out[PredKeys.LUNG_MASK][0, 0]
+    assert int(lungs.sum()) == 2 * 15 * 30 and not lungs[1:3, 37:39].any()
+    assert (
+        not out[PredKeys.SEG_MASK_GATED][0, 0, 1:3, 37:39].any()
+        and len(out[PredKeys.DETECTIONS_GATED][0]["boxes"]) == 0
+    )
+    assert not post.to_original(out, 0, [80, 80])["lung_mask"][2:6, 74:78].any()  # the island, original pixels
+    every = MultiCheXNetPostprocessor(lung_restriction={"enabled": True, "dilation": 0.0, "components": 0})
+    assert every.apply_operating_point(pred)[PredKeys.LUNG_MASK][0, 0, 1:3, 37:39].all()  # 0: every component

@@ -14,7 +14,14 @@ from torch import Tensor
 
 from monai_mcx.keys import DetKeys
 
-__all__ = ["GATE_RULE", "GATE_RULE_TEXT", "gate_decision", "select_detections", "boxes_in_field"]
+__all__ = [
+    "GATE_RULE",
+    "GATE_RULE_TEXT",
+    "gate_decision",
+    "select_detections",
+    "boxes_in_field",
+    "keep_largest_components",
+]
 
 #: name of the gate rule, as saved in the model description (``monai_mcx.model.GATE_RULES``)
 GATE_RULE = "any_class_at_threshold"
@@ -80,3 +87,31 @@ def boxes_in_field(det: Mapping[str, Tensor], field: Tensor) -> dict[str, Tensor
     cy = ((boxes[:, 1] + boxes[:, 3]) / 2).floor().long().clamp(0, h - 1)
     keep = field.to(boxes.device)[cx, cy]
     return {k: (v[keep] if isinstance(v, Tensor) and v.shape[:1] == keep.shape else v) for k, v in det.items()}
+
+
+def keep_largest_components(mask: Tensor, k: int = 2) -> Tensor:
+    """The ``k`` largest 8-connected components of each image's mask (the two lungs of a lung-field mask, without
+    the islands a segmentation head leaves over the shoulders or the abdomen).
+
+    Args:
+        mask: ``(B, 1, W, H)`` bool.
+        k: components kept per image (ties: the first found); ``k <= 0`` keeps everything.
+
+    Returns:
+        ``(B, 1, W, H)`` bool on ``mask``'s device.
+    """
+    from scipy import ndimage
+
+    if k <= 0:
+        return mask
+    arr = mask.detach().cpu().numpy().astype(bool)
+    out = np.zeros_like(arr)
+    for i in range(arr.shape[0]):
+        labels, n = ndimage.label(arr[i, 0], structure=np.ones((3, 3), dtype=int))
+        if n <= k:
+            out[i, 0] = arr[i, 0]
+            continue
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        keep = np.argsort(-sizes, kind="stable")[:k] + 1
+        out[i, 0] = np.isin(labels, keep)
+    return torch.as_tensor(out, device=mask.device)

@@ -103,7 +103,10 @@ def to_original(
     if PredKeys.LUNG_PROBS in pred:
         lung = pred[PredKeys.LUNG_PROBS][index]
         in_size = [int(s) for s in lung.shape[-2:]]
-        out[OriginalKeys.LUNG_MASK.value] = (probs_to_original(lung, orig)[0] >= float(lung_threshold)).numpy()
+        lungs = probs_to_original(lung, orig)[0] >= float(lung_threshold)
+        if PredKeys.LUNG_MASK in pred:  # only where the kept components are (no island the post-processor removed)
+            lungs = lungs & (probs_to_original(pred[PredKeys.LUNG_MASK][index].float(), orig)[0] > 0)
+        out[OriginalKeys.LUNG_MASK.value] = lungs.numpy()
         if PredKeys.LUNG_FIELD in pred:
             field = (probs_to_original(pred[PredKeys.LUNG_FIELD][index].float(), orig)[0] >= 0.5).numpy()
     if PredKeys.SEG_PROBS in pred:

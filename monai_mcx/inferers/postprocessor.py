@@ -17,7 +17,7 @@ from monai_mcx.keys import DatalistKeys, PredKeys, Task
 from monai_mcx.metrics.calibration import TemperatureScaling
 from monai_mcx.networks import BoxDecoder, make_anchor_generator
 
-from .decisions import GATE_RULE, boxes_in_field, gate_decision, select_detections
+from .decisions import GATE_RULE, boxes_in_field, gate_decision, keep_largest_components, select_detections
 from .original import to_original
 
 __all__ = ["MultiCheXNetPostprocessor", "MultiCheXNetInferer"]
@@ -47,7 +47,8 @@ class MultiCheXNetPostprocessor:
             (thresholds as ``K`` numbers or ``{class: t}``; a missing gate / box entry: the class thresholds / the
             global box score); None: one operating point for every image.
         default_population: the point of an image whose population is unknown (None: the global point).
-        lung_restriction: ``{"enabled", "lung_threshold", "dilation"}`` (module docstring), or None.
+        lung_restriction: ``{"enabled", "lung_threshold", "dilation", "components"}`` (module docstring), or None;
+            ``components`` (default 2): the lung mask keeps that many largest connected components (0: all).
 
     ``postprocessor(outputs, images, populations=None)``: ``outputs`` the network's dict, ``images`` the ``(B, C, W, H)`` input
     batch (its shape gives the anchors and the input size). Runs without gradient, in float32.
@@ -79,6 +80,7 @@ class MultiCheXNetPostprocessor:
         self.lung_restriction = bool(lr.get("enabled", False))
         self.lung_threshold = float(lr.get("lung_threshold", 0.5))
         self.lung_dilation = float(lr.get("dilation", 0.0))
+        self.lung_components = int(lr.get("components", 2))
         self.calibration = self._calibration(calibration)
         self.seg_threshold = float(seg_threshold)
         self.box_score_threshold = float(box_score_threshold)
@@ -247,6 +249,7 @@ class MultiCheXNetPostprocessor:
                 "enabled": self.lung_restriction,
                 "lung_threshold": self.lung_threshold,
                 "dilation": self.lung_dilation,
+                "components": self.lung_components,
             },
         }
 
@@ -283,14 +286,18 @@ class MultiCheXNetPostprocessor:
             pred, batch_size=int(images.shape[0]), device=images.device, populations=populations
         )
 
-    def lung_field(self, lung_probs: Tensor) -> Tensor:
-        """``(B, 1, W, H)`` bool: where lesions may be. With the restriction on, the lung mask dilated by
-        ``dilation * W`` pixels (a square structuring element), all True for an image whose lung mask is empty;
-        with it off, all True."""
+    def lung_mask(self, lung_probs: Tensor) -> Tensor:
+        """``(B, 1, W, H)`` bool: ``lung_probs >= lung_threshold``, its ``components`` largest connected components."""
+        return keep_largest_components(lung_probs >= self.lung_threshold, self.lung_components)
+
+    def lung_field(self, lungs: Tensor) -> Tensor:
+        """``(B, 1, W, H)`` bool: where lesions may be. With the restriction on, the lung mask ``lungs``
+        (:meth:`lung_mask`) dilated by ``dilation * W`` pixels (a square structuring element), all True for an image
+        whose lung mask is empty; with it off, all True."""
         if not self.lung_restriction:
-            return torch.ones_like(lung_probs, dtype=torch.bool)
-        lungs = (lung_probs >= self.lung_threshold).float()
-        r = int(round(self.lung_dilation * lung_probs.shape[-2]))
+            return torch.ones_like(lungs, dtype=torch.bool)
+        lungs = lungs.float()
+        r = int(round(self.lung_dilation * lungs.shape[-2]))
         field = F.max_pool2d(lungs, kernel_size=2 * r + 1, stride=1, padding=r) > 0.5 if r > 0 else lungs > 0.5
         empty = lungs.flatten(1).amax(dim=1) <= 0
         return field | empty.reshape(-1, 1, 1, 1)
@@ -350,8 +357,9 @@ class MultiCheXNetPostprocessor:
             pred[PredKeys.GATE.value] = gate
             field = None
             if lung is not None:
-                pred[PredKeys.LUNG_MASK.value] = lung >= self.lung_threshold
-                field = self.lung_field(lung)
+                lungs = self.lung_mask(lung)
+                pred[PredKeys.LUNG_MASK.value] = lungs
+                field = self.lung_field(lungs)
                 pred[PredKeys.LUNG_FIELD.value] = field
             if seg is not None:
                 mask = seg >= self.seg_threshold

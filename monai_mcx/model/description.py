@@ -101,8 +101,9 @@ class ModelDescription:
             such an image gets the global operating point.
         lung_restriction: with a ``lungs`` head, keep lesions inside the (dilated) predicted lung field::
 
-                {"enabled": bool, "lung_threshold": 0.5, "dilation": 0.03}
+                {"enabled": bool, "lung_threshold": 0.5, "dilation": 0.03, "components": 2}
 
+            the lung mask keeps its ``components`` largest connected components (default 2, the two lungs; 0: all);
             ``dilation`` is the dilation radius as a fraction of the image width; a mask pixel outside the dilated
             field is removed and a box whose centre lies outside it is dropped (an image whose lung mask is empty
             is not restricted). None: no restriction.
@@ -220,8 +221,10 @@ class ModelDescription:
         problems += self._population_problems()
         if self.lung_restriction is not None:
             lr = self.lung_restriction
-            if not isinstance(lr, Mapping) or set(lr) - {"enabled", "lung_threshold", "dilation"}:
-                problems.append(f"lung_restriction {lr!r} must be {{'enabled', 'lung_threshold', 'dilation'}}")
+            if not isinstance(lr, Mapping) or set(lr) - {"enabled", "lung_threshold", "dilation", "components"}:
+                problems.append(
+                    f"lung_restriction {lr!r} must be {{'enabled', 'lung_threshold', 'dilation', 'components'}}"
+                )
             elif lr.get("enabled") and Task.LUNGS not in self.tasks:
                 problems.append("lung_restriction is enabled but the lungs head is not built")
             elif not 0.0 <= float(lr.get("dilation", 0.0)) <= 0.5 or not 0.0 < float(lr.get("lung_threshold", 0.5)) < 1:
