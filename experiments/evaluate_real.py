@@ -54,28 +54,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_transform(desc):
-    """The validation preprocessing of ``train_real.json`` for the described model (RSNA images without a box get a
-    known empty lesion mask; lung masks are loaded when the model has a lungs head)."""
-    from monai.transforms import Compose, EnsureTyped
+    """The validation preprocessing of ``train.json`` + ``train_real.json`` (``preprocessing_base``: RSNA images
+    without a box get a known empty lesion mask, lung masks are loaded) at the described model's input size."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
 
-    from monai_mcx.keys import Task
-    from monai_mcx.transforms import PrepareAnnotationsd, ResizeWithBoxesd
-    from monai_mcx.transforms.io import LoadCXRd
+    from experiments.common import CONFIGS
 
-    lungs = Task.LUNGS in desc.tasks
-    keys = ["image", "mask"] + (["lung_mask"] if lungs else [])
-    return Compose(
-        [
-            LoadCXRd(keys="image", scale="auto"),
-            PrepareAnnotationsd(
-                num_classes=len(desc.class_names),
-                empty_mask_if_no_boxes=True,
-                lung_mask_key="lung_mask" if lungs else None,
-            ),
-            ResizeWithBoxesd(keys, desc.spatial_size, mode=["area"] + ["nearest-exact"] * (len(keys) - 1)),
-            EnsureTyped(keys=keys, dtype=torch.float32),
-        ]
-    )
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "train_real.json")])
+    parser["spatial_size"] = list(desc.spatial_size)
+    parser["class_names"] = list(desc.class_names)
+    return Compose(parser.get_parsed_content("preprocessing_base"))
 
 
 def collect(net, post, transform, items: list[dict], batch_size: int) -> list[dict]:

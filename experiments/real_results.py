@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from monai_mcx.data.populations import POPULATIONS
-from monai_mcx.inferers import MultiCheXNetPostprocessor
+from monai_mcx.inferers import MultiCheXNetPostprocessor, boxes_in_field
 from monai_mcx.keys import DetKeys, PredKeys, Task
 from monai_mcx.metrics.classification import choose_threshold, roc_auc
 from monai_mcx.metrics.detection import average_precision, choose_box_threshold, rsna_metric
@@ -233,12 +233,9 @@ def outside_lungs(records, res_on, res_off) -> dict:
             px += int(o["mask"].sum())
             out_px += int((o["mask"] & ~field).sum())
             if "det" in o:
-                b = torch.as_tensor(o["det"][DetKeys.BOXES]).reshape(-1, 4)
-                if len(b):
-                    cx = ((b[:, 0] + b[:, 2]) / 2).floor().long().clamp(0, field.shape[0] - 1)
-                    cy = ((b[:, 1] + b[:, 3]) / 2).floor().long().clamp(0, field.shape[1] - 1)
-                    boxes += len(b)
-                    out_boxes += int((~torch.as_tensor(field)[cx, cy]).sum())
+                n = len(o["det"][DetKeys.BOXES])
+                boxes += n
+                out_boxes += n - len(boxes_in_field(o["det"], torch.as_tensor(field))[DetKeys.BOXES])
         out[name] = {"lesion_px": px, "lesion_px_outside": out_px, "boxes": boxes, "boxes_centre_outside": out_boxes}
     return out
 

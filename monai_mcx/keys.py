@@ -150,8 +150,7 @@ class OriginalKeys(StrEnum):
     ``size_wh`` ``[W, H]``; ``class_probs`` ``(K,)`` or None; ``gate`` bool; ``mask`` (gated) / ``mask_ungated``
     ``(W, H)`` bool or None; ``has_boxes`` (a localization head ran); ``boxes`` ``(M, 4)`` xyxy, ``scores``, ``labels``
     (operating point, gated) and ``boxes_ungated`` / ``scores_ungated`` / ``labels_ungated`` (operating point);
-    ``lung_mask`` ``(W, H)`` bool or None (no lungs head); ``population`` ``{"population", "reason"}``;
-    ``decision_thresholds`` ``(K,)`` (the class thresholds of that population's operating point).
+    ``lung_mask`` ``(W, H)`` bool or None (no lungs head); ``population`` ``{"population", "reason"}``.
     """
 
     SIZE_WH = "size_wh"
@@ -168,4 +167,3 @@ class OriginalKeys(StrEnum):
     LABELS_UNGATED = "labels_ungated"
     LUNG_MASK = "lung_mask"
     POPULATION = "population"
-    DECISION_THRESHOLDS = "decision_thresholds"

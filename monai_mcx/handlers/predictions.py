@@ -362,14 +362,7 @@ class PredictionWriter:
             res = pp.to_original(pred, i, orig)
             record: dict = {DatalistKeys.IMAGE.value: display_text(src), OriginalKeys.SIZE_WH.value: orig}
             record.update({} if info is None else {"dicom": info})
-            population = res[OriginalKeys.POPULATION]
-            used, cls_t, gate_t, box_t = pp.point(population[DatalistKeys.POPULATION])
-            record["operating_point"] = {
-                **population,
-                "class_thresholds": dict(zip(self.class_names, cls_t)),
-                "gate_thresholds": dict(zip(self.class_names, gate_t)),
-                "box_score_threshold": box_t,
-            }
+            point = record["operating_point"] = pp.point_record(res[OriginalKeys.POPULATION])
             steps: list[tuple[str, Callable[[Path], None]]] = []  # (file name, write(path)), in writing order
             if res[OriginalKeys.CLASS_PROBS] is not None:
                 record["class_probabilities"] = dict(
@@ -380,11 +373,11 @@ class PredictionWriter:
                     record["calibration"] = pp.calibration.to_dict()
                 record[OriginalKeys.GATE.value] = {
                     "rule": pp.gate_rule,
-                    "thresholds": dict(zip(self.class_names, gate_t)),
+                    "thresholds": point["gate_thresholds"],
                     "positive": bool(res[OriginalKeys.GATE]),
                 }
             if res[OriginalKeys.HAS_BOXES]:
-                record["box_score_threshold"] = box_t
+                record["box_score_threshold"] = point["box_score_threshold"]
                 for key, scores in _BOX_LISTS:
                     record[key.value] = [
                         {"box": [round(float(v), 2) for v in b], "score": float(sc)}

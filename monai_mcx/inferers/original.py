@@ -79,7 +79,7 @@ def to_original(
         ``xyxy`` original pixels with ``scores`` ``(M,)`` and ``labels`` ``(M,)`` (gated, operating point),
         ``boxes_ungated`` / ``scores_ungated`` / ``labels_ungated`` (operating point, ungated); empty arrays
         without a localization head (``has_boxes`` False); ``lung_mask`` ``(W, H)`` bool or None; ``population``
-        ``{"population", "reason"}``; ``decision_thresholds`` ``(K,)`` or None.
+        ``{"population", "reason"}`` (:meth:`MultiCheXNetPostprocessor.point_record` adds its thresholds).
     """
     orig = [int(v) for v in original_size]
     if len(orig) != 2 or min(orig) <= 0:
@@ -96,8 +96,6 @@ def to_original(
     out[OriginalKeys.POPULATION.value] = (
         dict(pops[index]) if pops is not None else {DatalistKeys.POPULATION.value: None, "reason": None}
     )
-    thr = pred.get(PredKeys.CLASS_THRESHOLDS)
-    out[OriginalKeys.DECISION_THRESHOLDS.value] = None if thr is None else _np(thr[index]).reshape(-1)
     out[OriginalKeys.LUNG_MASK.value] = None
     field = None
     if PredKeys.LUNG_PROBS in pred:

@@ -163,6 +163,18 @@ class MultiCheXNetPostprocessor:
         box = self.box_score_threshold if p["box_score_threshold"] is None else p["box_score_threshold"]
         return name, p["class_thresholds"], p["gate_thresholds"], box
 
+    def point_record(self, population: Mapping[str, Any]) -> dict[str, Any]:
+        """The operating point an image got, as the outputs state it: ``population`` and ``reason`` (the image's
+        ``population_point`` record) with the point's ``class_thresholds`` and ``gate_thresholds`` (``{class: t}``)
+        and ``box_score_threshold``."""
+        _, cls_t, gate_t, box_t = self.point(population.get(DatalistKeys.POPULATION))
+        return {
+            **population,
+            "class_thresholds": dict(zip(self.class_names, cls_t)),
+            "gate_thresholds": dict(zip(self.class_names, gate_t)),
+            "box_score_threshold": box_t,
+        }
+
     @classmethod
     def from_description(cls, description: Any, **overrides: Any) -> MultiCheXNetPostprocessor:
         """The post-processing of a described model (a :class:`monai_mcx.model.ModelDescription` object; this module
@@ -337,8 +349,8 @@ class MultiCheXNetPostprocessor:
             name, reason = p if isinstance(p, (tuple, list)) else (p, None if p is None else "given")
             if name is None:
                 reason = "default" if self.default_population is not None else None
-            used, cls_t, gate_t, box_t = self.point(name)
-            points.append((cls_t, gate_t, box_t))
+            used, cls_t, _, box_t = self.point(name)
+            points.append((cls_t, box_t))
             records.append({DatalistKeys.POPULATION.value: used, "reason": reason if used is not None else None})
         pred[PredKeys.POPULATION.value] = records
         with torch.no_grad():
@@ -348,9 +360,8 @@ class MultiCheXNetPostprocessor:
                 probs = self.probabilities(logits)
                 pred[PredKeys.CLASS_PROBS.value] = probs
                 cls_t = torch.tensor([p[0] for p in points], dtype=probs.dtype, device=probs.device)
-                gate_t = torch.tensor([p[1] for p in points], dtype=probs.dtype, device=probs.device)
                 pred[PredKeys.CLASS_THRESHOLDS.value] = cls_t
-                gate = (probs >= gate_t).any(dim=1)
+                gate = self.gate(probs, [r[DatalistKeys.POPULATION] for r in records])
             if gate is None:
                 where = device if device is not None else next((v.device for v in (seg, lung) if v is not None), "cpu")
                 gate = torch.ones(batch_size, dtype=torch.bool, device=where)
@@ -370,7 +381,7 @@ class MultiCheXNetPostprocessor:
             if dets is not None:
                 op = []
                 for i, d in enumerate(dets):
-                    kept = select_detections(d, points[i][2])
+                    kept = select_detections(d, points[i][1])
                     if field is not None and self.lung_restriction:
                         kept = boxes_in_field(kept, field[i, 0])
                     op.append(kept)

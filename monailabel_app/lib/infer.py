@@ -191,23 +191,17 @@ class MultiCheXNetInfer(BasicInferTask):
         with torch.no_grad():
             pred = MultiCheXNetInferer(pp)(x, network, populations=[population])
         res = pp.to_original(pred, 0, orig)
-        _, cls_t, gate_t, box_t = pp.point(res[OriginalKeys.POPULATION]["population"])
         result: dict = {OriginalKeys.SIZE_WH.value: res[OriginalKeys.SIZE_WH]}
         if res[OriginalKeys.CLASS_PROBS] is not None:
             result["class_probabilities"] = {c: float(p) for c, p in zip(pp.class_names, res[OriginalKeys.CLASS_PROBS])}
             result["calibrated"] = pp.calibrated  # temperature-scaled probabilities of the model description
-        result["operating_point"] = {
-            **res[OriginalKeys.POPULATION],
-            "class_thresholds": dict(zip(pp.class_names, cls_t)),
-            "gate_thresholds": dict(zip(pp.class_names, gate_t)),
-            "box_score_threshold": box_t,
-        }
+        point = result["operating_point"] = pp.point_record(res[OriginalKeys.POPULATION])
         result[OriginalKeys.GATE.value] = {
             "rule": pp.gate_rule,
-            "thresholds": dict(zip(pp.class_names, gate_t)),
+            "thresholds": point["gate_thresholds"],
             "positive": bool(res[OriginalKeys.GATE]),
         }
-        result["box_score_threshold"] = box_t
+        result["box_score_threshold"] = point["box_score_threshold"]
         for key, scores in (
             (OriginalKeys.BOXES, OriginalKeys.SCORES),
             (OriginalKeys.BOXES_UNGATED, OriginalKeys.SCORES_UNGATED),
